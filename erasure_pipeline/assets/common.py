@@ -1,0 +1,96 @@
+"""What every asset family shares: partitions, policy-derived code versions, metadata helpers."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+
+from erasure_pipeline import identity
+from erasure_pipeline.policy import Policy
+
+CODE_REVISION = "1"
+
+RAW_FIELDS = ("shards",)
+COHORT_FIELDS = (*RAW_FIELDS, "cohorts")
+PUBLISH_FIELDS = (*COHORT_FIELDS, "k_min")
+COHORT_MODEL_FIELDS = (*PUBLISH_FIELDS, "seed")
+TRAINING_FIELDS = (
+    *RAW_FIELDS, "consent", "model.label", "model.numeric_features", "model.categorical_features",
+    "model.event_features", "model.holdout_fraction",
+)
+SHARD_MODEL_FIELDS = (*TRAINING_FIELDS, "model.estimator", "model.params", "seed")
+ENSEMBLE_FIELDS = (*SHARD_MODEL_FIELDS, "model.aggregation", "model.min_holdout_auc")
+VECTOR_FIELDS = (*RAW_FIELDS, "vectors")
+
+# The policy fields each asset reads (its own and, through its inputs, its parents').
+POLICY_FIELDS: dict[str, tuple[str, ...]] = {
+    "raw_subjects": RAW_FIELDS,
+    "raw_events": RAW_FIELDS,
+    "raw_tickets": RAW_FIELDS,
+    "cohort_partials": COHORT_FIELDS,
+    "anonymised_cohorts": PUBLISH_FIELDS,
+    "cohort_model": COHORT_MODEL_FIELDS,
+    "training_shards": TRAINING_FIELDS,
+    "shard_models": SHARD_MODEL_FIELDS,
+    "ensemble_model": ENSEMBLE_FIELDS,
+    "vector_index": VECTOR_FIELDS,
+}
+
+SHARD_ASSETS = ("raw_subjects", "raw_events", "raw_tickets", "cohort_partials", "training_shards", "shard_models", "vector_index")
+MERGE_ASSETS = ("anonymised_cohorts", "cohort_model", "ensemble_model")
+
+
+def shard_partitions(policy: Policy) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(identity.partition_keys(policy.shards))
+
+
+def code_version(policy: Policy, asset: str) -> str:
+    return f"{CODE_REVISION}.{policy.fields_hash(*POLICY_FIELDS[asset])}"
+
+
+def md_table(rows: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
+    if not rows:
+        return dg.MetadataValue.md("_(none)_")
+    cols = list(rows[0].keys())
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def dumps_model(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=5)
+
+
+def loads_model(data: bytes) -> Any:
+    return pickle.loads(data)  # only ever objects this pipeline wrote to its own lake
+
+
+def model_name(asset: str, partition: str | None = None) -> str:
+    return f"{asset}/{partition or 'all'}.pkl"
+
+
+def tombstone_check(
+    asset: str, keys_present: Iterable[str], tombstoned: set[str], check: str = "no_tombstoned_subjects"
+) -> dg.AssetCheckResult:
+    found = len(tombstoned.intersection(keys_present))
+    return dg.AssetCheckResult(
+        asset_key=asset, check_name=check, passed=found == 0,
+        metadata={"tombstoned_subjects_found": found, "tombstones_checked": len(tombstoned)},
+    )
+
+
+def tombstone_spec(asset: str, check: str = "no_tombstoned_subjects") -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        check, asset=asset, blocking=True,
+        description="No tombstoned subject_key is in what this materialisation wrote (read back from storage).",
+    )

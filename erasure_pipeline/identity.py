@@ -1,0 +1,116 @@
+"""Keyed hashing of subject ids, and the shard rule.
+
+``subject_key = HMAC-SHA256(pepper, subject_id)`` is the only form in which a subject's
+identity leaves the raw data. ``shard = int(subject_key[:8], 16) % S``.
+No Dagster import here: the CLI, the ledger and the estimator use it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PEPPER_ENV = "ERASURE_PIPELINE_PEPPER"
+PEPPER_FILE = "pepper.key"
+MAX_SUBJECT_ID_LENGTH = 512
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+log = logging.getLogger(__name__)
+
+
+class InvalidSubjectId(ValueError):
+    """A subject id that cannot be accepted. The message never repeats the id."""
+
+
+def validate_subject_id(subject_id: object) -> str:
+    """Return the id as given if it is acceptable; raise without echoing it otherwise."""
+    if not isinstance(subject_id, str):
+        raise InvalidSubjectId(f"subject id must be a string, got {type(subject_id).__name__}")
+    if not subject_id.strip():
+        raise InvalidSubjectId("subject id is empty")
+    if len(subject_id) > MAX_SUBJECT_ID_LENGTH:
+        raise InvalidSubjectId(f"subject id is longer than {MAX_SUBJECT_ID_LENGTH} characters")
+    if any(ord(c) < 32 for c in subject_id):
+        raise InvalidSubjectId("subject id contains control characters")
+    return subject_id
+
+
+def load_pepper(home: Path, *, env: dict[str, str] | None = None) -> bytes:
+    """The HMAC key: ``$ERASURE_PIPELINE_PEPPER``, else a local default generated once in ``home``.
+
+    Read at call time (never at import) so the value never lands in definitions or the UI.
+    """
+    environ = os.environ if env is None else env
+    value = environ.get(PEPPER_ENV)
+    if value:
+        return value.encode("utf-8")
+    path = home / PEPPER_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+        log.warning(
+            "%s is not set: generated a local pepper at %s. Keys made with it only match keys made "
+            "with the same file; set %s from a secret store in any shared deployment.",
+            PEPPER_ENV,
+            path,
+            PEPPER_ENV,
+        )
+    return path.read_text().strip().encode("utf-8")
+
+
+def subject_key(pepper: bytes, subject_id: str) -> str:
+    return hmac.new(pepper, subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def subject_keys(pepper: bytes, subject_ids: Iterable[str]) -> list[str]:
+    mac = hmac.new(pepper, digestmod=hashlib.sha256)
+    out = []
+    for sid in subject_ids:
+        m = mac.copy()
+        m.update(sid.encode("utf-8"))
+        out.append(m.hexdigest())
+    return out
+
+
+def is_subject_key(value: object) -> bool:
+    return isinstance(value, str) and bool(_KEY_RE.match(value))
+
+
+def shard_of(key: str, n_shards: int) -> int:
+    return int(key[:8], 16) % n_shards
+
+
+def shards_of(keys: pd.Series | Iterable[str], n_shards: int) -> np.ndarray:
+    return np.fromiter((int(k[:8], 16) % n_shards for k in keys), dtype=np.int64)
+
+
+def partition_key(shard: int) -> str:
+    return f"shard_{shard:02d}"
+
+
+def shard_from_partition(partition: str) -> int:
+    if not partition.startswith("shard_"):
+        raise ValueError(f"not a shard partition key: {partition!r}")
+    return int(partition.removeprefix("shard_"))
+
+
+def partition_keys(n_shards: int) -> list[str]:
+    return [partition_key(i) for i in range(n_shards)]
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 32-bit seed derived from a base seed and labels, stable across processes and platforms."""
+    payload = ":".join([str(seed), *map(str, parts)]).encode()
+    return int.from_bytes(hashlib.sha256(payload).digest()[:4], "big")

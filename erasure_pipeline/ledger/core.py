@@ -1,0 +1,403 @@
+"""The erasure ledger: requests and their lifecycle, tombstones, provenance, actions,
+certificates, an append-only hash-chained audit log and a processor outbox.
+
+Pure Python + SQLAlchemy, any SQLAlchemy URL (SQLite file by default, Postgres in
+production). Every write is one transaction; on SQLite they are ``BEGIN IMMEDIATE`` and on
+Postgres the audit chain takes a transaction-scoped advisory lock, so two processes filing,
+claiming and logging at once never interleave a chain or claim one request twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from erasure_pipeline.ledger import schema as t
+
+LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed")
+TERMINAL = ("completed",)
+STATUSES = (*LIVE, *TERMINAL)
+GENESIS = "0" * 64
+_AUDIT_LOCK = 0x45524153  # "ERAS"
+
+
+class LedgerError(ValueError):
+    """A ledger operation that cannot be done (unknown request, wrong state...)."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def new_request_id() -> str:
+    return "er-" + secrets.token_hex(10)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _record):  # take transaction control from pysqlite
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA secure_delete=ON")
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn):  # writers serialise at BEGIN, not at their first write
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    def __init__(self, url: str, *, schema: str = "erasure_ledger"):
+        self.url = url
+        base = make_engine(url)
+        self.dialect = base.dialect.name
+        self.schema = schema if self.dialect == "postgresql" else None
+        self.engine = base.execution_options(schema_translate_map={None: self.schema}) if self.schema else base
+        self._base_engine = base
+
+    # ------------------------------------------------------------------ schema
+    def migrate(self) -> int:
+        """Create or upgrade the ledger's tables; safe to call at every start."""
+        with self._base_engine.begin() as conn:
+            if self.schema:
+                conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK + 1})
+            t.metadata.create_all(conn)
+            current = conn.execute(sa.select(sa.func.max(t.schema_version.c.version))).scalar()
+            if current is None:
+                conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
+                current = t.CURRENT_VERSION
+        return int(current)
+
+    def dispose(self) -> None:
+        self._base_engine.dispose()
+
+    # ------------------------------------------------------------------ audit
+    def _audit(self, conn: Connection, event: str, request_id: str | None, detail: Mapping[str, Any]) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+        prev = conn.execute(sa.select(t.audit_log.c.row_hash).order_by(t.audit_log.c.seq.desc()).limit(1)).scalar()
+        prev = prev or GENESIS
+        at = utcnow()
+        body = _canonical(detail)
+        row_hash = hashlib.sha256("|".join([prev, at.isoformat(), event, request_id or "", body]).encode()).hexdigest()
+        conn.execute(
+            t.audit_log.insert().values(at=at, event=event, request_id=request_id, detail=body, prev_hash=prev, row_hash=row_hash)
+        )
+
+    def audit_entries(self, request_id: str | None = None) -> list[dict]:
+        q = sa.select(t.audit_log).order_by(t.audit_log.c.seq)
+        if request_id:
+            q = q.where(t.audit_log.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def verify_audit_chain(self) -> tuple[bool, int | None]:
+        """Recompute every row's hash from its predecessor; returns (ok, first bad seq)."""
+        prev = GENESIS
+        for row in self.audit_entries():
+            at = _utc(row["at"])
+            expect = hashlib.sha256(
+                "|".join([prev, at.isoformat(), row["event"], row["request_id"] or "", row["detail"]]).encode()
+            ).hexdigest()
+            if row["prev_hash"] != prev or row["row_hash"] != expect:
+                return False, row["seq"]
+            prev = row["row_hash"]
+        return True, None
+
+    # ------------------------------------------------------------------ intake
+    def add_tombstone(self, subject_key: str, shard: int, request_id: str) -> bool:
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key == subject_key)).first()
+            if exists:
+                return False
+            conn.execute(t.tombstones.insert().values(subject_key=subject_key, shard=shard, since=utcnow(), request_id=request_id))
+            self._audit(conn, "tombstone", request_id, {"subject_key": subject_key, "shard": shard})
+            return True
+
+    def file_request(
+        self, subject_key: str, shard: int, *, due_days: int, reason: str | None = None, kind: str = "erasure"
+    ) -> tuple[str, bool]:
+        """Tombstone first, then the request. Returns (request id, created); a live one is reused."""
+        live = self.live_request_for(subject_key)
+        if live:
+            return live["request_id"], False
+        request_id = new_request_id()
+        if kind == "erasure":
+            self.add_tombstone(subject_key, shard, request_id)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(t.erasure_requests.c.request_id).where(
+                    t.erasure_requests.c.subject_key == subject_key, t.erasure_requests.c.status.in_(LIVE)
+                )
+            ).first()
+            if existing:  # another process filed between our check and this transaction
+                return existing[0], False
+            conn.execute(
+                t.erasure_requests.insert().values(
+                    request_id=request_id, subject_key=subject_key, kind=kind, status="received", reason=reason,
+                    received_at=now, due_at=now + dt.timedelta(days=due_days), updated_at=now,
+                )
+            )
+            self._audit(conn, "received", request_id, {"subject_key": subject_key, "kind": kind, "due_days": due_days})
+            conn.execute(t.erasure_requests.update().where(t.erasure_requests.c.request_id == request_id).values(status="pending"))
+            self._audit(conn, "pending", request_id, {})
+        return request_id, True
+
+    def live_request_for(self, subject_key: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.erasure_requests).where(
+                    t.erasure_requests.c.subject_key == subject_key, t.erasure_requests.c.status.in_(LIVE)
+                ).order_by(t.erasure_requests.c.seq.desc())
+            ).first()
+        return self._request(row)
+
+    @staticmethod
+    def _request(row) -> dict | None:
+        if row is None:
+            return None
+        d = dict(row._mapping)
+        for k in ("received_at", "due_at", "updated_at", "completed_at"):
+            d[k] = _utc(d[k])
+        return d
+
+    def get_request(self, request_id: str) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.erasure_requests).where(t.erasure_requests.c.request_id == request_id)).first()
+        if row is None:
+            raise LedgerError(f"no erasure request {request_id!r}")
+        return self._request(row)
+
+    def requests(self, *, status: Iterable[str] | None = None, after_seq: int = 0) -> list[dict]:
+        q = sa.select(t.erasure_requests).where(t.erasure_requests.c.seq > after_seq).order_by(t.erasure_requests.c.seq)
+        if status is not None:
+            q = q.where(t.erasure_requests.c.status.in_(list(status)))
+        with self.engine.connect() as conn:
+            return [self._request(r) for r in conn.execute(q)]
+
+    def max_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(t.erasure_requests.c.seq), 0))).scalar())
+
+    # ------------------------------------------------------------------ lifecycle
+    def _transition(self, request_id: str, allowed_from: Iterable[str], to: str, event: str, detail: Mapping[str, Any], **values) -> None:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                t.erasure_requests.update()
+                .where(t.erasure_requests.c.request_id == request_id, t.erasure_requests.c.status.in_(list(allowed_from)))
+                .values(status=to, updated_at=utcnow(), **values)
+            )
+            if res.rowcount != 1:
+                current = conn.execute(
+                    sa.select(t.erasure_requests.c.status).where(t.erasure_requests.c.request_id == request_id)
+                ).scalar()
+                if current is None:
+                    raise LedgerError(f"no erasure request {request_id!r}")
+                raise LedgerError(f"request {request_id} is {current}; cannot move it to {to}")
+            self._audit(conn, event, request_id, detail)
+
+    def claim(self, request_ids: Iterable[str], batch_id: str) -> list[str]:
+        """pending -> scheduled for each request still pending; returns the ones this caller won."""
+        won = []
+        with self.engine.begin() as conn:
+            for rid in request_ids:
+                res = conn.execute(
+                    t.erasure_requests.update()
+                    .where(t.erasure_requests.c.request_id == rid, t.erasure_requests.c.status == "pending")
+                    .values(status="scheduled", batch_id=batch_id, updated_at=utcnow())
+                )
+                if res.rowcount == 1:
+                    won.append(rid)
+                    self._audit(conn, "scheduled", rid, {"batch_id": batch_id})
+        return won
+
+    def start(self, request_ids: Iterable[str], run_id: str) -> None:
+        with self.engine.begin() as conn:
+            for rid in request_ids:
+                res = conn.execute(
+                    t.erasure_requests.update()
+                    .where(t.erasure_requests.c.request_id == rid, t.erasure_requests.c.status.in_(["scheduled", "failed", "in_progress"]))
+                    .values(status="in_progress", updated_at=utcnow(), attempts=t.erasure_requests.c.attempts + 1)
+                )
+                if res.rowcount == 1:
+                    self._audit(conn, "in_progress", rid, {"run_id": run_id})
+
+    def complete(self, request_id: str, certificate: Mapping[str, Any]) -> None:
+        body = _canonical(certificate)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        now = utcnow()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                t.erasure_requests.update()
+                .where(t.erasure_requests.c.request_id == request_id, t.erasure_requests.c.status.in_(["pending", "scheduled", "in_progress", "failed"]))
+                .values(status="completed", completed_at=now, updated_at=now, error=None)
+            )
+            if res.rowcount != 1:
+                raise LedgerError(f"request {request_id} cannot be completed from its current state")
+            conn.execute(t.certificates.delete().where(t.certificates.c.request_id == request_id))
+            conn.execute(t.certificates.insert().values(request_id=request_id, body=body, sha256=digest, issued_at=now))
+            self._audit(conn, "completed", request_id, {"certificate_sha256": digest})
+            conn.execute(
+                t.outbox.insert().values(
+                    request_id=request_id, recipient="processors",
+                    payload=_canonical({"type": "erasure_completed", "request_id": request_id,
+                                        "subject_key": certificate.get("anonymised_data_subject")}),
+                    created_at=now,
+                )
+            )
+
+    def fail(self, request_ids: Iterable[str], error: str) -> None:
+        with self.engine.begin() as conn:
+            for rid in request_ids:
+                res = conn.execute(
+                    t.erasure_requests.update()
+                    .where(t.erasure_requests.c.request_id == rid, t.erasure_requests.c.status.in_(["scheduled", "in_progress"]))
+                    .values(status="failed", error=error[:2000], updated_at=utcnow())
+                )
+                if res.rowcount == 1:
+                    self._audit(conn, "failed", rid, {"error": error[:500]})
+
+    def retry(self, request_id: str) -> None:
+        self._transition(request_id, ["failed"], "pending", "retry", {})
+
+    def hold(self, request_id: str, reason: str) -> None:
+        if not reason.strip():
+            raise LedgerError("a hold needs a reason (Art.17(3) exception or legal hold)")
+        self._transition(request_id, ["received", "pending", "scheduled", "failed"], "on_hold", "on_hold", {"reason": reason}, hold_reason=reason)
+
+    def release(self, request_id: str) -> None:
+        self._transition(request_id, ["on_hold"], "pending", "released", {}, hold_reason=None)
+
+    def extend(self, request_id: str, reason: str, *, days: int) -> dt.datetime:
+        if not reason.strip():
+            raise LedgerError("an extension needs a reason")
+        req = self.get_request(request_id)
+        if req["extended"]:
+            raise LedgerError(f"request {request_id} was already extended once (Art.12(3) allows one extension)")
+        if req["status"] in TERMINAL:
+            raise LedgerError(f"request {request_id} is {req['status']}; nothing to extend")
+        new_due = req["due_at"] + dt.timedelta(days=days)
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.erasure_requests.update().where(t.erasure_requests.c.request_id == request_id)
+                .values(due_at=new_due, extended=True, extension_reason=reason, updated_at=utcnow())
+            )
+            self._audit(conn, "extended", request_id, {"reason": reason, "due_at": new_due.isoformat()})
+        return new_due
+
+    # ------------------------------------------------------------------ tombstones
+    def tombstoned_keys(self, shard: int | None = None) -> set[str]:
+        q = sa.select(t.tombstones.c.subject_key)
+        if shard is not None:
+            q = q.where(t.tombstones.c.shard == shard)
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(q)}
+
+    # ------------------------------------------------------------------ provenance
+    def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
+        """Replace what the ledger knows of one asset partition with what it now holds."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(t.provenance.delete().where(t.provenance.c.asset == asset, t.provenance.c.partition == partition))
+            batch = [
+                {"subject_key": k, "asset": asset, "partition": partition, "rows": int(n), "content_hash": content_hash,
+                 "run_id": run_id, "recorded_at": now}
+                for k, n in rows_by_key.items()
+            ]
+            for i in range(0, len(batch), 5000):
+                conn.execute(t.provenance.insert(), batch[i : i + 5000])
+
+    def provenance_for(self, subject_keys: Iterable[str]) -> list[dict]:
+        keys = list(subject_keys)
+        out: list[dict] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                q = sa.select(t.provenance).where(t.provenance.c.subject_key.in_(keys[i : i + 500]))
+                out += [dict(r._mapping) for r in conn.execute(q)]
+        return out
+
+    def forget_provenance(self, subject_keys: Iterable[str]) -> None:
+        keys = list(subject_keys)
+        with self.engine.begin() as conn:
+            for i in range(0, len(keys), 500):
+                conn.execute(t.provenance.delete().where(t.provenance.c.subject_key.in_(keys[i : i + 500])))
+
+    # ------------------------------------------------------------------ batches, actions, certificates
+    def create_batch(self, batch_id: str, shard: int | None, assets: list[str]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(t.batches.insert().values(batch_id=batch_id, shard=shard, assets=_canonical(assets), status="requested", created_at=utcnow()))
+
+    def get_batch(self, batch_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.batches).where(t.batches.c.batch_id == batch_id)).first()
+        if row is None:
+            return None
+        d = dict(row._mapping)
+        d["assets"] = json.loads(d["assets"])
+        return d
+
+    def finish_batch(self, batch_id: str, status: str, run_id: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(t.batches.update().where(t.batches.c.batch_id == batch_id).values(status=status, run_id=run_id, finished_at=utcnow()))
+
+    def batch_requests(self, batch_id: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.erasure_requests).where(t.erasure_requests.c.batch_id == batch_id).order_by(t.erasure_requests.c.seq))
+            return [self._request(r) for r in rows]
+
+    def record_actions(self, request_id: str, actions: list[Mapping[str, Any]]) -> None:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(t.erasure_actions.delete().where(t.erasure_actions.c.request_id == request_id))
+            for a in actions:
+                conn.execute(t.erasure_actions.insert().values(request_id=request_id, at=now, **a))
+            self._audit(conn, "actions", request_id, {"count": len(actions)})
+
+    def actions(self, request_id: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.erasure_actions).where(t.erasure_actions.c.request_id == request_id).order_by(t.erasure_actions.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    def certificate(self, request_id: str) -> tuple[dict, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.certificates).where(t.certificates.c.request_id == request_id)).first()
+        if row is None:
+            return None
+        return json.loads(row.body), row.sha256
+
+    def outbox(self, *, unsent_only: bool = True) -> list[dict]:
+        q = sa.select(t.outbox).order_by(t.outbox.c.id)
+        if unsent_only:
+            q = q.where(t.outbox.c.sent_at.is_(None))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]

@@ -1,0 +1,125 @@
+"""Ledger tables (SQLAlchemy Core) and the project's own migrations.
+
+Every identity column holds a keyed hash (``subject_key``), never a raw subject id. On
+Postgres the tables live in their own schema (``erasure_ledger`` by default) through
+SQLAlchemy's ``schema_translate_map``; on SQLite they live in the file's only schema.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "ledger_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+erasure_requests = sa.Table(
+    "erasure_requests",
+    metadata,
+    sa.Column("seq", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("request_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("subject_key", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="erasure"),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("reason", sa.Text),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("extended", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("extension_reason", sa.Text),
+    sa.Column("hold_reason", sa.Text),
+    sa.Column("batch_id", sa.String(40), index=True),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+)
+
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("subject_key", sa.String(64), primary_key=True),
+    sa.Column("shard", sa.Integer, nullable=False, index=True),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("request_id", sa.String(40), nullable=False),
+)
+
+provenance = sa.Table(
+    "provenance",
+    metadata,
+    sa.Column("subject_key", sa.String(64), primary_key=True),
+    sa.Column("asset", sa.String(64), primary_key=True),
+    sa.Column("partition", sa.String(32), primary_key=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_provenance_asset_partition", "asset", "partition"),
+)
+
+batches = sa.Table(
+    "erasure_batches",
+    metadata,
+    sa.Column("batch_id", sa.String(40), primary_key=True),
+    sa.Column("shard", sa.Integer),
+    sa.Column("assets", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+erasure_actions = sa.Table(
+    "erasure_actions",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("request_id", sa.String(40), nullable=False, index=True),
+    sa.Column("asset", sa.String(64), nullable=False),
+    sa.Column("partition", sa.String(32)),
+    sa.Column("action", sa.String(24), nullable=False),
+    sa.Column("data_present", sa.Boolean, nullable=False),
+    sa.Column("before_hash", sa.String(64)),
+    sa.Column("after_hash", sa.String(64)),
+    sa.Column("detail", sa.Text),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("request_id", sa.String(40), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("request_id", sa.String(40)),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("request_id", sa.String(40), nullable=False, index=True),
+    sa.Column("recipient", sa.String(128), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+)
+
+# version -> callables run in order on upgrade; version 1 is create_all.
+CURRENT_VERSION = 1

@@ -1,0 +1,188 @@
+"""The lake: where partitions are written, one object per asset partition.
+
+One interface, two back-ends: a local directory (default) and an S3 bucket (boto3). Object
+names are built from asset names and partition keys only (never from data). Writes are
+atomic per object. On a versioned bucket, :meth:`Lake.purge_noncurrent` removes the old
+versions an erasure rewrite leaves behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class Lake(Protocol):
+    def read_bytes(self, name: str) -> bytes | None: ...
+    def write_bytes(self, name: str, data: bytes) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def purge_noncurrent(self, name: str) -> list[str]: ...
+    def noncurrent_versions(self, name: str) -> list[str]: ...
+    def describe(self) -> str: ...
+
+
+def _check_name(name: str) -> str:
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid lake object name: {name!r}")
+    return name
+
+
+@dataclass
+class LocalLake:
+    root: Path
+
+    def _path(self, name: str) -> Path:
+        return self.root / _check_name(name)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        path = self._path(name)
+        return path.read_bytes() if path.exists() else None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        names = []
+        for p in self.root.rglob("*"):
+            if p.is_file() and not p.name.startswith(".tmp-"):
+                rel = p.relative_to(self.root).as_posix()
+                if rel.startswith(prefix):
+                    names.append(rel)
+        return sorted(names)
+
+    def purge_noncurrent(self, name: str) -> list[str]:
+        return []  # a local file has one version; os.replace leaves no old copy behind
+
+    def noncurrent_versions(self, name: str) -> list[str]:
+        return []
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+
+@dataclass
+class S3Lake:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    _client: object = field(default=None, repr=False)
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region_name)
+        return self._client
+
+    def _key(self, name: str) -> str:
+        _check_name(name)
+        return f"{self.prefix.strip('/')}/{name}" if self.prefix.strip("/") else name
+
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        # A single PUT is atomic in S3: readers see the old object or the new one, never a part.
+        self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._key(prefix) if prefix else (self.prefix.strip("/") + "/" if self.prefix.strip("/") else "")
+        strip = len(self.prefix.strip("/")) + 1 if self.prefix.strip("/") else 0
+        names = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            names += [o["Key"][strip:] for o in page.get("Contents", [])]
+        return sorted(names)
+
+    def _versions(self, name: str) -> list[dict]:
+        key = self._key(name)
+        out = []
+        for page in self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                if v["Key"] == key:
+                    out.append(v)
+        return out
+
+    def noncurrent_versions(self, name: str) -> list[str]:
+        return [v["VersionId"] for v in self._versions(name) if not v.get("IsLatest") and v["VersionId"] != "null"]
+
+    def purge_noncurrent(self, name: str) -> list[str]:
+        """Delete every noncurrent version (and delete marker) of one object, by VersionId."""
+        key = self._key(name)
+        purged = self.noncurrent_versions(name)
+        for vid in purged:
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
+        return purged
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.strip('/')}"
+
+
+def table_name(asset: str, partition: str) -> str:
+    return f"{asset}/{partition}.parquet"
+
+
+def table_to_bytes(df: pd.DataFrame) -> bytes:
+    """Deterministic Parquet bytes: the same frame always gives the same bytes (and hash)."""
+    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=False)
+    return buf.getvalue()
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_table(lake: Lake, asset: str, partition: str, df: pd.DataFrame) -> str:
+    data = table_to_bytes(df)
+    lake.write_bytes(table_name(asset, partition), data)
+    return content_hash(data)
+
+
+def read_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame | None:
+    data = lake.read_bytes(table_name(asset, partition))
+    if data is None:
+        return None
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+def require_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame:
+    df = read_table(lake, asset, partition)
+    if df is None:
+        raise FileNotFoundError(f"{asset}[{partition}] has not been materialised in {lake.describe()}")
+    return df

@@ -1,0 +1,64 @@
+"""The landing location: where source systems drop ``subjects``, ``events`` and ``tickets`` files.
+
+Reading a landing table hashes every ``subject_id`` once into ``subject_key`` and ``shard``;
+the parsed, validated frames are cached per process by (file, size, mtime) so a run that
+ingests 16 shards in one process parses each file once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pandas as pd
+
+from erasure_pipeline import contracts, identity
+from erasure_pipeline.storage.lake import Lake
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    name: str
+    table: str
+
+
+def landing_files(lake: Lake, table: str | None = None) -> list[LandingFile]:
+    out = []
+    for name in lake.list():
+        t = contracts.table_of(name)
+        if t is not None and (table is None or t == table):
+            out.append(LandingFile(name, t))
+    return out
+
+
+_CACHE: dict[tuple, pd.DataFrame] = {}
+_CACHE_LIMIT = 12
+
+
+def read_landing(lake: Lake, file: LandingFile, pepper: bytes, n_shards: int) -> pd.DataFrame:
+    """One landing file, validated, with ``subject_key`` and ``shard`` columns added."""
+    data = lake.read_bytes(file.name)
+    if data is None:
+        raise FileNotFoundError(f"landing file {file.name} disappeared while reading")
+    key = (lake.describe(), file.name, hashlib.sha256(data).hexdigest(), hashlib.sha256(pepper).hexdigest(), n_shards)
+    cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    df = contracts.validate(contracts.read_landing_bytes(data, file.name), file.table, file.name)
+    df["subject_key"] = identity.subject_keys(pepper, df["subject_id"].tolist())
+    df["shard"] = identity.shards_of(df["subject_key"], n_shards)
+    if len(_CACHE) >= _CACHE_LIMIT:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = df
+    return df
+
+
+def read_landing_table(lake: Lake, table: str, pepper: bytes, n_shards: int, names: list[str] | None = None) -> pd.DataFrame:
+    """All landing files of one table (or the named subset), concatenated; later files win on id."""
+    files = [f for f in landing_files(lake, table) if names is None or f.name in names]
+    frames = [read_landing(lake, f, pepper, n_shards) for f in files]
+    if not frames:
+        return pd.DataFrame()
+    both = pd.concat(frames, ignore_index=True)
+    id_col = contracts.CONTRACTS[table].id_column
+    return both.drop_duplicates(subset=[id_col], keep="last")
