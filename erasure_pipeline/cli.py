@@ -69,7 +69,6 @@ def demo(n_subjects: int, seed: int, no_materialize: bool) -> None:
     _quiet_dagster()
     from erasure_pipeline import demo as demo_data
     from erasure_pipeline import settings
-    from erasure_pipeline.runner import get_instance, materialize_all
 
     t0 = time.monotonic()
     tables = demo_data.generate(n_subjects, seed)
@@ -117,6 +116,141 @@ def search(text: str, limit: int) -> None:
     click.echo(f"{'score':>7}  {'shard':<9} ticket")
     for score, payload in hits:
         click.echo(f"{score:7.4f}  shard_{payload.get('shard', 0):02d}  {payload.get('ticket_id')}")
+
+
+@main.command()
+@click.argument("subject_id")
+@click.option("--reason", default=None, help="Why the subject asked (kept in the ledger, never in Dagster).")
+@_guard
+def erase(subject_id: str, reason: str | None) -> None:
+    """File an erasure request for SUBJECT_ID; prints the request id."""
+    from erasure_pipeline.erasure.service import erase as file_erasure
+
+    request_id, created = file_erasure(subject_id, reason)
+    click.echo(request_id)
+    if not created:
+        click.echo("(a live request for this subject already exists; that is its id)", err=True)
+
+
+def _ledger():
+    from erasure_pipeline.erasure.service import default_ledger
+
+    return default_ledger()
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def status(request_id: str, as_json: bool) -> None:
+    """Show one request's state, dates and history."""
+    book = _ledger()
+    req = book.get_request(request_id)
+    shown = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in req.items() if k not in ("seq",)}
+    shown["history"] = [f"{e['at']:%Y-%m-%d %H:%M:%S} {e['event']}" for e in book.audit_entries(request_id)]
+    if as_json:
+        click.echo(json.dumps(shown, indent=2, default=str))
+        return
+    for k, v in shown.items():
+        if k == "history":
+            click.echo("history:")
+            for line in v:
+                click.echo(f"  {line}")
+        elif v not in (None, ""):
+            click.echo(f"{k}: {v}")
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", required=True, help="The Art.17(3) exception or legal hold.")
+@_guard
+def hold(request_id: str, reason: str) -> None:
+    """Put a request on hold (Art.17(3) exception or legal hold)."""
+    _ledger().hold(request_id, reason)
+    click.echo(f"{request_id}: on_hold")
+
+
+@main.command()
+@click.argument("request_id")
+@_guard
+def release(request_id: str) -> None:
+    """Release a held request; it is processed again."""
+    _ledger().release(request_id)
+    click.echo(f"{request_id}: pending")
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", required=True)
+@_guard
+def extend(request_id: str, reason: str) -> None:
+    """Extend the due date once, by policy erasure_extension_days (Art.12(3): up to two months)."""
+    from erasure_pipeline.policy import load_policy
+
+    due = _ledger().extend(request_id, reason, days=load_policy().erasure_extension_days)
+    click.echo(f"{request_id}: due {due.isoformat()}")
+
+
+@main.command()
+@click.argument("request_id")
+@_guard
+def retry(request_id: str) -> None:
+    """Return a failed request to pending."""
+    _ledger().retry(request_id)
+    click.echo(f"{request_id}: pending")
+
+
+@main.command()
+@_guard
+def process() -> None:
+    """Evaluate the erasure sensor and run what it requests until nothing is pending."""
+    _quiet_dagster()
+    from erasure_pipeline.process import drain
+    from erasure_pipeline.runner import get_instance
+
+    defs, _policy = _defs_and_policy()
+    result = drain(defs, get_instance(), progress=click.echo)
+    click.echo(f"{len(result.runs)} runs, {len(result.failed_batches)} failed batches")
+    if result.failed_batches:
+        raise _Fail("some erasure batches failed; see `erasure-pipeline status REQUEST_ID` and the runs in the Dagster UI")
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def certificate(request_id: str, as_json: bool) -> None:
+    """Print a request's erasure certificate."""
+    from erasure_pipeline.erasure.certificate import to_markdown
+
+    book = _ledger()
+    book.get_request(request_id)
+    found = book.certificate(request_id)
+    if found is None:
+        raise _Fail(f"{request_id} has no certificate yet (status: {book.get_request(request_id)['status']})")
+    body, digest = found
+    if as_json:
+        click.echo(json.dumps({**body, "sha256": digest}, indent=2))
+    else:
+        click.echo(to_markdown(body))
+        click.echo(f"\nsha256 of certificate: {digest}")
+
+
+@main.command()
+@click.argument("request_id")
+@_guard
+def verify(request_id: str) -> None:
+    """Re-check every claim of a certificate against the stores as they are now (exit 1 on a mismatch)."""
+    from erasure_pipeline.erasure.service import default_stores
+    from erasure_pipeline.erasure.verify import verify_certificate
+
+    findings = verify_certificate(request_id, default_stores())
+    for f in findings:
+        click.echo(f"{'ok  ' if f.ok else 'FAIL'} {f.claim} [{f.target}] {f.detail}".rstrip())
+    bad = sum(not f.ok for f in findings)
+    if bad:
+        raise _Fail(f"{bad} of {len(findings)} claims do not hold")
+    click.echo(f"all {len(findings)} claims hold")
 
 
 @main.command()

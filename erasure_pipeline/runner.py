@@ -81,7 +81,7 @@ def materialize_all(
         progress(f"[{i}/{len(todo) + 1}] {p}: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
         if not res.success:
             raise RuntimeError(f"materialising {p} failed; see run {res.run_id} in the Dagster UI")
-    res = materialize_partition(defs, instance, None, MERGE_ASSETS, tags=tags)
+    res = materialize_partition(defs, instance, None, [*MERGE_ASSETS, "erasure_certificates"], tags=tags)
     results.append(res)
     progress(f"[{len(todo) + 1}/{len(todo) + 1}] merges ({', '.join(MERGE_ASSETS)}): {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
     if not res.success:

@@ -120,9 +120,9 @@ def build_cohort_assets(policy: Policy) -> list:
             y = np.asarray(labels)
             eps = 1e-12
             metrics["weighted_log_loss"] = float(-(w * (y * np.log(proba + eps) + (1 - y) * np.log(1 - proba + eps))).sum() / w.sum())
-        blob = dumps_model({"model": model, "quasi_identifiers": qi})
-        store.write_bytes(model_name("cohort_model"), blob)
-        digest = lk.content_hash(blob)
+        saved = {"model": model, "quasi_identifiers": qi}
+        store.write_bytes(model_name("cohort_model"), dumps_model(saved))
+        digest = lk.model_fingerprint(saved)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),
             metadata={**metrics, "trained": model is not None, "content_hash": digest, "metrics": md_table([metrics])},

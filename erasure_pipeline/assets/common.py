@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import dagster as dg
 
 from erasure_pipeline import identity
 from erasure_pipeline.policy import Policy
+from erasure_pipeline.storage.lake import dumps_model, loads_model, model_name  # noqa: F401  (re-exported for the assets)
 
 CODE_REVISION = "1"
 
@@ -65,18 +65,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return str(v)
-
-
-def dumps_model(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=5)
-
-
-def loads_model(data: bytes) -> Any:
-    return pickle.loads(data)  # only ever objects this pipeline wrote to its own lake
-
-
-def model_name(asset: str, partition: str | None = None) -> str:
-    return f"{asset}/{partition or 'all'}.pkl"
 
 
 def tombstone_check(

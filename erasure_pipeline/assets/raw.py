@@ -14,10 +14,11 @@ import pandas as pd
 
 from erasure_pipeline import contracts, identity
 from erasure_pipeline.assets.common import code_version, shard_partitions, tombstone_check, tombstone_spec
+from erasure_pipeline.erasure.service import BATCH_TAG
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.resources import LakeResource, LandingResource, LedgerResource, PepperResource
 from erasure_pipeline.storage import lake as lk
-from erasure_pipeline.storage.landing import read_landing_table
+from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
 
 RAW_TABLES = {"raw_subjects": "subjects", "raw_events": "events", "raw_tickets": "tickets"}
 
@@ -63,6 +64,9 @@ def _raw_asset(asset_name: str, table: str, policy: Policy) -> dg.AssetsDefiniti
         partition = context.partition_key
         shard = identity.shard_from_partition(partition)
         store, book = lake.get(), ledger.get()
+        batch_id = context.run.tags.get(BATCH_TAG)
+        if config.mode == "erasure" and batch_id and (batch := book.get_batch(batch_id)):
+            book.start(batch["plan"]["requests"], context.run_id)
         # Tombstones are read at materialisation time, after any intake that committed before.
         tombstoned = book.tombstoned_keys(shard)
         existing = lk.read_table(store, asset_name, partition)
@@ -76,7 +80,10 @@ def _raw_asset(asset_name: str, table: str, policy: Policy) -> dg.AssetsDefiniti
         if result.empty and not result.columns.size:
             result = pd.DataFrame({"subject_key": pd.Series(dtype=str), contract.id_column: pd.Series(dtype=str)})
         after_hash = lk.write_table(store, asset_name, partition, result)
-        purged = store.purge_noncurrent(lk.table_name(asset_name, partition)) if config.mode == "erasure" else []
+        purged, scrubbed = [], []
+        if config.mode == "erasure":
+            purged = store.purge_noncurrent(lk.table_name(asset_name, partition))
+            scrubbed = scrub_landing(landing.get(), table, book.tombstoned_keys(), pepper.get(), policy.shards)
         written = lk.require_table(store, asset_name, partition)
         book.record_provenance(asset_name, partition, written["subject_key"].value_counts().to_dict(), after_hash, context.run_id)
         context.log.info(f"{asset_name}[{partition}] {config.mode}: {len(written)} rows, {dropped} tombstoned rows dropped")
@@ -89,6 +96,7 @@ def _raw_asset(asset_name: str, table: str, policy: Policy) -> dg.AssetsDefiniti
                 "rows_added": 0 if incoming is None else len(incoming),
                 "tombstoned_rows_dropped": dropped,
                 "noncurrent_versions_purged": len(purged),
+                "landing_files_scrubbed": len(scrubbed),
                 "content_hash": after_hash,
                 "previous_content_hash": before_hash or "",
                 "lake": store.describe(),

@@ -10,42 +10,21 @@ import pandas as pd
 
 from erasure_pipeline import identity
 from erasure_pipeline.assets.common import (
-    code_version, dumps_model, loads_model, md_table, model_name, shard_partitions, tombstone_check, tombstone_spec,
+    code_version,
+    dumps_model,
+    loads_model,
+    md_table,
+    model_name,
+    shard_partitions,
+    tombstone_check,
+    tombstone_spec,
 )
 from erasure_pipeline.ml import features as ft
-from erasure_pipeline.ml.sisa import SISAClassifier, fit_shard, shard_seed
+from erasure_pipeline.ml.shard_training import CLASSES, matches_retrain, train_shard_model
+from erasure_pipeline.ml.sisa import SISAClassifier, shard_seed
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.resources import LakeResource, LedgerResource
 from erasure_pipeline.storage import lake as lk
-
-CLASSES = np.array([0, 1])
-PROBE_ROWS = 256
-
-
-def train_shard_model(policy: Policy, rows: pd.DataFrame, shard: int):
-    """The constituent of one shard, from that shard's training rows alone (holdout rows excluded)."""
-    train = rows[~rows[ft.HOLDOUT].astype(bool)]
-    X = train[ft.feature_names(policy)].to_numpy(dtype="float64")
-    y = train[ft.LABEL].to_numpy(dtype="int64")
-    model, _ = fit_shard(ft.build_estimator(policy), X, y, n_classes=len(CLASSES), seed=shard_seed(policy.seed, shard))
-    return model, len(train)
-
-
-def probe_set(policy: Policy, rows: pd.DataFrame, shard: int) -> np.ndarray:
-    """The shard's own rows plus a fixed random probe: where two models must agree bit for bit."""
-    names = ft.feature_names(policy)
-    rng = np.random.default_rng(identity.derive_seed(policy.seed, "probe", shard))
-    own = rows[names].to_numpy(dtype="float64")
-    scale = own.std(axis=0) if len(own) else np.ones(len(names))
-    centre = own.mean(axis=0) if len(own) else np.zeros(len(names))
-    synthetic = centre + rng.standard_normal((PROBE_ROWS, len(names))) * np.where(scale > 0, scale, 1.0)
-    return np.vstack([own, synthetic])
-
-
-def constituent_proba(model, X: np.ndarray) -> np.ndarray:
-    from erasure_pipeline.ml.sisa import aggregate_proba
-
-    return aggregate_proba([model], X, len(CLASSES), "mean_proba") if model is not None else np.zeros((len(X), len(CLASSES)))
 
 
 def build_training_assets(policy: Policy) -> list:
@@ -69,7 +48,9 @@ def build_training_assets(policy: Policy) -> list:
         rows = ft.training_rows(subjects, events if events is not None else pd.DataFrame(), policy)
         digest = lk.write_table(store, "training_shards", p, rows)
         written = lk.require_table(store, "training_shards", p)
-        tombstoned = ledger.get().tombstoned_keys(identity.shard_from_partition(p))
+        book = ledger.get()
+        tombstoned = book.tombstoned_keys(identity.shard_from_partition(p))
+        book.record_provenance("training_shards", p, written[ft.KEY].value_counts().to_dict(), digest, context.run_id)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),
             metadata={
@@ -98,9 +79,9 @@ def build_training_assets(policy: Policy) -> list:
         shard = identity.shard_from_partition(p)
         rows = lk.require_table(store, "training_shards", p)
         model, n_train = train_shard_model(policy, rows, shard)
-        blob = dumps_model({"model": model, "features": names, "classes": CLASSES.tolist(), "train_rows": n_train})
-        store.write_bytes(model_name("shard_models", p), blob)
-        digest = lk.content_hash(blob)
+        saved = {"model": model, "features": names, "classes": CLASSES.tolist(), "train_rows": n_train}
+        store.write_bytes(model_name("shard_models", p), dumps_model(saved))
+        digest = lk.model_fingerprint(saved)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),
             metadata={
@@ -124,14 +105,8 @@ def build_training_assets(policy: Policy) -> list:
         shard = identity.shard_from_partition(p)
         rows = lk.require_table(store, "training_shards", p)
         stored = loads_model(store.read_bytes(model_name("shard_models", p)))["model"]
-        fresh, _ = train_shard_model(policy, rows, shard)
-        probe = probe_set(policy, rows, shard)
-        a, b = constituent_proba(stored, probe), constituent_proba(fresh, probe)
-        equal = bool(np.array_equal(a, b))
-        return dg.AssetCheckResult(
-            passed=equal,
-            metadata={"probe_rows": len(probe), "max_abs_difference": float(np.max(np.abs(a - b))) if len(probe) else 0.0},
-        )
+        equal, diff, probes = matches_retrain(policy, stored, rows, shard)
+        return dg.AssetCheckResult(passed=equal, metadata={"probe_rows": probes, "max_abs_difference": diff})
 
     @dg.asset(
         group_name="models",
@@ -166,9 +141,9 @@ def build_training_assets(policy: Policy) -> list:
                 holdout_accuracy=float(accuracy_score(y, proba >= 0.5)),
                 holdout_log_loss=float(log_loss(y, np.clip(proba, 1e-12, 1 - 1e-12), labels=[0, 1])),
             )
-        blob = dumps_model({"model": ensemble, "features": names, "classes": CLASSES.tolist()})
-        store.write_bytes(model_name("ensemble_model"), blob)
-        digest = lk.content_hash(blob)
+        saved = {"model": ensemble, "features": names, "classes": CLASSES.tolist(), "metrics": metrics}
+        store.write_bytes(model_name("ensemble_model"), dumps_model(saved))
+        digest = lk.model_fingerprint(saved)
         auc = metrics.get("holdout_auc")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),

@@ -38,7 +38,8 @@ def build_vector_assets(policy: Policy) -> list:
         p = context.partition_key
         shard = identity.shard_from_partition(p)
         store = vectors.get()
-        tombstoned = sorted(ledger.get().tombstoned_keys(shard))
+        book = ledger.get()
+        tombstoned = sorted(book.tombstoned_keys(shard))
         # Erasure first, by filter on subject_key, whatever the tickets table says.
         deleted, left = store.delete_subjects(shard, tombstoned)
         tickets = lk.require_table(lake.get(), "raw_tickets", p)
@@ -46,6 +47,10 @@ def build_vector_assets(policy: Policy) -> list:
         ids, texts, payloads = ticket_points(tickets, shard, v.chunk_chars) if len(tickets) else ([], [], [])
         result = store.sync(shard, ids, embed(texts, v.dimensions), payloads)
         remaining = store.count_subjects(shard, tombstoned)
+        points_by_key: dict[str, int] = {}
+        for payload in payloads:
+            points_by_key[payload["subject_key"]] = points_by_key.get(payload["subject_key"], 0) + 1
+        book.record_provenance("vector_index", p, points_by_key, result.content_hash, context.run_id)
         context.log.info(f"vector_index[{p}]: {result.points} points, +{result.added} -{result.removed}, {deleted} deleted by subject filter")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(result.content_hash),

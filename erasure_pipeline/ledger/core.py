@@ -206,8 +206,9 @@ class Ledger:
             return [self._request(r) for r in conn.execute(q)]
 
     def max_seq(self) -> int:
+        """The ledger sequence: the last audit-log row (every state change appends one)."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(t.erasure_requests.c.seq), 0))).scalar())
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(t.audit_log.c.seq), 0))).scalar())
 
     # ------------------------------------------------------------------ lifecycle
     def _transition(self, request_id: str, allowed_from: Iterable[str], to: str, event: str, detail: Mapping[str, Any], **values) -> None:
@@ -317,7 +318,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ tombstones
     def tombstoned_keys(self, shard: int | None = None) -> set[str]:
-        q = sa.select(t.tombstones.c.subject_key)
+        """Keys to keep out of every store. A subject whose request is on hold (Art.17(3)
+        exception, legal hold) is not filtered while the hold lasts: its data must be kept."""
+        held = sa.select(t.erasure_requests.c.subject_key).where(t.erasure_requests.c.status == "on_hold")
+        q = sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key.not_in(held))
         if shard is not None:
             q = q.where(t.tombstones.c.shard == shard)
         with self.engine.connect() as conn:
@@ -353,9 +357,12 @@ class Ledger:
                 conn.execute(t.provenance.delete().where(t.provenance.c.subject_key.in_(keys[i : i + 500])))
 
     # ------------------------------------------------------------------ batches, actions, certificates
-    def create_batch(self, batch_id: str, shard: int | None, assets: list[str]) -> None:
+    def create_batch(self, batch_id: str, shard: int | None, plan: Mapping[str, Any]) -> None:
+        """Record a planned batch (assets and per-request footprints); idempotent per batch id."""
         with self.engine.begin() as conn:
-            conn.execute(t.batches.insert().values(batch_id=batch_id, shard=shard, assets=_canonical(assets), status="requested", created_at=utcnow()))
+            if conn.execute(sa.select(t.batches.c.batch_id).where(t.batches.c.batch_id == batch_id)).first():
+                return
+            conn.execute(t.batches.insert().values(batch_id=batch_id, shard=shard, plan=_canonical(plan), status="requested", created_at=utcnow()))
 
     def get_batch(self, batch_id: str) -> dict | None:
         with self.engine.connect() as conn:
@@ -363,8 +370,16 @@ class Ledger:
         if row is None:
             return None
         d = dict(row._mapping)
-        d["assets"] = json.loads(d["assets"])
+        d["plan"] = json.loads(d["plan"])
         return d
+
+    def batches(self, status: str | None = None) -> list[dict]:
+        q = sa.select(t.batches.c.batch_id).order_by(t.batches.c.created_at, t.batches.c.batch_id)
+        if status:
+            q = q.where(t.batches.c.status == status)
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(q)]
+        return [self.get_batch(b) for b in ids]
 
     def finish_batch(self, batch_id: str, status: str, run_id: str | None) -> None:
         with self.engine.begin() as conn:

@@ -66,7 +66,7 @@ batches = sa.Table(
     metadata,
     sa.Column("batch_id", sa.String(40), primary_key=True),
     sa.Column("shard", sa.Integer),
-    sa.Column("assets", sa.Text, nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("run_id", sa.String(64)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

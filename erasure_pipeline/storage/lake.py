@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,3 +187,55 @@ def require_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame:
     if df is None:
         raise FileNotFoundError(f"{asset}[{partition}] has not been materialised in {lake.describe()}")
     return df
+
+
+def model_name(asset: str, partition: str | None = None) -> str:
+    return f"{asset}/{partition or 'all'}.pkl"
+
+
+def dumps_model(obj) -> bytes:
+    return pickle.dumps(obj, protocol=5)
+
+
+def loads_model(data: bytes):
+    return pickle.loads(data)  # only objects this pipeline wrote to its own lake
+
+
+def model_fingerprint(obj) -> str:
+    """A content hash of a fitted model's state, independent of how pickle memoises objects.
+
+    Pickle bytes of two equal models can differ (shared vs. copied sub-objects), so data
+    versions of models hash their state instead: arrays by dtype, shape and bytes; mappings by
+    sorted key; objects by class name and ``__dict__``.
+    """
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def walk(x) -> None:
+        if isinstance(x, np.ndarray):
+            if x.dtype == object:
+                h.update(b"O" + repr(x.shape).encode())
+                for item in x.ravel():
+                    walk(item)
+            else:
+                h.update(b"A" + str(x.dtype).encode() + repr(x.shape).encode() + np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, dict):
+            h.update(b"D%d" % len(x))
+            for k in sorted(x, key=repr):
+                walk(k)
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(b"L%d" % len(x))
+            for item in x:
+                walk(item)
+        elif isinstance(x, (str, bytes, int, float, bool, type(None), np.generic)):
+            h.update(b"S" + repr(x).encode())
+        elif hasattr(x, "__dict__"):
+            h.update(b"C" + type(x).__qualname__.encode())
+            walk({k: v for k, v in vars(x).items() if k != "_sklearn_version"})
+        else:
+            h.update(b"R" + repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()

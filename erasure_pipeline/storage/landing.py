@@ -62,3 +62,32 @@ def read_landing_table(lake: Lake, table: str, pepper: bytes, n_shards: int, nam
     both = pd.concat(frames, ignore_index=True)
     id_col = contracts.CONTRACTS[table].id_column
     return both.drop_duplicates(subset=[id_col], keep="last")
+
+
+def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n_shards: int) -> list[str]:
+    """Rewrite every landing file of ``table`` that holds a tombstoned subject, without those rows.
+
+    Landing copies are data the company holds too. Files are rewritten in their own format
+    and, on a versioned bucket, their old versions are purged. Returns the rewritten names.
+    """
+    rewritten = []
+    if not tombstoned:
+        return rewritten
+    for f in landing_files(lake, table):
+        keyed = read_landing(lake, f, pepper, n_shards)
+        drop = keyed["subject_key"].isin(tombstoned).to_numpy()
+        if not drop.any():
+            continue
+        data = lake.read_bytes(f.name)
+        original = contracts.read_landing_bytes(data, f.name)
+        kept = original[~drop]
+        if f.name.lower().endswith(".parquet"):
+            from erasure_pipeline.storage.lake import table_to_bytes
+
+            out = table_to_bytes(kept)
+        else:
+            out = kept.to_csv(index=False).encode()
+        lake.write_bytes(f.name, out)
+        lake.purge_noncurrent(f.name)
+        rewritten.append(f.name)
+    return rewritten

@@ -1,0 +1,106 @@
+"""Erasure certificates: the documentation an auditor reads, as data and as Markdown.
+
+Fields follow the erasure documentation template: request id, request date, anonymised data
+subject, affected dataset and version, data present (yes/no), action taken, completion
+date, residual risk, exception. Subjects appear only as their keyed hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+REGULATION = "GDPR Art.17; CCPA Cal. Civ. Code §1798.105"
+
+
+def residual_risk(actions: Sequence[Mapping[str, Any]]) -> list[str]:
+    done = {a["action"] for a in actions if a["data_present"]}
+    risks = [
+        "Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
+        "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md).",
+        "A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again.",
+    ]
+    if "COHORT_RECOMPUTE" in done:
+        risks.append(
+            "Published cohort numbers carry Laplace noise drawn afresh when a cell's membership changes, so tables "
+            "published before and after this erasure do not reveal the subject's values by subtraction."
+        )
+    if "SISA_RETRAIN" in done:
+        risks.append(
+            "The subject's shard model was retrained from rows without the subject and equals an independent "
+            "retrain bit for bit; other shard models never saw the subject. Model copies exported before the "
+            "completion date are out of scope of this certificate."
+        )
+    if not done:
+        risks.append("No data of the subject was found in any store of this pipeline.")
+    return risks
+
+
+def build_certificate(
+    request: Mapping[str, Any],
+    actions: Sequence[Mapping[str, Any]],
+    *,
+    completed_at: dt.datetime,
+    findings: Sequence[Mapping[str, Any]],
+    run_id: str | None,
+    batch_id: str | None,
+    exception: str | None = None,
+) -> dict:
+    datasets = [
+        {
+            "dataset": a["asset"] if a.get("partition") in (None, "") else f"{a['asset']}[{a['partition']}]",
+            "version_before": a.get("before_hash"),
+            "version_after": a.get("after_hash"),
+            "data_present": "yes" if a["data_present"] else "no",
+            "action": a["action"],
+            "detail": a.get("detail") or "",
+        }
+        for a in actions
+    ]
+    return {
+        "certificate_version": 1,
+        "regulation": REGULATION,
+        "request_id": request["request_id"],
+        "request_date": request["received_at"].isoformat(),
+        "due_date": request["due_at"].isoformat(),
+        "extended": bool(request.get("extended")),
+        "anonymised_data_subject": request["subject_key"],
+        "data_present": any(a["data_present"] for a in actions),
+        "datasets": datasets,
+        "completion_date": completed_at.isoformat(),
+        "residual_risk": residual_risk(actions),
+        "exception": exception,
+        "verification": list(findings),
+        "run_id": run_id,
+        "batch_id": batch_id,
+    }
+
+
+def to_markdown(cert: Mapping[str, Any]) -> str:
+    lines = [
+        f"### Erasure certificate `{cert['request_id']}`",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| regulation | {cert['regulation']} |",
+        f"| request date | {cert['request_date']} |",
+        f"| due date | {cert['due_date']}{' (extended)' if cert['extended'] else ''} |",
+        f"| anonymised data subject | `{cert['anonymised_data_subject'][:16]}…` |",
+        f"| data present | {'yes' if cert['data_present'] else 'no'} |",
+        f"| completion date | {cert['completion_date']} |",
+        f"| exception (Art.17(3)) | {cert['exception'] or 'none'} |",
+        f"| run | {cert.get('run_id') or 'none (no data)'} |",
+        "",
+        "| dataset | data present | action | version before | version after |",
+        "|---|---|---|---|---|",
+    ]
+    for d in cert["datasets"]:
+        before = (d["version_before"] or "")[:12]
+        after = (d["version_after"] or "")[:12]
+        lines.append(f"| {d['dataset']} | {d['data_present']} | {d['action']} | {before} | {after} |")
+    lines += ["", "**Verification**", ""]
+    for f in cert["verification"]:
+        lines.append(f"- {'✅' if f['ok'] else '❌'} {f['claim']} — {f['target']} {f['detail']}".rstrip())
+    lines += ["", "**Residual risk**", ""] + [f"- {r}" for r in cert["residual_risk"]]
+    return "\n".join(lines)
