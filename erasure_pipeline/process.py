@@ -25,7 +25,7 @@ class DrainResult:
 def drain(
     defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Callable[[str], None] = lambda _m: None, max_ticks: int = 100
 ) -> DrainResult:
-    sensor = defs.get_sensor_def("erasure_sensor")
+    sensor = defs.resolve_sensor_def("erasure_sensor")
     book = default_ledger()
     out = DrainResult()
     cursor = None

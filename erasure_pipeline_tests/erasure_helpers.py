@@ -1,0 +1,63 @@
+"""Picking demo subjects and scanning a project home for raw identifiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from erasure_pipeline import identity, settings
+from erasure_pipeline.storage.landing import read_landing_table
+from erasure_pipeline_tests.conftest import PEPPER
+
+
+def landing_frames(n_shards: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    landing = settings.landing()
+    return (read_landing_table(landing, "subjects", PEPPER.encode(), n_shards),
+            read_landing_table(landing, "tickets", PEPPER.encode(), n_shards))
+
+
+def pick_subjects(n_shards: int, with_tickets: int, without_tickets: int = 0, consented: bool | None = None) -> list[tuple[str, int]]:
+    """(subject_id, shard) of subjects in pairwise different shards."""
+    subjects, tickets = landing_frames(n_shards)
+    has_ticket = set(tickets["subject_id"])
+    used, out = set(), []
+    for want_ticket, count in ((True, with_tickets), (False, without_tickets)):
+        for row in subjects.itertuples(index=False):
+            if count == 0:
+                break
+            if row.shard in used or (row.subject_id in has_ticket) != want_ticket:
+                continue
+            if consented is not None and bool(row.consent_training) != consented:
+                continue
+            out.append((row.subject_id, int(row.shard)))
+            used.add(row.shard)
+            count -= 1
+    return out
+
+
+def scan_for(home: Path, needles: list[str]) -> list[str]:
+    """Every place under ``home`` that holds one of ``needles``: Parquet decoded, all else as raw bytes."""
+    found = []
+    raw_needles = [n.encode() for n in needles]
+    for path in home.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            for col in table.column_names:
+                values = set(map(str, table.column(col).to_pylist()))
+                for n in needles:
+                    if n in values or any(n in v for v in values):
+                        found.append(f"{path}:{col}")
+        else:
+            data = path.read_bytes()
+            for n, raw in zip(needles, raw_needles):
+                if raw in data or n.encode("utf-16-le") in data:
+                    found.append(str(path))
+    return found
+
+
+def key(subject_id: str) -> str:
+    return identity.subject_key(PEPPER.encode(), subject_id)

@@ -1,0 +1,67 @@
+import hashlib
+import hmac
+import logging
+
+import pytest
+
+from erasure_pipeline import identity
+from erasure_pipeline.policy import Policy, PolicyError, load_policy, parse_policy
+
+
+def test_subject_key_is_hmac_sha256_and_shard_rule():
+    key = identity.subject_key(b"pepper", "ana@example.com")
+    assert key == hmac.new(b"pepper", b"ana@example.com", hashlib.sha256).hexdigest()
+    assert identity.shard_of(key, 16) == int(key[:8], 16) % 16
+    assert identity.subject_keys(b"pepper", ["ana@example.com", "x"]) == [key, identity.subject_key(b"pepper", "x")]
+    assert identity.partition_keys(3) == ["shard_00", "shard_01", "shard_02"]
+    assert identity.shard_from_partition("shard_07") == 7
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a\x00b", "x" * 600, 42, None])
+def test_invalid_subject_ids_are_refused_without_echo(bad):
+    with pytest.raises(identity.InvalidSubjectId) as err:
+        identity.validate_subject_id(bad)
+    if isinstance(bad, str) and bad.strip():
+        assert bad not in str(err.value)
+
+
+def test_pepper_env_wins_and_local_default_is_generated_once_with_warning(tmp_path, caplog):
+    assert identity.load_pepper(tmp_path, env={"ERASURE_PIPELINE_PEPPER": "s3cret"}) == b"s3cret"
+    with caplog.at_level(logging.WARNING):
+        first = identity.load_pepper(tmp_path, env={})
+    assert "ERASURE_PIPELINE_PEPPER is not set" in caplog.text
+    assert len(first) == 64
+    assert identity.load_pepper(tmp_path, env={}) == first
+    assert (tmp_path / "pepper.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_policy_defaults_and_errors_name_the_field(tmp_path):
+    assert load_policy(tmp_path / "missing.yaml") == Policy()
+    assert Policy().shards == 16 and Policy().k_min == 10
+    with pytest.raises(PolicyError, match=r"field 'k_min'"):
+        parse_policy({"k_min": 1})
+    with pytest.raises(PolicyError, match=r"field 'model.estimator'"):
+        parse_policy({"model": {"estimator": "deep_net"}})
+    with pytest.raises(PolicyError, match=r"field 'shardz'"):
+        parse_policy({"shardz": 4})
+    path = tmp_path / "policy.yaml"
+    path.write_text("k_min: [oops")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(path)
+
+
+def test_code_versions_fold_in_exactly_the_fields_each_asset_reads():
+    from erasure_pipeline.assets.common import POLICY_FIELDS, code_version
+
+    base = Policy()
+    changes = {
+        "k_min": ({"k_min": 25}, {"anonymised_cohorts", "cohort_model"}),
+        "consent": ({"consent": {"column": "consent_training", "allowed_values": ["yes"]}},
+                    {"training_shards", "shard_models", "ensemble_model"}),
+        "estimator": ({"model": {"estimator": "random_forest"}}, {"shard_models", "ensemble_model"}),
+        "shards": ({"shards": 8}, set(POLICY_FIELDS)),
+    }
+    for name, (patch, expected) in changes.items():
+        changed = parse_policy(patch)
+        stale = {a for a in POLICY_FIELDS if code_version(base, a) != code_version(changed, a)}
+        assert stale == expected, name

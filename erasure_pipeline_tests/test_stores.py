@@ -1,0 +1,80 @@
+"""Lake, landing scrub and the Qdrant vector store (embedded mode)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from erasure_pipeline import identity
+from erasure_pipeline.erasure import plan as pl
+from erasure_pipeline.storage import lake as lk
+from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
+from erasure_pipeline.storage.vectors import VectorStore
+from erasure_pipeline.vectors.embed import chunk_text, embed, point_id
+
+
+def test_local_lake_is_atomic_and_refuses_path_tricks(tmp_path):
+    lake = lk.LocalLake(tmp_path)
+    df = pd.DataFrame({"subject_key": ["a", "b"], "x": [1, 2]})
+    h1 = lk.write_table(lake, "raw_events", "shard_00", df)
+    assert h1 == lk.write_table(lake, "raw_events", "shard_00", df.copy())  # deterministic bytes
+    pd.testing.assert_frame_equal(lk.read_table(lake, "raw_events", "shard_00"), df)
+    assert lake.list() == ["raw_events/shard_00.parquet"]
+    for bad in ("../x", "/etc/passwd", "a//b", "a/./b"):
+        with pytest.raises(ValueError):
+            lake.write_bytes(bad, b"")
+
+
+def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):
+    landing = lk.LocalLake(tmp_path)
+    landing.write_bytes("tickets/t.csv", b"ticket_id,subject_id,created_at,text\nt1,a@x,2026-01-01,hi a@x\nt2,b@x,2026-01-01,hi b@x\n")
+    pepper = b"p"
+    key_a = identity.subject_key(pepper, "a@x")
+    assert scrub_landing(landing, "tickets", {key_a}, pepper, 4) == ["tickets/t.csv"]
+    text = landing.read_bytes("tickets/t.csv").decode()
+    assert "a@x" not in text and "b@x" in text
+    assert read_landing_table(landing, "tickets", pepper, 4)["ticket_id"].tolist() == ["t2"]
+
+
+def test_chunking_and_embedding_are_deterministic():
+    text = "First sentence here. " * 40
+    chunks = chunk_text(text, 100)
+    assert all(len(c) <= 100 for c in chunks) and "".join(chunks).replace(" ", "") == text.replace(" ", "")
+    v = embed(["billing problem", "billing problem", "login fails"], 64)
+    assert v.shape == (3, 64) and np.allclose(np.linalg.norm(v, axis=1), 1)
+    np.testing.assert_array_equal(v[0], v[1])
+    assert point_id("t1", 0, "x") == point_id("t1", 0, "x") != point_id("t1", 0, "y")
+
+
+def test_vector_store_sync_delete_by_subject_and_compaction(tmp_path):
+    store = VectorStore(root=tmp_path)
+    texts = [f"ticket {i} from person-{i}@secret.example about billing" for i in range(30)]
+    ids = [point_id(f"t{i}", 0, t) for i, t in enumerate(texts)]
+    payloads = [{"subject_key": f"k{i % 3}", "ticket_id": f"t{i}", "shard": 1, "text": t} for i, t in enumerate(texts)]
+    res = store.sync(1, ids, embed(texts, 32), payloads)
+    assert (res.added, res.removed, res.points) == (30, 0, 30)
+    assert store.sync(1, ids, embed(texts, 32), payloads).added == 0  # a rebuild of the same content is a no-op
+    assert store.count_subjects(1, ["k0"]) == 10
+    assert store.delete_subjects(1, ["k0"]) == (10, 0)
+    assert store.count_subjects(1, ["k0"]) == 0 and len(store.point_ids(1)) == 20
+    raw = (tmp_path / "shard_01" / "collection" / "tickets" / "storage.sqlite").read_bytes()
+    assert b"person-0@secret.example" not in raw and b"person-1@secret.example" in raw
+    hits = store.search(embed(["billing"], 32)[0], [0, 1], limit=3)
+    assert len(hits) == 3 and all(h[1]["subject_key"] != "k0" for h in hits)
+
+
+def test_plan_resolves_footprints_to_assets_and_groups_by_shard():
+    assert pl.assets_for({"raw_subjects", "raw_events", "training_shards"}) == [
+        "raw_subjects", "raw_events", "cohort_partials", "training_shards", "shard_models",
+        "anonymised_cohorts", "cohort_model", "ensemble_model",
+    ]
+    assert pl.assets_for({"raw_events"}) == ["raw_events", "training_shards"]  # no retrain, no merges
+    assert "vector_index" not in pl.assets_for({"raw_subjects", "raw_events"})
+    k1, k2, k3 = "00000001" + "0" * 56, "00000005" + "0" * 56, "00000002" + "0" * 56
+    reqs = [{"request_id": "r1", "subject_key": k1}, {"request_id": "r2", "subject_key": k2},
+            {"request_id": "r3", "subject_key": k3}, {"request_id": "r4", "subject_key": "f" * 64}]
+    prov = [{"subject_key": k1, "asset": "raw_tickets", "rows": 1}, {"subject_key": k2, "asset": "raw_events", "rows": 2},
+            {"subject_key": k3, "asset": "raw_events", "rows": 1}]
+    plan = pl.plan(reqs, prov, n_shards=4)
+    assert plan.no_data == ["r4"]
+    assert [(b.shard, b.request_ids) for b in plan.batches] == [(1, ["r1", "r2"]), (2, ["r3"])]
+    assert plan.batches[0].assets == ["raw_events", "raw_tickets", "training_shards", "vector_index"]
