@@ -1,0 +1,25 @@
+# erasure_pipeline: the two commands are `make demo` and `make test`.
+PY ?= python
+SUBJECTS ?= 2000
+
+.PHONY: install demo test test-fast dev bench
+install:
+	$(PY) -m pip install -e ".[dev]"
+
+demo: install
+	erasure-pipeline demo --subjects $(SUBJECTS)
+
+test:
+	$(PY) -m pytest -q
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
+
+dev:
+	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dagster dev -w workspace.yaml
+
+bench:
+	$(PY) -m benchmarks.sisa_accuracy
+	$(PY) -m benchmarks.sensor_resolve
+	$(PY) -m benchmarks.qdrant_delete
+	$(PY) -m benchmarks.erasure_cost

@@ -1,0 +1,92 @@
+"""Under a real daemon (`dagster dev`): lineage over GraphQL, and `erase` -> certificate with no other command."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from erasure_pipeline.erasure.service import default_ledger, erase
+from erasure_pipeline_tests.conftest import defs_and_policy, instance
+from erasure_pipeline_tests.erasure_helpers import pick_subjects
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["data"]
+
+
+@pytest.fixture
+def dagster_dev(demo_home):
+    port = _free_port()
+    log = open(demo_home / "dagster_dev.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
+        cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("dagster dev did not start: " + (demo_home / "dagster_dev.log").read_text()[-2000:])
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_lineage_and_erasure_under_the_daemon(demo_home, dagster_dev):
+    port = dagster_dev
+    nodes = _graphql(port, "{ assetNodes { assetKey { path } groupName dependencyKeys { path } staleStatus "
+                           "partitionKeys assetMaterializations(limit: 1) { runId } } }")["assetNodes"]
+    by_name = {n["assetKey"]["path"][0]: n for n in nodes}
+    assert {d["path"][0] for d in by_name["training_shards"]["dependencyKeys"]} == {"raw_subjects", "raw_events"}
+    assert by_name["vector_index"]["groupName"] == "vectors" and len(by_name["vector_index"]["partitionKeys"]) == 4
+    assert all(n["assetMaterializations"] for n in nodes)  # the CLI's materialisations are visible
+    assert by_name["ensemble_model"]["staleStatus"] == "FRESH"
+
+    defs, policy = defs_and_policy()
+    (a, _), (b, _) = pick_subjects(policy.shards, with_tickets=2)
+    t0 = time.monotonic()
+    rids = [erase(a)[0], erase(b)[0]]
+    book = default_ledger()
+    deadline = t0 + 300
+    while time.monotonic() < deadline:
+        states = [book.get_request(r)["status"] for r in rids]
+        if all(s == "completed" for s in states) or "failed" in states:
+            break
+        time.sleep(1)
+    latency = time.monotonic() - t0
+    assert states == ["completed", "completed"], (states, (demo_home / "dagster_dev.log").read_text()[-3000:])
+    print(f"\nerase -> two certificates under dagster dev: {latency:.1f} s")
+    inst = instance()
+    runs = [r for r in inst.get_runs() if r.tags.get("erasure_pipeline/batch")]
+    assert len(runs) == 2 and all(r.tags.get("dagster/sensor_name") == "erasure_sensor" for r in runs)
+    spans = sorted((inst.get_run_stats(r.run_id).start_time, inst.get_run_stats(r.run_id).end_time) for r in runs)
+    assert spans[0][1] <= spans[1][0], "erasure runs overlapped"
