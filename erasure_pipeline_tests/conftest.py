@@ -113,3 +113,52 @@ def defs_and_policy():
 
     policy = load_policy()
     return build_definitions(policy), policy
+
+
+# ---------------------------------------------------------------- real back-ends (Postgres, S3)
+PG_URL_ENV = "ERASURE_PIPELINE_TEST_PG_URL"
+DEFAULT_PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+def unavailable(what: str, require_env: str, how: str, error: Exception) -> None:
+    """Fail where CI requires the server (``require_env=1``), skip with instructions elsewhere."""
+    message = f"{what} is not reachable ({type(error).__name__}: {str(error).splitlines()[0][:200]}). {how}"
+    if os.environ.get(require_env) == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    import sqlalchemy as sa
+
+    url = os.environ.get(PG_URL_ENV, DEFAULT_PG_URL)
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        unavailable("PostgreSQL", "ERASURE_PIPELINE_REQUIRE_POSTGRES",
+                    f"Start one (trust auth) on 127.0.0.1:5432 with a database 'test', or set {PG_URL_ENV}.", exc)
+    return url
+
+
+@pytest.fixture
+def pg_database(pg_server_url: str) -> Iterator[str]:
+    """A fresh database on the test server for one test, dropped afterwards."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    name = f"ep_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name is generated above, not input
+    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -135,13 +135,16 @@ class Ledger:
 
     # ------------------------------------------------------------------ intake
     def add_tombstone(self, subject_key: str, shard: int, request_id: str) -> bool:
-        with self.engine.begin() as conn:
-            exists = conn.execute(sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key == subject_key)).first()
-            if exists:
-                return False
-            conn.execute(t.tombstones.insert().values(subject_key=subject_key, shard=shard, since=utcnow(), request_id=request_id))
-            self._audit(conn, "tombstone", request_id, {"subject_key": subject_key, "shard": shard})
-            return True
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key == subject_key)).first()
+                if exists:
+                    return False
+                conn.execute(t.tombstones.insert().values(subject_key=subject_key, shard=shard, since=utcnow(), request_id=request_id))
+                self._audit(conn, "tombstone", request_id, {"subject_key": subject_key, "shard": shard})
+                return True
+        except sa.exc.IntegrityError:  # another process tombstoned the subject first
+            return False
 
     def file_request(
         self, subject_key: str, shard: int, *, due_days: int, reason: str | None = None, kind: str = "erasure"
@@ -154,23 +157,22 @@ class Ledger:
         if kind == "erasure":
             self.add_tombstone(subject_key, shard, request_id)
         now = utcnow()
-        with self.engine.begin() as conn:
-            existing = conn.execute(
-                sa.select(t.erasure_requests.c.request_id).where(
-                    t.erasure_requests.c.subject_key == subject_key, t.erasure_requests.c.status.in_(LIVE)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    t.erasure_requests.insert().values(
+                        request_id=request_id, subject_key=subject_key, kind=kind, status="received", reason=reason,
+                        received_at=now, due_at=now + dt.timedelta(days=due_days), updated_at=now,
+                    )
                 )
-            ).first()
-            if existing:  # another process filed between our check and this transaction
-                return existing[0], False
-            conn.execute(
-                t.erasure_requests.insert().values(
-                    request_id=request_id, subject_key=subject_key, kind=kind, status="received", reason=reason,
-                    received_at=now, due_at=now + dt.timedelta(days=due_days), updated_at=now,
-                )
-            )
-            self._audit(conn, "received", request_id, {"subject_key": subject_key, "kind": kind, "due_days": due_days})
-            conn.execute(t.erasure_requests.update().where(t.erasure_requests.c.request_id == request_id).values(status="pending"))
-            self._audit(conn, "pending", request_id, {})
+                self._audit(conn, "received", request_id, {"subject_key": subject_key, "kind": kind, "due_days": due_days})
+                conn.execute(t.erasure_requests.update().where(t.erasure_requests.c.request_id == request_id).values(status="pending"))
+                self._audit(conn, "pending", request_id, {})
+        except sa.exc.IntegrityError:  # another process filed a live request for this subject first
+            live = self.live_request_for(subject_key)
+            if live is None:
+                raise
+            return live["request_id"], False
         return request_id, True
 
     def live_request_for(self, subject_key: str) -> dict | None:

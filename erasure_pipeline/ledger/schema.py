@@ -39,6 +39,16 @@ erasure_requests = sa.Table(
     sa.Column("completed_at", sa.DateTime(timezone=True)),
 )
 
+# At most one live (not completed) request per subject, enforced by the database itself so
+# two processes filing for the same subject at once cannot both succeed.
+sa.Index(
+    "uq_erasure_requests_live_subject",
+    erasure_requests.c.subject_key,
+    unique=True,
+    postgresql_where=erasure_requests.c.status != "completed",
+    sqlite_where=erasure_requests.c.status != "completed",
+)
+
 tombstones = sa.Table(
     "tombstones",
     metadata,
