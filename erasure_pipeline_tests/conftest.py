@@ -138,7 +138,7 @@ def pg_server_url() -> str:
         with engine.connect():
             pass
         engine.dispose()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any reason the server is unusable)
         unavailable("PostgreSQL", "ERASURE_PIPELINE_REQUIRE_POSTGRES",
                     f"Start one (trust auth) on 127.0.0.1:5432 with a database 'test', or set {PG_URL_ENV}.", exc)
     return url
@@ -162,3 +162,72 @@ def pg_database(pg_server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3 endpoint on 127.0.0.1: moto's server mode in its own process (not an in-process mock)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    except OSError as exc:
+        unavailable("moto server", "ERASURE_PIPELINE_REQUIRE_S3", 'Install it with pip install -e ".[dev]".', exc)
+    deadline, last = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            break
+        except OSError as exc:  # not up yet
+            last = exc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        unavailable("moto server", "ERASURE_PIPELINE_REQUIRE_S3", 'Install it with pip install -e ".[dev]" (moto[server]).', last)
+    if proc.poll() is not None:
+        unavailable("moto server", "ERASURE_PIPELINE_REQUIRE_S3", 'Install it with pip install -e ".[dev]" (moto[server]).',
+                    RuntimeError(f"exited with {proc.returncode}"))
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh versioned bucket; yields (bucket, the environment a boto3 client needs to reach it)."""
+    import secrets
+
+    import boto3
+
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    name = f"ep-test-{secrets.token_hex(4)}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket=name)
+    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    try:
+        yield name, env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

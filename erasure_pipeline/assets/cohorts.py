@@ -9,7 +9,7 @@ import pandas as pd
 
 from erasure_pipeline import identity
 from erasure_pipeline.anonymise import cohorts as cm
-from erasure_pipeline.assets.common import code_version, dumps_model, md_table, model_name, shard_partitions
+from erasure_pipeline.assets.common import code_version, dumps_model, md_table, model_name, purge_superseded, shard_partitions
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.resources import LakeResource, PepperResource
 from erasure_pipeline.storage import lake as lk
@@ -43,9 +43,13 @@ def build_cohort_assets(policy: Policy) -> list:
         subjects = lk.require_table(store, "raw_subjects", context.partition_key)
         partial = cm.compute_partial(subjects, c.quasi_identifiers, c.generalise, c.measures, c.label, c.measure_clip)
         digest = lk.write_table(store, "cohort_partials", context.partition_key, partial)
+        purged = purge_superseded(context, store, lk.table_name("cohort_partials", context.partition_key))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),
-            metadata={"cells": len(partial), "subjects": int(partial[cm.COUNT].sum()) if len(partial) else 0, "content_hash": digest},
+            metadata={
+                "cells": len(partial), "subjects": int(partial[cm.COUNT].sum()) if len(partial) else 0, "content_hash": digest,
+                "noncurrent_versions_purged": purged,
+            },
         )
 
     @dg.asset(
@@ -58,7 +62,7 @@ def build_cohort_assets(policy: Policy) -> list:
             "keyed to the cell's membership, so tables published before and after an erasure cannot be differenced."
         ),
     )
-    def anonymised_cohorts(lake: LakeResource, pepper: PepperResource) -> dg.MaterializeResult:
+    def anonymised_cohorts(context: dg.AssetExecutionContext, lake: LakeResource, pepper: PepperResource) -> dg.MaterializeResult:
         store = lake.get()
         merged = merged_partials(store, policy)
         published = cm.publish(
@@ -66,6 +70,7 @@ def build_cohort_assets(policy: Policy) -> list:
             noise_key=noise_key(pepper.get()),
         )
         digest = lk.write_table(store, "anonymised_cohorts", PUBLISHED, published)
+        purged = purge_superseded(context, store, lk.table_name("anonymised_cohorts", PUBLISHED))
         suppressed = int((merged[cm.COUNT] < policy.k_min).sum()) if len(merged) else 0
         preview = published.sort_values(cm.COUNT, ascending=False).head(10)
         return dg.MaterializeResult(
@@ -75,6 +80,7 @@ def build_cohort_assets(policy: Policy) -> list:
                 "suppressed_cells": suppressed,
                 "k_min": policy.k_min,
                 "content_hash": digest,
+                "noncurrent_versions_purged": purged,
                 "largest_cells": md_table(preview.drop(columns=[cm.CELL]).to_dict("records")),
             },
         )
@@ -93,7 +99,7 @@ def build_cohort_assets(policy: Policy) -> list:
         kinds={"scikitlearn"},
         description="A label-rate model trained on the published cohort table only: no individual row ever reaches it.",
     )
-    def cohort_model(lake: LakeResource) -> dg.MaterializeResult:
+    def cohort_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         from sklearn.feature_extraction import DictVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -122,10 +128,14 @@ def build_cohort_assets(policy: Policy) -> list:
             metrics["weighted_log_loss"] = float(-(w * (y * np.log(proba + eps) + (1 - y) * np.log(1 - proba + eps))).sum() / w.sum())
         saved = {"model": model, "quasi_identifiers": qi}
         store.write_bytes(model_name("cohort_model"), dumps_model(saved))
+        purged = purge_superseded(context, store, model_name("cohort_model"))
         digest = lk.model_fingerprint(saved)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),
-            metadata={**metrics, "trained": model is not None, "content_hash": digest, "metrics": md_table([metrics])},
+            metadata={
+                **metrics, "trained": model is not None, "content_hash": digest, "metrics": md_table([metrics]),
+                "noncurrent_versions_purged": purged,
+            },
         )
 
     return [cohort_partials, anonymised_cohorts, k_anonymous, cohort_model]

@@ -8,8 +8,9 @@ from typing import Any
 import dagster as dg
 
 from erasure_pipeline import identity
+from erasure_pipeline.erasure.service import BATCH_TAG
 from erasure_pipeline.policy import Policy
-from erasure_pipeline.storage.lake import dumps_model, loads_model, model_name  # noqa: F401  (re-exported for the assets)
+from erasure_pipeline.storage.lake import Lake, dumps_model, loads_model, model_name  # noqa: F401  (re-exported for the assets)
 
 CODE_REVISION = "1"
 
@@ -82,3 +83,14 @@ def tombstone_spec(asset: str, check: str = "no_tombstoned_subjects") -> dg.Asse
         check, asset=asset, blocking=True,
         description="No tombstoned subject_key is in what this materialisation wrote (read back from storage).",
     )
+
+
+def purge_superseded(context: dg.AssetExecutionContext, store: Lake, *names: str) -> int:
+    """In an erasure run, delete every noncurrent version of the objects this asset just rewrote.
+
+    A versioned bucket keeps each overwritten object as a noncurrent version, which still holds
+    the erased subject's rows (or a model trained on them); ingest runs leave versions alone.
+    """
+    if BATCH_TAG not in context.run.tags:
+        return 0
+    return sum(len(store.purge_noncurrent(name)) for name in names)

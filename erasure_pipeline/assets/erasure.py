@@ -65,7 +65,7 @@ def build_erasure_assets(policy: Policy) -> list:
             before, after, meta = materialization_versions(context.instance, context.run_id, asset, partition)
             versions[asset] = (before, after)
             scrubbed += int(meta.get("landing_files_scrubbed", 0) or 0)
-            if asset.startswith("raw_") and meta.get("noncurrent_versions_purged"):
+            if meta.get("noncurrent_versions_purged"):
                 details[asset] = f"rewritten; {meta['noncurrent_versions_purged']} old object versions purged"
             if asset == "vector_index" and "points_deleted_by_subject_filter" in meta:
                 details[asset] = f"{meta['points_deleted_by_subject_filter']} points deleted by subject_key filter (batch); store compacted"

@@ -15,6 +15,7 @@ from erasure_pipeline.assets.common import (
     loads_model,
     md_table,
     model_name,
+    purge_superseded,
     shard_partitions,
     tombstone_check,
     tombstone_spec,
@@ -47,6 +48,7 @@ def build_training_assets(policy: Policy) -> list:
         events = lk.read_table(store, "raw_events", p)
         rows = ft.training_rows(subjects, events if events is not None else pd.DataFrame(), policy)
         digest = lk.write_table(store, "training_shards", p, rows)
+        purged = purge_superseded(context, store, lk.table_name("training_shards", p))
         written = lk.require_table(store, "training_shards", p)
         book = ledger.get()
         tombstoned = book.tombstoned_keys(identity.shard_from_partition(p))
@@ -61,6 +63,7 @@ def build_training_assets(policy: Policy) -> list:
                 "positive_rate": float(written[ft.LABEL].mean()) if len(written) else 0.0,
                 "features": len(names),
                 "content_hash": digest,
+                "noncurrent_versions_purged": purged,
             },
             check_results=[tombstone_check("training_shards", written[ft.KEY], tombstoned)],
         )
@@ -81,6 +84,7 @@ def build_training_assets(policy: Policy) -> list:
         model, n_train = train_shard_model(policy, rows, shard)
         saved = {"model": model, "features": names, "classes": CLASSES.tolist(), "train_rows": n_train}
         store.write_bytes(model_name("shard_models", p), dumps_model(saved))
+        purged = purge_superseded(context, store, model_name("shard_models", p))
         digest = lk.model_fingerprint(saved)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(digest),
@@ -90,6 +94,7 @@ def build_training_assets(policy: Policy) -> list:
                 "constituent": type(model).__name__ if model is not None else "none (empty shard)",
                 "seed": shard_seed(policy.seed, shard),
                 "content_hash": digest,
+                "noncurrent_versions_purged": purged,
             },
         )
 
@@ -116,7 +121,7 @@ def build_training_assets(policy: Policy) -> list:
         kinds={"scikitlearn"},
         description="The SISA aggregate of every shard model, evaluated on the key-derived holdout of every shard.",
     )
-    def ensemble_model(lake: LakeResource) -> dg.MaterializeResult:
+    def ensemble_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
         store = lake.get()
@@ -143,6 +148,7 @@ def build_training_assets(policy: Policy) -> list:
             )
         saved = {"model": ensemble, "features": names, "classes": CLASSES.tolist(), "metrics": metrics}
         store.write_bytes(model_name("ensemble_model"), dumps_model(saved))
+        purged = purge_superseded(context, store, model_name("ensemble_model"))
         digest = lk.model_fingerprint(saved)
         auc = metrics.get("holdout_auc")
         return dg.MaterializeResult(
@@ -154,6 +160,7 @@ def build_training_assets(policy: Policy) -> list:
                 "metrics": md_table([metrics]),
                 "shards": md_table(per_shard),
                 "content_hash": digest,
+                "noncurrent_versions_purged": purged,
             },
             check_results=[
                 dg.AssetCheckResult(

@@ -21,6 +21,7 @@ from erasure_pipeline.storage.landing import landing_files, read_landing
 from erasure_pipeline.storage.vectors import VectorStore
 
 RAW_ASSETS = ("raw_subjects", "raw_events", "raw_tickets")
+MERGED_OBJECTS = (lk.table_name("anonymised_cohorts", "all"), lk.model_name("cohort_model"), lk.model_name("ensemble_model"))
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,7 @@ def verify_subject(subject_key: str, stores: Stores, cache: dict | None = None) 
         df = lk.read_table(stores.lake, asset, part)
         present = int((df["subject_key"] == subject_key).sum()) if df is not None and "subject_key" in df else 0
         out.append(Finding("no rows of the subject", f"{asset}[{part}]", present == 0, f"{present} rows"))
-        old = stores.lake.noncurrent_versions(lk.table_name(asset, part))
-        out.append(Finding("no old object versions left", f"{asset}[{part}]", not old, f"{len(old)} noncurrent versions"))
+    out += _old_versions(stores, subject_key, part)
     in_landing = 0
     for f in landing_files(stores.landing):
         in_landing += int((read_landing(stores.landing, f, stores.pepper, policy.shards)["subject_key"] == subject_key).sum())
@@ -78,6 +78,31 @@ def verify_subject(subject_key: str, stores: Stores, cache: dict | None = None) 
     out += [cache[("model", shard)], cache["cohorts"]]
     prov = stores.ledger.provenance_for([subject_key])
     out.append(Finding("provenance lists no data for the subject", "ledger.provenance", not prov, f"{len(prov)} rows"))
+    return out
+
+
+def _old_versions(stores: Stores, subject_key: str, part: str) -> list[Finding]:
+    """A versioned bucket keeps overwritten objects: none may still hold the subject.
+
+    Tables with a ``subject_key`` column are read version by version. Models and aggregates
+    cannot be searched for one subject, so no version of them may predate the tombstone
+    (the erasure run purges every older one).
+    """
+    out = []
+    for asset in (*RAW_ASSETS, "training_shards"):
+        name = lk.table_name(asset, part)
+        versions = [v for v in stores.lake.noncurrent_versions(name) if not v.delete_marker]
+        holding = 0
+        for v in versions:
+            old = lk.table_from_bytes(stores.lake.read_version(name, v.version_id))
+            holding += int("subject_key" in old and bool((old["subject_key"] == subject_key).any()))
+        out.append(Finding("no old object version holds the subject's rows", f"{asset}[{part}]", holding == 0,
+                           f"{len(versions)} noncurrent versions, {holding} with the subject"))
+    since = stores.ledger.tombstoned_since(subject_key)
+    derived = (lk.table_name("cohort_partials", part), lk.model_name("shard_models", part), *MERGED_OBJECTS)
+    for name in derived:
+        older = [v for v in stores.lake.noncurrent_versions(name) if since is None or v.last_modified < since]
+        out.append(Finding("no object version from before the erasure request", name, not older, f"{len(older)} older versions"))
     return out
 
 

@@ -329,6 +329,11 @@ class Ledger:
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(q)}
 
+    def tombstoned_since(self, subject_key: str) -> dt.datetime | None:
+        """When the subject was tombstoned (None if never)."""
+        with self.engine.connect() as conn:
+            return _utc(conn.execute(sa.select(t.tombstones.c.since).where(t.tombstones.c.subject_key == subject_key)).scalar())
+
     # ------------------------------------------------------------------ provenance
     def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
         """Replace what the ledger knows of one asset partition with what it now holds."""

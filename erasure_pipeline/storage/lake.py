@@ -8,6 +8,7 @@ versions an erasure rewrite leaves behind.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -22,13 +23,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One noncurrent version of a lake object (a versioned bucket keeps these on overwrite)."""
+
+    version_id: str
+    last_modified: dt.datetime
+    delete_marker: bool = False
+
+
 class Lake(Protocol):
     def read_bytes(self, name: str) -> bytes | None: ...
     def write_bytes(self, name: str, data: bytes) -> None: ...
     def delete(self, name: str) -> None: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def purge_noncurrent(self, name: str) -> list[str]: ...
-    def noncurrent_versions(self, name: str) -> list[str]: ...
+    def noncurrent_versions(self, name: str) -> list[ObjectVersion]: ...
+    def read_version(self, name: str, version_id: str) -> bytes: ...
     def describe(self) -> str: ...
 
 
@@ -81,8 +92,11 @@ class LocalLake:
     def purge_noncurrent(self, name: str) -> list[str]:
         return []  # a local file has one version; os.replace leaves no old copy behind
 
-    def noncurrent_versions(self, name: str) -> list[str]:
+    def noncurrent_versions(self, name: str) -> list[ObjectVersion]:
         return []
+
+    def read_version(self, name: str, version_id: str) -> bytes:
+        raise FileNotFoundError(f"a local lake keeps no old versions ({name})")
 
     def describe(self) -> str:
         return f"local:{self.root}"
@@ -122,7 +136,10 @@ class S3Lake:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
 
     def list(self, prefix: str = "") -> list[str]:
-        base = self._key(prefix) if prefix else (self.prefix.strip("/") + "/" if self.prefix.strip("/") else "")
+        root = self.prefix.strip("/") + "/" if self.prefix.strip("/") else ""
+        if prefix:
+            _check_name(prefix.rstrip("/"))
+        base = root + prefix
         strip = len(self.prefix.strip("/")) + 1 if self.prefix.strip("/") else 0
         names = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
@@ -138,13 +155,24 @@ class S3Lake:
                     out.append(v)
         return out
 
-    def noncurrent_versions(self, name: str) -> list[str]:
-        return [v["VersionId"] for v in self._versions(name) if not v.get("IsLatest") and v["VersionId"] != "null"]
+    def noncurrent_versions(self, name: str) -> list[ObjectVersion]:
+        return [
+            ObjectVersion(v["VersionId"], v["LastModified"], "ETag" not in v)
+            for v in self._versions(name)
+            if not v.get("IsLatest")
+        ]
+
+    def read_version(self, name: str, version_id: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(name), VersionId=version_id)["Body"].read()
 
     def purge_noncurrent(self, name: str) -> list[str]:
-        """Delete every noncurrent version (and delete marker) of one object, by VersionId."""
+        """Delete every noncurrent version (and delete marker) of one object, by VersionId.
+
+        On a bucket whose versioning was suspended the pre-versioning copy has VersionId
+        ``"null"``, which S3 deletes by that literal id like any other.
+        """
         key = self._key(name)
-        purged = self.noncurrent_versions(name)
+        purged = [v.version_id for v in self.noncurrent_versions(name)]
         for vid in purged:
             self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid)
         return purged
@@ -175,11 +203,15 @@ def write_table(lake: Lake, asset: str, partition: str, df: pd.DataFrame) -> str
     return content_hash(data)
 
 
+def table_from_bytes(data: bytes) -> pd.DataFrame:
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
 def read_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame | None:
     data = lake.read_bytes(table_name(asset, partition))
     if data is None:
         return None
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    return table_from_bytes(data)
 
 
 def require_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame:
