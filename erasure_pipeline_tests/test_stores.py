@@ -45,8 +45,13 @@ def test_chunking_and_embedding_are_deterministic():
     assert point_id("t1", 0, "x") == point_id("t1", 0, "x") != point_id("t1", 0, "y")
 
 
-def test_vector_store_sync_delete_by_subject_and_compaction(tmp_path):
-    store = VectorStore(root=tmp_path)
+@pytest.mark.parametrize("shared", [False, True], ids=["per-shard-paths", "shared-collection"])
+def test_vector_store_sync_delete_by_subject_and_compaction(tmp_path, shared):
+    """Both layouts: per-shard local stores, and the server's one collection filtered by shard."""
+    store = VectorStore(root=tmp_path, shared=shared)
+    other = [point_id(f"o{i}", 0, "billing other shard") for i in range(5)]
+    store.sync(0, other, embed(["billing other shard"] * 5, 32),
+               [{"subject_key": "k0", "ticket_id": f"o{i}", "shard": 0, "text": "x"} for i in range(5)])
     texts = [f"ticket {i} from person-{i}@secret.example about billing" for i in range(30)]
     ids = [point_id(f"t{i}", 0, t) for i, t in enumerate(texts)]
     payloads = [{"subject_key": f"k{i % 3}", "ticket_id": f"t{i}", "shard": 1, "text": t} for i, t in enumerate(texts)]
@@ -56,10 +61,13 @@ def test_vector_store_sync_delete_by_subject_and_compaction(tmp_path):
     assert store.count_subjects(1, ["k0"]) == 10
     assert store.delete_subjects(1, ["k0"]) == (10, 0)
     assert store.count_subjects(1, ["k0"]) == 0 and len(store.point_ids(1)) == 20
-    raw = (tmp_path / "shard_01" / "collection" / "tickets" / "storage.sqlite").read_bytes()
+    assert store.count_subjects(0, ["k0"]) == 5 and len(store.point_ids(0)) == 5  # the other shard is untouched
+    assert store.sync(1, ids[1:3], embed(texts[1:3], 32), payloads[1:3]).points == 2  # a shard rebuild keeps other shards
+    assert len(store.point_ids(0)) == 5
+    raw = (tmp_path / ("shared" if shared else "shard_01") / "collection" / "tickets" / "storage.sqlite").read_bytes()
     assert b"person-0@secret.example" not in raw and b"person-1@secret.example" in raw
-    hits = store.search(embed(["billing"], 32)[0], [0, 1], limit=3)
-    assert len(hits) == 3 and all(h[1]["subject_key"] != "k0" for h in hits)
+    hits = store.search(embed(["billing"], 32)[0], [1], limit=3)
+    assert len(hits) == 2 and all(h[1]["subject_key"] != "k0" and h[1]["shard"] == 1 for h in hits)
 
 
 def test_plan_resolves_footprints_to_assets_and_groups_by_shard():

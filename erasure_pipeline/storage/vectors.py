@@ -5,7 +5,9 @@ Layout. In embedded (local) mode every shard has its own storage path with one c
 20 000 points per collection and persists with one SQLite transaction per point, so per-shard
 paths keep collections small and let shard steps run in separate processes. Against a server
 (``url``) all shards share one collection whose ``shard`` payload field is indexed, and every
-operation is filtered by it (see docs/ARCHITECTURE.md for why not custom sharding).
+operation is filtered by it (see docs/ARCHITECTURE.md for why not custom sharding). The shared
+layout also runs in local mode (``shared=True``, one path) so the server's code path is tested
+here, where no Qdrant server can be installed.
 
 Point ids are ``uuid5`` of (ticket id, chunk index, chunk text hash): content-addressed, so
 rebuilding a shard is a sync (delete what is gone, upsert what is new) and a shard's content
@@ -44,14 +46,19 @@ class VectorStore:
     url: str | None = None
     api_key: str | None = None
     collection: str = COLLECTION
+    shared: bool | None = None  # one collection for every shard; default: with a server, not locally
 
     @property
     def is_local(self) -> bool:
         return self.url is None
 
+    @property
+    def shared_collection(self) -> bool:
+        return (not self.is_local) if self.shared is None else self.shared
+
     def _local_path(self, shard: int) -> Path:
         assert self.root is not None
-        return self.root / f"shard_{shard:02d}"
+        return self.root / ("shared" if self.shared_collection else f"shard_{shard:02d}")
 
     @contextlib.contextmanager
     def client(self, shard: int) -> Iterator[QdrantClient]:
@@ -67,7 +74,7 @@ class VectorStore:
 
     def _shard_filter(self, shard: int, *conditions: models.Condition) -> models.Filter | None:
         must = list(conditions)
-        if not self.is_local:
+        if self.shared_collection:
             must.append(models.FieldCondition(key="shard", match=models.MatchValue(value=shard)))
         return models.Filter(must=must) if must else None
 
