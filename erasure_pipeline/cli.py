@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import click
 
@@ -251,6 +252,25 @@ def verify(request_id: str) -> None:
     if bad:
         raise _Fail(f"{bad} of {len(findings)} claims do not hold")
     click.echo(f"all {len(findings)} claims hold")
+
+
+@main.command()
+@click.option("--compute-log-days", type=click.FloatRange(min=0), required=True,
+              help="Delete compute logs (step stdout/stderr) last written more than this many days ago.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@_guard
+def housekeeping(compute_log_days: float, dry_run: bool) -> None:
+    """Prune Dagster's local compute logs, which have no retention setting of their own."""
+    from erasure_pipeline.housekeeping import prune_compute_logs
+    from erasure_pipeline.runner import get_instance
+
+    with get_instance() as instance:
+        base_dir = getattr(instance.compute_log_manager, "_base_dir", None)
+    if base_dir is None:
+        raise _Fail(f"the instance's compute log manager ({type(instance.compute_log_manager).__name__}) is not on the local filesystem")
+    pruned = prune_compute_logs(Path(base_dir), compute_log_days, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {pruned.files} compute-log files ({pruned.bytes / 1e6:.1f} MB) older than {compute_log_days:g} days under {base_dir}")
 
 
 @main.command()

@@ -36,7 +36,7 @@ def _graphql(port: int, query: str) -> dict:
 @pytest.fixture
 def dagster_dev(demo_home):
     port = _free_port()
-    log = open(demo_home / "dagster_dev.log", "w")
+    log = open(demo_home / "dagster_dev.log", "w")  # noqa: SIM115  (outlives this block: the server writes to it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
         cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -71,7 +71,7 @@ def test_lineage_and_erasure_under_the_daemon(demo_home, dagster_dev):
     assert all(n["assetMaterializations"] for n in nodes)  # the CLI's materialisations are visible
     assert by_name["ensemble_model"]["staleStatus"] == "FRESH"
 
-    defs, policy = defs_and_policy()
+    _defs, policy = defs_and_policy()
     (a, _), (b, _) = pick_subjects(policy.shards, with_tickets=2)
     t0 = time.monotonic()
     rids = [erase(a)[0], erase(b)[0]]
@@ -90,3 +90,29 @@ def test_lineage_and_erasure_under_the_daemon(demo_home, dagster_dev):
     assert len(runs) == 2 and all(r.tags.get("dagster/sensor_name") == "erasure_sensor" for r in runs)
     spans = sorted((inst.get_run_stats(r.run_id).start_time, inst.get_run_stats(r.run_id).end_time) for r in runs)
     assert spans[0][1] <= spans[1][0], "erasure runs overlapped"
+
+
+def test_multiprocess_forkserver_executor_from_the_environment(demo_home):
+    """``ERASURE_PIPELINE_EXECUTOR=multiprocess:2`` runs a shard's steps in forkserver processes."""
+    import dagster as dg
+
+    from erasure_pipeline.definitions import executor_from_env
+
+    assert executor_from_env({}) is dg.in_process_executor
+    with pytest.raises(ValueError, match="in_process"):
+        executor_from_env({"ERASURE_PIPELINE_EXECUTOR": "threads"})
+    with pytest.raises(ValueError, match="integer"):
+        executor_from_env({"ERASURE_PIPELINE_EXECUTOR": "multiprocess:many"})
+    env = {**os.environ, "ERASURE_PIPELINE_EXECUTOR": "multiprocess:2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "erasure_pipeline.definitions",
+         "--select", "raw_subjects,cohort_partials,training_shards", "--partition", "shard_01"],
+        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "multiprocess executor" in out.stderr
+    with instance() as inst:
+        run = inst.get_runs(limit=1)[0]
+        assert run.is_success
+        starts = [e for e in inst.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_WORKER_STARTED"]
+        assert len(starts) == 3  # each step in its own worker process
