@@ -78,7 +78,7 @@ def read_landing_bytes(data: bytes, name: str) -> pd.DataFrame:
             return pd.read_parquet(io.BytesIO(data))
         ids = {"subject_id": str, "event_id": str, "ticket_id": str}
         return pd.read_csv(io.BytesIO(data), dtype=ids, keep_default_na=False, na_values=[""])
-    except Exception as exc:  # the parser's message may quote file content
+    except Exception as exc:  # noqa: BLE001  (any parser error; its message may quote file content)
         raise LandingContractError(name, None, None, f"cannot be read as {suffix[1:]} ({type(exc).__name__})") from None
 
 

@@ -76,7 +76,7 @@ def test_sensor_coalesces_per_shard_and_tags_only_request_ids(demo_home):
 
 def test_acceptance_five_requests_exact_partitions_certificates_and_no_identifier_left(demo_home):
     inst = instance()
-    defs, policy = defs_and_policy()
+    _defs, policy = defs_and_policy()
     chosen = pick_subjects(policy.shards, with_tickets=3, without_tickets=1)
     assert len({s for _, s in chosen}) == 4
     no_ticket_shard = chosen[3][1]
@@ -170,7 +170,7 @@ def test_held_request_is_not_processed_and_released_one_is(demo_home):
 
 def test_failed_run_leaves_requests_failed_and_retry_finishes(demo_home, monkeypatch):
     defs, policy = defs_and_policy()
-    (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
+    (sid, _shard), = pick_subjects(policy.shards, with_tickets=1)
     rid = erase(sid)[0]
     import erasure_pipeline.assets.erasure as certifier
 

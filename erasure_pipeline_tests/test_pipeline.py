@@ -21,7 +21,7 @@ def _latest(inst, asset, partition=None):
 
 def test_demo_materialises_every_partition_with_metadata(demo_home):
     inst = instance()
-    defs, policy = defs_and_policy()
+    _defs, policy = defs_and_policy()
     for name in SHARD_ASSETS:
         done = inst.get_materialized_partitions(dg.AssetKey(name))
         assert done == set(identity.partition_keys(policy.shards)), name
@@ -75,7 +75,7 @@ def test_data_versions_make_exactly_the_changed_shard_children_stale(demo_home):
     from dagster._utils.test.data_versions import get_stale_status_resolver
 
     inst = instance()
-    defs, policy = defs_and_policy()
+    defs, _policy = defs_and_policy()
     res = materialize_partition(defs, inst, "shard_01", ["raw_events"], run_config={"ops": {"raw_events": {"config": {"mode": "erasure"}}}})
     assert res.success  # same content (no tombstones): nothing becomes stale
     resolver = get_stale_status_resolver(inst, list(defs.assets))

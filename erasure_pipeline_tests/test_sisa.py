@@ -46,7 +46,7 @@ def test_unlearn_equals_fresh_fit_without_the_groups(name, n_shards, seed, n_for
     X, y, groups = _data(seed, n_groups=60)
     rng = np.random.default_rng(seed + 1)
     forget = rng.choice(np.unique(groups), size=n_forget, replace=False)
-    params = dict(estimator=ESTIMATORS[name](), n_shards=n_shards, aggregation=aggregation, random_state=seed)
+    params = {"estimator": ESTIMATORS[name](), "n_shards": n_shards, "aggregation": aggregation, "random_state": seed}
     model = SISAClassifier(**params).fit(X, y, groups=groups)
     refit = model.unlearn(forget)
     keep = ~np.isin(groups, forget)
@@ -72,7 +72,7 @@ def test_groups_spanning_several_shards_refit_only_those():
 
 def test_sliced_sgd_restarts_from_checkpoint_and_stays_exact():
     X, y, groups = _data(9, n_groups=300)
-    params = dict(estimator=SGDClassifier(loss="log_loss"), n_shards=3, n_slices=4, random_state=4)
+    params = {"estimator": SGDClassifier(loss="log_loss"), "n_shards": 3, "n_slices": 4, "random_state": 4}
     model = SISAClassifier(**params).fit(X, y, groups=groups)
     forget = [10, 11, 250]
     model.unlearn(forget)

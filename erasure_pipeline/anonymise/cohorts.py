@@ -114,12 +114,12 @@ def publish(
     for rec in kept.itertuples(index=False):
         r = rec._asdict()
         rng = _cell_rng(noise_key, r[CELL], r[DIGEST])
-        noisy_count = max(k_min, int(round(r[COUNT] + rng.laplace(0.0, 1.0 / epsilon))))
+        noisy_count = max(k_min, round(r[COUNT] + rng.laplace(0.0, 1.0 / epsilon)))
         row = {CELL: r[CELL], COUNT: noisy_count}
         for m in measures:
             noisy_sum = max(0.0, r[f"sum_{m}"] + rng.laplace(0.0, clip / epsilon))
             row[f"mean_{m}"] = round(noisy_sum / noisy_count, 2)
-        noisy_label = min(noisy_count, max(0, int(round(r[LABEL] + rng.laplace(0.0, 1.0 / epsilon)))))
+        noisy_label = min(noisy_count, max(0, round(r[LABEL] + rng.laplace(0.0, 1.0 / epsilon))))
         row["label_rate"] = round(noisy_label / noisy_count, 4)
         rows.append(row)
     columns = [CELL, COUNT, *[f"mean_{m}" for m in measures], "label_rate"]

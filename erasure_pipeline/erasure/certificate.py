@@ -17,8 +17,8 @@ REGULATION = "GDPR Art.17; CCPA Cal. Civ. Code §1798.105"
 def residual_risk(actions: Sequence[Mapping[str, Any]]) -> list[str]:
     done = {a["action"] for a in actions if a["data_present"]}
     risks = [
-        "Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
-        "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md).",
+        ("Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
+        "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md)."),
         "A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again.",
     ]
     if "COHORT_RECOMPUTE" in done:

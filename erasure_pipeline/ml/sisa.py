@@ -220,7 +220,7 @@ class SISAClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_all(self) -> None:
-        X, y, keys = self._data_
+        _X, y, keys = self._data_
         self.classes_, y_index = np.unique(y, return_inverse=True)
         self._y_index_ = y_index
         shards, slices = _shards_and_slices(keys, self.n_shards, self.n_slices)

@@ -1,0 +1,119 @@
+"""deploy/: no container engine or cluster runs here, so parse the compose file, the Helm values,
+the Dockerfile and dagster.yaml, and check they agree with each other and with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from erasure_pipeline import settings
+from erasure_pipeline.definitions import EXECUTOR_ENV, executor_from_env
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+APP_SERVICES = ("code_location", "webserver", "daemon")
+# Every setting the code reads in production, by the names the code uses.
+APP_ENV = {
+    "DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_DIR", settings.LEDGER_ENV, settings.LAKE_ENV, settings.LANDING_ENV,
+    settings.QDRANT_URL_ENV, settings.QDRANT_KEY_ENV, "ERASURE_PIPELINE_PEPPER", EXECUTOR_ENV,
+    "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+}
+HELM_SECRET_KEYS = {"ERASURE_PIPELINE_PEPPER", settings.LEDGER_ENV, settings.QDRANT_KEY_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def instance_yaml() -> dict:
+    return _load("dagster.yaml")
+
+
+def test_dagster_yaml_reads_postgres_and_compute_log_dir_from_the_environment(instance_yaml):
+    assert instance_yaml["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_PG_URL"}
+    assert instance_yaml["compute_logs"]["config"]["base_dir"] == {"env": "DAGSTER_COMPUTE_LOG_DIR"}
+    limits = instance_yaml["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert {"key": "erasure_pipeline/merge_lock", "limit": 1} in limits
+
+
+def test_compose_services_share_one_image_and_every_setting(instance_yaml):
+    compose = _load("docker-compose.yaml")
+    services = compose["services"]
+    assert {"postgres", "minio", "minio-init", "qdrant", *APP_SERVICES} <= set(services)
+    images = {services[s]["image"] for s in APP_SERVICES}
+    assert len(images) == 1
+    for s in APP_SERVICES:
+        env = services[s]["environment"]
+        assert APP_ENV <= set(env), APP_ENV - set(env)
+        assert env["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")  # not psycopg 3 (not installed)
+        assert env[settings.LEDGER_ENV].startswith("postgresql+psycopg2://")
+        assert env[settings.LAKE_ENV].startswith("s3://") and env[settings.QDRANT_URL_ENV].startswith("http://qdrant:")
+        assert services[s]["build"]["dockerfile"] == "deploy/Dockerfile"
+        executor_from_env({EXECUTOR_ENV: env[EXECUTOR_ENV]})  # a value the code accepts
+    bucket = services["code_location"]["environment"][settings.LAKE_ENV].split("/")[2]
+    init = " ".join(services["minio-init"]["command"])
+    assert f"mc version enable lake/{bucket}" in init  # the lake bucket is versioned
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    workspace = _load("workspace.yaml")["load_from"][0]["grpc_server"]
+    assert workspace["host"] == "code_location" and str(workspace["port"]) in services["code_location"]["command"]
+
+
+def test_dockerfile_builds_the_package_and_ships_the_instance_config():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11", text, re.MULTILINE)
+    assert "COPY deploy/dagster.yaml deploy/workspace.yaml /opt/dagster/dagster_home/" in text
+    assert "DAGSTER_HOME=/opt/dagster/dagster_home" in text
+    assert 'pip install --no-cache-dir ".[${EXTRAS}]"' in text and 'ARG EXTRAS="k8s"' in text
+    assert "erasure_pipeline.definitions" in text
+
+
+def test_helm_values_match_dagster_yaml_and_compose(instance_yaml):
+    values = _load("helm/values.yaml")
+    compose = _load("docker-compose.yaml")
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["postgresql"]["enabled"] is False and values["global"]["postgresqlSecretName"]
+    queue = values["dagsterDaemon"]["runCoordinator"]
+    assert queue["type"] == "QueuedRunCoordinator"
+    q = queue["config"]["queuedRunCoordinator"]
+    cfg = instance_yaml["run_coordinator"]["config"]
+    assert q["tagConcurrencyLimits"] == cfg["tag_concurrency_limits"]
+    assert q["maxConcurrentRuns"] == cfg["max_concurrent_runs"] and q["dequeueIntervalSeconds"] == cfg["dequeue_interval_seconds"]
+    assert values["retention"]["sensor"]["purgeAfterDays"] == cfg_retention(instance_yaml)
+    (dep,) = values["dagster-user-deployments"]["deployments"]
+    image = f"{dep['image']['repository']}:{dep['image']['tag']}"
+    assert image == compose["services"]["code_location"]["image"]
+    assert dep["dagsterApiGrpcArgs"] == ["-m", "erasure_pipeline.definitions"]
+    env = {e["name"]: e["value"] for e in dep["env"]}
+    assert env[EXECUTOR_ENV] == "k8s"
+    secrets = [s["name"] for s in dep["envSecrets"]]
+    assert secrets == ["erasure-pipeline-secrets"] == [s["name"] for s in values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]]
+    header = (DEPLOY / "helm" / "values.yaml").read_text().split("\n\n")[0]
+    for key in HELM_SECRET_KEYS:  # the documented secret holds what env does not
+        assert f"{key}=" in header
+    # Dagster's own DAGSTER_PG_URL/compute-log settings are written by the chart from these values.
+    assert (APP_ENV - {"DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_DIR", "AWS_ENDPOINT_URL"}) <= set(env) | HELM_SECRET_KEYS
+
+
+def cfg_retention(instance_yaml: dict) -> dict:
+    return instance_yaml["retention"]["sensor"]["purge_after_days"]
+
+
+def test_k8s_executor_needs_the_extra():
+    try:
+        import dagster_k8s  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"erasure_pipeline\[k8s\]"):
+            executor_from_env({EXECUTOR_ENV: "k8s"})
+    else:
+        assert executor_from_env({EXECUTOR_ENV: "k8s"}).name == "k8s"
+
+
+def test_runbook_covers_what_operators_need():
+    text = (DEPLOY / "README.md").read_text()
+    for heading in ("## Secrets", "## First start", "## Upgrading", "## Backups", "## What was and was not run", "## Retention"):
+        assert heading in text
+    for var in APP_ENV:
+        assert f"`{var}`" in text or var in text
