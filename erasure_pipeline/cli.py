@@ -255,6 +255,44 @@ def verify(request_id: str) -> None:
 
 
 @main.command()
+@click.option("--sample", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="How many training subjects to attack (a random sample of the current members).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def audit(sample: int, seed: int, as_json: bool) -> None:
+    """Membership-inference audit of the current ensemble: members vs never-seen (holdout) subjects."""
+    import pandas as pd
+
+    from erasure_pipeline import identity, settings
+    from erasure_pipeline.ml import features as ft
+    from erasure_pipeline.ml.audit import audit_rows
+    from erasure_pipeline.policy import load_policy
+    from erasure_pipeline.storage import lake as lk
+
+    policy = load_policy()
+    store = settings.lake()
+    blob = store.read_bytes(lk.model_name("ensemble_model"))
+    if blob is None:
+        raise _Fail("ensemble_model has not been materialised; run `erasure-pipeline materialize` first")
+    saved = lk.loads_model(blob)
+    rows = pd.concat([lk.require_table(store, "training_shards", p) for p in identity.partition_keys(policy.shards)], ignore_index=True)
+    holdout = rows[ft.HOLDOUT].astype(bool)
+    members, references = rows[~holdout], rows[holdout]
+    keys = members[ft.KEY].drop_duplicates()
+    chosen = keys.sample(n=min(sample, len(keys)), random_state=seed)
+    result = audit_rows(saved["model"], saved["features"], members[members[ft.KEY].isin(chosen)], references)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo(f"attack: {result.attack}")
+    click.echo("| targets (members) | references (never seen) | ROC-AUC | 95 % interval | TPR @ 0.1 % FPR | TPR @ 1 % FPR |")
+    click.echo("|---|---|---|---|---|---|")
+    click.echo(f"| {result.targets} | {result.references} | {result.auc:.3f} | {result.auc_low:.3f}-{result.auc_high:.3f} "
+               f"| {result.tpr_at_0_1pct_fpr:.3f} | {result.tpr_at_1pct_fpr:.3f} |")
+
+
+@main.command()
 @click.option("--compute-log-days", type=click.FloatRange(min=0), required=True,
               help="Delete compute logs (step stdout/stderr) last written more than this many days ago.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
