@@ -35,21 +35,29 @@ _CACHE: dict[tuple, pd.DataFrame] = {}
 _CACHE_LIMIT = 12
 
 
+def _cache_key(lake: Lake, name: str, data: bytes, pepper: bytes, n_shards: int) -> tuple:
+    return (lake.describe(), name, hashlib.sha256(data).hexdigest(), hashlib.sha256(pepper).hexdigest(), n_shards)
+
+
+def _remember(key: tuple, df: pd.DataFrame) -> None:
+    if len(_CACHE) >= _CACHE_LIMIT:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = df
+
+
 def read_landing(lake: Lake, file: LandingFile, pepper: bytes, n_shards: int) -> pd.DataFrame:
     """One landing file, validated, with ``subject_key`` and ``shard`` columns added."""
     data = lake.read_bytes(file.name)
     if data is None:
         raise FileNotFoundError(f"landing file {file.name} disappeared while reading")
-    key = (lake.describe(), file.name, hashlib.sha256(data).hexdigest(), hashlib.sha256(pepper).hexdigest(), n_shards)
+    key = _cache_key(lake, file.name, data, pepper, n_shards)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
     df = contracts.validate(contracts.read_landing_bytes(data, file.name), file.table, file.name)
     df["subject_key"] = identity.subject_keys(pepper, df["subject_id"].tolist())
     df["shard"] = identity.shards_of(df["subject_key"], n_shards)
-    if len(_CACHE) >= _CACHE_LIMIT:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = df
+    _remember(key, df)
     return df
 
 
@@ -64,7 +72,7 @@ def read_landing_table(lake: Lake, table: str, pepper: bytes, n_shards: int, nam
     return both.drop_duplicates(subset=[id_col], keep="last")
 
 
-def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n_shards: int) -> list[str]:
+def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n_shards: int, names: list[str] | None = None) -> list[str]:
     """Rewrite every landing file of ``table`` that holds a tombstoned subject, without those rows.
 
     Landing copies are data the company holds too. Files are rewritten in their own format
@@ -74,6 +82,8 @@ def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n
     if not tombstoned:
         return rewritten
     for f in landing_files(lake, table):
+        if names is not None and f.name not in names:
+            continue
         keyed = read_landing(lake, f, pepper, n_shards)
         drop = keyed["subject_key"].isin(tombstoned).to_numpy()
         if not drop.any():
@@ -89,5 +99,7 @@ def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n
             out = kept.to_csv(index=False).encode()
         lake.write_bytes(f.name, out)
         lake.purge_noncurrent(f.name)
+        # The kept rows are what a re-read of the new file would give: no second parse and hash.
+        _remember(_cache_key(lake, f.name, out, pepper, n_shards), keyed[~drop].reset_index(drop=True))
         rewritten.append(f.name)
     return rewritten
