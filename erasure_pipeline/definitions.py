@@ -12,6 +12,7 @@ from erasure_pipeline.assets.training import build_training_assets
 from erasure_pipeline.assets.vectors import build_vector_assets
 from erasure_pipeline.policy import Policy, load_policy
 from erasure_pipeline.resources import default_resources
+from erasure_pipeline.schedules import build_schedules
 from erasure_pipeline.sensors import build_sensors
 
 # Partitioned asset checks (one proof per shard) are a preview feature in Dagster 1.13.
@@ -61,6 +62,7 @@ def build_definitions(policy: Policy | None = None, resources: dict | None = Non
         assets=assets,
         asset_checks=checks,
         sensors=build_sensors(policy),
+        schedules=build_schedules(policy),
         resources={**default_resources(), **(resources or {})},
         executor=executor_from_env(),
     )

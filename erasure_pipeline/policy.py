@@ -74,6 +74,20 @@ class VectorPolicy(_Strict):
     dimensions: int = Field(256, ge=16, le=4096)
 
 
+class CyclePolicy(_Strict):
+    """The retraining cycle's schedule (no asset reads it: changing it makes nothing stale)."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("must be a cron expression with 5 fields, e.g. '0 3 * * *'")
+        return v
+
+
 class Policy(_Strict):
     shards: int = Field(16, ge=1, le=256)
     seed: int = Field(1729, ge=0)
@@ -83,6 +97,8 @@ class Policy(_Strict):
     model: ModelPolicy = Field(default_factory=ModelPolicy)
     vectors: VectorPolicy = Field(default_factory=VectorPolicy)
     retention_days: int = Field(730, ge=1)
+    """Event and ticket rows older than this leave the lake on the next retraining cycle."""
+    cycle: CyclePolicy = Field(default_factory=CyclePolicy)
     erasure_due_days: int = Field(30, ge=1, le=30)
     """Art.17 asks for erasure "without undue delay" and at the latest within one month."""
     erasure_extension_days: int = Field(60, ge=0, le=60)

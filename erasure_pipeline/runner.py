@@ -74,6 +74,8 @@ def materialize_all(
     """Every shard's partitions (one run per shard), then the unpartitioned merges (one run)."""
     results = []
     todo = list(range(n_shards)) if shards is None else list(shards)
+    if shards is None:  # every landing file present now is taken: the next cycle starts after them
+        _record_full_ingest(n_shards)
     for i, shard in enumerate(todo, 1):
         p = identity.partition_key(shard)
         res = materialize_partition(defs, instance, p, SHARD_ASSETS, run_config=run_config, tags=tags)
@@ -87,3 +89,16 @@ def materialize_all(
     if not res.success:
         raise RuntimeError(f"materialising the merges failed; see run {res.run_id} in the Dagster UI")
     return results
+
+
+def _record_full_ingest(n_shards: int) -> None:
+    import secrets
+
+    from erasure_pipeline import settings
+    from erasure_pipeline.cycle import record_full_ingest
+    from erasure_pipeline.erasure.service import default_ledger
+    from erasure_pipeline.policy import load_policy
+
+    policy = load_policy()
+    if policy.shards == n_shards:
+        record_full_ingest(default_ledger(), settings.landing(), policy, "full-" + secrets.token_hex(8))

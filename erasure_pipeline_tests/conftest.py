@@ -16,6 +16,7 @@ SMALL_POLICY = """\
 shards: 4
 seed: 11
 k_min: 3
+retention_days: 1500  # the demo spans 2024-01 .. 2026-11: nothing expires unless a test says so
 cohorts:
   quasi_identifiers: [region, segment]
   generalise: {}

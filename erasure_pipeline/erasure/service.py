@@ -65,7 +65,11 @@ def tick(book: Ledger, stores: Stores, *, limit: int = 10_000) -> Tick:
         cache: dict = {}
         for rid in planned.no_data:
             if book.claim([rid], "no-data"):
-                certify(book, stores, by_id[rid], {}, run_id=None, batch_id=None, cache=cache)
+                try:
+                    certify(book, stores, by_id[rid], {}, run_id=None, batch_id=None, cache=cache)
+                except ErasureNotProven as exc:  # e.g. the subject is only in a landing file not yet ingested
+                    book.fail([rid], str(exc))
+                    continue
                 certified.append(rid)
         for batch in planned.batches:
             won = book.claim(batch.request_ids, batch.batch_id)

@@ -90,9 +90,12 @@ class Ledger:
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK + 1})
-            t.metadata.create_all(conn)
+            t.metadata.create_all(conn)  # new tables (and their indexes); migrations only add
             current = conn.execute(sa.select(sa.func.max(t.schema_version.c.version))).scalar()
-            if current is None:
+            if current is not None and current < 2:
+                for index in t.erasure_requests.indexes:  # create_all skips indexes of existing tables
+                    index.create(conn, checkfirst=True)
+            if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION
         return int(current)
@@ -333,6 +336,73 @@ class Ledger:
         """When the subject was tombstoned (None if never)."""
         with self.engine.connect() as conn:
             return _utc(conn.execute(sa.select(t.tombstones.c.since).where(t.tombstones.c.subject_key == subject_key)).scalar())
+
+    # ------------------------------------------------------------------ landing, consent, retention
+    def known_landing_files(self) -> set[str]:
+        """Landing files some ingest batch has taken (the retraining cycle's cursor)."""
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(t.landing_files.c.name))}
+
+    def record_landing_batch(
+        self, batch_id: str, kind: str, files: Iterable[tuple[str, str, str]], shards: Iterable[int], as_of: dt.datetime
+    ) -> bool:
+        """One ingest batch: ``files`` as (name, table, content hash). False if it was recorded before."""
+        files = list(files)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(t.landing_batches.insert().values(
+                    batch_id=batch_id, kind=kind, shards=_canonical(sorted(set(shards))), as_of=as_of, created_at=utcnow()))
+                known = {r[0] for r in conn.execute(sa.select(t.landing_files.c.name).where(t.landing_files.c.name.in_([f[0] for f in files])))}
+                new = [f for f in files if f[0] not in known]
+                if new:
+                    conn.execute(t.landing_files.insert(), [
+                        {"name": n, "table_name": tb, "content_hash": h, "batch_id": batch_id, "seen_at": utcnow()} for n, tb, h in new])
+                self._audit(conn, "landing_batch", None, {"batch_id": batch_id, "kind": kind, "files": len(new), "shards": sorted(set(shards))})
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def landing_batches(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(t.landing_batches).order_by(t.landing_batches.c.created_at))]
+        for r in rows:
+            r["shards"] = json.loads(r["shards"])
+        return rows
+
+    def record_consent_changes(self, shard: int, changes: Mapping[str, bool], run_id: str) -> None:
+        """Training consent granted or withdrawn (a landing update, not an erasure)."""
+        if not changes:
+            return
+        with self.engine.begin() as conn:
+            for key, consent in sorted(changes.items()):
+                conn.execute(t.consent_changes.insert().values(subject_key=key, shard=shard, consent=bool(consent), run_id=run_id, at=utcnow()))
+                self._audit(conn, "consent_withdrawn" if not consent else "consent_granted", None, {"subject_key": key, "shard": shard, "run_id": run_id})
+
+    def consent_changes(self, subject_key: str | None = None) -> list[dict]:
+        q = sa.select(t.consent_changes).order_by(t.consent_changes.c.id)
+        if subject_key:
+            q = q.where(t.consent_changes.c.subject_key == subject_key)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def record_retention(self, asset: str, partition: str, rows: int, cutoff: dt.datetime, run_id: str, versions_purged: int) -> None:
+        """Rows that left the lake because they outlived ``retention_days``: logged like an erasure."""
+        with self.engine.begin() as conn:
+            self._audit(conn, "retention", None, {
+                "asset": asset, "partition": partition, "rows": rows, "cutoff": cutoff.isoformat(), "run_id": run_id,
+                "noncurrent_versions_purged": versions_purged})
+
+    def record_partition_stats(self, asset: str, partition: str, rows: int, oldest: dt.datetime | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == partition))
+            conn.execute(t.partition_stats.insert().values(asset=asset, partition=partition, rows=rows, oldest=oldest, recorded_at=utcnow()))
+
+    def partition_stats(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(t.partition_stats))]
+        for r in rows:
+            r["oldest"] = _utc(r["oldest"])
+        return rows
 
     # ------------------------------------------------------------------ provenance
     def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:

@@ -131,5 +131,47 @@ outbox = sa.Table(
     sa.Column("sent_at", sa.DateTime(timezone=True)),
 )
 
+landing_files = sa.Table(
+    "landing_files",
+    metadata,
+    sa.Column("name", sa.String(512), primary_key=True),
+    sa.Column("table_name", sa.String(32), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("batch_id", sa.String(40), nullable=False, index=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+landing_batches = sa.Table(
+    "landing_batches",
+    metadata,
+    sa.Column("batch_id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("shards", sa.Text, nullable=False),
+    sa.Column("as_of", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+consent_changes = sa.Table(
+    "consent_changes",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("subject_key", sa.String(64), nullable=False, index=True),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("consent", sa.Boolean, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+partition_stats = sa.Table(
+    "partition_stats",
+    metadata,
+    sa.Column("asset", sa.String(64), primary_key=True),
+    sa.Column("partition", sa.String(32), primary_key=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("oldest", sa.DateTime(timezone=True)),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # version -> callables run in order on upgrade; version 1 is create_all.
-CURRENT_VERSION = 1
+# 2: landing_files, landing_batches, consent_changes, partition_stats; the live-request index.
+CURRENT_VERSION = 2

@@ -1,0 +1,166 @@
+"""The retraining cycle: only shards with new rows, tombstones on the way in, retention, consent
+withdrawal, and an erasure that arrives while a cycle runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+from click.testing import CliRunner
+
+from erasure_pipeline import identity, settings
+from erasure_pipeline.cli import main
+from erasure_pipeline.erasure.service import default_ledger, erase
+from erasure_pipeline.process import drain, run_cycle
+from erasure_pipeline.storage import lake as lk
+from erasure_pipeline_tests.conftest import defs_and_policy, instance
+from erasure_pipeline_tests.erasure_helpers import key, landing_frames, pick_subjects
+from erasure_pipeline_tests.test_erasure import _materialised_partitions, _max_storage_id
+
+AS_OF = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # the demo's data ends 2026-11-01
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _events_for(subject_ids: list[str], start: int) -> pd.DataFrame:
+    return pd.DataFrame({
+        "event_id": [f"new-{start + i}" for i in range(len(subject_ids))],
+        "subject_id": subject_ids,
+        "ts": ["2026-11-01T12:00:00Z"] * len(subject_ids),
+        "event_type": ["email_open"] * len(subject_ids),
+        "campaign_id": ["c-new"] * len(subject_ids),
+    })
+
+
+def _drop_csv(name: str, df: pd.DataFrame) -> None:
+    settings.landing().write_bytes(name, df.to_csv(index=False).encode())
+
+
+def _raw_keys(asset: str, shard: int) -> set[str]:
+    return set(lk.require_table(settings.lake(), asset, identity.partition_key(shard))["subject_key"])
+
+
+def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
+    inst = instance()
+    defs, policy = defs_and_policy()
+    assert run_cycle(defs, inst, AS_OF).runs == []  # the demo's files were taken by the full build
+    chosen = pick_subjects(policy.shards, with_tickets=3)
+    _drop_csv("events/2026-11-02.csv", _events_for([sid for sid, _ in chosen], 0))
+    start = _max_storage_id(inst)
+    out = _cli("cycle", "--as-of", "2026-11-02")
+    assert out.exit_code == 0, out.output
+    touched = {identity.partition_key(s) for _, s in chosen}
+    done = _materialised_partitions(inst, start)
+    assert {p for _, p in done if p is not None} == touched and len(touched) == 3
+    assert {a for a, p in done if p is None} == {"anonymised_cohorts", "cohort_model", "ensemble_model"}
+    for sid, shard in chosen:
+        events = lk.require_table(settings.lake(), "raw_events", identity.partition_key(shard))
+        assert (events["event_id"].str.startswith("new-") & (events["subject_key"] == key(sid))).sum() == 1
+    again = _max_storage_id(inst)
+    assert run_cycle(defs, inst, AS_OF).runs == []  # the same files are not ingested twice
+    assert _materialised_partitions(inst, again) == set()
+    (batch,) = [b for b in default_ledger().landing_batches() if b["kind"] == "cycle"]
+    assert batch["shards"] == sorted(s for _, s in chosen) and batch["batch_id"] in out.output
+    runs = inst.get_runs(dg.RunsFilter(tags={"erasure_pipeline/cycle": batch["batch_id"]}))
+    assert len(runs) == 3 and all(r.tags["dagster/run_key"] == f"{batch['batch_id']}-{r.tags['erasure_pipeline/shard']}" for r in runs)
+
+
+def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
+    rid, _ = erase(sid)
+    drain(defs, instance())
+    assert default_ledger().get_request(rid)["status"] == "completed"
+    subjects, _tickets = landing_frames(policy.shards)  # the landing copies were scrubbed ...
+    assert sid not in set(subjects["subject_id"])
+    # ... so the source sends the subject again, with events and a ticket.
+    _drop_csv("subjects/resend.csv", pd.DataFrame({"subject_id": [sid], "consent_training": [True], "region": ["north"],
+                                                   "segment": ["smb"], "age": [40], "tenure_days": [10], "lifetime_value": [5.0],
+                                                   "converted": [1]}))
+    _drop_csv("events/resend.csv", _events_for([sid], 100))
+    _drop_csv("tickets/resend.csv", pd.DataFrame({"ticket_id": ["T-resend"], "subject_id": [sid], "created_at": ["2026-11-01T00:00:00Z"],
+                                                  "text": [f"Hello, this is {sid} again"]}))
+    result = run_cycle(defs, instance(), AS_OF)
+    assert result.shards == [shard] and not result.failed
+    for asset in ("raw_subjects", "raw_events", "raw_tickets"):
+        assert key(sid) not in _raw_keys(asset, shard)
+    assert key(sid) not in set(lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
+    assert settings.vector_store().count_subjects(shard, [key(sid)]) == 0
+    assert _cli("verify", rid).exit_code == 0
+
+
+def test_retention_drops_old_rows_on_the_next_cycle_and_they_never_come_back(demo_home):
+    policy_file = demo_home / "policy.yaml"
+    policy_file.write_text(policy_file.read_text().replace("retention_days: 1500", "retention_days: 365"))
+    defs, policy = defs_and_policy()
+    cutoff = AS_OF - dt.timedelta(days=365)
+    result = run_cycle(defs, instance(), AS_OF)
+    assert sorted(result.shards) == list(range(policy.shards)) and not result.failed  # the demo spans ~3 years
+    for shard in range(policy.shards):
+        part = identity.partition_key(shard)
+        events = lk.require_table(settings.lake(), "raw_events", part)
+        tickets = lk.require_table(settings.lake(), "raw_tickets", part)
+        assert pd.to_datetime(events["ts"], utc=True).min() >= pd.Timestamp(cutoff)
+        assert tickets.empty or pd.to_datetime(tickets["created_at"], utc=True).min() >= pd.Timestamp(cutoff)
+    logged = [e for e in default_ledger().audit_entries() if e["event"] == "retention"]
+    assert {(json_detail(e)["asset"]) for e in logged} == {"raw_events", "raw_tickets"}
+    # A full re-ingest of every landing file (a backfill) applies the same cutoff.
+    assert _cli("materialize").exit_code == 0
+    events = lk.require_table(settings.lake(), "raw_events", identity.partition_key(0))
+    assert pd.to_datetime(events["ts"], utc=True).min() >= pd.Timestamp(cutoff)
+    assert run_cycle(defs, instance(), AS_OF).runs == []  # nothing left past retention
+
+
+def json_detail(entry):
+    import json
+
+    return json.loads(entry["detail"])
+
+
+def test_consent_withdrawal_leaves_training_but_keeps_raw_data(demo_home):
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
+    subjects, _ = landing_frames(policy.shards)
+    row = subjects[subjects["subject_id"] == sid].drop(columns=["subject_key", "shard"]).assign(consent_training=False)
+    assert key(sid) in set(lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
+    _drop_csv("subjects/consent-update.csv", row)
+    result = run_cycle(defs, instance(), AS_OF)
+    assert result.shards == [shard]
+    assert key(sid) not in set(lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
+    assert key(sid) in _raw_keys("raw_subjects", shard) and key(sid) in _raw_keys("raw_events", shard)
+    book = default_ledger()
+    (change,) = book.consent_changes(key(sid))
+    assert change["consent"] is False and change["shard"] == shard
+    assert book.live_request_for(key(sid)) is None and key(sid) not in book.tombstoned_keys()  # not an erasure
+    assert any(e["event"] == "consent_withdrawn" for e in book.audit_entries())
+
+
+def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monkeypatch):
+    from erasure_pipeline.assets import raw
+
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
+    _drop_csv("events/during.csv", _events_for([sid], 200))  # the cycle brings the subject new rows
+    filed = []
+    original = raw.rewrite_partition
+
+    def rewrite_then_request(existing, incoming, id_column, tombstoned):
+        out = original(existing, incoming, id_column, tombstoned)
+        if not filed:  # the request arrives after the step read the tombstones, before it wrote
+            filed.append(erase(sid)[0])
+        return out
+
+    monkeypatch.setattr(raw, "rewrite_partition", rewrite_then_request)
+    result = run_cycle(defs, instance(), AS_OF)
+    monkeypatch.undo()
+    assert result.shards == [shard] and not result.failed and filed
+    for asset in ("raw_subjects", "raw_events", "raw_tickets"):
+        assert key(sid) not in _raw_keys(asset, shard)  # the late tombstone was honoured in the same step
+    book = default_ledger()
+    assert book.get_request(filed[0])["status"] == "pending"  # not lost: the erasure still runs ...
+    drain(defs, instance())
+    assert book.get_request(filed[0])["status"] == "completed"  # ... and completes after the cycle
+    assert _cli("verify", filed[0]).exit_code == 0
