@@ -217,6 +217,99 @@ def process() -> None:
 
 
 @main.command()
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="The cycle's time (UTC) for the retention cutoff; default now.")
+@_guard
+def cycle(as_of) -> None:
+    """Run one retraining cycle now: new landing files and retention, only the shards they touch."""
+    import datetime as dt
+
+    _quiet_dagster()
+    from erasure_pipeline.process import run_cycle
+    from erasure_pipeline.runner import get_instance
+
+    defs, _policy = _defs_and_policy()
+    when = as_of.replace(tzinfo=dt.UTC) if as_of else None
+    result = run_cycle(defs, get_instance(), when, progress=click.echo)
+    if result.batch_id:
+        click.echo(f"cycle {result.batch_id}: {result.files} new landing files, shards {result.shards}, {len(result.runs)} runs")
+    if result.failed:
+        raise _Fail(f"{len(result.failed)} cycle runs failed; see them in the Dagster UI")
+
+
+@main.group()
+def policy() -> None:
+    """Policy changes: what they make stale before you apply them."""
+
+
+def _print_stale(plan) -> None:
+    if not plan:
+        click.echo("nothing is stale: every asset partition was materialised under these policy values")
+        return
+    click.echo("| asset | partitions | why |")
+    click.echo("|---|---|---|")
+    for a in plan.assets:
+        parts = "(unpartitioned)" if a.partitions == [None] else (
+            f"all {len(a.partitions)}" if len(a.partitions) > 3 else ", ".join(a.partitions))
+        why = a.reason + (f" (reads: {', '.join(a.fields)})" if a.fields and a.reason.startswith("policy") else "")
+        click.echo(f"| {a.asset} | {parts} | {why} |")
+
+
+@policy.command("diff")
+@click.option("--proposed", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A policy file to compare (default: the policy file in effect, e.g. after editing it).")
+@_guard
+def policy_diff(proposed: Path | None) -> None:
+    """Which assets and partitions a policy would make stale (nothing is changed)."""
+    _quiet_dagster()
+    from erasure_pipeline.definitions import build_definitions
+    from erasure_pipeline.policy import load_policy
+    from erasure_pipeline.policy_changes import field_differences, stale_under
+    from erasure_pipeline.runner import get_instance
+
+    current = load_policy()
+    new = load_policy(proposed) if proposed else current
+    if proposed:
+        diffs = field_differences(current, new)
+        click.echo("policy fields that differ from the policy in effect:" if diffs else "the proposed policy equals the policy in effect")
+        for f, old, value in diffs:
+            click.echo(f"  {f}: {json.dumps(old)} -> {json.dumps(value)}")
+    with get_instance() as instance:
+        _print_stale(stale_under(new, build_definitions(new), instance))
+
+
+@main.command()
+@click.option("--stale", is_flag=True, required=True, help="Backfill every asset partition the policy in effect makes stale.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be backfilled.")
+@click.option("--wait", "wait_s", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seconds to wait for the daemon to finish the backfill (0: return at once).")
+@_guard
+def backfill(stale: bool, dry_run: bool, wait_s: int) -> None:
+    """Launch one Dagster backfill of exactly the stale asset partitions (run by the daemon)."""
+    _quiet_dagster()
+    from erasure_pipeline.policy_changes import launch_backfill, stale_under
+    from erasure_pipeline.runner import get_instance
+
+    defs, pol = _defs_and_policy()
+    with get_instance() as instance:
+        plan = stale_under(pol, defs, instance)
+        _print_stale(plan)
+        if not plan or dry_run:
+            return
+        backfill_id = launch_backfill(plan, defs, instance, title=f"policy change: {', '.join(plan.names())}")
+        click.echo(f"backfill {backfill_id} launched: see the Backfills page of the Dagster UI (the daemon runs it)")
+        deadline = time.monotonic() + wait_s
+        status = instance.get_backfill(backfill_id).status
+        while wait_s and time.monotonic() < deadline and status.value in ("REQUESTED", "CANCELING", "FAILING"):
+            time.sleep(2)
+            status = instance.get_backfill(backfill_id).status
+        if wait_s:
+            click.echo(f"backfill {backfill_id}: {status.value}")
+            if status.value != "COMPLETED_SUCCESS" and status.value != "COMPLETED":
+                raise _Fail(f"backfill {backfill_id} is {status.value}")
+
+
+@main.command()
 @click.argument("request_id")
 @click.option("--json", "as_json", is_flag=True)
 @_guard

@@ -1,5 +1,6 @@
 """Under a real daemon (`dagster dev`): lineage over GraphQL, and `erase` -> certificate with no other command."""
 
+import contextlib
 import json
 import os
 import signal
@@ -33,10 +34,11 @@ def _graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())["data"]
 
 
-@pytest.fixture
-def dagster_dev(demo_home):
+@contextlib.contextmanager
+def running_dagster_dev(home):
+    """``dagster dev`` (webserver + daemon) on the project home the environment points at."""
     port = _free_port()
-    log = open(demo_home / "dagster_dev.log", "w")  # noqa: SIM115  (outlives this block: the server writes to it)
+    log = open(home / "dagster_dev.log", "w")  # noqa: SIM115  (outlives this block: the server writes to it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
         cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -50,7 +52,7 @@ def dagster_dev(demo_home):
             except OSError:
                 time.sleep(1)
         else:
-            pytest.fail("dagster dev did not start: " + (demo_home / "dagster_dev.log").read_text()[-2000:])
+            pytest.fail("dagster dev did not start: " + (home / "dagster_dev.log").read_text()[-2000:])
         yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -59,6 +61,12 @@ def dagster_dev(demo_home):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def dagster_dev(demo_home):
+    with running_dagster_dev(demo_home) as port:
+        yield port
 
 
 def test_lineage_and_erasure_under_the_daemon(demo_home, dagster_dev):
@@ -116,3 +124,31 @@ def test_multiprocess_forkserver_executor_from_the_environment(demo_home):
         assert run.is_success
         starts = [e for e in inst.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_WORKER_STARTED"]
         assert len(starts) == 3  # each step in its own worker process
+
+
+def test_policy_change_backfill_rematerialises_exactly_the_stale_assets(demo_home):
+    """k_min raised: ``policy diff`` lists the cohort assets, ``backfill --stale`` (a Dagster backfill run
+    by the daemon) rematerialises them and nothing else, and the UI shows them fresh again."""
+    from click.testing import CliRunner
+
+    from erasure_pipeline.cli import main
+    from erasure_pipeline_tests.test_erasure import _materialised_partitions, _max_storage_id
+
+    policy_file = demo_home / "policy.yaml"
+    policy_file.write_text(policy_file.read_text().replace("k_min: 3", "k_min: 6"))
+    diff = CliRunner().invoke(main, ["policy", "diff"], catch_exceptions=False)
+    assert [line.split("|")[1].strip() for line in diff.output.splitlines() if line.startswith("| ") and "asset" not in line] == [
+        "anonymised_cohorts", "cohort_model"]
+    inst = instance()
+    start = _max_storage_id(inst)
+    with running_dagster_dev(demo_home) as port:
+        stale = {n["assetKey"]["path"][0]: n["staleStatus"] for n in _graphql(port, "{ assetNodes { assetKey { path } staleStatus } }")["assetNodes"]}
+        assert stale["anonymised_cohorts"] == "STALE" and stale["raw_subjects"] == "FRESH"
+        out = CliRunner().invoke(main, ["backfill", "--stale", "--wait", "240"], catch_exceptions=False)
+        assert out.exit_code == 0, out.output + (demo_home / "dagster_dev.log").read_text()[-3000:]
+        backfills = _graphql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }")
+        assert [b["status"] for b in backfills["partitionBackfillsOrError"]["results"]] == ["COMPLETED_SUCCESS"]
+        fresh = {n["assetKey"]["path"][0]: n["staleStatus"] for n in _graphql(port, "{ assetNodes { assetKey { path } staleStatus } }")["assetNodes"]}
+        assert fresh["anonymised_cohorts"] == "FRESH" and fresh["cohort_model"] == "FRESH"
+    assert _materialised_partitions(inst, start) == {("anonymised_cohorts", None), ("cohort_model", None)}
+    assert "nothing is stale" in CliRunner().invoke(main, ["policy", "diff"], catch_exceptions=False).output
