@@ -18,8 +18,11 @@ test-fast:
 dev:
 	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dagster dev -w workspace.yaml
 
+# Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (~20 min in all).
 bench:
 	$(PY) -m benchmarks.sisa_accuracy
-	$(PY) -m benchmarks.sensor_resolve
+	$(PY) -m benchmarks.sensor_resolve --requests 10000
 	$(PY) -m benchmarks.qdrant_delete
-	$(PY) -m benchmarks.erasure_cost
+	$(PY) -m benchmarks.membership_audit
+	$(PY) -m benchmarks.daemon_latency
+	$(PY) -m benchmarks.erasure_cost --subjects 200000

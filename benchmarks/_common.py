@@ -1,0 +1,80 @@
+"""Shared by the benchmarks: a throwaway project home, the machine, timing, Markdown tables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Self
+
+PEPPER = "benchmark-pepper-not-secret"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def project_home(policy_text: str, keep: str | None = None) -> Iterator[Path]:
+    """A fresh project home with ``policy_text``; every project setting points at it."""
+    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="erasure-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "policy.yaml").write_text(policy_text)
+    saved = dict(os.environ)
+    for k in list(os.environ):
+        if k.startswith("ERASURE_PIPELINE_") or k == "DAGSTER_HOME":
+            os.environ.pop(k)
+    os.environ.update({
+        "ERASURE_PIPELINE_HOME": str(root),
+        "ERASURE_PIPELINE_PEPPER": PEPPER,
+        "ERASURE_PIPELINE_POLICY": str(root / "policy.yaml"),
+    })
+    from erasure_pipeline.runner import ensure_dagster_home
+
+    ensure_dagster_home()
+    try:
+        yield root
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class Timer:
+    def __enter__(self) -> Self:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.1f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)

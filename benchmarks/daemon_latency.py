@@ -1,0 +1,95 @@
+"""Latency from ``erase`` to a completed certificate under a real daemon (``dagster dev``).
+
+    python -m benchmarks.daemon_latency --subjects 2000
+
+Builds the demo (the repository's policy: S = 16) in a throwaway home, starts ``dagster dev``
+(webserver + daemon, in-process executor, the project's instance config with the queued run
+coordinator), then files erasure requests with no further command and polls the ledger until
+every certificate is issued: one subject, then two subjects of different shards in one tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks._common import machine, project_home, table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _wait_for(book, rids, timeout=600.0) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if all(book.get_request(r)["status"] == "completed" for r in rids):
+            return time.perf_counter() - t0
+        time.sleep(0.25)
+    raise TimeoutError(f"not completed within {timeout} s: {[book.get_request(r)['status'] for r in rids]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=2000)
+    args = ap.parse_args(argv)
+    with project_home((REPO / "policy.yaml").read_text()) as home:
+        import dagster as dg
+
+        from erasure_pipeline import demo, settings
+        from erasure_pipeline.cli import _quiet_dagster
+        from erasure_pipeline.definitions import build_definitions
+        from erasure_pipeline.erasure.service import default_ledger, erase
+        from erasure_pipeline.policy import load_policy
+        from erasure_pipeline.runner import materialize_all
+        from erasure_pipeline.storage.landing import read_landing_table
+
+        _quiet_dagster()
+        policy = load_policy()
+        tables = demo.generate(args.subjects, 7)
+        demo.write_landing(settings.landing(), tables)
+        with dg.DagsterInstance.get() as instance:
+            materialize_all(build_definitions(policy), instance, policy.shards)
+        subjects = read_landing_table(settings.landing(), "subjects", os.environ["ERASURE_PIPELINE_PEPPER"].encode(), policy.shards)
+        by_shard = subjects.groupby("shard")["subject_id"].first()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = (home / "dagster_dev.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
+            cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
+                    break
+                except OSError:
+                    time.sleep(1)
+            time.sleep(10)  # let the daemon start its sensor loop
+            book = default_ledger()
+            rid, _ = erase(by_shard.iloc[0])
+            one = _wait_for(book, [rid])
+            rids = [erase(by_shard.iloc[1])[0], erase(by_shard.iloc[2])[0]]
+            two = _wait_for(book, rids)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            log.close()
+    print(f"Machine: {machine()}")
+    print(f"Demo: {args.subjects:,} subjects, S = {policy.shards}; dagster dev (daemon), in-process executor, sensor interval 5 s\n")
+    print(table(
+        ["requests", "shards", "erase -> all certificates completed (s)"],
+        [[1, 1, one], [2, 2, two]],
+    ))
+
+
+if __name__ == "__main__":
+    main()
