@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
             two = _wait_for(book, rids)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # dagster dev can outlive SIGTERM while a run winds down
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
             log.close()
     print(f"Machine: {machine()}")
     print(f"Demo: {args.subjects:,} subjects, S = {policy.shards}; dagster dev (daemon), in-process executor, sensor interval 5 s\n")

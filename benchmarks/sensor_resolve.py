@@ -6,7 +6,8 @@ Files N requests in a fresh SQLite ledger (embedded default) for subjects whose 
 rows in raw_subjects, raw_events and training_shards of their shard, then times:
 1. resolving: one provenance lookup for all pending subjects + planning them into per-shard batches;
 2. one whole sensor evaluation through Dagster (``build_sensor_context`` + ``evaluate_tick``): the
-   resolve, claiming every request in the ledger (one audit-log row each), writing the batches and
+   resolve, claiming every request in the ledger (one UPDATE ... RETURNING per 500 ids, one chained
+   audit-log row each, inserted in one statement), writing the batches and
    building the RunRequests.
 """
 

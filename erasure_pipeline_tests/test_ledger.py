@@ -63,6 +63,22 @@ def test_claims_are_exclusive_and_completion_writes_certificate_and_outbox(book)
     assert created and rid2 != rid
 
 
+def test_batch_claim_over_many_chunks_keeps_order_and_one_audit_row_per_request(book):
+    """Claims move up to 500 ids per UPDATE ... RETURNING; the chain stays valid and in input order."""
+    rids = [book.file_request(f"{i:064x}", i % 16, due_days=30)[0] for i in range(1203)]
+    book.hold(rids[7], "legal hold")  # not pending: not claimable
+    first = book.claim(rids[:600] + rids[:3], "eb-1")  # duplicates count once
+    assert first == [r for r in rids[:600] if r != rids[7]]
+    assert book.claim(rids, "eb-2") == rids[600:]
+    book.start(rids[:10], "run-1")
+    book.fail(rids[:5], "boom")
+    statuses = {r["request_id"]: r["status"] for r in book.requests()}
+    assert [statuses[r] for r in rids[:10]] == ["failed"] * 5 + ["in_progress", "in_progress", "on_hold", "in_progress", "in_progress"]
+    scheduled = [e["request_id"] for e in book.audit_entries() if e["event"] == "scheduled"]
+    assert scheduled == first + rids[600:]
+    assert book.verify_audit_chain() == (True, None)
+
+
 def test_audit_chain_detects_tampering(book):
     for key in (KEY_A, KEY_B):
         book.file_request(key, 0, due_days=30)

@@ -27,6 +27,7 @@ TERMINAL = ("completed",)
 STATUSES = (*LIVE, *TERMINAL)
 GENESIS = "0" * 64
 _AUDIT_LOCK = 0x45524153  # "ERAS"
+_CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
 
 
 class LedgerError(ValueError):
@@ -105,16 +106,26 @@ class Ledger:
 
     # ------------------------------------------------------------------ audit
     def _audit(self, conn: Connection, event: str, request_id: str | None, detail: Mapping[str, Any]) -> None:
+        self._audit_many(conn, [(event, request_id, detail)])
+
+    def _audit_many(self, conn: Connection, entries: list[tuple[str, str | None, Mapping[str, Any]]]) -> None:
+        """Append entries to the chain in one statement: the chain is extended in memory from the
+        last row, under the same lock (advisory on Postgres, BEGIN IMMEDIATE on SQLite)."""
+        if not entries:
+            return
         if self.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
         prev = conn.execute(sa.select(t.audit_log.c.row_hash).order_by(t.audit_log.c.seq.desc()).limit(1)).scalar()
         prev = prev or GENESIS
         at = utcnow()
-        body = _canonical(detail)
-        row_hash = hashlib.sha256("|".join([prev, at.isoformat(), event, request_id or "", body]).encode()).hexdigest()
-        conn.execute(
-            t.audit_log.insert().values(at=at, event=event, request_id=request_id, detail=body, prev_hash=prev, row_hash=row_hash)
-        )
+        rows = []
+        for event, request_id, detail in entries:
+            body = _canonical(detail)
+            row_hash = hashlib.sha256("|".join([prev, at.isoformat(), event, request_id or "", body]).encode()).hexdigest()
+            rows.append({"at": at, "event": event, "request_id": request_id, "detail": body, "prev_hash": prev, "row_hash": row_hash})
+            prev = row_hash
+        # executemany keeps insertion order, so seq follows the chain
+        conn.execute(t.audit_log.insert(), rows)
 
     def audit_entries(self, request_id: str | None = None) -> list[dict]:
         q = sa.select(t.audit_log).order_by(t.audit_log.c.seq)
@@ -233,30 +244,20 @@ class Ledger:
             self._audit(conn, event, request_id, detail)
 
     def claim(self, request_ids: Iterable[str], batch_id: str) -> list[str]:
-        """pending -> scheduled for each request still pending; returns the ones this caller won."""
-        won = []
+        """pending -> scheduled for each request still pending; returns the ones this caller won.
+
+        The row-level conditional update (``WHERE status = 'pending'``) is what makes two
+        claimers never win the same request, on SQLite and Postgres alike."""
         with self.engine.begin() as conn:
-            for rid in request_ids:
-                res = conn.execute(
-                    t.erasure_requests.update()
-                    .where(t.erasure_requests.c.request_id == rid, t.erasure_requests.c.status == "pending")
-                    .values(status="scheduled", batch_id=batch_id, updated_at=utcnow())
-                )
-                if res.rowcount == 1:
-                    won.append(rid)
-                    self._audit(conn, "scheduled", rid, {"batch_id": batch_id})
+            won = self._move_many(conn, request_ids, ["pending"], status="scheduled", batch_id=batch_id)
+            self._audit_many(conn, [("scheduled", rid, {"batch_id": batch_id}) for rid in won])
         return won
 
     def start(self, request_ids: Iterable[str], run_id: str) -> None:
         with self.engine.begin() as conn:
-            for rid in request_ids:
-                res = conn.execute(
-                    t.erasure_requests.update()
-                    .where(t.erasure_requests.c.request_id == rid, t.erasure_requests.c.status.in_(["scheduled", "failed", "in_progress"]))
-                    .values(status="in_progress", updated_at=utcnow(), attempts=t.erasure_requests.c.attempts + 1)
-                )
-                if res.rowcount == 1:
-                    self._audit(conn, "in_progress", rid, {"run_id": run_id})
+            won = self._move_many(conn, request_ids, ["scheduled", "failed", "in_progress"],
+                                  status="in_progress", attempts=t.erasure_requests.c.attempts + 1)
+            self._audit_many(conn, [("in_progress", rid, {"run_id": run_id}) for rid in won])
 
     def complete(self, request_id: str, certificate: Mapping[str, Any]) -> None:
         body = _canonical(certificate)
@@ -284,14 +285,30 @@ class Ledger:
 
     def fail(self, request_ids: Iterable[str], error: str) -> None:
         with self.engine.begin() as conn:
-            for rid in request_ids:
-                res = conn.execute(
-                    t.erasure_requests.update()
-                    .where(t.erasure_requests.c.request_id == rid, t.erasure_requests.c.status.in_(["scheduled", "in_progress"]))
-                    .values(status="failed", error=error[:2000], updated_at=utcnow())
-                )
-                if res.rowcount == 1:
-                    self._audit(conn, "failed", rid, {"error": error[:500]})
+            won = self._move_many(conn, request_ids, ["scheduled", "in_progress"], status="failed", error=error[:2000])
+            self._audit_many(conn, [("failed", rid, {"error": error[:500]}) for rid in won])
+
+    def _move_many(self, conn: Connection, request_ids: Iterable[str], allowed_from: list[str], **values) -> list[str]:
+        """Update every request whose status is in ``allowed_from``, one ``UPDATE ... RETURNING``
+        per chunk of ids; returns the ones updated, in input order.
+
+        On Postgres the audit lock is taken first, so two callers with overlapping id sets queue
+        instead of locking rows in different orders and deadlocking (SQLite's BEGIN IMMEDIATE
+        already serialises them)."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+        wanted = list(dict.fromkeys(request_ids))
+        moved: set[str] = set()
+        for i in range(0, len(wanted), _CHUNK):
+            res = conn.execute(
+                t.erasure_requests.update()
+                .where(t.erasure_requests.c.request_id.in_(wanted[i:i + _CHUNK]),
+                       t.erasure_requests.c.status.in_(allowed_from))
+                .values(updated_at=utcnow(), **values)
+                .returning(t.erasure_requests.c.request_id)
+            )
+            moved.update(res.scalars())
+        return [rid for rid in wanted if rid in moved]
 
     def retry(self, request_id: str) -> None:
         self._transition(request_id, ["failed"], "pending", "retry", {})
