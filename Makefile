@@ -18,7 +18,7 @@ test-fast:
 dev:
 	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dagster dev -w workspace.yaml
 
-# Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (~20 min in all).
+# Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (~16 min in all here).
 bench:
 	$(PY) -m benchmarks.sisa_accuracy
 	$(PY) -m benchmarks.sensor_resolve --requests 10000
