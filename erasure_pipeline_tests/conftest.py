@@ -35,6 +35,15 @@ ENV_KEYS = (
 warnings.filterwarnings("ignore", message=".*preview.*")
 
 
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the variables ``saved`` recorded (None: it was unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> Iterator[Path]:
     """Point every project setting at ``home`` for the duration (restores the environment after)."""
@@ -58,11 +67,7 @@ def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> It
     try:
         yield home
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore_env(saved)
 
 
 def build_demo(home: Path, n_subjects: int = DEMO_SUBJECTS, seed: int = 3) -> None:
@@ -227,8 +232,4 @@ def s3_bucket(s3_endpoint: str) -> Iterator[tuple[str, dict[str, str]]]:
     try:
         yield name, env
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore_env(saved)

@@ -52,6 +52,11 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _chain_hash(prev: str, at: dt.datetime, event: str, request_id: str | None, body: str) -> str:
+    """One audit row's hash: what appending writes and what verification recomputes."""
+    return hashlib.sha256("|".join([prev, at.isoformat(), event, request_id or "", body]).encode()).hexdigest()
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
@@ -121,7 +126,7 @@ class Ledger:
         rows = []
         for event, request_id, detail in entries:
             body = _canonical(detail)
-            row_hash = hashlib.sha256("|".join([prev, at.isoformat(), event, request_id or "", body]).encode()).hexdigest()
+            row_hash = _chain_hash(prev, at, event, request_id, body)
             rows.append({"at": at, "event": event, "request_id": request_id, "detail": body, "prev_hash": prev, "row_hash": row_hash})
             prev = row_hash
         # executemany keeps insertion order, so seq follows the chain
@@ -138,10 +143,7 @@ class Ledger:
         """Recompute every row's hash from its predecessor; returns (ok, first bad seq)."""
         prev = GENESIS
         for row in self.audit_entries():
-            at = _utc(row["at"])
-            expect = hashlib.sha256(
-                "|".join([prev, at.isoformat(), row["event"], row["request_id"] or "", row["detail"]]).encode()
-            ).hexdigest()
+            expect = _chain_hash(prev, _utc(row["at"]), row["event"], row["request_id"], row["detail"])
             if row["prev_hash"] != prev or row["row_hash"] != expect:
                 return False, row["seq"]
             prev = row["row_hash"]
@@ -390,10 +392,13 @@ class Ledger:
         """Training consent granted or withdrawn (a landing update, not an erasure)."""
         if not changes:
             return
+        now = utcnow()
+        ordered = sorted(changes.items())
         with self.engine.begin() as conn:
-            for key, consent in sorted(changes.items()):
-                conn.execute(t.consent_changes.insert().values(subject_key=key, shard=shard, consent=bool(consent), run_id=run_id, at=utcnow()))
-                self._audit(conn, "consent_withdrawn" if not consent else "consent_granted", None, {"subject_key": key, "shard": shard, "run_id": run_id})
+            conn.execute(t.consent_changes.insert(), [
+                {"subject_key": key, "shard": shard, "consent": bool(consent), "run_id": run_id, "at": now} for key, consent in ordered])
+            self._audit_many(conn, [("consent_granted" if consent else "consent_withdrawn", None,
+                                     {"subject_key": key, "shard": shard, "run_id": run_id}) for key, consent in ordered])
 
     def consent_changes(self, subject_key: str | None = None) -> list[dict]:
         q = sa.select(t.consent_changes).order_by(t.consent_changes.c.id)
