@@ -40,16 +40,13 @@ def _guard(fn):
     """Known failures become one clear line and exit 1, never a stack trace as the only message."""
     import functools
 
-    from erasure_pipeline.contracts import LandingContractError
-    from erasure_pipeline.identity import InvalidSubjectId
-    from erasure_pipeline.ledger import LedgerError
-    from erasure_pipeline.policy import PolicyError
+    from erasure_pipeline.errors import PipelineError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (PolicyError, LandingContractError, InvalidSubjectId, LedgerError, FileNotFoundError) as exc:
+        except (PipelineError, FileNotFoundError) as exc:
             raise _Fail(str(exc)) from None
 
     return wrapper
@@ -60,12 +57,29 @@ def main() -> None:
     """Honour erasure requests all the way into the ML stack (Dagster code location)."""
 
 
+ALLOW_FAILED_CHECKS = click.option(
+    "--allow-failed-checks", is_flag=True,
+    help="Exit 0 even when an asset check fails (quality floor, tombstones, k-anonymity, retrain equality); they are still listed.",
+)
+
+
+def _report_checks(summaries, allow_failed_checks: bool) -> None:
+    """Every failed check by name; a failed check makes the command fail unless the user accepts it."""
+    failed = [c for s in summaries for c in s.failed_checks]
+    for c in failed:
+        click.echo(c.line(), err=True)
+    if failed and not allow_failed_checks:
+        names = ", ".join(sorted({c.check for c in failed}))
+        raise _Fail(f"{len(failed)} asset checks failed ({names}); fix the cause, or pass --allow-failed-checks to accept")
+
+
 @main.command()
 @click.option("--subjects", "n_subjects", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--no-materialize", is_flag=True, help="Only write the landing files.")
+@ALLOW_FAILED_CHECKS
 @_guard
-def demo(n_subjects: int, seed: int, no_materialize: bool) -> None:
+def demo(n_subjects: int, seed: int, no_materialize: bool, allow_failed_checks: bool) -> None:
     """Write a synthetic data set into landing, then materialise every partition of every asset."""
     _quiet_dagster()
     from erasure_pipeline import demo as demo_data
@@ -78,25 +92,27 @@ def demo(n_subjects: int, seed: int, no_materialize: bool) -> None:
     click.echo(f"landing: wrote {', '.join(f'{k}={len(v)}' for k, v in tables.items())} rows to {landing.describe()} ({len(names)} files)")
     if no_materialize:
         return
-    _materialize(t0)
+    _materialize(t0, allow_failed_checks)
 
 
-def _materialize(t0: float) -> None:
+def _materialize(t0: float, allow_failed_checks: bool) -> None:
     from erasure_pipeline.runner import get_instance, materialize_all
 
     defs, policy = _defs_and_policy()
     instance = get_instance()
     click.echo(f"materialising {policy.shards} shards + merges into the Dagster instance at {instance.root_directory}")
-    materialize_all(defs, instance, policy.shards, progress=click.echo)
+    summaries = materialize_all(defs, instance, policy.shards, progress=click.echo)
+    _report_checks(summaries, allow_failed_checks)
     click.echo(f"done in {time.monotonic() - t0:.1f} s. Browse it with: make dev  (or DAGSTER_HOME={instance.root_directory} dagster dev)")
 
 
 @main.command()
+@ALLOW_FAILED_CHECKS
 @_guard
-def materialize() -> None:
+def materialize(allow_failed_checks: bool) -> None:
     """Ingest landing and materialise every partition of every asset."""
     _quiet_dagster()
-    _materialize(time.monotonic())
+    _materialize(time.monotonic(), allow_failed_checks)
 
 
 @main.command()
@@ -202,8 +218,9 @@ def retry(request_id: str) -> None:
 
 
 @main.command()
+@ALLOW_FAILED_CHECKS
 @_guard
-def process() -> None:
+def process(allow_failed_checks: bool) -> None:
     """Evaluate the erasure sensor and run what it requests until nothing is pending."""
     _quiet_dagster()
     from erasure_pipeline.process import drain
@@ -214,13 +231,15 @@ def process() -> None:
     click.echo(f"{len(result.runs)} runs, {len(result.failed_batches)} failed batches")
     if result.failed_batches:
         raise _Fail("some erasure batches failed; see `erasure-pipeline status REQUEST_ID` and the runs in the Dagster UI")
+    _report_checks(result.summaries, allow_failed_checks)
 
 
 @main.command()
 @click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
               help="The cycle's time (UTC) for the retention cutoff; default now.")
+@ALLOW_FAILED_CHECKS
 @_guard
-def cycle(as_of) -> None:
+def cycle(as_of, allow_failed_checks: bool) -> None:
     """Run one retraining cycle now: new landing files and retention, only the shards they touch."""
     import datetime as dt
 
@@ -235,6 +254,7 @@ def cycle(as_of) -> None:
         click.echo(f"cycle {result.batch_id}: {result.files} new landing files, shards {result.shards}, {len(result.runs)} runs")
     if result.failed:
         raise _Fail(f"{len(result.failed)} cycle runs failed; see them in the Dagster UI")
+    _report_checks(result.summaries, allow_failed_checks)
 
 
 @main.group()
@@ -367,7 +387,8 @@ def audit(sample: int, seed: int, as_json: bool) -> None:
     store = settings.lake()
     blob = store.read_bytes(lk.model_name("ensemble_model"))
     if blob is None:
-        raise _Fail("ensemble_model has not been materialised; run `erasure-pipeline materialize` first")
+        raise _Fail("no published ensemble_model: run `erasure-pipeline materialize` (a model below the policy's "
+                    "quality floor is kept as a candidate, not published)")
     saved = lk.loads_model(blob)
     rows = pd.concat([lk.require_table(store, "training_shards", p) for p in identity.partition_keys(policy.shards)], ignore_index=True)
     holdout = rows[ft.HOLDOUT].astype(bool)

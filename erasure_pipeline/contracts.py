@@ -12,6 +12,8 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.errors import PipelineError
+
 TABLES = ("subjects", "events", "tickets")
 SUFFIXES = (".parquet", ".csv")
 
@@ -44,7 +46,7 @@ _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
 
-class LandingContractError(ValueError):
+class LandingContractError(PipelineError):
     """A landing file that breaks the contract."""
 
     def __init__(self, file: str, column: str | None, row: int | None, problem: str, csv: bool = False):
@@ -123,6 +125,39 @@ def validate(df: pd.DataFrame, table: str, file: str) -> pd.DataFrame:
             fail(col, bad, "missing text")
         out[col] = out[col].astype(str)
     return out
+
+
+def subjects_columns_named_by(policy) -> dict[str, str]:
+    """Columns of the ``subjects`` table the policy reads, each with the first policy field naming it."""
+    named: dict[str, str] = {}
+    m, c = policy.model, policy.cohorts
+    fields = [("consent.column", [policy.consent.column]), ("model.label", [m.label]),
+              ("model.numeric_features", m.numeric_features), ("model.categorical_features", m.categorical_features),
+              ("cohorts.quasi_identifiers", c.quasi_identifiers), ("cohorts.measures", c.measures),
+              ("cohorts.label", [c.label] if c.label else [])]
+    for field, columns in fields:
+        for col in columns:
+            named.setdefault(col, field)
+    return named
+
+
+def check_subjects_for_policy(df: pd.DataFrame, file: str, policy) -> None:
+    """A ``subjects`` file holds every column the policy names and labels the pipeline can read.
+
+    Later files replace earlier rows by id, so every subjects file must be complete.
+    """
+    from erasure_pipeline.ml.features import model_label
+    from erasure_pipeline.ml.labels import BinaryLabel
+
+    for col, field in subjects_columns_named_by(policy).items():
+        if col not in df.columns:
+            raise LandingContractError(file, col, None, f"column named by policy {field} is missing")
+    labels = [model_label(policy)]
+    if policy.cohorts.label:
+        positive = policy.cohorts.positive_class
+        labels.append(BinaryLabel(policy.cohorts.label, None if positive is None else str(positive)))
+    for label in labels:
+        label.encode(df[label.column], where=file)
 
 
 def _as_bool(values: pd.Series, fail) -> pd.Series:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.errors import PipelineError
+
 PEPPER_ENV = "ERASURE_PIPELINE_PEPPER"
 PEPPER_FILE = "pepper.key"
 MAX_SUBJECT_ID_LENGTH = 512
@@ -27,7 +29,7 @@ _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
 
 
-class InvalidSubjectId(ValueError):
+class InvalidSubjectId(PipelineError):
     """A subject id that cannot be accepted. The message never repeats the id."""
 
 

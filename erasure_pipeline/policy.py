@@ -15,11 +15,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from erasure_pipeline.errors import PipelineError
+
 POLICY_ENV = "ERASURE_PIPELINE_POLICY"
 ESTIMATORS = ("logistic_regression", "sgd", "random_forest", "hist_gradient_boosting")
 
 
-class PolicyError(ValueError):
+class PolicyError(PipelineError):
     """A policy file that cannot be used; the message names the file and the field."""
 
 
@@ -39,6 +41,8 @@ class CohortPolicy(_Strict):
     """Numeric quasi-identifiers floored to bands of this width before grouping."""
     measures: list[str] = Field(default_factory=lambda: ["lifetime_value"])
     label: str | None = "converted"
+    positive_class: str | int | bool | None = None
+    """The label value that counts as positive; unset, only yes/no-like or boolean labels are read."""
     measure_clip: float = Field(1000.0, gt=0)
     """Per-subject clip of each measure: bounds what one subject can move a published sum."""
     noise_epsilon: float = Field(2.0, gt=0)
@@ -54,6 +58,9 @@ class CohortPolicy(_Strict):
 
 class ModelPolicy(_Strict):
     label: str = "converted"
+    positive_class: str | int | bool | None = None
+    """The label value that is class 1 (case-insensitive). Unset: booleans, 0/1 and yes/no-like strings
+    are read as they are, anything else is an error naming the file and column."""
     numeric_features: list[str] = Field(default_factory=lambda: ["age", "tenure_days", "lifetime_value"])
     categorical_features: list[str] = Field(default_factory=lambda: ["region", "segment"])
     event_features: list[str] = Field(

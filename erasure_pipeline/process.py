@@ -15,7 +15,7 @@ import dagster as dg
 
 from erasure_pipeline import identity
 from erasure_pipeline.erasure.service import default_ledger, fail_batch
-from erasure_pipeline.runner import materialize_partition
+from erasure_pipeline.runner import RunSummary, materialize_partition, status_line
 from erasure_pipeline.schedules import CYCLE_TAG
 
 
@@ -23,6 +23,7 @@ from erasure_pipeline.schedules import CYCLE_TAG
 class DrainResult:
     runs: list[str] = field(default_factory=list)
     failed_batches: list[str] = field(default_factory=list)
+    summaries: list[RunSummary] = field(default_factory=list)
     ticks: int = 0
 
 
@@ -47,13 +48,16 @@ def drain(
             res = materialize_partition(
                 defs, instance, rr.partition_key, assets, run_config=rr.run_config, tags={**rr.tags, "dagster/run_key": rr.run_key}
             )
+            summary = RunSummary.of(res)
             out.runs.append(res.run_id)
+            out.summaries.append(summary)
             if res.success:
                 progress(f"batch {rr.run_key} ({rr.partition_key}, {len(assets) - 1} assets): certified in run {res.run_id[:8]}")
             else:
                 fail_batch(book, rr.run_key, res.run_id, f"run {res.run_id} failed")
                 out.failed_batches.append(rr.run_key)
-                progress(f"batch {rr.run_key} ({rr.partition_key}): FAILED in run {res.run_id[:8]}; requests marked failed")
+                reason = summary.error or "checks failed: " + ", ".join(c.check for c in summary.failed_checks)
+                progress(f"batch {rr.run_key} ({rr.partition_key}): FAILED in run {res.run_id[:8]} ({reason}); requests marked failed")
     return out
 
 
@@ -64,6 +68,7 @@ class CycleResult:
     files: int = 0
     runs: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    summaries: list[RunSummary] = field(default_factory=list)
 
 
 def run_cycle(
@@ -86,10 +91,12 @@ def run_cycle(
         assets = [k.to_user_string() for k in rr.asset_selection]
         res = materialize_partition(defs, instance, rr.partition_key, assets, run_config=rr.run_config,
                                     tags={**rr.tags, "dagster/run_key": rr.run_key})
+        summary = RunSummary.of(res)
         out.shards.append(identity.shard_from_partition(rr.partition_key))
         out.runs.append(res.run_id)
-        if not res.success:
+        out.summaries.append(summary)
+        if summary.error is not None:
             out.failed.append(res.run_id)
-        progress(f"cycle {out.batch_id} {rr.partition_key}: {'ok' if res.success else 'FAILED'} (run {res.run_id[:8]})")
+        progress(f"cycle {out.batch_id} {rr.partition_key}: {status_line(summary)}" + (f": {summary.error}" if summary.error else ""))
     out.files = len(rr.run_config["ops"]["raw_subjects"]["config"]["landing_files"])
     return out

@@ -81,7 +81,8 @@ def build_demo(home: Path, n_subjects: int = DEMO_SUBJECTS, seed: int = 3) -> No
     demo.write_landing(settings.landing(), demo.generate(n_subjects, seed))
     policy = load_policy()
     with dg.DagsterInstance.get() as instance:
-        materialize_all(build_definitions(policy), instance, policy.shards)
+        summaries = materialize_all(build_definitions(policy), instance, policy.shards)
+    assert all(s.success for s in summaries), [c.line() for s in summaries for c in s.failed_checks]
 
 
 @pytest.fixture(scope="session")

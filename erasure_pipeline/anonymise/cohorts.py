@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.ml.labels import BinaryLabel
+
 CELL = "cell"
 COUNT = "subjects"
 LABEL = "label_count"
@@ -69,8 +71,13 @@ def compute_partial(
     measures: Sequence[str],
     label: str | None,
     clip: float,
+    *,
+    positive_class: str | None = None,
 ) -> pd.DataFrame:
-    """One shard's partial: per cell, count, clipped measure sums, label count, member digest."""
+    """One shard's partial: per cell, count, clipped measure sums, label count, member digest.
+
+    The label is read by its values (``ml.labels``): ``positive_class``, booleans, 0/1 or yes/no-like.
+    """
     columns = [CELL, COUNT, *[f"sum_{m}" for m in measures], LABEL, DIGEST]
     if subjects.empty:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c.startswith("sum_") else "int64") for c in columns}).astype(
@@ -79,7 +86,7 @@ def compute_partial(
     frame = pd.DataFrame({CELL: cell_keys(generalise(subjects, quasi_identifiers, bands))})
     for m in measures:
         frame[f"sum_{m}"] = pd.to_numeric(subjects[m], errors="coerce").fillna(0.0).clip(0.0, clip)
-    frame[LABEL] = subjects[label].astype(bool).astype("int64") if label else 0
+    frame[LABEL] = BinaryLabel(label, positive_class).encode(subjects[label], where="raw_subjects")[0] if label else 0
     frame["_h"] = [_member_hash(k) for k in subjects["subject_key"]]
     grouped = frame.groupby(CELL, sort=True)
     out = grouped.agg(**{COUNT: ("_h", "size")}, **{f"sum_{m}": (f"sum_{m}", "sum") for m in measures}, **{LABEL: (LABEL, "sum")})

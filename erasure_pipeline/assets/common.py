@@ -19,7 +19,7 @@ COHORT_FIELDS = (*RAW_FIELDS, "cohorts")
 PUBLISH_FIELDS = (*COHORT_FIELDS, "k_min")
 COHORT_MODEL_FIELDS = (*PUBLISH_FIELDS, "seed")
 TRAINING_FIELDS = (
-    *RAW_FIELDS, "consent", "model.label", "model.numeric_features", "model.categorical_features",
+    *RAW_FIELDS, "consent", "model.label", "model.positive_class", "model.numeric_features", "model.categorical_features",
     "model.event_features", "model.holdout_fraction",
 )
 SHARD_MODEL_FIELDS = (*TRAINING_FIELDS, "model.estimator", "model.params", "seed")

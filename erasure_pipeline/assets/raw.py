@@ -132,7 +132,8 @@ def _raw_asset(asset_name: str, table: str, policy: Policy) -> dg.AssetsDefiniti
         before_hash = lk.content_hash(lk.table_to_bytes(existing)) if existing is not None else None
         incoming = None
         if config.mode == "ingest":
-            rows = read_landing_table(landing.get(), table, pepper.get(), policy.shards, config.landing_files)
+            check = (lambda frame, name: contracts.check_subjects_for_policy(frame, name, policy)) if table == "subjects" else None
+            rows = read_landing_table(landing.get(), table, pepper.get(), policy.shards, config.landing_files, check=check)
             if not rows.empty:
                 incoming = rows[rows["shard"] == shard].drop(columns=["shard"])
         result, dropped = rewrite_partition(existing, incoming, contract.id_column, tombstoned)

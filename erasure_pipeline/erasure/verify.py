@@ -21,7 +21,8 @@ from erasure_pipeline.storage.landing import landing_files, read_landing
 from erasure_pipeline.storage.vectors import VectorStore
 
 RAW_ASSETS = ("raw_subjects", "raw_events", "raw_tickets")
-MERGED_OBJECTS = (lk.table_name("anonymised_cohorts", "all"), lk.model_name("cohort_model"), lk.model_name("ensemble_model"))
+MERGED_OBJECTS = (lk.table_name("anonymised_cohorts", "all"), lk.model_name("cohort_model"), lk.model_name("ensemble_model"),
+                  lk.model_name("ensemble_model", "candidate"))
 
 
 @dataclass(frozen=True)

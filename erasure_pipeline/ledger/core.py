@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from erasure_pipeline.errors import PipelineError
 from erasure_pipeline.ledger import schema as t
 
 LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed")
@@ -30,7 +31,7 @@ _AUDIT_LOCK = 0x45524153  # "ERAS"
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
 
 
-class LedgerError(ValueError):
+class LedgerError(PipelineError):
     """A ledger operation that cannot be done (unknown request, wrong state...)."""
 
 

@@ -8,10 +8,12 @@ model, depends on nothing outside the shard. Rows are sorted by ``subject_key``.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.ml.labels import BinaryLabel
 from erasure_pipeline.policy import Policy
 
 CATEGORY_BUCKETS = 8
@@ -43,21 +45,33 @@ def consenting(subjects: pd.DataFrame, policy: Policy) -> pd.Series:
     return subjects[col].isin(policy.consent.allowed_values)
 
 
-def training_rows(subjects: pd.DataFrame, events: pd.DataFrame, policy: Policy) -> pd.DataFrame:
-    """One row per consenting subject: key, holdout flag, label, features; sorted by key."""
+def model_label(policy: Policy) -> BinaryLabel:
+    return BinaryLabel(policy.model.label, None if policy.model.positive_class is None else str(policy.model.positive_class))
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    rows: pd.DataFrame
+    """One row per consenting subject: key, holdout flag, label (class 0/1), features; sorted by key."""
+    label_encoding: str
+    """How the label's values became classes, for the materialisation's metadata."""
+
+
+def training_rows(subjects: pd.DataFrame, events: pd.DataFrame, policy: Policy, *, where: str = "raw_subjects") -> TrainingSet:
+    """The training set of one shard. ``where`` names the partition in a label error (``ml.labels``)."""
     m = policy.model
     names = feature_names(policy)
     chosen = subjects[consenting(subjects, policy)] if not subjects.empty else subjects
     if chosen.empty:
-        return pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype="int64"),
-                             **{n: pd.Series(dtype="float64") for n in names}})
+        return TrainingSet(pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype="int64"),
+                                         **{n: pd.Series(dtype="float64") for n in names}}), "no rows")
     for col in [m.label, *m.numeric_features, *m.categorical_features]:
         if col not in chosen.columns:
             raise KeyError(f"column '{col}' named in policy model settings is not in raw_subjects")
     chosen = chosen.sort_values(KEY, kind="stable")
     out = pd.DataFrame({KEY: chosen[KEY].to_numpy()})
     out[HOLDOUT] = is_holdout(out[KEY], m.holdout_fraction)
-    out[LABEL] = chosen[m.label].astype(bool).astype("int64").to_numpy()
+    out[LABEL], encoding = model_label(policy).encode(chosen[m.label], where=where)
     for c in m.numeric_features:
         out[f"num_{c}"] = pd.to_numeric(chosen[c], errors="coerce").fillna(0.0).astype("float64").to_numpy()
     for c in m.categorical_features:
@@ -75,7 +89,22 @@ def training_rows(subjects: pd.DataFrame, events: pd.DataFrame, policy: Policy) 
             )
         for e in m.event_features:
             out[f"events_{e}"] = np.log1p(counts[e].fillna(0).to_numpy(dtype="float64"))
-    return out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True)
+    return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding)
+
+
+def training_class_counts(subjects: pd.DataFrame, policy: Policy, *, where: str) -> dict[int, int]:
+    """Rows per class among the subjects that would train a model: consenting, not held out."""
+    from erasure_pipeline.ml.labels import class_counts
+
+    chosen = subjects[consenting(subjects, policy).to_numpy() & ~is_holdout(subjects[KEY], policy.model.holdout_fraction)]
+    return class_counts(model_label(policy).encode(chosen[policy.model.label], where=where)[0])
+
+
+def constant_features(rows: pd.DataFrame, names: list[str]) -> int:
+    """Features that take one value over every row: they teach a model nothing (a sign of a wrong column)."""
+    if rows.empty:
+        return 0
+    return int((rows[names].nunique(dropna=False) <= 1).sum())
 
 
 def build_estimator(policy: Policy):

@@ -8,6 +8,7 @@ ingests 16 shards in one process parses each file once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -61,10 +62,19 @@ def read_landing(lake: Lake, file: LandingFile, pepper: bytes, n_shards: int) ->
     return df
 
 
-def read_landing_table(lake: Lake, table: str, pepper: bytes, n_shards: int, names: list[str] | None = None) -> pd.DataFrame:
-    """All landing files of one table (or the named subset), concatenated; later files win on id."""
+def read_landing_table(
+    lake: Lake, table: str, pepper: bytes, n_shards: int, names: list[str] | None = None,
+    check: Callable[[pd.DataFrame, str], None] | None = None,
+) -> pd.DataFrame:
+    """All landing files of one table (or the named subset), concatenated; later files win on id.
+
+    ``check(frame, file name)`` runs on each file before they are combined, so its errors can name the file.
+    """
     files = [f for f in landing_files(lake, table) if names is None or f.name in names]
     frames = [read_landing(lake, f, pepper, n_shards) for f in files]
+    if check is not None:
+        for f, frame in zip(files, frames, strict=True):
+            check(frame, f.name)
     if not frames:
         return pd.DataFrame()
     both = pd.concat(frames, ignore_index=True)

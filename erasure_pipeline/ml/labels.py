@@ -1,0 +1,115 @@
+"""What a label column means: classes read from its values and the policy. No Dagster import.
+
+A label is read by its values, never by Python truthiness (``"No"`` is a non-empty string):
+
+- booleans, and numbers that are all 0 or 1, are the classes 0 and 1 as they stand;
+- strings are classes: the value the policy names in ``model.positive_class`` is 1 and the one
+  other value is 0; without a positive class, strings are read only when unambiguous, i.e. every
+  value (case and surrounding blanks aside) is a yes/no-like token (``yes``/``no``, ``true``/``false``,
+  ``y``/``n``, ``t``/``f``, ``1``/``0``), and the encoding is then stated so it can be shown;
+- anything else is an error naming the file, the column and what was seen as counts: label values
+  can be personal data, so an error never repeats one.
+
+The encoding depends only on the policy and the value itself, never on which values a shard
+happens to hold, so every shard encodes alike and a shard's training set stays a function of its
+own rows (the exactness SISA needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from erasure_pipeline.errors import PipelineError
+
+POSITIVE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
+NEGATIVE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
+
+
+class LabelError(PipelineError):
+    """A label column this pipeline cannot read as classes. The message names no value."""
+
+
+def _counts_text(counts: pd.Series) -> str:
+    """``"3 distinct values holding 1,200 / 800 / 5 rows"``: shapes, never values."""
+    sizes = " / ".join(f"{int(n):,}" for n in counts.sort_values(ascending=False).to_numpy())
+    return f"{len(counts)} distinct values holding {sizes} rows"
+
+
+@dataclass(frozen=True)
+class BinaryLabel:
+    """How one label column becomes the classes 0 and 1."""
+
+    column: str
+    positive_class: str | None = None
+    """The value that means class 1 (compared case-insensitively, blanks stripped)."""
+
+    def encode(self, values: pd.Series, *, where: str) -> tuple[np.ndarray, str]:
+        """Class indices (int64, 0/1) of ``values`` and a one-line statement of the encoding.
+
+        ``where`` names what is being read (a landing file, a raw partition) for the error.
+        Raises :class:`LabelError` on a missing value or values that are not one binary class.
+        """
+        missing = values.isna().to_numpy()
+        if missing.any():
+            raise LabelError(f"{where}, column '{self.column}': row {int(np.flatnonzero(missing)[0]) + 1}: missing label")
+        if self.positive_class is not None:
+            return self._by_positive_class(values, where)
+        if pd.api.types.is_bool_dtype(values):
+            return values.to_numpy(dtype=bool).astype("int64"), "boolean: true → 1, false → 0"
+        if pd.api.types.is_numeric_dtype(values):
+            ok = values.isin([0, 1]).to_numpy()
+            if not ok.all():
+                raise LabelError(
+                    f"{where}, column '{self.column}': row {int(np.flatnonzero(~ok)[0]) + 1}: a numeric label must be 0 or 1 "
+                    f"({_counts_text(values.value_counts())}); a numeric target is a regression, not a class"
+                )
+            return values.to_numpy().astype("int64"), "numeric: 1 → 1, 0 → 0"
+        tokens = values.astype(str).str.strip().str.casefold()
+        positive = tokens.isin(POSITIVE_TOKENS).to_numpy()
+        negative = tokens.isin(NEGATIVE_TOKENS).to_numpy()
+        unknown = ~(positive | negative)
+        if unknown.any():
+            raise LabelError(
+                f"{where}, column '{self.column}': row {int(np.flatnonzero(unknown)[0]) + 1}: a label value that is not "
+                f"yes/no, true/false or 1/0 ({_counts_text(tokens.value_counts())}); set model.positive_class "
+                f"in the policy to the value that means the positive class"
+            )
+        seen_pos = sorted(set(tokens[positive]))
+        seen_neg = sorted(set(tokens[negative]))
+        statement = "inferred from yes/no-like values: " + ", ".join(
+            [*(f"{v} → 1" for v in seen_pos), *(f"{v} → 0" for v in seen_neg)])
+        return positive.astype("int64"), statement
+
+    def _by_positive_class(self, values: pd.Series, where: str) -> tuple[np.ndarray, str]:
+        wanted = str(self.positive_class).strip().casefold()
+        tokens = values.astype(str).str.strip().str.casefold()
+        distinct = tokens.value_counts()
+        if len(distinct) > 2:
+            raise LabelError(
+                f"{where}, column '{self.column}': a binary label needs two values, found {_counts_text(distinct)}"
+            )
+        if len(distinct) == 2 and wanted not in distinct.index:
+            raise LabelError(
+                f"{where}, column '{self.column}': neither of its two values is model.positive_class ({_counts_text(distinct)})"
+            )
+        return (tokens == wanted).to_numpy().astype("int64"), "policy model.positive_class → 1, the other value → 0"
+
+
+def class_counts(y: np.ndarray) -> dict[int, int]:
+    """Rows per class index, every class present (0 and 1) listed even when empty."""
+    return {c: int((y == c).sum()) for c in (0, 1)}
+
+
+def require_two_classes(counts: Mapping[int, int], *, column: str, where: str) -> None:
+    """A model needs both classes in its training set: raise before anything is trained."""
+    present = {c: n for c, n in counts.items() if n > 0}
+    if len(present) < 2:
+        held = ", ".join(f"class {c}: {n:,} rows" for c, n in sorted(present.items())) or "no rows"
+        raise LabelError(
+            f"{where}, column '{column}': the training set holds one class ({held}); a model cannot learn from it. "
+            f"Check the label column and model.positive_class"
+        )
