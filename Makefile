@@ -25,4 +25,5 @@ bench:
 	$(PY) -m benchmarks.qdrant_delete
 	$(PY) -m benchmarks.membership_audit
 	$(PY) -m benchmarks.daemon_latency
+	$(PY) -m benchmarks.run_mechanisms
 	$(PY) -m benchmarks.erasure_cost --subjects 200000

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         tables = demo.generate(args.subjects, 7)
         demo.write_landing(settings.landing(), tables)
         with dg.DagsterInstance.get() as instance:
-            materialize_all(build_definitions(policy), instance, policy.shards)
+            materialize_all(build_definitions(policy), instance)
         subjects = read_landing_table(settings.landing(), "subjects", os.environ["ERASURE_PIPELINE_PEPPER"].encode(), policy.shards)
         by_shard = subjects.groupby("shard")["subject_id"].first()
         with socket.socket() as s:

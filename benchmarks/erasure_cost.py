@@ -1,13 +1,15 @@
-"""Erasure cost through the pipeline vs a full rebuild of every asset, same data, one run.
+"""Erasure cost through the pipeline vs a full rebuild of every asset, same data, one process.
 
     python -m benchmarks.erasure_cost --subjects 200000 --events-per-subject 16 --tickets-per-subject 0.3
 
-1. writes the synthetic landing set, then times a full build of every asset (all shards' partitions,
-   then the merges) from landing into an empty lake: the cost of rebuilding everything;
-2. files one erasure request and times ``drain`` (the sensor's code path: plan, run, prove, certify)
-   from request to certificate;
-3. files 100 requests at once (spread over shards as they fall) and times the drain.
-Uses the repository's policy.yaml (S = 16, logistic regression) unless --shards says otherwise.
+1. writes the synthetic landing set, then times a full build of every asset (one ingest_job run: every
+   landing file into every shard, then the merges) from landing into an empty lake;
+2. files one erasure request and times ``drain`` (the sensor's code path: one run that claims, erases,
+   proves and certifies) from request to certificate;
+3. files ``--batch`` requests at once (spread over shards as they fall) and times the drain: one tick,
+   one run, each merge once.
+Then breaks each operation down by step and by node, from the runs' event logs. Uses the repository's
+policy.yaml (S = 16, logistic regression) unless --shards says otherwise.
 """
 
 from __future__ import annotations
@@ -15,11 +17,38 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from benchmarks._common import Timer, machine, peak_rss_mib, project_home, table
 
 REPO = Path(__file__).resolve().parents[1]
+MERGES = ("anonymised_cohorts", "cohort_model", "ensemble_model")
+
+
+def breakdown(instance, run_ids: list[str]) -> tuple[dict[str, float], dict[str, float], int]:
+    """(seconds per step kind, seconds per node summed over partitions, merge materialisations) of runs."""
+    import dagster as dg
+
+    steps: dict[str, float] = defaultdict(float)
+    nodes: dict[str, float] = defaultdict(float)
+    merges = 0
+    for run_id in run_ids:
+        starts = {}
+        for e in instance.all_logs(run_id):
+            ev = e.dagster_event
+            if ev is None:
+                continue
+            if ev.event_type == dg.DagsterEventType.STEP_START:
+                starts[ev.step_key] = e.timestamp
+            elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) and ev.step_key in starts:
+                steps[ev.step_key.split("[")[0]] += e.timestamp - starts[ev.step_key]
+            elif ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                name = ev.asset_key.to_user_string()
+                seconds = ev.event_specific_data.materialization.metadata.get("compute_seconds")
+                nodes[name] += float(seconds.value) if seconds is not None else 0.0
+                merges += name in MERGES
+    return dict(steps), dict(nodes), merges
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,15 +64,13 @@ def main(argv: list[str] | None = None) -> None:
 
     policy_text = (REPO / "policy.yaml").read_text().replace("shards: 16 ", f"shards: {args.shards} ")
     with project_home(policy_text, args.keep):
-        import dagster as dg
-
         from erasure_pipeline import demo, settings
         from erasure_pipeline.cli import _quiet_dagster
         from erasure_pipeline.definitions import build_definitions
-        from erasure_pipeline.erasure.service import default_ledger, erase
+        from erasure_pipeline.erasure.service import default_ledger, erase, erase_many
         from erasure_pipeline.policy import load_policy
         from erasure_pipeline.process import drain
-        from erasure_pipeline.runner import materialize_all
+        from erasure_pipeline.runner import get_instance, materialize_all
 
         _quiet_dagster()
         policy = load_policy()
@@ -54,10 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         sizes = {k: len(v) for k, v in tables.items()}
         print(f"landing: {sizes} written in {gen.seconds:.1f} s", flush=True)
         defs = build_definitions(policy)
-        instance = dg.DagsterInstance.get()
+        instance = get_instance()
         with Timer() as full:
-            results = materialize_all(defs, instance, policy.shards, progress=lambda m: print("  " + m, flush=True))
-        assert all(r.success for r in results), "the full build failed"
+            built = materialize_all(defs, instance, progress=lambda m: print("  " + m, flush=True))
+        assert built.success, "the full build failed"
         print(f"full build: {full.seconds:.1f} s", flush=True)
 
         subjects = tables["subjects"]["subject_id"].tolist()
@@ -68,17 +95,19 @@ def main(argv: list[str] | None = None) -> None:
         rid, _ = erase(one, reason="benchmark")
         res1 = drain(defs, instance)
         one_s = time.perf_counter() - t0
-        assert default_ledger().get_request(rid)["status"] == "completed" and not res1.failed_batches
+        assert default_ledger().get_request(rid)["status"] == "completed" and not res1.failed_runs
         print(f"one subject: {one_s:.1f} s in {len(res1.runs)} run(s)", flush=True)
 
         batch = rng.sample([s for s in subjects if s != one], args.batch)
         t0 = time.perf_counter()
-        rids = [erase(s, reason="benchmark")[0] for s in batch]
+        rids = [r for r, _ in erase_many(batch, reason="benchmark")]
         resn = drain(defs, instance)
         batch_s = time.perf_counter() - t0
         book = default_ledger()
-        assert all(book.get_request(r)["status"] == "completed" for r in rids) and not resn.failed_batches
+        assert all(book.get_request(r)["status"] == "completed" for r in rids) and not resn.failed_runs
         print(f"{args.batch} subjects: {batch_s:.1f} s in {len(resn.runs)} run(s)", flush=True)
+        parts = {"full rebuild": breakdown(instance, [built.run_id]), "1 subject": breakdown(instance, res1.runs),
+                 f"{args.batch} subjects": breakdown(instance, resn.runs)}
 
     print()
     print(f"Machine: {machine()}")
@@ -86,14 +115,21 @@ def main(argv: list[str] | None = None) -> None:
           f"S = {policy.shards}; estimator {policy.model.estimator}; in-process executor; embedded back-ends")
     print()
     print(table(
-        ["operation", "runs", "wall time (s)", "ratio to full rebuild"],
+        ["operation", "runs", "merge materialisations", "wall time (s)", "ratio to full rebuild"],
         [
-            ["full rebuild of every asset (all partitions + merges)", len(results), full.seconds, 1.0],
-            ["erase 1 subject (request -> certificate)", len(res1.runs), one_s, one_s / full.seconds],
-            [f"erase {args.batch} subjects in one batch (request -> certificates)", len(resn.runs), batch_s, batch_s / full.seconds],
+            ["full rebuild of every asset (all partitions + merges)", 1, parts["full rebuild"][2], full.seconds, 1.0],
+            ["erase 1 subject (request -> certificate)", len(res1.runs), parts["1 subject"][2], one_s, one_s / full.seconds],
+            [f"erase {args.batch} subjects in one tick (request -> certificates)", len(resn.runs), parts[f"{args.batch} subjects"][2],
+             batch_s, batch_s / full.seconds],
         ],
     ))
-    print(f"\npeak RSS of the benchmark process: {peak_rss_mib():,.0f} MiB")
+    print(f"\npeak RSS of the benchmark process: {peak_rss_mib():,.0f} MiB\n")
+    step_names = sorted({s for _, (steps, _, _) in parts.items() for s in steps})
+    print(table(["step (seconds, summed over shards)", *parts], [[s, *(parts[p][0].get(s, 0.0) for p in parts)] for s in step_names]))
+    print()
+    node_names = [n for n in ("raw_subjects", "raw_events", "raw_tickets", "cohort_partials", "training_shards", "shard_models",
+                              "vector_index", *MERGES) if any(n in parts[p][1] for p in parts)]
+    print(table(["node (compute seconds, summed over partitions)", *parts], [[n, *(parts[p][1].get(n, 0.0) for p in parts)] for n in node_names]))
 
 
 if __name__ == "__main__":

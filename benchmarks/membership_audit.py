@@ -4,7 +4,7 @@
 
 For each estimator: build the demo (S = 16), keep in memory the training rows of ``--targets``
 member subjects (the benchmark's own copy, dropped at exit), audit the ensemble on them against
-the never-seen holdout subjects, erase them all (``erase`` + ``drain``: one run per touched shard),
+the never-seen holdout subjects, erase them all (``erase`` + ``drain``: one run per tick),
 and audit the new ensemble on the same rows. Attack: loss-threshold membership inference
 (Yeom et al. 2018), see erasure_pipeline/ml/audit.py. A control row audits members that stayed.
 """
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             demo.write_landing(settings.landing(), demo.generate(args.subjects, 11))
             defs = build_definitions(policy)
             instance = dg.DagsterInstance.get()
-            assert all(r.success for r in materialize_all(defs, instance, policy.shards))
+            assert materialize_all(defs, instance).success
             store = settings.lake()
 
             def current(store=store, policy=policy):
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             for sid in subjects.loc[subjects["subject_key"].isin(target_keys), "subject_id"]:
                 erase(sid, reason="benchmark")
             result = drain(defs, instance)
-            assert not result.failed_batches
+            assert not result.failed_runs
             saved, frame = current()
             assert not frame[ft.KEY].isin(target_keys).any()
             after = audit_rows(saved["model"], saved["features"], targets, holdout)

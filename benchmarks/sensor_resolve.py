@@ -1,21 +1,21 @@
-"""Time for the erasure sensor to resolve N pending requests to shards and runs.
+"""Time for the erasure sensor to ask for a run over N pending requests, and for the run to claim them.
 
     python -m benchmarks.sensor_resolve --requests 10000
 
-Files N requests in a fresh SQLite ledger (embedded default) for subjects whose provenance lists
-rows in raw_subjects, raw_events and training_shards of their shard, then times:
-1. resolving: one provenance lookup for all pending subjects + planning them into per-shard batches;
-2. one whole sensor evaluation through Dagster (``build_sensor_context`` + ``evaluate_tick``): the
-   resolve, claiming every request in the ledger (one UPDATE ... RETURNING per 500 ids, one chained
-   audit-log row each, inserted in one statement), writing the batches and
-   building the RunRequests.
+Files N requests (bulk intake) in a fresh SQLite ledger (embedded default) for subjects whose
+provenance lists rows in raw_subjects, raw_events and training_shards of their shard, then times:
+1. one whole sensor evaluation through Dagster (``build_sensor_context`` + ``evaluate_tick``): it only
+   reads (requests, live runs) and returns one RunRequest naming the request ids (5 000 per run);
+2. what the run does first with that request: claim the batch and its requests in one transaction
+   (``jobs.claim_erasure``: claim, job-run record, audit rows, then the provenance lookup that plans
+   each shard's nodes).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks._common import PEPPER, Timer, machine, project_home, table
+from benchmarks._common import Timer, machine, project_home, table
 
 POLICY = "shards: 16\nseed: 1\n"
 
@@ -29,16 +29,14 @@ def main(argv: list[str] | None = None) -> None:
 
         from erasure_pipeline import identity
         from erasure_pipeline.definitions import build_definitions
-        from erasure_pipeline.erasure import plan as pl
-        from erasure_pipeline.erasure.service import default_ledger
+        from erasure_pipeline.erasure.service import default_env, default_ledger, erase_many
+        from erasure_pipeline.jobs import claim_erasure
         from erasure_pipeline.policy import load_policy
 
         policy = load_policy()
         book = default_ledger()
         with Timer() as filing:
-            for i in range(args.requests):
-                key = identity.subject_key(PEPPER.encode(), f"subject-{i}@example.com")
-                book.file_request(key, identity.shard_of(key, policy.shards), due_days=30)
+            erase_many([f"subject-{i}@example.com" for i in range(args.requests)])
         # Provenance for all subjects in one write per asset partition (as raw materialisations do).
         by_part: dict[str, dict[str, int]] = {}
         for r in book.requests(status=["pending"]):
@@ -48,11 +46,6 @@ def main(argv: list[str] | None = None) -> None:
                 book.record_provenance(asset, part, keys, "0" * 64, "bench")
         print(f"filed {args.requests:,} requests in {filing.seconds:.1f} s", flush=True)
 
-        with Timer() as resolve:
-            pending = book.requests(status=["pending"])
-            planned = pl.plan(pending, book.provenance_for([r["subject_key"] for r in pending]), policy.shards)
-        assert len(planned.batches) == len(by_part) and not planned.no_data
-
         defs = build_definitions(policy)
         sensor = defs.resolve_sensor_def("erasure_sensor")
         with (
@@ -61,19 +54,26 @@ def main(argv: list[str] | None = None) -> None:
             dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as ctx,
         ):
             data = sensor.evaluate_tick(ctx)
-        assert len(data.run_requests) == len(by_part)
-        assert not book.requests(status=["pending"])
+        assert len(data.run_requests) == 1  # one run per tick, at most ticks.MAX_REQUESTS_PER_RUN requests
+        assert len(book.requests(status=["pending"])) == args.requests  # the tick wrote nothing
+        with dg.DagsterInstance.get() as instance:
+            config = data.run_requests[0].run_config["ops"]["claim_requests"]["config"]
+            with Timer() as claiming:
+                plan = claim_erasure(default_env(policy), instance, config["batch_id"], config["request_ids"], "bench-run")
+        assert plan.claimed and len(plan.works) == len(by_part)
 
     print()
     print(f"Machine: {machine()}")
     print(f"Ledger: SQLite (embedded default); S = {policy.shards}\n")
     print(table(
-        ["step", "requests", "runs requested", "wall time (s)", "per request (µs)"],
+        ["step", "requests", "runs requested / shards planned", "wall time (s)", "per request (µs)"],
         [
-            ["resolve: provenance lookup + plan into shard batches", args.requests, len(planned.batches), resolve.seconds,
-             1e6 * resolve.seconds / args.requests],
-            ["whole sensor tick: resolve + claim in ledger + RunRequests", args.requests, len(data.run_requests), tick.seconds,
-             1e6 * tick.seconds / args.requests],
+            ["bulk intake (erase --from-file): tombstones, requests, audit rows", args.requests, "-", filing.seconds,
+             1e6 * filing.seconds / args.requests],
+            ["whole sensor tick (reads only): eligible requests + one RunRequest", args.requests, len(data.run_requests),
+             tick.seconds, 1e6 * tick.seconds / args.requests],
+            ["the run's claim of one RunRequest: claim in one transaction + provenance lookup + plan",
+             len(plan.request_ids), len(plan.works), claiming.seconds, 1e6 * claiming.seconds / len(plan.request_ids)],
         ],
     ))
 

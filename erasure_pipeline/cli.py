@@ -63,14 +63,20 @@ ALLOW_FAILED_CHECKS = click.option(
 )
 
 
-def _report_checks(summaries, allow_failed_checks: bool) -> None:
-    """Every failed check by name; a failed check makes the command fail unless the user accepts it."""
-    failed = [c for s in summaries for c in s.failed_checks]
+def _report_checks(summaries, allow_failed_checks: bool, extra: int = 0) -> None:
+    """Every failed check by name; a failed check makes the command fail unless the user accepts it.
+
+    ``extra`` counts failures already printed that this run did not evaluate (still failing)."""
+    failed = [c for s in summaries if s is not None for c in s.failed_checks]
     for c in failed:
         click.echo(c.line(), err=True)
-    if failed and not allow_failed_checks:
-        names = ", ".join(sorted({c.check for c in failed}))
-        raise _Fail(f"{len(failed)} asset checks failed ({names}); fix the cause, or pass --allow-failed-checks to accept")
+    if (failed or extra) and not allow_failed_checks:
+        names = ", ".join(sorted({c.check for c in failed})) or "see above"
+        raise _Fail(f"{len(failed) + extra} asset check(s) failed ({names}); fix the cause, or pass --allow-failed-checks to accept")
+
+
+def _say(message: str) -> None:
+    click.echo(message)
 
 
 @main.command()
@@ -96,13 +102,16 @@ def demo(n_subjects: int, seed: int, no_materialize: bool, allow_failed_checks: 
 
 
 def _materialize(t0: float, allow_failed_checks: bool) -> None:
-    from erasure_pipeline.runner import get_instance, materialize_all
+    from erasure_pipeline.runner import get_instance, materialize_all, standing_check_failures
 
     defs, policy = _defs_and_policy()
     instance = get_instance()
-    click.echo(f"materialising {policy.shards} shards + merges into the Dagster instance at {instance.root_directory}")
-    summaries = materialize_all(defs, instance, policy.shards, progress=click.echo)
-    _report_checks(summaries, allow_failed_checks)
+    click.echo(f"materialising {policy.shards} shards + merges into the Dagster instance at {instance.root_directory} (one ingest_job run)")
+    summary = materialize_all(defs, instance, progress=_say)
+    standing = [c for c in standing_check_failures(instance, defs) if c not in summary.failed_checks]
+    for c in standing:
+        click.echo(c.line() + " (its latest evaluation, not recomputed by this run: nothing it reads changed)", err=True)
+    _report_checks([summary], allow_failed_checks, extra=len(standing))
     click.echo(f"done in {time.monotonic() - t0:.1f} s. Browse it with: make dev  (or DAGSTER_HOME={instance.root_directory} dagster dev)")
 
 
@@ -110,7 +119,7 @@ def _materialize(t0: float, allow_failed_checks: bool) -> None:
 @ALLOW_FAILED_CHECKS
 @_guard
 def materialize(allow_failed_checks: bool) -> None:
-    """Ingest landing and materialise every partition of every asset."""
+    """Ingest landing and materialise every partition of every asset that is missing, stale or whose inputs changed."""
     _quiet_dagster()
     _materialize(time.monotonic(), allow_failed_checks)
 
@@ -135,18 +144,71 @@ def search(text: str, limit: int) -> None:
         click.echo(f"{score:7.4f}  shard_{payload.get('shard', 0):02d}  {payload.get('ticket_id')}")
 
 
-@main.command()
-@click.argument("subject_id")
+ERASE_USAGE = ("erase takes one SUBJECT_ID (and --reason): an id that starts with '-' goes after '--' "
+               "(erasure-pipeline erase -- ID), and many ids go in a file, one per line (erase --from-file FILE)")
+
+
+class _SubjectIdCommand(click.Command):
+    """Parses arguments that may be personal data: a usage error never repeats what was typed.
+
+    (click's own "No such option: -x@example.com" would print an id that starts with '-'.)"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError:
+            raise _Fail(ERASE_USAGE) from None
+
+
+@main.command(cls=_SubjectIdCommand)
+@click.argument("subject_id", required=False)
+@click.option("--from-file", "from_file", type=click.File("rb"), default=None,
+              help="File of subject ids, one per line ('-' for stdin); every line is checked before any is filed.")
 @click.option("--reason", default=None, help="Why the subject asked (kept in the ledger, never in Dagster).")
 @_guard
-def erase(subject_id: str, reason: str | None) -> None:
+def erase(subject_id: str | None, from_file, reason: str | None) -> None:
     """File an erasure request for SUBJECT_ID; prints the request id."""
-    from erasure_pipeline.erasure.service import erase as file_erasure
+    from erasure_pipeline.erasure.service import erase_many
 
-    request_id, created = file_erasure(subject_id, reason)
-    click.echo(request_id)
-    if not created:
-        click.echo("(a live request for this subject already exists; that is its id)", err=True)
+    if (subject_id is None) == (from_file is None):
+        raise _Fail(ERASE_USAGE)
+    if subject_id is not None:
+        ((request_id, created),) = erase_many([subject_id], reason)
+        click.echo(request_id)
+        if not created:
+            click.echo("(a live request for this subject already exists; that is its id)", err=True)
+        return
+    ids = _read_ids(from_file)
+    results = erase_many(ids, reason)
+    for request_id, _created in results:
+        click.echo(request_id)
+    existing = sum(not created for _rid, created in results)
+    click.echo(f"{len(results)} subjects: {len(results) - existing} requests filed, {existing} already had a live request "
+               "(one request id per input line, in order)", err=True)
+
+
+def _read_ids(stream) -> list[str]:
+    """Ids from a file, one per line: each line checked, errors named by line number only, nothing filed on error."""
+    from erasure_pipeline.identity import InvalidSubjectId, validate_subject_id
+
+    ids, problems = [], []
+    for number, raw in enumerate(stream.read().split(b"\n"), 1):
+        raw = raw.removesuffix(b"\r")
+        if not raw.strip():
+            continue
+        try:
+            ids.append(validate_subject_id(raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            problems.append(f"line {number}: not UTF-8 text")
+        except InvalidSubjectId as exc:
+            problems.append(f"line {number}: {exc}")
+    for line in problems[:20]:
+        click.echo(f"error: {line}", err=True)
+    if problems:
+        raise _Fail(f"{len(problems)} of {len(ids) + len(problems)} lines are not usable subject ids; nothing was filed")
+    if not ids:
+        raise _Fail("the file holds no subject id")
+    return ids
 
 
 def _ledger():
@@ -156,12 +218,35 @@ def _ledger():
 
 
 @main.command()
-@click.argument("request_id")
+@click.argument("request_id", required=False)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--overdue", is_flag=True, help="List live requests past or near their due date, or stuck; exit 1 if one is past due.")
+@click.option("--within-days", type=click.FloatRange(min=0), default=7, show_default=True, help="With --overdue: how near is near.")
+@click.option("--stuck-hours", type=click.FloatRange(min=0), default=6, show_default=True,
+              help="With --overdue: a request not on hold that has not moved for this long is stuck.")
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="With --overdue: the time to judge by (UTC; default now).")
 @_guard
-def status(request_id: str, as_json: bool) -> None:
-    """Show one request's state, dates and history."""
+def status(request_id: str | None, as_json: bool, overdue: bool, within_days: float, stuck_hours: float, as_of) -> None:
+    """Show one request's state, dates and history; or, with --overdue, every request that needs attention."""
+    import datetime as dt
+
     book = _ledger()
+    if overdue:
+        now = as_of.replace(tzinfo=dt.UTC) if as_of else dt.datetime.now(dt.UTC)
+        late = book.overdue(now, within=dt.timedelta(days=within_days), stuck_after=dt.timedelta(hours=stuck_hours))
+        if as_json:
+            click.echo(json.dumps([{k: r[k] for k in ("request_id", "status", "due_at", "updated_at", "attempts", "why")} for r in late],
+                                  indent=2, default=str))
+        else:
+            click.echo(f"{len(late)} requests need attention" + (":" if late else ""))
+            for r in late:
+                click.echo(f"  {r['request_id']}  {r['status']:<12} {r['why']}")
+        if any("overdue" in r["why"] for r in late):
+            raise _Fail("requests are past their due date (Art.12(3): one month, extendable once by two)")
+        return
+    if request_id is None:
+        raise _Fail("status takes a REQUEST_ID, or --overdue")
     req = book.get_request(request_id)
     shown = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in req.items() if k not in ("seq",)}
     shown["history"] = [f"{e['at']:%Y-%m-%d %H:%M:%S} {e['event']}" for e in book.audit_entries(request_id)]
@@ -212,7 +297,7 @@ def extend(request_id: str, reason: str) -> None:
 @click.argument("request_id")
 @_guard
 def retry(request_id: str) -> None:
-    """Return a failed request to pending."""
+    """Return a failed request to pending (its automatic attempts start again)."""
     _ledger().retry(request_id)
     click.echo(f"{request_id}: pending")
 
@@ -221,16 +306,17 @@ def retry(request_id: str) -> None:
 @ALLOW_FAILED_CHECKS
 @_guard
 def process(allow_failed_checks: bool) -> None:
-    """Evaluate the erasure sensor and run what it requests until nothing is pending."""
+    """Tick the erasure sensor and run what it asks for, here, until nothing is ready to run."""
     _quiet_dagster()
     from erasure_pipeline.process import drain
     from erasure_pipeline.runner import get_instance
 
     defs, _policy = _defs_and_policy()
-    result = drain(defs, get_instance(), progress=click.echo)
-    click.echo(f"{len(result.runs)} runs, {len(result.failed_batches)} failed batches")
-    if result.failed_batches:
-        raise _Fail("some erasure batches failed; see `erasure-pipeline status REQUEST_ID` and the runs in the Dagster UI")
+    result = drain(defs, get_instance(), progress=_say)
+    click.echo(f"{len(result.runs)} runs, {len(result.failed_runs)} failed" + (", a batch held by another run was skipped" if result.skipped else ""))
+    if result.failed_runs:
+        raise _Fail("some erasure runs failed; their requests are retried by the next ticks (see `erasure-pipeline status "
+                    "--overdue` and the runs in the Dagster UI)")
     _report_checks(result.summaries, allow_failed_checks)
 
 
@@ -249,12 +335,12 @@ def cycle(as_of, allow_failed_checks: bool) -> None:
 
     defs, _policy = _defs_and_policy()
     when = as_of.replace(tzinfo=dt.UTC) if as_of else None
-    result = run_cycle(defs, get_instance(), when, progress=click.echo)
-    if result.batch_id:
-        click.echo(f"cycle {result.batch_id}: {result.files} new landing files, shards {result.shards}, {len(result.runs)} runs")
-    if result.failed:
-        raise _Fail(f"{len(result.failed)} cycle runs failed; see them in the Dagster UI")
-    _report_checks(result.summaries, allow_failed_checks)
+    result = run_cycle(defs, get_instance(), when, progress=_say)
+    if result.batch_id and result.summary is not None:
+        click.echo(f"cycle {result.batch_id}: {result.files} new landing files, run {result.summary.run_id[:8]}")
+        if result.summary.error is not None:
+            raise _Fail(f"the cycle run failed: {result.summary.error}")
+        _report_checks([result.summary], allow_failed_checks)
 
 
 @main.group()
@@ -282,10 +368,8 @@ def _print_stale(plan) -> None:
 def policy_diff(proposed: Path | None) -> None:
     """Which assets and partitions a policy would make stale (nothing is changed)."""
     _quiet_dagster()
-    from erasure_pipeline.definitions import build_definitions
     from erasure_pipeline.policy import load_policy
     from erasure_pipeline.policy_changes import field_differences, stale_under
-    from erasure_pipeline.runner import get_instance
 
     current = load_policy()
     new = load_policy(proposed) if proposed else current
@@ -294,39 +378,32 @@ def policy_diff(proposed: Path | None) -> None:
         click.echo("policy fields that differ from the policy in effect:" if diffs else "the proposed policy equals the policy in effect")
         for f, old, value in diffs:
             click.echo(f"  {f}: {json.dumps(old)} -> {json.dumps(value)}")
-    with get_instance() as instance:
-        _print_stale(stale_under(new, build_definitions(new), instance))
+    _print_stale(stale_under(new, _ledger()))
 
 
 @main.command()
-@click.option("--stale", is_flag=True, required=True, help="Backfill every asset partition the policy in effect makes stale.")
-@click.option("--dry-run", is_flag=True, help="Only list what would be backfilled.")
-@click.option("--wait", "wait_s", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seconds to wait for the daemon to finish the backfill (0: return at once).")
+@click.option("--stale", is_flag=True, required=True, help="Rebuild every asset partition the policy in effect makes stale.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be rebuilt.")
+@ALLOW_FAILED_CHECKS
 @_guard
-def backfill(stale: bool, dry_run: bool, wait_s: int) -> None:
-    """Launch one Dagster backfill of exactly the stale asset partitions (run by the daemon)."""
+def backfill(stale: bool, dry_run: bool, allow_failed_checks: bool) -> None:
+    """One rebuild_job run of exactly the stale asset partitions, then the merges they feed, once."""
     _quiet_dagster()
-    from erasure_pipeline.policy_changes import launch_backfill, stale_under
+    from erasure_pipeline.policy_changes import rebuild, stale_under
     from erasure_pipeline.runner import get_instance
 
     defs, pol = _defs_and_policy()
+    plan = stale_under(pol, _ledger())
+    _print_stale(plan)
+    if not plan or dry_run:
+        return
     with get_instance() as instance:
-        plan = stale_under(pol, defs, instance)
-        _print_stale(plan)
-        if not plan or dry_run:
-            return
-        backfill_id = launch_backfill(plan, defs, instance, title=f"policy change: {', '.join(plan.names())}")
-        click.echo(f"backfill {backfill_id} launched: see the Backfills page of the Dagster UI (the daemon runs it)")
-        deadline = time.monotonic() + wait_s
-        status = instance.get_backfill(backfill_id).status
-        while wait_s and time.monotonic() < deadline and status.value in ("REQUESTED", "CANCELING", "FAILING"):
-            time.sleep(2)
-            status = instance.get_backfill(backfill_id).status
-        if wait_s:
-            click.echo(f"backfill {backfill_id}: {status.value}")
-            if status.value != "COMPLETED_SUCCESS" and status.value != "COMPLETED":
-                raise _Fail(f"backfill {backfill_id} is {status.value}")
+        summary = rebuild(defs, instance, plan, progress=_say)
+    if summary is None:
+        raise _Fail("another run holds the rebuild batch")
+    if summary.error is not None:
+        raise _Fail(f"the rebuild run failed: {summary.error}")
+    _report_checks([summary], allow_failed_checks)
 
 
 @main.command()
@@ -355,10 +432,10 @@ def certificate(request_id: str, as_json: bool) -> None:
 @_guard
 def verify(request_id: str) -> None:
     """Re-check every claim of a certificate against the stores as they are now (exit 1 on a mismatch)."""
-    from erasure_pipeline.erasure.service import default_stores
+    from erasure_pipeline.erasure.service import default_env
     from erasure_pipeline.erasure.verify import verify_certificate
 
-    findings = verify_certificate(request_id, default_stores())
+    findings = verify_certificate(request_id, default_env())
     for f in findings:
         click.echo(f"{'ok  ' if f.ok else 'FAIL'} {f.claim} [{f.target}] {f.detail}".rstrip())
     bad = sum(not f.ok for f in findings)

@@ -1,15 +1,13 @@
-"""The code location: assets, checks, sensors and resources, built from the policy."""
+"""The code location: assets, jobs, checks, sensors, schedules and resources, built from the policy."""
 
 import os
 import warnings
 
 import dagster as dg
 
-from erasure_pipeline.assets.cohorts import build_cohort_assets
-from erasure_pipeline.assets.erasure import build_erasure_assets
-from erasure_pipeline.assets.raw import build_raw_assets
-from erasure_pipeline.assets.training import build_training_assets
-from erasure_pipeline.assets.vectors import build_vector_assets
+from erasure_pipeline.assets import build_assets
+from erasure_pipeline.graph import graph_for
+from erasure_pipeline.jobs import build_jobs
 from erasure_pipeline.policy import Policy, load_policy
 from erasure_pipeline.resources import default_resources
 from erasure_pipeline.schedules import build_schedules
@@ -54,15 +52,15 @@ def executor_from_env(env: dict | None = None) -> dg.ExecutorDefinition:
 
 def build_definitions(policy: Policy | None = None, resources: dict | None = None) -> dg.Definitions:
     policy = policy or load_policy()
-    built = [*build_raw_assets(policy), *build_cohort_assets(policy), *build_training_assets(policy), *build_vector_assets(policy),
-             *build_erasure_assets(policy)]
-    checks = [a for a in built if isinstance(a, dg.AssetChecksDefinition)]
-    assets = [a for a in built if not isinstance(a, dg.AssetChecksDefinition)]
+    graph = graph_for(policy)
+    built = build_assets(policy, graph)
+    jobs = {j.name: j for j in build_jobs(policy, graph)}
     return dg.Definitions(
-        assets=assets,
-        asset_checks=checks,
-        sensors=build_sensors(policy),
-        schedules=build_schedules(policy),
+        assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
+        asset_checks=[a for a in built if isinstance(a, dg.AssetChecksDefinition)],
+        jobs=list(jobs.values()),
+        sensors=build_sensors(jobs),
+        schedules=build_schedules(policy, graph, jobs),
         resources={**default_resources(), **(resources or {})},
         executor=executor_from_env(),
     )

@@ -43,6 +43,10 @@ def validate_subject_id(subject_id: object) -> str:
         raise InvalidSubjectId(f"subject id is longer than {MAX_SUBJECT_ID_LENGTH} characters")
     if any(ord(c) < 32 for c in subject_id):
         raise InvalidSubjectId("subject id contains control characters")
+    try:
+        subject_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: undecodable bytes in argv, or a broken string
+        raise InvalidSubjectId("subject id is not valid text (it holds undecodable bytes or a lone surrogate)") from None
     return subject_id
 
 

@@ -151,9 +151,14 @@ def parse_policy(data: Any, *, source: str = "policy") -> Policy:
 
 
 def load_policy(path: Path | None = None) -> Policy:
-    """Load and validate the policy; a missing file means the defaults."""
+    """Load and validate the policy. No ``policy.yaml`` in the working directory means the defaults; a
+    file named explicitly (an argument, or ``$ERASURE_PIPELINE_POLICY``) that does not exist is an error."""
+    from_env = path is None and bool(os.environ.get(POLICY_ENV))
+    named = path is not None or from_env
     path = path or default_policy_path()
     if not path.exists():
+        if named:
+            raise PolicyError(f"{path}: the policy file{f' (${POLICY_ENV})' if from_env else ''} does not exist")
         return Policy()
     try:
         data = yaml.safe_load(path.read_text())

@@ -81,8 +81,8 @@ def build_demo(home: Path, n_subjects: int = DEMO_SUBJECTS, seed: int = 3) -> No
     demo.write_landing(settings.landing(), demo.generate(n_subjects, seed))
     policy = load_policy()
     with dg.DagsterInstance.get() as instance:
-        summaries = materialize_all(build_definitions(policy), instance, policy.shards)
-    assert all(s.success for s in summaries), [c.line() for s in summaries for c in s.failed_checks]
+        summary = materialize_all(build_definitions(policy), instance)
+    assert summary.success, [c.line() for c in summary.failed_checks]
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +109,9 @@ def empty_home(tmp_path: Path) -> Iterator[Path]:
 
 
 def instance():
-    import dagster as dg
+    from erasure_pipeline.runner import get_instance
 
-    return dg.DagsterInstance.get()
+    return get_instance()
 
 
 def defs_and_policy():

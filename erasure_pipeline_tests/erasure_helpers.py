@@ -61,3 +61,39 @@ def scan_for(home: Path, needles: list[str]) -> list[str]:
 
 def key(subject_id: str) -> str:
     return identity.subject_key(PEPPER.encode(), subject_id)
+
+
+def materialised_partitions(inst, after_storage_id: int) -> set[tuple[str, str | None]]:
+    """(asset, partition) of every materialisation recorded after a point in the event log."""
+    import warnings
+
+    import dagster as dg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one query over every asset's materialisations since a point
+        records = inst.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION, after_cursor=after_storage_id), limit=10_000)
+    return {(r.asset_key.to_user_string(), r.partition_key) for r in records}
+
+
+def max_storage_id(inst) -> int:
+    import warnings
+
+    import dagster as dg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = inst.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION),
+                                         limit=1, ascending=False)
+    return records[0].storage_id if records else 0
+
+
+def materialize_assets(names: list[str], partition: str | None = None):
+    """Materialise assets by hand, as a person does in the UI (the asset path, not a job)."""
+    import dagster as dg
+
+    from erasure_pipeline_tests.conftest import defs_and_policy, instance
+
+    defs, _policy = defs_and_policy()
+    return dg.materialize([*defs.assets, *(defs.asset_checks or [])], selection=dg.AssetSelection.assets(*names),
+                          partition_key=partition, instance=instance(), resources=defs.resources, raise_on_error=False)

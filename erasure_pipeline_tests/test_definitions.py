@@ -2,9 +2,13 @@
 
 import dagster as dg
 
-from erasure_pipeline.assets.common import MERGE_ASSETS, SHARD_ASSETS
+from erasure_pipeline import tags
 from erasure_pipeline.definitions import build_definitions
+from erasure_pipeline.graph import demo_graph
 from erasure_pipeline.policy import Policy
+
+SHARD_ASSETS = [n.name for n in demo_graph().shard_nodes]
+MERGE_ASSETS = [n.name for n in demo_graph().merge_nodes]
 
 EXPECTED_GRAPH = {
     "raw_subjects": ("raw", set()),
@@ -43,7 +47,11 @@ def test_graph_snapshot_groups_and_edges():
         ("raw_tickets", "no_tombstoned_subjects"), ("training_shards", "no_tombstoned_subjects"),
         ("vector_index", "no_tombstoned_points"), ("anonymised_cohorts", "k_anonymous"),
         ("shard_models", "matches_independent_retrain"), ("ensemble_model", "meets_quality_floor"),
+        ("erasure_certificates", "requests_on_time"),
     }
+    assert not graph.get(dg.AssetKey("erasure_certificates")).is_executable  # only erasure runs report it
+    for name in [*SHARD_ASSETS, *MERGE_ASSETS]:
+        assert graph.get(dg.AssetKey(name)).is_executable
 
 
 def test_no_edge_crosses_shards():
@@ -65,3 +73,19 @@ def test_sensors_are_running_by_default():
     assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor"}
     assert sensors["erasure_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["erasure_sensor"].minimum_interval_seconds == 5
+    assert sensors["erasure_sensor"].job_name == tags.ERASURE_JOB
+
+
+def test_named_jobs_and_every_writing_step_in_the_pool():
+    defs = build_definitions(Policy(shards=4))
+    jobs = {j.name: j for j in defs.jobs}
+    assert set(jobs) == {tags.ERASURE_JOB, tags.CYCLE_JOB, tags.INGEST_JOB, tags.REBUILD_JOB}
+    for job in jobs.values():
+        writers = [n for n in job.graph.node_defs if n.name.startswith(("shard_step", "merge"))]
+        assert writers and all(n.pool == tags.POOL for n in writers), job.name
+        assert job.tags[tags.KIND] == tags.JOB_KINDS[job.name]
+    assert {n.name for n in jobs[tags.ERASURE_JOB].graph.node_defs} == {"claim_requests", "shard_step", "merge_and_certify"}
+    graph = defs.resolve_asset_graph()
+    for name in [*SHARD_ASSETS, *MERGE_ASSETS]:
+        assert graph.get(dg.AssetKey(name)).pools == {tags.POOL}
+    assert defs.resolve_schedule_def("retraining_cycle").job_name == tags.CYCLE_JOB

@@ -35,8 +35,16 @@ def instance_yaml() -> dict:
 def test_dagster_yaml_reads_postgres_and_compute_log_dir_from_the_environment(instance_yaml):
     assert instance_yaml["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_PG_URL"}
     assert instance_yaml["compute_logs"]["config"]["base_dir"] == {"env": "DAGSTER_COMPUTE_LOG_DIR"}
-    limits = instance_yaml["run_coordinator"]["config"]["tag_concurrency_limits"]
-    assert {"key": "erasure_pipeline/merge_lock", "limit": 1} in limits
+    assert "tag_concurrency_limits" not in instance_yaml["run_coordinator"]["config"]  # the pool is set by code
+    monitoring = instance_yaml["run_monitoring"]
+    assert monitoring["enabled"] is True and monitoring["free_slots_after_run_end_seconds"] > 0
+
+
+@pytest.mark.parametrize("path", ["erasure_pipeline/instance.yaml", "dagster.yaml", "deploy/dagster.yaml"])
+def test_every_instance_config_the_project_writes_turns_run_monitoring_on(path):
+    config = yaml.safe_load((DEPLOY.parent / path).read_text())
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
 
 
 def test_compose_services_share_one_image_and_every_setting(instance_yaml):
@@ -79,7 +87,12 @@ def test_helm_values_match_dagster_yaml_and_compose(instance_yaml):
     assert queue["type"] == "QueuedRunCoordinator"
     q = queue["config"]["queuedRunCoordinator"]
     cfg = instance_yaml["run_coordinator"]["config"]
-    assert q["tagConcurrencyLimits"] == cfg["tag_concurrency_limits"]
+    assert "tagConcurrencyLimits" not in q
+    monitoring, chart = instance_yaml["run_monitoring"], values["dagsterDaemon"]["runMonitoring"]
+    assert chart["enabled"] is True and chart["maxResumeRunAttempts"] == 0
+    for snake, camel in (("start_timeout_seconds", "startTimeoutSeconds"), ("max_runtime_seconds", "maxRuntimeSeconds"),
+                         ("free_slots_after_run_end_seconds", "freeSlotsAfterRunEndSeconds")):
+        assert chart[camel] == monitoring[snake]
     assert q["maxConcurrentRuns"] == cfg["max_concurrent_runs"] and q["dequeueIntervalSeconds"] == cfg["dequeue_interval_seconds"]
     assert values["retention"]["sensor"]["purgeAfterDays"] == cfg_retention(instance_yaml)
     (dep,) = values["dagster-user-deployments"]["deployments"]

@@ -35,8 +35,19 @@ def test_pepper_env_wins_and_local_default_is_generated_once_with_warning(tmp_pa
     assert (tmp_path / "pepper.key").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_policy_file_named_but_missing_is_an_error_not_the_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASURE_PIPELINE_POLICY", str(tmp_path / "typo.yaml"))
+    with pytest.raises(PolicyError, match=r"typo.yaml: the policy file \(\$ERASURE_PIPELINE_POLICY\) does not exist"):
+        load_policy()
+    with pytest.raises(PolicyError, match="missing.yaml: the policy file does not exist"):
+        load_policy(tmp_path / "missing.yaml")
+    monkeypatch.delenv("ERASURE_PIPELINE_POLICY")
+    monkeypatch.chdir(tmp_path)
+    assert load_policy() == Policy()  # no policy.yaml where you run it, and none named: the defaults
+
+
 def test_policy_defaults_and_errors_name_the_field(tmp_path):
-    assert load_policy(tmp_path / "missing.yaml") == Policy()
+    assert Policy().shards == 16
     assert Policy().shards == 16 and Policy().k_min == 10
     with pytest.raises(PolicyError, match=r"field 'k_min'"):
         parse_policy({"k_min": 1})
@@ -51,7 +62,14 @@ def test_policy_defaults_and_errors_name_the_field(tmp_path):
 
 
 def test_code_versions_fold_in_exactly_the_fields_each_asset_reads():
-    from erasure_pipeline.assets.common import POLICY_FIELDS, code_version
+    from erasure_pipeline.graph import demo_graph
+    from erasure_pipeline.runtime import code_version as node_code_version
+
+    graph = demo_graph()
+    POLICY_FIELDS = graph.names
+
+    def code_version(policy, asset):
+        return node_code_version(policy, graph, asset)
 
     base = Policy()
     changes = {

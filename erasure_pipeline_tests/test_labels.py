@@ -132,10 +132,10 @@ def test_one_class_label_is_one_clear_line_before_anything_is_trained(customer_h
     out = _cli("materialize")
     assert out.exit_code == 1
     errors = [line for line in out.output.splitlines() if line.startswith("error:")]
-    assert errors == [
+    assert errors == [(
         "error: subjects (every landing file), column 'Churn': the training set holds one class (class 0: 630 rows); "
         "a model cannot learn from it. Check the label column and model.positive_class"
-    ]
+    )]
     assert "Traceback" not in out.output
     assert not (customer_home / "lake").exists()  # nothing was trained or written
 

@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 
 import pytest
 import sqlalchemy as sa
@@ -48,12 +49,29 @@ def test_lifecycle_hold_release_extend_once(book):
         book.get_request("er-missing")
 
 
+ALIVE = {"run-1"}
+
+
+def live(run_id, _record=None):
+    return run_id in ALIVE
+
+
+def claim(book, batch, rids, run_id):
+    return book.claim_erasure_batch(batch, rids, run_id, is_live=live, host="h", pid=1)
+
+
 def test_claims_are_exclusive_and_completion_writes_certificate_and_outbox(book):
     rid, _ = book.file_request(KEY_A, 0, due_days=30)
-    assert book.claim([rid], "eb-1") == [rid]
-    assert book.claim([rid], "eb-2") == []
-    book.start([rid], "run-1")
+    assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)
+    busy = claim(book, "eb-1", [rid], "run-2")
+    assert (busy.outcome, busy.holder) == ("busy", "run-1")  # a live run holds the batch
+    assert claim(book, "eb-2", [rid], "run-2").request_ids == ()  # ... and its requests
+    assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)  # the holder again (a retried step): reentrant
+    req = book.get_request(rid)
+    assert req["status"] == "in_progress" and req["run_id"] == "run-1" and req["attempts"] == 1
     book.complete(rid, {"request_id": rid, "anonymised_data_subject": KEY_A})
+    book.finish_batch("eb-1", "certified", "run-1")
+    assert claim(book, "eb-1", [rid], "run-3").outcome == "done"
     assert book.get_request(rid)["status"] == "completed"
     body, digest = book.certificate(rid)
     assert body["request_id"] == rid and len(digest) == 64
@@ -63,20 +81,66 @@ def test_claims_are_exclusive_and_completion_writes_certificate_and_outbox(book)
     assert created and rid2 != rid
 
 
-def test_batch_claim_over_many_chunks_keeps_order_and_one_audit_row_per_request(book):
-    """Claims move up to 500 ids per UPDATE ... RETURNING; the chain stays valid and in input order."""
-    rids = [book.file_request(f"{i:064x}", i % 16, due_days=30)[0] for i in range(1203)]
-    book.hold(rids[7], "legal hold")  # not pending: not claimable
-    first = book.claim(rids[:600] + rids[:3], "eb-1")  # duplicates count once
-    assert first == [r for r in rids[:600] if r != rids[7]]
-    assert book.claim(rids, "eb-2") == rids[600:]
-    book.start(rids[:10], "run-1")
-    book.fail(rids[:5], "boom")
-    statuses = {r["request_id"]: r["status"] for r in book.requests()}
-    assert [statuses[r] for r in rids[:10]] == ["failed"] * 5 + ["in_progress", "in_progress", "on_hold", "in_progress", "in_progress"]
-    scheduled = [e["request_id"] for e in book.audit_entries() if e["event"] == "scheduled"]
-    assert scheduled == first + rids[600:]
+def test_requests_of_a_dead_run_are_resumed_with_an_audit_row(book):
+    rid, _ = book.file_request(KEY_A, 0, due_days=30)
+    claim(book, "eb-1", [rid], "run-dead")  # claimed, then the run's process died
+    won = claim(book, "eb-2", [rid], "run-1")
+    assert won.request_ids == (rid,) and won.resumed == (rid,)
+    req = book.get_request(rid)
+    assert req["run_id"] == "run-1" and req["attempts"] == 2 and req["batch_id"] == "eb-2"
+    assert [e["event"] for e in book.audit_entries(rid)][-2:] == ["resumed", "in_progress"]
+    assert json.loads(book.audit_entries(rid)[-2]["detail"])["from_run"] == "run-dead"
+    assert book.fail_run("run-1", "boom") == [rid]
+    assert book.get_request(rid)["status"] == "failed" and book.job_run("run-1")["outcome"] == "failed"
+    assert book.fail_run("run-1", "boom") == []  # safe to call twice
     assert book.verify_audit_chain() == (True, None)
+
+
+def test_batch_claim_over_many_chunks_keeps_order_and_one_audit_row_per_request(book):
+    """Claims move up to 500 ids per statement; the chain stays valid and in input order."""
+    rids = [r for r, _ in book.file_requests([(f"{i:064x}", i % 16) for i in range(1203)], due_days=30)]
+    book.hold(rids[7], "legal hold")  # not pending: not claimable
+    first = claim(book, "eb-1", rids[:600] + rids[:3], "run-1").request_ids  # duplicates count once
+    assert list(first) == [r for r in rids[:600] if r != rids[7]]
+    assert list(claim(book, "eb-2", rids, "run-2").request_ids) == rids[600:]  # run-1 is alive: its requests stay
+    book.fail_run("run-1", "boom")
+    statuses = {r["request_id"]: r["status"] for r in book.requests()}
+    assert [statuses[r] for r in rids[:10]] == ["failed"] * 7 + ["on_hold", "failed", "failed"]
+    claimed = [e["request_id"] for e in book.audit_entries() if e["event"] == "in_progress"]
+    assert claimed == list(first) + rids[600:]
+    assert book.verify_audit_chain() == (True, None)
+
+
+def test_bulk_intake_is_one_transaction_per_chunk(book, monkeypatch):
+    calls = []
+    original = book._tx
+    monkeypatch.setattr(book, "_tx", lambda: calls.append(1) or original())
+    results = book.file_requests([(f"{i:064x}", 0) for i in range(1200)], due_days=30)
+    assert len(calls) == 3 and all(created for _, created in results)
+    assert len(book.tombstoned_keys()) == 1200 and book.verify_audit_chain() == (True, None)
+
+
+def test_a_version_2_ledger_is_migrated_in_place(tmp_path):
+    """Ledgers written before runs claimed their own work get the new columns, and keep their rows."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for name in ("erasure_requests", "landing_batches"):
+            table = t.metadata.tables[name]
+            old = sa.Table(name, sa.MetaData(), *[c.copy() for c in table.columns if c.name not in ("run_id", "status")
+                                                   or name == "erasure_requests" and c.name == "status"])
+            old.create(conn)
+        conn.execute(sa.text("INSERT INTO landing_batches (batch_id, kind, shards, as_of, created_at) "
+                             "VALUES ('lb-1', 'cycle', '[]', '2026-01-01', '2026-01-01')"))
+        t.schema_version.create(conn)
+        conn.execute(t.schema_version.insert().values(version=2, applied_at=dt.datetime(2026, 1, 1)))
+    engine.dispose()
+    book = Ledger(url)
+    assert book.migrate() == t.CURRENT_VERSION
+    (batch,) = book.landing_batches()
+    assert batch["status"] == "done" and batch["run_id"] is None
+    rid, _ = book.file_request(KEY_A, 0, due_days=30)
+    assert claim(book, "eb-1", [rid], "run-1").outcome == "claimed"
 
 
 def test_audit_chain_detects_tampering(book):

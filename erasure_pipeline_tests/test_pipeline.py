@@ -5,12 +5,15 @@ import numpy as np
 import pandas as pd
 
 from erasure_pipeline import identity, settings
-from erasure_pipeline.assets.common import MERGE_ASSETS, SHARD_ASSETS
+from erasure_pipeline.graph import demo_graph
 from erasure_pipeline.ml import features as ft
 from erasure_pipeline.ml.shard_training import constituent_proba, probe_set, train_shard_model
-from erasure_pipeline.runner import materialize_partition
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
+from erasure_pipeline_tests.erasure_helpers import materialize_assets
+
+SHARD_ASSETS = [n.name for n in demo_graph().shard_nodes]
+MERGE_ASSETS = [n.name for n in demo_graph().merge_nodes]
 
 
 def _latest(inst, asset, partition=None):
@@ -25,8 +28,11 @@ def test_demo_materialises_every_partition_with_metadata(demo_home):
     for name in SHARD_ASSETS:
         done = inst.get_materialized_partitions(dg.AssetKey(name))
         assert done == set(identity.partition_keys(policy.shards)), name
-    for name in (*MERGE_ASSETS, "erasure_certificates"):
+    for name in MERGE_ASSETS:
         assert inst.get_latest_materialization_event(dg.AssetKey(name)) is not None
+    assert inst.get_latest_materialization_event(dg.AssetKey("erasure_certificates")) is None  # erasure runs only
+    (run,) = inst.get_runs()
+    assert run.job_name == "ingest_job" and run.is_success  # the whole build is one run
     meta = _latest(inst, "raw_subjects", "shard_01").asset_materialization.metadata
     assert {"rows", "subjects", "content_hash"} <= set(meta)
     ens = inst.get_latest_materialization_event(dg.AssetKey("ensemble_model")).asset_materialization.metadata
@@ -42,19 +48,20 @@ def test_demo_materialises_every_partition_with_metadata(demo_home):
 
 def test_erasing_one_subject_retrains_its_shard_exactly_and_changes_no_other_shard(demo_home):
     """The property the erasure proof rests on (issue: exactness)."""
+    from erasure_pipeline.erasure.service import erase
+    from erasure_pipeline.process import drain
+    from erasure_pipeline_tests.erasure_helpers import landing_frames
+
     inst = instance()
     defs, policy = defs_and_policy()
     store = settings.lake()
     before = {(a, p): _latest(inst, a, p).asset_materialization.metadata["content_hash"].value
               for a in SHARD_ASSETS for p in identity.partition_keys(policy.shards)}
     rows = lk.require_table(store, "training_shards", "shard_02")
+    subjects, _ = landing_frames(policy.shards)
     victim = rows[~rows[ft.HOLDOUT]][ft.KEY].iloc[0]
-    from erasure_pipeline.erasure.service import default_ledger
-
-    default_ledger().add_tombstone(victim, 2, "er-test")
-    res = materialize_partition(defs, inst, "shard_02", ["raw_subjects", "raw_events", "raw_tickets", "cohort_partials", "training_shards", "shard_models", "vector_index"],
-                                run_config={"ops": {a: {"config": {"mode": "erasure"}} for a in ("raw_subjects", "raw_events", "raw_tickets")}})
-    assert res.success
+    erase(subjects.loc[subjects["subject_key"] == victim, "subject_id"].iloc[0])
+    assert not drain(defs, inst).failed_runs
     remaining = lk.require_table(store, "training_shards", "shard_02")
     assert victim not in set(remaining[ft.KEY]) and len(remaining) == len(rows) - 1
     stored = lk.loads_model(store.read_bytes(lk.model_name("shard_models", "shard_02")))["model"]
@@ -76,9 +83,9 @@ def test_data_versions_make_exactly_the_changed_shard_children_stale(demo_home):
 
     inst = instance()
     defs, _policy = defs_and_policy()
-    res = materialize_partition(defs, inst, "shard_01", ["raw_events"], run_config={"ops": {"raw_events": {"config": {"mode": "erasure"}}}})
-    assert res.success  # same content (no tombstones): nothing becomes stale
-    resolver = get_stale_status_resolver(inst, list(defs.assets))
+    res = materialize_assets(["raw_events"], "shard_01")
+    assert res.success  # same content (no new landing rows, no tombstones): nothing becomes stale
+    resolver = get_stale_status_resolver(inst, [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)])
     assert resolver.get_status(dg.AssetKey("training_shards"), "shard_01") == StaleStatus.FRESH
     # change shard_01's raw events for real: its children become stale, shard_00's do not
     store = settings.lake()
@@ -86,8 +93,8 @@ def test_data_versions_make_exactly_the_changed_shard_children_stale(demo_home):
     landing = settings.landing()
     extra = ev.head(1).assign(event_id="ev-new-1", event_type="purchase").drop(columns=["subject_key"])
     landing.write_bytes("events/extra.csv", extra.to_csv(index=False).encode())
-    assert materialize_partition(defs, inst, "shard_01", ["raw_events"]).success
-    resolver = get_stale_status_resolver(inst, list(defs.assets))
+    assert materialize_assets(["raw_events"], "shard_01").success
+    resolver = get_stale_status_resolver(inst, [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)])
     assert resolver.get_status(dg.AssetKey("training_shards"), "shard_01") == StaleStatus.STALE
     assert resolver.get_status(dg.AssetKey("training_shards"), "shard_00") == StaleStatus.FRESH
 
@@ -102,7 +109,7 @@ def test_landing_contract_error_surfaces_in_the_cli(demo_home):
     assert out.exit_code == 1 and (out.exception is None or isinstance(out.exception, SystemExit))
     assert "Traceback" not in out.output
     assert out.output.strip().splitlines()[-1] == (
-        "error: shard_00: events/bad.csv, column 'subject_id', row 1 (line 2): empty id")
+        "error: shard_step[shard_00]: events/bad.csv, column 'subject_id', row 1 (line 2): empty id")
 
 
 def test_search_shows_ticket_ids_not_subject_ids(demo_home):

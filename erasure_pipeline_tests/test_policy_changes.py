@@ -53,3 +53,20 @@ def test_field_differences_names_dotted_fields():
     a = Policy()
     b = Policy.model_validate({"k_min": 25, "model": {"estimator": "sgd"}})
     assert field_differences(a, b) == [("k_min", 10, 25), ("model.estimator", "logistic_regression", "sgd")]
+
+
+def test_backfill_stale_is_one_run_of_exactly_the_stale_partitions(demo_home):
+    from erasure_pipeline_tests.conftest import instance
+    from erasure_pipeline_tests.erasure_helpers import materialised_partitions, max_storage_id
+
+    policy_file = demo_home / "policy.yaml"
+    policy_file.write_text(policy_file.read_text().replace("k_min: 3", "k_min: 6"))
+    inst = instance()
+    start = max_storage_id(inst)
+    out = _cli("backfill", "--stale")
+    assert out.exit_code == 0, out.output
+    assert materialised_partitions(inst, start) == {("anonymised_cohorts", None), ("cohort_model", None)}
+    (run,) = [r for r in inst.get_runs() if r.job_name == "rebuild_job"]
+    assert run.is_success and run.tags["erasure_pipeline/kind"] == "rebuild"
+    assert "nothing is stale" in _cli("policy", "diff").output
+    assert "nothing is stale" in _cli("backfill", "--stale").output  # and nothing runs twice

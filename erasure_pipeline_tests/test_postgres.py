@@ -37,10 +37,15 @@ def _worker(url: str, worker: int, barrier, out) -> None:
         rid, _ = book.file_request(key, i % 4, due_days=30)
         filed.append(rid)
         pending = [r["request_id"] for r in book.requests(status=["pending"])]
-        book.claim(pending, f"eb-w{worker}-{i}")
-    won = book.claim([r["request_id"] for r in book.requests(status=["pending"])], f"eb-w{worker}-final")
+        _claim(book, f"eb-w{worker}-{i}", pending, worker)
+    won = _claim(book, f"eb-w{worker}-final", [r["request_id"] for r in book.requests(status=["pending"])], worker)
     book.dispose()
-    out.put((worker, filed, won))
+    out.put((worker, filed, list(won.request_ids)))
+
+
+def _claim(book: Ledger, batch: str, rids: list[str], worker: int):
+    """Both workers' runs are alive: neither may take what the other claimed."""
+    return book.claim_erasure_batch(batch, rids, f"run-w{worker}", is_live=lambda _run, _rec: True, host="h", pid=worker)
 
 
 def _run_two_workers(url: str) -> list[tuple[int, list[str], list[str]]]:
@@ -63,9 +68,9 @@ def _assert_no_double_no_loss(book: Ledger, results) -> None:
     assert len({r["subject_key"] for r in requests}) == expected_subjects
     filed = {rid for _, rids, _ in results for rid in rids}
     assert filed == {r["request_id"] for r in requests}  # every id handed out is a real request
-    assert all(r["status"] == "scheduled" and r["batch_id"] for r in requests)
-    scheduled = [e["request_id"] for e in book.audit_entries() if e["event"] == "scheduled"]
-    assert sorted(scheduled) == sorted(r["request_id"] for r in requests)  # each claimed exactly once
+    assert all(r["status"] == "in_progress" and r["batch_id"] and r["run_id"] in ("run-w0", "run-w1") for r in requests)
+    claimed = [e["request_id"] for e in book.audit_entries() if e["event"] == "in_progress"]
+    assert sorted(claimed) == sorted(r["request_id"] for r in requests)  # each claimed exactly once
     assert book.verify_audit_chain() == (True, None)
     assert len(book.tombstoned_keys()) == expected_subjects
 
@@ -79,8 +84,7 @@ def test_ledger_lives_in_its_own_schema_and_migrates_itself(pg_database):
     assert {"erasure_requests", "tombstones", "provenance", "audit_log", "certificates"} <= set(insp.get_table_names(schema="erasure_ledger"))
     assert not {"erasure_requests", "audit_log"} & set(insp.get_table_names(schema="public"))
     rid, created = book.file_request("c" * 64, 2, due_days=30)
-    assert created and book.claim([rid], "eb-1") == [rid]
-    book.start([rid], "run-1")
+    assert created and _claim(book, "eb-1", [rid], 1).request_ids == (rid,)
     book.complete(rid, {"request_id": rid})
     assert book.get_request(rid)["status"] == "completed" and book.verify_audit_chain() == (True, None)
     book.dispose()
@@ -134,7 +138,7 @@ def test_demo_and_erasure_on_dagster_postgres_with_the_ledger_on_postgres(pg_dat
         assert _cli("verify", rid).exit_code == 0
         assert json.loads(_cli("certificate", rid, "--json").stdout)["request_id"] == rid
         with instance() as inst:
-            assert inst.get_runs_count() >= 6  # 4 shards + merges + the erasure
+            assert [r.job_name for r in inst.get_runs()] == ["erasure_job", "ingest_job"]  # one run each
         # Nothing in the database (Dagster's runs, events, ledger) nor the home holds the raw id.
         dump = subprocess.run(
             ["pg_dump", "--data-only", sa.engine.make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False)],
@@ -143,3 +147,29 @@ def test_demo_and_erasure_on_dagster_postgres_with_the_ledger_on_postgres(pg_dat
         assert b"erasure_requests" in dump or b"erasure_ledger" in dump
         assert sid.encode() not in dump
         assert scan_for(home, [sid]) == []
+
+
+def test_a_version_2_ledger_is_migrated_in_place_on_postgres(pg_database):
+    """Columns added since version 2 are added in the ledger's own schema, rows kept."""
+    import datetime as dt
+
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA erasure_ledger"))
+        for name in ("erasure_requests", "landing_batches"):
+            table = t.metadata.tables[name]
+            keep = [c.copy() for c in table.columns if c.name not in ("run_id", "status") or name == "erasure_requests" and c.name == "status"]
+            sa.Table(name, sa.MetaData(schema="erasure_ledger"), *keep).create(conn)
+        conn.execute(sa.text("INSERT INTO erasure_ledger.landing_batches (batch_id, kind, shards, as_of, created_at) "
+                             "VALUES ('lb-1', 'cycle', '[]', now(), now())"))
+        sa.Table("ledger_schema_version", sa.MetaData(schema="erasure_ledger"),
+                 *[c.copy() for c in t.schema_version.columns]).create(conn)
+        conn.execute(sa.text("INSERT INTO erasure_ledger.ledger_schema_version VALUES (2, :at)"), {"at": dt.datetime.now(dt.UTC)})
+    engine.dispose()
+    book = Ledger(pg_database)
+    assert book.migrate() == t.CURRENT_VERSION
+    (batch,) = book.landing_batches()
+    assert batch["status"] == "done"
+    rid, _ = book.file_request("d" * 64, 1, due_days=30)
+    assert _claim(book, "eb-1", [rid], 0).outcome == "claimed"
+    book.dispose()

@@ -6,6 +6,7 @@ erasure run deletes them by VersionId and ``verify`` reads every remaining versi
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 
@@ -85,9 +86,9 @@ def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bu
     import dagster as dg
 
     from erasure_pipeline.erasure.service import default_ledger
-    from erasure_pipeline.runner import materialize_all
+    from erasure_pipeline.process import run_cycle
     from erasure_pipeline_tests.conftest import build_demo, defs_and_policy, project_env
-    from erasure_pipeline_tests.erasure_helpers import key, pick_subjects, scan_for
+    from erasure_pipeline_tests.erasure_helpers import key, landing_frames, pick_subjects, scan_for
 
     bucket, env = s3_bucket
     home = tmp_path / "home"
@@ -95,9 +96,17 @@ def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bu
         build_demo(home, n_subjects=200)
         defs, policy = defs_and_policy()
         (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
-        # A second cycle over the same shard: every object is overwritten, so old versions exist.
+        # A cycle brings the shard new rows of another subject: its objects are overwritten, so old
+        # versions holding the subject exist.
+        subjects, _tickets = landing_frames(policy.shards)
+        other = subjects[(subjects["shard"] == shard) & (subjects["subject_id"] != sid)].iloc[0]
+        update = other.drop(["subject_key", "shard"]).to_frame().T.assign(lifetime_value=other["lifetime_value"] + 1)
+        settings.landing().write_bytes("subjects/update.csv", update.to_csv(index=False).encode())
+        events = pd.DataFrame({"event_id": ["ev-update-1"], "subject_id": [other["subject_id"]], "ts": ["2026-11-01T00:00:00Z"],
+                               "event_type": ["purchase"]})
+        settings.landing().write_bytes("events/update.csv", events.to_csv(index=False).encode())
         with dg.DagsterInstance.get() as inst:
-            assert all(r.success for r in materialize_all(defs, inst, policy.shards, shards=[shard]))
+            assert run_cycle(defs, inst, dt.datetime(2026, 11, 2, tzinfo=dt.UTC)).summary.success
         needles = [sid, key(sid)]
         before = [v["Key"] for v in _all_versions(bucket) if _holds(v, needles)]
         assert any(k.startswith("lake/raw_subjects/") for k in before) and any(k.startswith("landing/") for k in before)

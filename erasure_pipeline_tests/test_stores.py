@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from erasure_pipeline import identity
-from erasure_pipeline.erasure import plan as pl
+from erasure_pipeline.graph import demo_graph
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
 from erasure_pipeline.storage.vectors import VectorStore
@@ -70,19 +70,35 @@ def test_vector_store_sync_delete_by_subject_and_compaction(tmp_path, shared):
     assert len(hits) == 2 and all(h[1]["subject_key"] != "k0" and h[1]["shard"] == 1 for h in hits)
 
 
-def test_plan_resolves_footprints_to_assets_and_groups_by_shard():
-    assert pl.assets_for({"raw_subjects", "raw_events", "training_shards"}) == [
-        "raw_subjects", "raw_events", "cohort_partials", "training_shards", "shard_models",
-        "anonymised_cohorts", "cohort_model", "ensemble_model",
-    ]
-    assert pl.assets_for({"raw_events"}) == ["raw_events", "training_shards"]  # no retrain, no merges
-    assert "vector_index" not in pl.assets_for({"raw_subjects", "raw_events"})
-    k1, k2, k3 = "00000001" + "0" * 56, "00000005" + "0" * 56, "00000002" + "0" * 56
-    reqs = [{"request_id": "r1", "subject_key": k1}, {"request_id": "r2", "subject_key": k2},
-            {"request_id": "r3", "subject_key": k3}, {"request_id": "r4", "subject_key": "f" * 64}]
-    prov = [{"subject_key": k1, "asset": "raw_tickets", "rows": 1}, {"subject_key": k2, "asset": "raw_events", "rows": 2},
-            {"subject_key": k3, "asset": "raw_events", "rows": 1}]
-    plan = pl.plan(reqs, prov, n_shards=4)
-    assert plan.no_data == ["r4"]
-    assert [(b.shard, b.request_ids) for b in plan.batches] == [(1, ["r1", "r2"]), (2, ["r3"])]
-    assert plan.batches[0].assets == ["raw_events", "raw_tickets", "training_shards", "vector_index"]
+def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_version():
+    graph = demo_graph()
+    assert [n.name for n in graph.raw_nodes] == ["raw_subjects", "raw_events", "raw_tickets"]
+    assert {n.name for n in graph.merge_nodes} == {"anonymised_cohorts", "cohort_model", "ensemble_model"}
+    assert {n.name for n in graph.subject_nodes} == {"raw_subjects", "raw_events", "raw_tickets", "training_shards", "vector_index"}
+    assert graph.descendants(["raw_tickets"]) == {"vector_index"}
+    assert graph.descendants(["raw_events"]) == {"training_shards", "shard_models", "ensemble_model"}
+    # a node's code version reads its own fields and its ancestors'
+    assert graph.policy_fields("cohort_model") == ("cohorts", "k_min", "seed", "shards")
+    assert set(graph.policy_fields("ensemble_model")) >= {"model.estimator", "model.label", "consent", "shards"}
+    names = graph.names
+    for node in graph.nodes:
+        assert all(names.index(p) < names.index(node.name) for p in node.parents)
+
+
+def test_certificate_marks_affected_only_what_held_the_subject_or_changed_below_it():
+    from types import SimpleNamespace
+
+    from erasure_pipeline.erasure.service import affected_nodes
+
+    env = SimpleNamespace(graph=demo_graph())
+    changed = lambda: SimpleNamespace(changed=True)
+    same = SimpleNamespace(changed=False)
+    # a subject without consent: raw rows only; training_shards was rebuilt but did not change
+    outcomes = {("raw_subjects", "shard_01"): changed(), ("raw_events", "shard_01"): changed(),
+                ("cohort_partials", "shard_01"): changed(), ("training_shards", "shard_01"): same,
+                ("anonymised_cohorts", None): changed(), ("cohort_model", None): changed()}
+    footprint = {"raw_subjects": 1, "raw_events": 12}
+    assert affected_nodes(env, footprint, outcomes, "shard_01") == {
+        "raw_subjects", "raw_events", "cohort_partials", "anonymised_cohorts", "cohort_model"}
+    # another subject's change in the same run is not this subject's: nothing held it
+    assert affected_nodes(env, {}, outcomes, "shard_01") == set()

@@ -1,37 +1,33 @@
-"""The erasure workflow outside Dagster's types: intake, planning a tick, certifying a batch.
+"""The erasure workflow outside the tick: intake, and certifying a batch at the end of its run.
 
-The Dagster sensor, the certifier asset, the failure sensor and the CLI all call these, so
-there is one code path whether a daemon, ``erasure-pipeline process`` or a test drives it.
+The CLI, the Python API and the erasure job call these, so there is one code path whether a
+daemon, ``erasure-pipeline process`` or a test drives it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 
-from erasure_pipeline import home, identity, settings
-from erasure_pipeline.erasure import plan as pl
-from erasure_pipeline.erasure.certificate import build_certificate
-from erasure_pipeline.erasure.verify import Stores, verify_subject
+from erasure_pipeline import home, identity, settings, tags
+from erasure_pipeline.erasure.certificate import build_certificate, to_markdown
+from erasure_pipeline.erasure.verify import verify_subject
+from erasure_pipeline.graph import graph_for
 from erasure_pipeline.ledger import Ledger, open_ledger, utcnow
+from erasure_pipeline.nodes import Env
 from erasure_pipeline.policy import Policy, load_policy
 
-BATCH_TAG = "erasure_pipeline/batch"
-REQUESTS_TAG = "erasure_pipeline/requests"
-LOCK_TAG = "erasure_pipeline/merge_lock"
-MAX_IDS_IN_TAG = 20
+MAX_CERTIFICATES_IN_METADATA = 10
 
 
 def default_ledger(url: str | None = None) -> Ledger:
     return open_ledger(settings.ledger_url(url))
 
 
-def default_stores(policy: Policy | None = None, ledger: Ledger | None = None) -> Stores:
+def default_env(policy: Policy | None = None, ledger: Ledger | None = None) -> Env:
+    """The stores the environment points at, outside any Dagster run (the CLI's ``verify``)."""
     policy = policy or load_policy()
-    return Stores(
-        policy=policy, lake=settings.lake(), landing=settings.landing(), vectors=settings.vector_store(),
-        ledger=ledger or default_ledger(), pepper=identity.load_pepper(home.project_home()),
-    )
+    return Env(policy=policy, graph=graph_for(policy), lake=settings.lake(), landing=settings.landing(),
+               vectors=settings.vector_store(), ledger=ledger or default_ledger(), pepper=identity.load_pepper(home.project_home()))
 
 
 def erase(subject_id: str, reason: str | None = None, *, policy: Policy | None = None, ledger: Ledger | None = None) -> tuple[str, bool]:
@@ -39,107 +35,25 @@ def erase(subject_id: str, reason: str | None = None, *, policy: Policy | None =
 
     The raw id goes no further than this function: only its keyed hash is stored.
     """
-    identity.validate_subject_id(subject_id)
+    return erase_many([subject_id], reason, policy=policy, ledger=ledger)[0]
+
+
+def erase_many(subject_ids: Iterable[str], reason: str | None = None, *, policy: Policy | None = None,
+               ledger: Ledger | None = None) -> list[tuple[str, bool]]:
+    """Bulk intake: every id validated first (nothing is filed if one is bad), then filed in a few transactions."""
+    ids = [identity.validate_subject_id(s) for s in subject_ids]
     policy = policy or load_policy()
     book = ledger or default_ledger()
-    key = identity.subject_key(identity.load_pepper(home.project_home()), subject_id)
-    return book.file_request(key, identity.shard_of(key, policy.shards), due_days=policy.erasure_due_days, reason=reason)
+    pepper = identity.load_pepper(home.project_home())
+    keys = [identity.subject_key(pepper, s) for s in ids]
+    return book.file_requests([(k, identity.shard_of(k, policy.shards)) for k in keys], due_days=policy.erasure_due_days, reason=reason)
 
 
-@dataclass
-class Tick:
-    batches: list[pl.Batch]
-    """Every batch that should have a run now: planned this tick or planned earlier and not finished."""
-    certified_without_run: list[str]
-    cursor: int
-
-
-def tick(book: Ledger, stores: Stores, *, limit: int = 10_000) -> Tick:
-    """One sensor evaluation: plan pending requests into batches, claim them, certify no-data requests."""
-    policy = stores.policy
-    pending = book.requests(status=["pending"])[:limit]
-    certified = []
-    if pending:
-        planned = pl.plan(pending, book.provenance_for([r["subject_key"] for r in pending]), policy.shards)
-        by_id = {r["request_id"]: r for r in pending}
-        cache: dict = {}
-        for rid in planned.no_data:
-            if book.claim([rid], "no-data"):
-                try:
-                    certify(book, stores, by_id[rid], {}, run_id=None, batch_id=None, cache=cache)
-                except ErasureNotProven as exc:  # e.g. the subject is only in a landing file not yet ingested
-                    book.fail([rid], str(exc))
-                    continue
-                certified.append(rid)
-        for batch in planned.batches:
-            won = book.claim(batch.request_ids, batch.batch_id)
-            if not won:
-                continue
-            # Batch ids derive from the planned set, so a process that planned a different set of
-            # pending requests gets another id; keep only the requests this process won.
-            batch.request_ids = won
-            batch.footprints = {r: batch.footprints[r] for r in won}
-            batch.assets = pl.assets_for({a for fp in batch.footprints.values() for a in fp})
-            book.create_batch(batch.batch_id, batch.shard, {"assets": batch.assets, "footprints": batch.footprints, "requests": batch.request_ids})
-    open_batches = [
-        pl.Batch(b["batch_id"], b["shard"], b["plan"]["requests"], b["plan"]["assets"], b["plan"]["footprints"])
-        for b in book.batches(status="requested")
-    ]
-    return Tick(open_batches, certified, book.max_seq())
-
-
-def request_tags(batch: pl.Batch) -> dict[str, str]:
-    ids = batch.request_ids
-    shown = ",".join(ids[:MAX_IDS_IN_TAG]) + (f",+{len(ids) - MAX_IDS_IN_TAG} more" if len(ids) > MAX_IDS_IN_TAG else "")
-    return {BATCH_TAG: batch.batch_id, REQUESTS_TAG: shown, LOCK_TAG: "erasure", "erasure_pipeline/shard": identity.partition_key(batch.shard)}
-
-
-def erasure_run_config(assets: list[str]) -> dict:
-    raw = [a for a in assets if a.startswith("raw_")]
-    return {"ops": {a: {"config": {"mode": "erasure"}} for a in raw}}
-
-
-def certify(
-    book: Ledger,
-    stores: Stores,
-    request: Mapping,
-    footprint: Mapping[str, int],
-    *,
-    run_id: str | None,
-    batch_id: str | None,
-    versions: Mapping[str, tuple[str | None, str | None]] | None = None,
-    details: Mapping[str, str] | None = None,
-    cache: dict | None = None,
-) -> dict:
-    """Verify the subject is gone everywhere, then record actions and issue the certificate.
-
-    Raises ``ErasureNotProven`` (naming request id and claims only) if any claim fails.
-    """
-    versions, details = versions or {}, details or {}
-    shard = identity.shard_of(request["subject_key"], stores.policy.shards)
-    part = identity.partition_key(shard)
-    touched = set(pl.assets_for(footprint))
-    findings = [f.as_dict() for f in verify_subject(request["subject_key"], stores, cache)]
-    failed = [f for f in findings if not f["ok"]]
-    if failed:
-        raise ErasureNotProven(request["request_id"], [f"{f['claim']} ({f['target']}: {f['detail']})" for f in failed])
-    actions = []
-    for asset in pl.ORDER:
-        present = asset in touched
-        partition = None if asset in pl.MERGES["cohort_partials"] + pl.MERGES["shard_models"] else part
-        before, after = versions.get(asset, (None, None))
-        actions.append({
-            "asset": asset, "partition": partition, "action": pl.ACTION[asset] if present else "NO_DATA",
-            "data_present": present, "before_hash": before, "after_hash": after,
-            "detail": details.get(asset, f"{footprint[asset]} rows" if asset in footprint else ""), "run_id": run_id,
-        })
-    if details.get("landing"):
-        actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True,
-                        "before_hash": None, "after_hash": None, "detail": details["landing"], "run_id": run_id})
-    cert = build_certificate(request, actions, completed_at=utcnow(), findings=findings, run_id=run_id, batch_id=batch_id)
-    book.record_actions(request["request_id"], actions)
-    book.complete(request["request_id"], cert)
-    return cert
+def request_tags(batch_id: str, request_ids: list[str]) -> dict[str, str]:
+    shown = ",".join(request_ids[: tags.MAX_IDS_IN_TAG])
+    if len(request_ids) > tags.MAX_IDS_IN_TAG:
+        shown += f",+{len(request_ids) - tags.MAX_IDS_IN_TAG} more"
+    return {tags.BATCH: batch_id, tags.REQUESTS: shown, tags.KIND: "erasure"}
 
 
 class ErasureNotProven(RuntimeError):
@@ -148,9 +62,97 @@ class ErasureNotProven(RuntimeError):
         super().__init__(f"erasure of {request_id} not proven: " + "; ".join(failed_claims))
 
 
-def fail_batch(book: Ledger, batch_id: str, run_id: str | None, error: str) -> None:
-    batch = book.get_batch(batch_id)
-    if batch is None:
-        return
-    book.fail(batch["plan"]["requests"], error)
-    book.finish_batch(batch_id, "failed", run_id)
+def affected_nodes(env: Env, footprint: Mapping[str, int], outcomes: Mapping[tuple[str, str | None], object], part: str) -> set[str]:
+    """Nodes that held the subject (provenance) or changed in this run below one that did."""
+    affected: set[str] = set()
+    for node in env.graph.nodes:
+        o = outcomes.get((node.name, part if node.partitioned else None))
+        if node.name in footprint or (o is not None and o.changed and affected.intersection(node.parents)):
+            affected.add(node.name)
+    return affected
+
+
+def certify(env: Env, request: Mapping, footprint: Mapping[str, int], outcomes: Mapping[tuple[str, str | None], object], *,
+            run_id: str | None, batch_id: str | None, cache: dict | None = None) -> dict:
+    """Verify the subject is gone everywhere, then record actions and issue the certificate.
+
+    Raises ``ErasureNotProven`` (naming request id and claims only) if any claim fails.
+    """
+    part = identity.partition_key(identity.shard_of(request["subject_key"], env.policy.shards))
+    findings = [f.as_dict() for f in verify_subject(request["subject_key"], env, cache)]
+    failed = [f for f in findings if not f["ok"]]
+    if failed:
+        raise ErasureNotProven(request["request_id"], [f"{f['claim']} ({f['target']}: {f['detail']})" for f in failed])
+    affected = affected_nodes(env, footprint, outcomes, part)
+    actions = []
+    scrubbed = 0
+    for node in env.graph.nodes:
+        partition = part if node.partitioned else None
+        o = outcomes.get((node.name, partition))
+        details = o.details if o is not None else {}
+        scrubbed += int(details.get("landing_files_scrubbed", 0) or 0)
+        detail = []
+        if node.name in footprint:
+            detail.append(f"{footprint[node.name]} {'points' if node.kind == 'vector_index' else 'rows'}")
+        if details.get("noncurrent_versions_purged"):
+            detail.append(f"{details['noncurrent_versions_purged']} old object versions purged")
+        if details.get("points_deleted_by_subject_filter"):
+            detail.append(f"{details['points_deleted_by_subject_filter']} points deleted by subject_key filter (batch); store compacted")
+        present = node.name in affected
+        actions.append({
+            "asset": node.name, "partition": partition, "action": node.action if present else "NO_DATA", "data_present": present,
+            "before_hash": o.before if o is not None else None, "after_hash": o.after if o is not None else None,
+            "detail": "; ".join(detail), "run_id": run_id,
+        })
+    if scrubbed and any(n.table is not None and n.name in footprint for n in env.graph.nodes):
+        actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True, "before_hash": None,
+                        "after_hash": None, "detail": f"{scrubbed} landing files rewritten without tombstoned subjects", "run_id": run_id})
+    cert = build_certificate(request, actions, completed_at=utcnow(), findings=findings, run_id=run_id, batch_id=batch_id)
+    env.ledger.record_actions(request["request_id"], actions)
+    env.ledger.complete(request["request_id"], cert)
+    return cert
+
+
+def certify_batch(context, env: Env, plan, outcomes: list) -> Iterator:
+    """The end of an erasure run: certify each request of the batch, report the certificates to Dagster.
+
+    A request whose claims do not all hold is failed with the claims that did not (it is retried by a
+    later tick); the others are certified. The run fails if any was not proven.
+    """
+    import dagster as dg
+
+    from erasure_pipeline.assets import DUE_SOON, STUCK_AFTER, on_time_check
+
+    by_key = {(o.node, o.partition): o for o in outcomes}
+    book = env.ledger
+    certs, unproven, cache = [], [], {}
+    for request in book.requests_by_id(plan.request_ids):
+        if request["status"] == "completed":
+            continue
+        try:
+            certs.append(certify(env, request, plan.footprints.get(request["request_id"], {}), by_key,
+                                 run_id=context.run_id, batch_id=plan.batch_id, cache=cache))
+        except ErasureNotProven as exc:
+            unproven.append(exc)
+            book.fail_requests([exc.request_id], str(exc), context.run_id)
+    book.finish_batch(plan.batch_id, "failed" if unproven else "certified", context.run_id)
+    shown = "\n\n---\n\n".join(to_markdown(c) for c in certs[:MAX_CERTIFICATES_IN_METADATA])
+    context.log.info(f"batch {plan.batch_id}: {len(certs)} certificates issued, {len(unproven)} requests not proven")
+    yield dg.AssetMaterialization(
+        asset_key=env.graph.certificate_node,
+        metadata={
+            "batch": plan.batch_id,
+            "certificates_issued": len(certs),
+            "requests_not_proven": len(unproven),
+            "request_ids": ", ".join(c["request_id"] for c in certs[:50]),
+            "requests_resumed_from_interrupted_runs": len(plan.resumed),
+            "shards": ", ".join(w.partition for w in plan.works) or "none (no data)",
+            "certificates": dg.MetadataValue.md(shown or "_(none)_"),
+            "ledger_ids": dg.MetadataValue.md("Print one: `erasure-pipeline certificate REQUEST_ID`; re-check: `erasure-pipeline verify REQUEST_ID`."),
+        },
+    )
+    check = on_time_check(book.overdue(utcnow(), within=DUE_SOON, stuck_after=STUCK_AFTER))
+    yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey(env.graph.certificate_node), check_name="requests_on_time",
+                                  passed=check.passed, metadata=check.metadata, severity=check.severity)
+    if unproven:
+        raise dg.Failure("erasure not proven for " + "; ".join(str(e) for e in unproven[:5]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 
-from erasure_pipeline.ledger.core import Ledger, LedgerError, utcnow
+from erasure_pipeline.ledger.core import Claim, Ledger, LedgerError, utcnow
 
-__all__ = ["Ledger", "LedgerError", "open_ledger", "utcnow"]
+__all__ = ["Claim", "Ledger", "LedgerError", "open_ledger", "utcnow"]
 
 
 @functools.lru_cache(maxsize=8)

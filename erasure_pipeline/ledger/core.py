@@ -13,9 +13,10 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -24,11 +25,36 @@ from erasure_pipeline.errors import PipelineError
 from erasure_pipeline.ledger import schema as t
 
 LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed")
+CLAIMABLE = ("pending", "scheduled", "in_progress", "failed")
+"""States a run may claim a request from (``scheduled`` only exists in ledgers older than claims by runs)."""
 TERMINAL = ("completed",)
 STATUSES = (*LIVE, *TERMINAL)
 GENESIS = "0" * 64
 _AUDIT_LOCK = 0x45524153  # "ERAS"
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a run's claim got: ``claimed`` (these requests or this batch are now the run's), ``busy``
+    (another live run holds the batch: ``holder``) or ``done`` (already finished)."""
+
+    outcome: Literal["claimed", "busy", "done"]
+    holder: str | None = None
+    request_ids: tuple[str, ...] = ()
+    resumed: tuple[str, ...] = ()
+    """Requests taken over from a run that ended without finishing them."""
+
+
+def _held_elsewhere(batch, finished: str, run_id: str, live: Callable[[str], bool]) -> Claim | None:
+    """A batch row that finished (``done``), or that another live run holds (``busy``); None: claimable."""
+    if batch is None:
+        return None
+    if batch.status == finished:
+        return Claim("done", batch.run_id)
+    if batch.status == "running" and batch.run_id not in (None, run_id) and live(batch.run_id):
+        return Claim("busy", batch.run_id)
+    return None
 
 
 class LedgerError(PipelineError):
@@ -79,6 +105,21 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def _add_columns(conn: Connection, columns: list[tuple[sa.Table, str]], schema: str | None) -> None:
+    """ALTER TABLE ... ADD COLUMN for columns an older ledger lacks (names come from the schema module)."""
+    insp = sa.inspect(conn)
+    prep = conn.dialect.identifier_preparer
+    for table, name in columns:
+        if name in {c["name"] for c in insp.get_columns(table.name, schema=schema)}:
+            continue
+        column = table.c[name]
+        target = (prep.quote_schema(schema) + "." if schema else "") + prep.quote(table.name)
+        spec = prep.quote(column.name) + " " + column.type.compile(conn.dialect)
+        if column.server_default is not None:
+            spec += " NOT NULL DEFAULT '" + str(column.server_default.arg) + "'"
+        conn.execute(sa.DDL("ALTER TABLE " + target + " ADD COLUMN " + spec))
+
+
 class Ledger:
     def __init__(self, url: str, *, schema: str = "erasure_ledger"):
         self.url = url
@@ -102,6 +143,10 @@ class Ledger:
             if current is not None and current < 2:
                 for index in t.erasure_requests.indexes:  # create_all skips indexes of existing tables
                     index.create(conn, checkfirst=True)
+            if current is not None:
+                for version, columns in t.ADDED_COLUMNS.items():
+                    if current < version:
+                        _add_columns(conn, columns, self.schema)
             if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION
@@ -110,7 +155,20 @@ class Ledger:
     def dispose(self) -> None:
         self._base_engine.dispose()
 
+    def _tx(self):
+        """The one way a write starts: a transaction (BEGIN IMMEDIATE on SQLite).
+
+        Every write method goes through here, so a test can fail or kill the process at the n-th
+        write (``erasure_pipeline_tests/crash.py``) and show that any crash point is recoverable.
+        """
+        return self.engine.begin()
+
     # ------------------------------------------------------------------ audit
+    def _lock_chain(self, conn: Connection) -> None:
+        """Serialise this transaction with every other writer of the chain (SQLite: BEGIN IMMEDIATE does)."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+
     def _audit(self, conn: Connection, event: str, request_id: str | None, detail: Mapping[str, Any]) -> None:
         self._audit_many(conn, [(event, request_id, detail)])
 
@@ -119,8 +177,7 @@ class Ledger:
         last row, under the same lock (advisory on Postgres, BEGIN IMMEDIATE on SQLite)."""
         if not entries:
             return
-        if self.dialect == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+        self._lock_chain(conn)
         prev = conn.execute(sa.select(t.audit_log.c.row_hash).order_by(t.audit_log.c.seq.desc()).limit(1)).scalar()
         prev = prev or GENESIS
         at = utcnow()
@@ -153,7 +210,7 @@ class Ledger:
     # ------------------------------------------------------------------ intake
     def add_tombstone(self, subject_key: str, shard: int, request_id: str) -> bool:
         try:
-            with self.engine.begin() as conn:
+            with self._tx() as conn:
                 exists = conn.execute(sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key == subject_key)).first()
                 if exists:
                     return False
@@ -167,30 +224,53 @@ class Ledger:
         self, subject_key: str, shard: int, *, due_days: int, reason: str | None = None, kind: str = "erasure"
     ) -> tuple[str, bool]:
         """Tombstone first, then the request. Returns (request id, created); a live one is reused."""
-        live = self.live_request_for(subject_key)
-        if live:
-            return live["request_id"], False
-        request_id = new_request_id()
-        if kind == "erasure":
-            self.add_tombstone(subject_key, shard, request_id)
+        return self.file_requests([(subject_key, shard)], due_days=due_days, reason=reason, kind=kind)[0]
+
+    def file_requests(
+        self, subjects: Iterable[tuple[str, int]], *, due_days: int, reason: str | None = None, kind: str = "erasure"
+    ) -> list[tuple[str, bool]]:
+        """Bulk intake: (request id, created) per (subject key, shard), in input order.
+
+        One transaction per chunk writes the tombstones before the requests (an ingest running at
+        the same time already drops the subjects); a subject with a live request gets that request.
+        """
+        items = list(subjects)
+        out: dict[str, tuple[str, bool]] = {}
+        for i in range(0, len(items), _CHUNK):
+            chunk = list(dict.fromkeys(items[i:i + _CHUNK]))
+            try:
+                out.update(self._file_chunk(chunk, due_days, reason, kind))
+            except sa.exc.IntegrityError:  # another process filed for one of these subjects first
+                for item in chunk:
+                    out.update(self._file_chunk([item], due_days, reason, kind))
+        return [out[key] for key, _ in items]
+
+    def _file_chunk(self, chunk: list[tuple[str, int]], due_days: int, reason: str | None, kind: str) -> dict[str, tuple[str, bool]]:
+        keys = [k for k, _ in chunk]
         now = utcnow()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    t.erasure_requests.insert().values(
-                        request_id=request_id, subject_key=subject_key, kind=kind, status="received", reason=reason,
-                        received_at=now, due_at=now + dt.timedelta(days=due_days), updated_at=now,
-                    )
-                )
-                self._audit(conn, "received", request_id, {"subject_key": subject_key, "kind": kind, "due_days": due_days})
-                conn.execute(t.erasure_requests.update().where(t.erasure_requests.c.request_id == request_id).values(status="pending"))
-                self._audit(conn, "pending", request_id, {})
-        except sa.exc.IntegrityError:  # another process filed a live request for this subject first
-            live = self.live_request_for(subject_key)
-            if live is None:
-                raise
-            return live["request_id"], False
-        return request_id, True
+        out: dict[str, tuple[str, bool]] = {}
+        with self._tx() as conn:
+            self._lock_chain(conn)
+            live = {r.subject_key: r.request_id for r in conn.execute(
+                sa.select(t.erasure_requests.c.subject_key, t.erasure_requests.c.request_id).where(
+                    t.erasure_requests.c.subject_key.in_(keys), t.erasure_requests.c.status.in_(LIVE)))}
+            stoned = set(conn.execute(sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key.in_(keys))).scalars())
+            new = [(k, shard, new_request_id()) for k, shard in chunk if k not in live]
+            out.update({k: (rid, False) for k, rid in live.items()})
+            if new:
+                if kind == "erasure":
+                    stones = [{"subject_key": k, "shard": shard, "since": now, "request_id": rid} for k, shard, rid in new if k not in stoned]
+                    if stones:
+                        conn.execute(t.tombstones.insert(), stones)
+                        self._audit_many(conn, [("tombstone", r["request_id"], {"subject_key": r["subject_key"], "shard": r["shard"]})
+                                                for r in stones])
+                conn.execute(t.erasure_requests.insert(), [
+                    {"request_id": rid, "subject_key": k, "kind": kind, "status": "pending", "reason": reason, "received_at": now,
+                     "due_at": now + dt.timedelta(days=due_days), "updated_at": now} for k, _shard, rid in new])
+                self._audit_many(conn, [entry for k, _shard, rid in new for entry in (
+                    ("received", rid, {"subject_key": k, "kind": kind, "due_days": due_days}), ("pending", rid, {}))])
+                out.update({k: (rid, True) for k, _shard, rid in new})
+        return out
 
     def live_request_for(self, subject_key: str) -> dict | None:
         with self.engine.connect() as conn:
@@ -224,6 +304,32 @@ class Ledger:
         with self.engine.connect() as conn:
             return [self._request(r) for r in conn.execute(q)]
 
+    def overdue(self, now: dt.datetime, *, within: dt.timedelta, stuck_after: dt.timedelta) -> list[dict]:
+        """Live requests past or within ``within`` of their due date, and any not on hold that has not
+        moved for ``stuck_after``; each with a ``why``. A held request's clock is the law's exception."""
+        out = []
+        for r in self.requests(status=[s for s in LIVE if s != "on_hold"]):
+            why = []
+            if r["due_at"] < now:
+                why.append(f"overdue since {r['due_at']:%Y-%m-%d %H:%M} UTC")
+            elif r["due_at"] <= now + within:
+                why.append(f"due {r['due_at']:%Y-%m-%d %H:%M} UTC")
+            if r["updated_at"] <= now - stuck_after:
+                why.append(f"{r['status']} since {r['updated_at']:%Y-%m-%d %H:%M} UTC (attempts {r['attempts']})")
+            if why:
+                out.append({**r, "why": "; ".join(why)})
+        return out
+
+    def requests_by_id(self, request_ids: Iterable[str]) -> list[dict]:
+        ids = list(request_ids)
+        out: list[dict] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), _CHUNK):
+                q = sa.select(t.erasure_requests).where(t.erasure_requests.c.request_id.in_(ids[i:i + _CHUNK]))
+                out += [self._request(r) for r in conn.execute(q)]
+        order = {rid: i for i, rid in enumerate(ids)}
+        return sorted(out, key=lambda r: order[r["request_id"]])
+
     def max_seq(self) -> int:
         """The ledger sequence: the last audit-log row (every state change appends one)."""
         with self.engine.connect() as conn:
@@ -231,7 +337,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ lifecycle
     def _transition(self, request_id: str, allowed_from: Iterable[str], to: str, event: str, detail: Mapping[str, Any], **values) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             res = conn.execute(
                 t.erasure_requests.update()
                 .where(t.erasure_requests.c.request_id == request_id, t.erasure_requests.c.status.in_(list(allowed_from)))
@@ -246,27 +352,95 @@ class Ledger:
                 raise LedgerError(f"request {request_id} is {current}; cannot move it to {to}")
             self._audit(conn, event, request_id, detail)
 
-    def claim(self, request_ids: Iterable[str], batch_id: str) -> list[str]:
-        """pending -> scheduled for each request still pending; returns the ones this caller won.
+    # ------------------------------------------------------------------ claims, made by runs
+    def claim_erasure_batch(
+        self, batch_id: str, request_ids: Iterable[str], run_id: str, *, is_live: Callable[[str, dict | None], bool], host: str, pid: int,
+    ) -> Claim:
+        """What an erasure run does first: claim its batch and requests for ``run_id``, in one transaction.
 
-        The row-level conditional update (``WHERE status = 'pending'``) is what makes two
-        claimers never win the same request, on SQLite and Postgres alike."""
-        with self.engine.begin() as conn:
-            won = self._move_many(conn, request_ids, ["pending"], status="scheduled", batch_id=batch_id)
-            self._audit_many(conn, [("scheduled", rid, {"batch_id": batch_id}) for rid in won])
-        return won
+        A request is won when it is pending, or held by this run already (a retried step), or held by
+        a run that is no longer alive (``is_live``: the Dagster layer's view of runs and processes), in
+        which case it is resumed with an audit row saying from which run. A batch another live run
+        holds is ``busy``; a certified batch is ``done``. Ticks never write: this is the only claim.
+        """
+        wanted = list(dict.fromkeys(request_ids))
+        with self._tx() as conn:
+            self._lock_chain(conn)
+            live = self._liveness(conn, is_live)
+            batch = conn.execute(sa.select(t.batches).where(t.batches.c.batch_id == batch_id)).first()
+            if (elsewhere := _held_elsewhere(batch, "certified", run_id, live)) is not None:
+                return elsewhere
+            rows = {}
+            for i in range(0, len(wanted), _CHUNK):
+                q = sa.select(t.erasure_requests.c.request_id, t.erasure_requests.c.status, t.erasure_requests.c.run_id).where(
+                    t.erasure_requests.c.request_id.in_(wanted[i:i + _CHUNK]))
+                rows.update({r.request_id: r for r in conn.execute(q)})
+            won, resumed, fresh = [], [], []
+            for rid in wanted:
+                r = rows.get(rid)
+                if r is None or r.status not in CLAIMABLE:
+                    continue
+                if r.run_id == run_id:
+                    won.append(rid)
+                elif r.status == "pending" or r.run_id is None or not live(r.run_id):
+                    won.append(rid)
+                    fresh.append(rid)
+                    if r.status != "pending" and r.run_id:
+                        resumed.append((rid, r.run_id))
+            now = utcnow()
+            for i in range(0, len(fresh), _CHUNK):
+                conn.execute(t.erasure_requests.update().where(t.erasure_requests.c.request_id.in_(fresh[i:i + _CHUNK])).values(
+                    status="in_progress", batch_id=batch_id, run_id=run_id, error=None, updated_at=now,
+                    attempts=t.erasure_requests.c.attempts + 1))
+            plan = _canonical({"requests": won})
+            if batch is None:
+                conn.execute(t.batches.insert().values(batch_id=batch_id, plan=plan, status="running", run_id=run_id, created_at=now))
+            else:
+                conn.execute(t.batches.update().where(t.batches.c.batch_id == batch_id).values(
+                    plan=plan, status="running", run_id=run_id, finished_at=None))
+            self._record_job_run(conn, run_id, "erasure", batch_id, host, pid)
+            self._audit_many(conn, [
+                ("batch_claimed", None, {"batch_id": batch_id, "run_id": run_id, "requests": len(won)}),
+                *[("resumed", rid, {"from_run": old, "run_id": run_id}) for rid, old in resumed],
+                *[("in_progress", rid, {"run_id": run_id, "batch_id": batch_id}) for rid in fresh],
+            ])
+        return Claim("claimed", run_id, tuple(won), tuple(rid for rid, _ in resumed))
 
-    def start(self, request_ids: Iterable[str], run_id: str) -> None:
-        with self.engine.begin() as conn:
-            won = self._move_many(conn, request_ids, ["scheduled", "failed", "in_progress"],
-                                  status="in_progress", attempts=t.erasure_requests.c.attempts + 1)
-            self._audit_many(conn, [("in_progress", rid, {"run_id": run_id}) for rid in won])
+    def fail_requests(self, request_ids: Iterable[str], error: str, run_id: str | None = None) -> list[str]:
+        """Requests whose erasure could not be proven: failed, with why (retried by a later tick)."""
+        with self._tx() as conn:
+            failed = self._move_many(conn, request_ids, ["scheduled", "in_progress"], status="failed", error=error[:2000])
+            self._audit_many(conn, [("failed", rid, {"run_id": run_id, "error": error[:500]}) for rid in failed])
+        return failed
+
+    def fail_run(self, run_id: str, error: str) -> list[str]:
+        """A run ended without finishing: its requests become ``failed`` (retried by the next tick while
+        attempts remain), its batches ``failed``, its job-run record closed. Safe to call twice."""
+        now = utcnow()
+        with self._tx() as conn:
+            self._lock_chain(conn)
+            failed = list(conn.execute(
+                t.erasure_requests.update()
+                .where(t.erasure_requests.c.run_id == run_id, t.erasure_requests.c.status.in_(["scheduled", "in_progress"]))
+                .values(status="failed", error=error[:2000], updated_at=now)
+                .returning(t.erasure_requests.c.request_id)).scalars())
+            conn.execute(t.batches.update().where(t.batches.c.run_id == run_id, t.batches.c.status == "running")
+                         .values(status="failed", finished_at=now))
+            conn.execute(t.landing_batches.update().where(t.landing_batches.c.run_id == run_id, t.landing_batches.c.status == "running")
+                         .values(status="failed"))
+            closed = conn.execute(t.job_runs.update().where(t.job_runs.c.run_id == run_id, t.job_runs.c.finished_at.is_(None))
+                                  .values(finished_at=now, outcome="failed")).rowcount
+            entries = [("failed", rid, {"run_id": run_id, "error": error[:500]}) for rid in sorted(failed)]
+            if closed:
+                entries.insert(0, ("run_failed", None, {"run_id": run_id, "error": error[:500]}))
+            self._audit_many(conn, entries)
+        return failed
 
     def complete(self, request_id: str, certificate: Mapping[str, Any]) -> None:
         body = _canonical(certificate)
         digest = hashlib.sha256(body.encode()).hexdigest()
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             res = conn.execute(
                 t.erasure_requests.update()
                 .where(t.erasure_requests.c.request_id == request_id, t.erasure_requests.c.status.in_(["pending", "scheduled", "in_progress", "failed"]))
@@ -285,11 +459,6 @@ class Ledger:
                     created_at=now,
                 )
             )
-
-    def fail(self, request_ids: Iterable[str], error: str) -> None:
-        with self.engine.begin() as conn:
-            won = self._move_many(conn, request_ids, ["scheduled", "in_progress"], status="failed", error=error[:2000])
-            self._audit_many(conn, [("failed", rid, {"error": error[:500]}) for rid in won])
 
     def _move_many(self, conn: Connection, request_ids: Iterable[str], allowed_from: list[str], **values) -> list[str]:
         """Update every request whose status is in ``allowed_from``, one ``UPDATE ... RETURNING``
@@ -314,7 +483,8 @@ class Ledger:
         return [rid for rid in wanted if rid in moved]
 
     def retry(self, request_id: str) -> None:
-        self._transition(request_id, ["failed"], "pending", "retry", {})
+        """An operator's retry: failed -> pending, with the automatic attempts counted afresh."""
+        self._transition(request_id, ["failed"], "pending", "retry", {}, attempts=0, run_id=None)
 
     def hold(self, request_id: str, reason: str) -> None:
         if not reason.strip():
@@ -333,7 +503,7 @@ class Ledger:
         if req["status"] in TERMINAL:
             raise LedgerError(f"request {request_id} is {req['status']}; nothing to extend")
         new_due = req["due_at"] + dt.timedelta(days=days)
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(
                 t.erasure_requests.update().where(t.erasure_requests.c.request_id == request_id)
                 .values(due_at=new_due, extended=True, extension_reason=reason, updated_at=utcnow())
@@ -358,29 +528,91 @@ class Ledger:
             return _utc(conn.execute(sa.select(t.tombstones.c.since).where(t.tombstones.c.subject_key == subject_key)).scalar())
 
     # ------------------------------------------------------------------ landing, consent, retention
-    def known_landing_files(self) -> set[str]:
-        """Landing files some ingest batch has taken (the retraining cycle's cursor)."""
-        with self.engine.connect() as conn:
-            return {r[0] for r in conn.execute(sa.select(t.landing_files.c.name))}
+    def claim_landing_batch(
+        self, batch_id: str, kind: str, files: Iterable[tuple[str, str, str]], as_of: dt.datetime, run_id: str, *,
+        is_live: Callable[[str, dict | None], bool], host: str, pid: int,
+    ) -> Claim:
+        """What an ingest run (a cycle, a full build, a rebuild) does first: take its landing files.
 
-    def record_landing_batch(
-        self, batch_id: str, kind: str, files: Iterable[tuple[str, str, str]], shards: Iterable[int], as_of: dt.datetime
-    ) -> bool:
-        """One ingest batch: ``files`` as (name, table, content hash). False if it was recorded before."""
+        ``files`` are (name, table, content hash). The batch is ``done`` if it finished before and
+        ``busy`` while another live run holds it; otherwise this run holds it and its files, so the
+        next cycle starts after them once the batch is done (``landing_files_taken``)."""
         files = list(files)
-        try:
-            with self.engine.begin() as conn:
+        now = utcnow()
+        with self._tx() as conn:
+            self._lock_chain(conn)
+            live = self._liveness(conn, is_live)
+            row = conn.execute(sa.select(t.landing_batches).where(t.landing_batches.c.batch_id == batch_id)).first()
+            if (elsewhere := _held_elsewhere(row, "done", run_id, live)) is not None:
+                return elsewhere
+            if row is None:
                 conn.execute(t.landing_batches.insert().values(
-                    batch_id=batch_id, kind=kind, shards=_canonical(sorted(set(shards))), as_of=as_of, created_at=utcnow()))
-                known = {r[0] for r in conn.execute(sa.select(t.landing_files.c.name).where(t.landing_files.c.name.in_([f[0] for f in files])))}
-                new = [f for f in files if f[0] not in known]
-                if new:
-                    conn.execute(t.landing_files.insert(), [
-                        {"name": n, "table_name": tb, "content_hash": h, "batch_id": batch_id, "seen_at": utcnow()} for n, tb, h in new])
-                self._audit(conn, "landing_batch", None, {"batch_id": batch_id, "kind": kind, "files": len(new), "shards": sorted(set(shards))})
-        except sa.exc.IntegrityError:
-            return False
-        return True
+                    batch_id=batch_id, kind=kind, shards="[]", as_of=as_of, created_at=now, status="running", run_id=run_id))
+            else:
+                conn.execute(t.landing_batches.update().where(t.landing_batches.c.batch_id == batch_id).values(
+                    status="running", run_id=run_id, as_of=as_of))
+            names = [f[0] for f in files]
+            for i in range(0, len(names), _CHUNK):
+                conn.execute(t.landing_files.delete().where(t.landing_files.c.name.in_(names[i:i + _CHUNK])))
+            if files:
+                conn.execute(t.landing_files.insert(), [
+                    {"name": n, "table_name": tb, "content_hash": h, "batch_id": batch_id, "seen_at": now} for n, tb, h in files])
+            self._record_job_run(conn, run_id, kind, batch_id, host, pid)
+            self._audit(conn, "landing_batch_claimed", None, {"batch_id": batch_id, "kind": kind, "files": len(files), "run_id": run_id})
+        return Claim("claimed", run_id)
+
+    def finish_landing_batch(self, batch_id: str, shards: Iterable[int]) -> None:
+        with self._tx() as conn:
+            conn.execute(t.landing_batches.update().where(t.landing_batches.c.batch_id == batch_id).values(
+                status="done", shards=_canonical(sorted(set(shards)))))
+            self._audit(conn, "landing_batch", None, {"batch_id": batch_id, "shards": sorted(set(shards))})
+
+    def landing_files_taken(self, is_live: Callable[[str, dict | None], bool]) -> set[str]:
+        """Landing files an ingest batch has taken: one that finished, or one a live run is working on."""
+        q = sa.select(t.landing_files.c.name, t.landing_batches.c.status, t.landing_batches.c.run_id).join(
+            t.landing_batches, t.landing_batches.c.batch_id == t.landing_files.c.batch_id)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+            live = self._liveness(conn, is_live)
+            return {name for name, status, run_id in rows if status == "done" or (status == "running" and run_id and live(run_id))}
+
+    # ------------------------------------------------------------------ job runs (which process runs which run)
+    @staticmethod
+    def _liveness(conn: Connection, is_live: Callable[[str, dict | None], bool]) -> Callable[[str], bool]:
+        """``is_live`` given each run's job-run record, read on this connection (a second connection
+        would wait for the write lock this transaction may hold), each run asked once."""
+        cache: dict[str, bool] = {}
+
+        def live(run_id: str) -> bool:
+            if run_id not in cache:
+                row = conn.execute(sa.select(t.job_runs).where(t.job_runs.c.run_id == run_id)).first()
+                cache[run_id] = is_live(run_id, dict(row._mapping) if row else None)
+            return cache[run_id]
+
+        return live
+
+    def _record_job_run(self, conn: Connection, run_id: str, kind: str, batch_id: str, host: str, pid: int) -> None:
+        values = {"kind": kind, "batch_id": batch_id, "host": host, "pid": pid}
+        if conn.execute(sa.select(t.job_runs.c.run_id).where(t.job_runs.c.run_id == run_id)).first():
+            conn.execute(t.job_runs.update().where(t.job_runs.c.run_id == run_id).values(**values, finished_at=None, outcome=None))
+        else:
+            conn.execute(t.job_runs.insert().values(run_id=run_id, started_at=utcnow(), **values))
+
+    def finish_job_run(self, run_id: str, outcome: str) -> None:
+        with self._tx() as conn:
+            conn.execute(t.job_runs.update().where(t.job_runs.c.run_id == run_id).values(finished_at=utcnow(), outcome=outcome))
+
+    def job_run(self, run_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.job_runs).where(t.job_runs.c.run_id == run_id)).first()
+        return dict(row._mapping) if row else None
+
+    def unfinished_job_runs(self, host: str | None = None) -> list[dict]:
+        q = sa.select(t.job_runs).where(t.job_runs.c.finished_at.is_(None)).order_by(t.job_runs.c.started_at)
+        if host is not None:
+            q = q.where(t.job_runs.c.host == host)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def landing_batches(self) -> list[dict]:
         with self.engine.connect() as conn:
@@ -389,36 +621,12 @@ class Ledger:
             r["shards"] = json.loads(r["shards"])
         return rows
 
-    def record_consent_changes(self, shard: int, changes: Mapping[str, bool], run_id: str) -> None:
-        """Training consent granted or withdrawn (a landing update, not an erasure)."""
-        if not changes:
-            return
-        now = utcnow()
-        ordered = sorted(changes.items())
-        with self.engine.begin() as conn:
-            conn.execute(t.consent_changes.insert(), [
-                {"subject_key": key, "shard": shard, "consent": bool(consent), "run_id": run_id, "at": now} for key, consent in ordered])
-            self._audit_many(conn, [("consent_granted" if consent else "consent_withdrawn", None,
-                                     {"subject_key": key, "shard": shard, "run_id": run_id}) for key, consent in ordered])
-
     def consent_changes(self, subject_key: str | None = None) -> list[dict]:
         q = sa.select(t.consent_changes).order_by(t.consent_changes.c.id)
         if subject_key:
             q = q.where(t.consent_changes.c.subject_key == subject_key)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
-
-    def record_retention(self, asset: str, partition: str, rows: int, cutoff: dt.datetime, run_id: str, versions_purged: int) -> None:
-        """Rows that left the lake because they outlived ``retention_days``: logged like an erasure."""
-        with self.engine.begin() as conn:
-            self._audit(conn, "retention", None, {
-                "asset": asset, "partition": partition, "rows": rows, "cutoff": cutoff.isoformat(), "run_id": run_id,
-                "noncurrent_versions_purged": versions_purged})
-
-    def record_partition_stats(self, asset: str, partition: str, rows: int, oldest: dt.datetime | None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == partition))
-            conn.execute(t.partition_stats.insert().values(asset=asset, partition=partition, rows=rows, oldest=oldest, recorded_at=utcnow()))
 
     def partition_stats(self) -> list[dict]:
         with self.engine.connect() as conn:
@@ -427,19 +635,63 @@ class Ledger:
             r["oldest"] = _utc(r["oldest"])
         return rows
 
-    # ------------------------------------------------------------------ provenance
-    def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
-        """Replace what the ledger knows of one asset partition with what it now holds."""
+    # ------------------------------------------------------------------ node versions and provenance
+    def record_node(
+        self, asset: str, partition: str | None, *, data_version: str, code_version: str, inputs: Mapping[str, str], run_id: str,
+        provenance: Mapping[str, int] | None = None, stats: tuple[int, dt.datetime | None] | None = None,
+        consent: tuple[int, Mapping[str, bool]] | None = None, retention: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Everything the ledger learns from one node partition's computation, in one transaction: its
+        version and inputs, and (as the node has them) its provenance, row statistics, consent changes
+        and the rows that left it for retention. A crash before this leaves the old record, so the
+        next run sees the partition as stale and computes it again."""
+        part = partition or "all"
         now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(t.provenance.delete().where(t.provenance.c.asset == asset, t.provenance.c.partition == partition))
-            batch = [
-                {"subject_key": k, "asset": asset, "partition": partition, "rows": int(n), "content_hash": content_hash,
-                 "run_id": run_id, "recorded_at": now}
-                for k, n in rows_by_key.items()
-            ]
-            for i in range(0, len(batch), 5000):
-                conn.execute(t.provenance.insert(), batch[i : i + 5000])
+        with self._tx() as conn:
+            conn.execute(t.node_versions.delete().where(t.node_versions.c.asset == asset, t.node_versions.c.partition == part))
+            conn.execute(t.node_versions.insert().values(asset=asset, partition=part, data_version=data_version, code_version=code_version,
+                                                         inputs=_canonical(dict(inputs)), run_id=run_id, recorded_at=now))
+            if provenance is not None:
+                self._replace_provenance(conn, asset, part, provenance, data_version, run_id)
+            if stats is not None:
+                conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == part))
+                conn.execute(t.partition_stats.insert().values(asset=asset, partition=part, rows=stats[0], oldest=stats[1], recorded_at=now))
+            if consent is not None and consent[1]:
+                shard, changes = consent
+                ordered = sorted(changes.items())
+                conn.execute(t.consent_changes.insert(), [
+                    {"subject_key": key, "shard": shard, "consent": bool(c), "run_id": run_id, "at": now} for key, c in ordered])
+                self._audit_many(conn, [("consent_granted" if c else "consent_withdrawn", None,
+                                         {"subject_key": key, "shard": shard, "run_id": run_id}) for key, c in ordered])
+            if retention:
+                self._audit(conn, "retention", None, {"asset": asset, "partition": part, "run_id": run_id, **retention})
+
+    def node_records(self, partition: str | None = ..., assets: Iterable[str] | None = None) -> dict[tuple[str, str], dict]:
+        """(asset, partition) -> the node's record; ``partition`` limits to one (None: the merges' ``all``)."""
+        q = sa.select(t.node_versions)
+        if partition is not ...:
+            q = q.where(t.node_versions.c.partition == (partition or "all"))
+        if assets is not None:
+            q = q.where(t.node_versions.c.asset.in_(list(assets)))
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        for r in rows:
+            r["inputs"] = json.loads(r["inputs"])
+        return {(r["asset"], r["partition"]): r for r in rows}
+
+    def _replace_provenance(self, conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str,
+                            run_id: str) -> None:
+        now = utcnow()
+        conn.execute(t.provenance.delete().where(t.provenance.c.asset == asset, t.provenance.c.partition == partition))
+        batch = [{"subject_key": k, "asset": asset, "partition": partition, "rows": int(n), "content_hash": content_hash,
+                  "run_id": run_id, "recorded_at": now} for k, n in rows_by_key.items()]
+        for i in range(0, len(batch), 5000):
+            conn.execute(t.provenance.insert(), batch[i : i + 5000])
+
+    def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
+        """Replace what the ledger knows of one asset partition's subjects with what it now holds."""
+        with self._tx() as conn:
+            self._replace_provenance(conn, asset, partition, rows_by_key, content_hash, run_id)
 
     def provenance_for(self, subject_keys: Iterable[str]) -> list[dict]:
         keys = list(subject_keys)
@@ -452,18 +704,11 @@ class Ledger:
 
     def forget_provenance(self, subject_keys: Iterable[str]) -> None:
         keys = list(subject_keys)
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             for i in range(0, len(keys), 500):
                 conn.execute(t.provenance.delete().where(t.provenance.c.subject_key.in_(keys[i : i + 500])))
 
     # ------------------------------------------------------------------ batches, actions, certificates
-    def create_batch(self, batch_id: str, shard: int | None, plan: Mapping[str, Any]) -> None:
-        """Record a planned batch (assets and per-request footprints); idempotent per batch id."""
-        with self.engine.begin() as conn:
-            if conn.execute(sa.select(t.batches.c.batch_id).where(t.batches.c.batch_id == batch_id)).first():
-                return
-            conn.execute(t.batches.insert().values(batch_id=batch_id, shard=shard, plan=_canonical(plan), status="requested", created_at=utcnow()))
-
     def get_batch(self, batch_id: str) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(t.batches).where(t.batches.c.batch_id == batch_id)).first()
@@ -482,8 +727,9 @@ class Ledger:
         return [self.get_batch(b) for b in ids]
 
     def finish_batch(self, batch_id: str, status: str, run_id: str | None) -> None:
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(t.batches.update().where(t.batches.c.batch_id == batch_id).values(status=status, run_id=run_id, finished_at=utcnow()))
+            self._audit(conn, "batch_" + status, None, {"batch_id": batch_id, "run_id": run_id})
 
     def batch_requests(self, batch_id: str) -> list[dict]:
         with self.engine.connect() as conn:
@@ -492,7 +738,7 @@ class Ledger:
 
     def record_actions(self, request_id: str, actions: list[Mapping[str, Any]]) -> None:
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._tx() as conn:
             conn.execute(t.erasure_actions.delete().where(t.erasure_actions.c.request_id == request_id))
             for a in actions:
                 conn.execute(t.erasure_actions.insert().values(request_id=request_id, at=now, **a))

@@ -33,6 +33,7 @@ erasure_requests = sa.Table(
     sa.Column("extension_reason", sa.Text),
     sa.Column("hold_reason", sa.Text),
     sa.Column("batch_id", sa.String(40), index=True),
+    sa.Column("run_id", sa.String(64)),  # the run that claimed it: claims are made by runs, never by ticks
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -149,6 +150,23 @@ landing_batches = sa.Table(
     sa.Column("shards", sa.Text, nullable=False),
     sa.Column("as_of", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="done"),
+    sa.Column("run_id", sa.String(64)),
+)
+
+# Every run of the project's jobs, and which process executes it: a run whose process is gone is
+# found by the next run or CLI command on the same host and marked failed (see ``Ledger.job_runs``).
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("batch_id", sa.String(40), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("outcome", sa.String(24)),
 )
 
 consent_changes = sa.Table(
@@ -172,6 +190,23 @@ partition_stats = sa.Table(
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# version -> callables run in order on upgrade; version 1 is create_all.
-# 2: landing_files, landing_batches, consent_changes, partition_stats; the live-request index.
-CURRENT_VERSION = 2
+# What each node partition holds now, and what it was built from: the record jobs compare to decide
+# what is stale (a run that died between writing an object and recording it is redone, never
+# skipped), and what ``verify`` compares stored objects with. Written with the node's provenance.
+node_versions = sa.Table(
+    "node_versions",
+    metadata,
+    sa.Column("asset", sa.String(64), primary_key=True),
+    sa.Column("partition", sa.String(32), primary_key=True),
+    sa.Column("data_version", sa.String(64), nullable=False),
+    sa.Column("code_version", sa.String(64), nullable=False),
+    sa.Column("inputs", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Versions: 1 is create_all. 2: landing_files, landing_batches, consent_changes, partition_stats and
+# the live-request index (new tables; the index is created by ``Ledger.migrate``). 3: claims by runs:
+# erasure_requests.run_id, landing_batches.status and .run_id, job_runs and node_versions.
+CURRENT_VERSION = 3
+ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id")]}

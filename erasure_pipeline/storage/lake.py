@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -185,11 +186,20 @@ def table_name(asset: str, partition: str) -> str:
     return f"{asset}/{partition}.parquet"
 
 
-def table_to_bytes(df: pd.DataFrame) -> bytes:
-    """Deterministic Parquet bytes: the same frame always gives the same bytes (and hash)."""
-    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+INPUTS_KEY = b"erasure_pipeline.inputs"
+
+
+def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None) -> bytes:
+    """Deterministic Parquet bytes: the same frame (and ``inputs``) always gives the same bytes and hash.
+
+    ``inputs`` (name -> fingerprint of what the table was computed from) is kept in the file's schema
+    metadata, so a merge carries the proof of what it was built from (``verify`` re-derives it).
+    """
+    meta = {INPUTS_KEY: json.dumps(inputs, sort_keys=True).encode()} if inputs is not None else None
+    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(meta)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=False)
+    # Key-value metadata is only written with the Arrow schema; both are deterministic for one schema.
+    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=meta is not None)
     return buf.getvalue()
 
 
@@ -197,10 +207,33 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_table(lake: Lake, asset: str, partition: str, df: pd.DataFrame) -> str:
-    data = table_to_bytes(df)
+def write_table(lake: Lake, asset: str, partition: str, df: pd.DataFrame, inputs: dict[str, str] | None = None) -> str:
+    data = table_to_bytes(df, inputs)
     lake.write_bytes(table_name(asset, partition), data)
     return content_hash(data)
+
+
+def object_hash(lake: Lake, name: str) -> str | None:
+    """Content hash of a lake object as stored (None when absent)."""
+    data = lake.read_bytes(name)
+    return None if data is None else content_hash(data)
+
+
+def read_table_and_hash(lake: Lake, asset: str, partition: str) -> tuple[pd.DataFrame | None, str | None]:
+    """The partition and the content hash of its stored bytes, from one read."""
+    data = lake.read_bytes(table_name(asset, partition))
+    if data is None:
+        return None, None
+    return table_from_bytes(data), content_hash(data)
+
+
+def table_inputs(lake: Lake, asset: str, partition: str) -> dict[str, str] | None:
+    """The ``inputs`` a table was written with (None when absent or written without)."""
+    data = lake.read_bytes(table_name(asset, partition))
+    if data is None:
+        return None
+    meta = pq.read_schema(io.BytesIO(data)).metadata or {}
+    return json.loads(meta[INPUTS_KEY]) if INPUTS_KEY in meta else None
 
 
 def table_from_bytes(data: bytes) -> pd.DataFrame:
