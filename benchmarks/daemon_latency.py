@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         demo.write_landing(settings.landing(), tables)
         with dg.DagsterInstance.get() as instance:
             materialize_all(build_definitions(policy), instance)
-        subjects = read_landing_table(settings.landing(), "subjects", os.environ["ERASURE_PIPELINE_PEPPER"].encode(), policy.shards)
+        subjects = read_landing_table(settings.landing(), "subjects", policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
         by_shard = subjects.groupby("shard")["subject_id"].first()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             before = audit_rows(saved["model"], saved["features"], targets, holdout)
             before_ctl = audit_rows(saved["model"], saved["features"], control, holdout)
 
-            subjects = read_landing_table(settings.landing(), "subjects", PEPPER.encode(), policy.shards)
+            subjects = read_landing_table(settings.landing(), "subjects", policy.keyer(PEPPER.encode()))
             for sid in subjects.loc[subjects["subject_key"].isin(target_keys), "subject_id"]:
                 erase(sid, reason="benchmark")
             result = drain(defs, instance)

@@ -378,6 +378,10 @@ def policy_diff(proposed: Path | None) -> None:
         click.echo("policy fields that differ from the policy in effect:" if diffs else "the proposed policy equals the policy in effect")
         for f, old, value in diffs:
             click.echo(f"  {f}: {json.dumps(old)} -> {json.dumps(value)}")
+        if any(f.startswith("identity") for f, _old, _new in diffs):
+            click.echo("warning: identity.normalise changes how every subject id becomes its key: this is a reshard, every "
+                       "asset partition is rebuilt from landing (backfill --stale). Tombstones filed under the old rule "
+                       "keep working: ingest also matches ids under the rule each tombstone was made with.", err=True)
     _print_stale(stale_under(new, _ledger()))
 
 
@@ -427,21 +431,93 @@ def certificate(request_id: str, as_json: bool) -> None:
         click.echo(f"\nsha256 of certificate: {digest}")
 
 
-@main.command()
-@click.argument("request_id")
-@_guard
-def verify(request_id: str) -> None:
-    """Re-check every claim of a certificate against the stores as they are now (exit 1 on a mismatch)."""
-    from erasure_pipeline.erasure.service import default_env
-    from erasure_pipeline.erasure.verify import verify_certificate
+def _public_key(path: Path | None):
+    """The public key given, else the public half of the configured evidence key."""
+    from erasure_pipeline.signing import load_public_key, load_signer
 
-    findings = verify_certificate(request_id, default_env())
+    return load_public_key(path) if path else load_signer(home.project_home()).public
+
+
+@main.command("signing-key")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the public key (PEM) here.")
+@_guard
+def signing_key(out: Path | None) -> None:
+    """Print the public half of the evidence key: what an auditor needs to check certificates and the audit log."""
+    from erasure_pipeline.signing import key_id, public_pem
+
+    public = _public_key(None)
+    pem = public_pem(public)
+    if out:
+        out.write_text(pem)
+    click.echo(f"# Ed25519 evidence key {key_id(public)}\n{pem}", nl=False)
+
+
+@main.command()
+@click.argument("request_id", required=False)
+@click.option("--certificate", "certificate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Check a certificate file (as `certificate --json` prints it) offline: its signature and anchor only.")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The evidence key's public half (PEM; default: the configured key's).")
+@_guard
+def verify(request_id: str | None, certificate_file: Path | None, public_key: Path | None) -> None:
+    """Re-check every claim of a certificate against the stores as they are now (exit 1 on a mismatch);
+    or, with --certificate FILE, check a certificate offline with the public key alone."""
+    from erasure_pipeline.erasure.verify import verify_certificate, verify_certificate_document
+
+    if (request_id is None) == (certificate_file is None):
+        raise _Fail("verify takes a REQUEST_ID, or --certificate FILE")
+    if certificate_file is not None:
+        try:
+            document = json.loads(certificate_file.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise _Fail(f"{certificate_file}: not a certificate (JSON, as `erasure-pipeline certificate ID --json` prints)") from None
+        document.pop("sha256", None)  # the CLI's convenience field, not part of what was signed
+        findings = verify_certificate_document(document, _public_key(public_key))
+    else:
+        from erasure_pipeline.erasure.service import default_env
+        from erasure_pipeline.runner import dagster_anchors, get_instance
+
+        with get_instance() as instance:
+            anchors = dagster_anchors(instance)
+        findings = verify_certificate(request_id, default_env(), anchors)
     for f in findings:
         click.echo(f"{'ok  ' if f.ok else 'FAIL'} {f.claim} [{f.target}] {f.detail}".rstrip())
     bad = sum(not f.ok for f in findings)
     if bad:
         raise _Fail(f"{bad} of {len(findings)} claims do not hold")
     click.echo(f"all {len(findings)} claims hold")
+
+
+@main.group("audit-log")
+def audit_log() -> None:
+    """The ledger's append-only, hash-chained, signed audit log."""
+
+
+@audit_log.command("verify")
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The evidence key's public half (PEM; default: the configured key's).")
+@click.option("--certificate", "certificate_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Certificate files kept elsewhere: their anchors are checked too (repeatable).")
+@_guard
+def audit_log_verify(public_key: Path | None, certificate_files: tuple[Path, ...]) -> None:
+    """Check the chain, every row's signature, and the log's head against every anchor: the certificates
+    in the ledger and given here, and the erasure runs' Dagster metadata. Names the first row that disagrees."""
+    from erasure_pipeline.erasure.verify import certificate_anchors
+    from erasure_pipeline.ledger import Anchor
+    from erasure_pipeline.runner import dagster_anchors, get_instance
+
+    book = _ledger()
+    anchors = certificate_anchors(book)
+    for path in certificate_files:
+        anchor = (json.loads(path.read_text()).get("audit_anchor") or {})
+        if anchor.get("seq"):
+            anchors.append(Anchor(int(anchor["seq"]), anchor["row_hash"], f"certificate file {path.name}"))
+    with get_instance() as instance:
+        anchors += dagster_anchors(instance)
+    report = book.check_audit_log(_public_key(public_key), anchors)
+    if not report.ok:
+        raise _Fail(f"audit log row {report.first_bad_seq}: {report.problem}")
+    click.echo(f"audit log intact: {report.rows} rows, {report.signed} signed, {report.anchors} anchors agree")
 
 
 @main.command()

@@ -164,7 +164,7 @@ class Graph:
 def demo_graph() -> Graph:
     """The demo's shape: subjects, events and tickets; cohorts; SISA training; a ticket vector index."""
     raw = [
-        Node(f"raw_{table}", "raw", "raw", True, reads=("shards",), action="RAW_REWRITE", subject_rows=True, table=table,
+        Node(f"raw_{table}", "raw", "raw", True, reads=("shards", "identity"), action="RAW_REWRITE", subject_rows=True, table=table,
              checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
              description=f"Landing `{table}` rows of one shard, keyed by `subject_key`, minus tombstoned subjects.")
         for table in ("subjects", "events", "tickets")

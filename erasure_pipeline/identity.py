@@ -13,7 +13,9 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,61 @@ def load_pepper(home: Path, *, env: dict[str, str] | None = None) -> bytes:
             PEPPER_ENV,
         )
     return path.read_text().strip().encode("utf-8")
+
+
+# ---------------------------------------------------------------- normalisation: one subject, one key
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+NORMALISERS: dict[str, Callable[[str], str]] = {
+    "strip": str.strip,
+    "nfkc": lambda s: unicodedata.normalize("NFKC", s),
+    "lowercase": str.lower,
+    "casefold": str.casefold,
+    "email": lambda s: s.casefold() if _EMAIL.match(s) else s,
+}
+"""What each step of ``identity.normalise`` does: surrounding blanks, Unicode compatibility forms
+(full-width letters, ligatures), case for every id, or case only for ids that look like e-mails."""
+DEFAULT_NORMALISE = ("strip", "nfkc", "email")
+
+
+def normalise(subject_id: str, rule: Sequence[str]) -> str:
+    for step in rule:
+        subject_id = NORMALISERS[step](subject_id)
+    return subject_id
+
+
+def rule_name(rule: Sequence[str]) -> str:
+    """How a rule is recorded with each tombstone (``""``: no normalisation)."""
+    return ",".join(rule)
+
+
+@dataclass(frozen=True)
+class Keyer:
+    """How an id becomes a key and a shard: the pepper, the shard count and the normalisation rule.
+
+    ``A.B@Example.com `` and ``a.b@example.com`` are one subject under the default rule, so a source
+    that changes an id's case or spacing cannot slip a subject past its tombstone."""
+
+    pepper: bytes
+    shards: int
+    rule: tuple[str, ...] = DEFAULT_NORMALISE
+
+    def key(self, subject_id: str) -> str:
+        return subject_key(self.pepper, normalise(subject_id, self.rule))
+
+    def keys(self, subject_ids: Iterable[str]) -> list[str]:
+        ids = list(subject_ids)
+        return subject_keys(self.pepper, [normalise(s, self.rule) for s in ids] if self.rule else ids)
+
+    def shard(self, key: str) -> int:
+        return shard_of(key, self.shards)
+
+    def under(self, rule: Sequence[str]) -> Keyer:
+        return Keyer(self.pepper, self.shards, tuple(rule))
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies what this keyer produces (for caches), without revealing the pepper."""
+        return hashlib.sha256(self.pepper + f"|{self.shards}|{rule_name(self.rule)}".encode()).hexdigest()
 
 
 def subject_key(pepper: bytes, subject_id: str) -> str:

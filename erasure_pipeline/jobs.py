@@ -140,7 +140,7 @@ def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: s
     forced: dict[int, set[str]] = {}
     if kind == "cycle":
         for f in present:
-            for shard in read_landing(env.landing, f, env.pepper, policy.shards)["shard"].unique():
+            for shard in read_landing(env.landing, f, env.keyer)["shard"].unique():
                 forced.setdefault(int(shard), set()).add(raw_of[f.table])
         cutoff = as_of - dt.timedelta(days=policy.retention_days)
         for stats in book.partition_stats():

@@ -81,6 +81,14 @@ class VectorPolicy(_Strict):
     dimensions: int = Field(256, ge=16, le=4096)
 
 
+class IdentityPolicy(_Strict):
+    normalise: list[Literal["strip", "nfkc", "lowercase", "casefold", "email"]] = Field(
+        default_factory=lambda: ["strip", "nfkc", "email"])
+    """Applied, in order, to every subject id before it is hashed, at intake and at ingest: ``strip``
+    surrounding blanks, Unicode ``nfkc``, ``lowercase``/``casefold`` every id, or case-fold only ids that
+    look like e-mails (``email``). Changing it changes every subject_key: a reshard."""
+
+
 class CyclePolicy(_Strict):
     """The retraining cycle's schedule (no asset reads it: changing it makes nothing stale)."""
 
@@ -97,6 +105,7 @@ class CyclePolicy(_Strict):
 
 class Policy(_Strict):
     shards: int = Field(16, ge=1, le=256)
+    identity: IdentityPolicy = Field(default_factory=IdentityPolicy)
     seed: int = Field(1729, ge=0)
     k_min: int = Field(10, ge=2)
     consent: ConsentPolicy = Field(default_factory=ConsentPolicy)
@@ -116,6 +125,11 @@ class Policy(_Strict):
         if self.model.label in feats:
             raise ValueError(f"model.label {self.model.label!r} is also listed as a feature")
         return self
+
+    def keyer(self, pepper: bytes):
+        from erasure_pipeline.identity import Keyer
+
+        return Keyer(pepper, self.shards, tuple(self.identity.normalise))
 
     def fields_hash(self, *fields: str) -> str:
         """Hash of exactly the named (dotted) fields, e.g. ``fields_hash("k_min", "cohorts")``."""

@@ -209,6 +209,23 @@ def standing_check_failures(instance: dg.DagsterInstance, defs: dg.Definitions) 
     return out
 
 
+def dagster_anchors(instance: dg.DagsterInstance, certificate_node: str = "erasure_certificates") -> list:
+    """The audit-log heads erasure runs recorded in Dagster's event log (a store the ledger's owner does not write)."""
+    from erasure_pipeline.erasure.service import ANCHOR_HASH, ANCHOR_SEQ
+    from erasure_pipeline.ledger import Anchor
+
+    out, cursor = [], None
+    while True:
+        page = instance.fetch_materializations(dg.AssetKey(certificate_node), limit=1000, cursor=cursor)
+        for record in page.records:
+            meta = record.asset_materialization.metadata
+            if ANCHOR_SEQ in meta and ANCHOR_HASH in meta:
+                out.append(Anchor(int(meta[ANCHOR_SEQ].value), str(meta[ANCHOR_HASH].value), f"erasure run {record.run_id[:8]}"))
+        if not page.has_more:
+            return out
+        cursor = page.cursor
+
+
 def check_training_labels(env: Env) -> None:
     """Before a full build trains anything: every subjects file is readable under the policy, and the
     training set (consenting, not tombstoned, not held out) holds both classes of the label."""
@@ -218,7 +235,7 @@ def check_training_labels(env: Env) -> None:
     from erasure_pipeline.storage.landing import read_landing_table
 
     policy = env.policy
-    subjects = read_landing_table(env.landing, "subjects", env.pepper, policy.shards,
+    subjects = read_landing_table(env.landing, "subjects", env.keyer,
                                   check=lambda frame, name: contracts.check_subjects_for_policy(frame, name, policy))
     if subjects.empty:
         return

@@ -7,15 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from erasure_pipeline import identity, settings
+from erasure_pipeline import settings
+from erasure_pipeline.identity import Keyer
 from erasure_pipeline.storage.landing import read_landing_table
 from erasure_pipeline_tests.conftest import PEPPER
 
 
 def landing_frames(n_shards: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     landing = settings.landing()
-    return (read_landing_table(landing, "subjects", PEPPER.encode(), n_shards),
-            read_landing_table(landing, "tickets", PEPPER.encode(), n_shards))
+    keyer = Keyer(PEPPER.encode(), n_shards)
+    return read_landing_table(landing, "subjects", keyer), read_landing_table(landing, "tickets", keyer)
 
 
 def pick_subjects(n_shards: int, with_tickets: int, without_tickets: int = 0, consented: bool | None = None) -> list[tuple[str, int]]:
@@ -60,7 +61,7 @@ def scan_for(home: Path, needles: list[str]) -> list[str]:
 
 
 def key(subject_id: str) -> str:
-    return identity.subject_key(PEPPER.encode(), subject_id)
+    return Keyer(PEPPER.encode(), 1).key(subject_id)
 
 
 def materialised_partitions(inst, after_storage_id: int) -> set[tuple[str, str | None]]:

@@ -19,9 +19,9 @@ from erasure_pipeline.erasure.service import default_env, default_ledger, erase
 from erasure_pipeline.erasure.verify import verify_certificate
 from erasure_pipeline.process import drain
 from erasure_pipeline.storage import lake as lk
-from erasure_pipeline_tests.conftest import PEPPER, SMALL_POLICY, build_demo, defs_and_policy, instance, project_env
+from erasure_pipeline_tests.conftest import SMALL_POLICY, build_demo, defs_and_policy, instance, project_env
 from erasure_pipeline_tests.crash import CRASHED, count_writes, run_and_crash
-from erasure_pipeline_tests.erasure_helpers import pick_subjects
+from erasure_pipeline_tests.erasure_helpers import key, pick_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_ids_that_look_like_options_or_extra_arguments_are_not_echoed(empty_home
     ok = _cli("erase", "--", "-mallory@example.com")
     assert ok.exit_code == 0 and ok.output.startswith("er-")
     (request,) = default_ledger().requests()
-    assert request["subject_key"] == identity.subject_key(PEPPER.encode(), "-mallory@example.com")
+    assert request["subject_key"] == key("-mallory@example.com")
 
 
 def test_non_utf8_argv_from_a_real_process_is_one_line(empty_home):
@@ -185,7 +185,7 @@ def test_odd_but_valid_ids_are_filed_as_data_never_as_code_or_paths(empty_home, 
     out = _cli("erase", odd)
     assert out.exit_code == 0 and out.output.startswith("er-") and odd not in out.output
     (request,) = default_ledger().requests()
-    assert request["subject_key"] == identity.subject_key(PEPPER.encode(), odd)
+    assert request["subject_key"] == key(odd)  # the normalised id's keyed hash
     assert not any(odd in str(p) for p in empty_home.rglob("*"))
 
 

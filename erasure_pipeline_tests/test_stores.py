@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from erasure_pipeline import identity
 from erasure_pipeline.graph import demo_graph
+from erasure_pipeline.identity import Keyer
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
 from erasure_pipeline.storage.vectors import VectorStore
+from erasure_pipeline.tombstones import Tombstones
 from erasure_pipeline.vectors.embed import chunk_text, embed, point_id
 
 
@@ -28,11 +29,11 @@ def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):
     landing = lk.LocalLake(tmp_path)
     landing.write_bytes("tickets/t.csv", b"ticket_id,subject_id,created_at,text\nt1,a@x,2026-01-01,hi a@x\nt2,b@x,2026-01-01,hi b@x\n")
     pepper = b"p"
-    key_a = identity.subject_key(pepper, "a@x")
-    assert scrub_landing(landing, "tickets", {key_a}, pepper, 4) == ["tickets/t.csv"]
+    keyer = Keyer(pepper, 4)
+    assert scrub_landing(landing, "tickets", Tombstones(keyer, frozenset({keyer.key("a@x")}))) == ["tickets/t.csv"]
     text = landing.read_bytes("tickets/t.csv").decode()
     assert "a@x" not in text and "b@x" in text
-    assert read_landing_table(landing, "tickets", pepper, 4)["ticket_id"].tolist() == ["t2"]
+    assert read_landing_table(landing, "tickets", keyer)["ticket_id"].tolist() == ["t2"]
 
 
 def test_chunking_and_embedding_are_deterministic():
@@ -78,7 +79,7 @@ def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_versio
     assert graph.descendants(["raw_tickets"]) == {"vector_index"}
     assert graph.descendants(["raw_events"]) == {"training_shards", "shard_models", "ensemble_model"}
     # a node's code version reads its own fields and its ancestors'
-    assert graph.policy_fields("cohort_model") == ("cohorts", "k_min", "seed", "shards")
+    assert graph.policy_fields("cohort_model") == ("cohorts", "identity", "k_min", "seed", "shards")
     assert set(graph.policy_fields("ensemble_model")) >= {"model.estimator", "model.label", "consent", "shards"}
     names = graph.names
     for node in graph.nodes:

@@ -19,7 +19,11 @@ def residual_risk(actions: Sequence[Mapping[str, Any]]) -> list[str]:
     risks = [
         ("Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
         "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md)."),
-        "A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again.",
+        ("A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again, "
+        "under any case, spacing or Unicode variant of their id the identity rule normalises."),
+        ("Where another person's free text quotes the subject's id, that id is replaced by [erased]; other details in "
+        "such text (the subject's name, phone number, or an address other than their id) cannot be matched from a "
+        "keyed hash and may remain."),
     ]
     if "COHORT_RECOMPUTE" in done:
         risks.append(
@@ -45,6 +49,7 @@ def build_certificate(
     findings: Sequence[Mapping[str, Any]],
     run_id: str | None,
     batch_id: str | None,
+    audit_anchor: tuple[int, str] | None = None,
     exception: str | None = None,
 ) -> dict:
     datasets = [
@@ -74,6 +79,9 @@ def build_certificate(
         "verification": list(findings),
         "run_id": run_id,
         "batch_id": batch_id,
+        # The audit log's head when the certificate was issued: deleting or rewriting any row up to it
+        # is detectable from any copy of this certificate (erasure-pipeline audit-log verify).
+        "audit_anchor": {"seq": audit_anchor[0], "row_hash": audit_anchor[1]} if audit_anchor else None,
     }
 
 
@@ -103,4 +111,9 @@ def to_markdown(cert: Mapping[str, Any]) -> str:
     for f in cert["verification"]:
         lines.append(f"- {'✅' if f['ok'] else '❌'} {f['claim']} — {f['target']} {f['detail']}".rstrip())
     lines += ["", "**Residual risk**", ""] + [f"- {r}" for r in cert["residual_risk"]]
+    if cert.get("audit_anchor"):
+        lines += ["", f"Audit log anchored at row {cert['audit_anchor']['seq']} (`{cert['audit_anchor']['row_hash'][:16]}…`)."]
+    if cert.get("signature"):
+        sig = cert["signature"]
+        lines += [f"Signed {sig['algorithm']}, key `{sig['key_id']}`: check it with `erasure-pipeline verify --certificate FILE`."]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from erasure_pipeline.nodes import Env
 from erasure_pipeline.policy import Policy, load_policy
 
 MAX_CERTIFICATES_IN_METADATA = 10
+ANCHOR_SEQ, ANCHOR_HASH = "audit_anchor_seq", "audit_anchor_hash"
 
 
 def default_ledger(url: str | None = None) -> Ledger:
@@ -44,9 +45,10 @@ def erase_many(subject_ids: Iterable[str], reason: str | None = None, *, policy:
     ids = [identity.validate_subject_id(s) for s in subject_ids]
     policy = policy or load_policy()
     book = ledger or default_ledger()
-    pepper = identity.load_pepper(home.project_home())
-    keys = [identity.subject_key(pepper, s) for s in ids]
-    return book.file_requests([(k, identity.shard_of(k, policy.shards)) for k in keys], due_days=policy.erasure_due_days, reason=reason)
+    keyer = policy.keyer(identity.load_pepper(home.project_home()))
+    keys = keyer.keys(ids)
+    return book.file_requests([(k, keyer.shard(k)) for k in keys], due_days=policy.erasure_due_days, reason=reason,
+                              rule=identity.rule_name(keyer.rule))
 
 
 def request_tags(batch_id: str, request_ids: list[str]) -> dict[str, str]:
@@ -107,10 +109,10 @@ def certify(env: Env, request: Mapping, footprint: Mapping[str, int], outcomes: 
     if scrubbed and any(n.table is not None and n.name in footprint for n in env.graph.nodes):
         actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True, "before_hash": None,
                         "after_hash": None, "detail": f"{scrubbed} landing files rewritten without tombstoned subjects", "run_id": run_id})
-    cert = build_certificate(request, actions, completed_at=utcnow(), findings=findings, run_id=run_id, batch_id=batch_id)
     env.ledger.record_actions(request["request_id"], actions)
-    env.ledger.complete(request["request_id"], cert)
-    return cert
+    cert = build_certificate(request, actions, completed_at=utcnow(), findings=findings, run_id=run_id, batch_id=batch_id,
+                             audit_anchor=env.ledger.chain_head())
+    return env.ledger.complete(request["request_id"], cert)
 
 
 def certify_batch(context, env: Env, plan, outcomes: list) -> Iterator:
@@ -136,6 +138,7 @@ def certify_batch(context, env: Env, plan, outcomes: list) -> Iterator:
             unproven.append(exc)
             book.fail_requests([exc.request_id], str(exc), context.run_id)
     book.finish_batch(plan.batch_id, "failed" if unproven else "certified", context.run_id)
+    anchor_seq, anchor_hash = book.chain_head()
     shown = "\n\n---\n\n".join(to_markdown(c) for c in certs[:MAX_CERTIFICATES_IN_METADATA])
     context.log.info(f"batch {plan.batch_id}: {len(certs)} certificates issued, {len(unproven)} requests not proven")
     yield dg.AssetMaterialization(
@@ -148,6 +151,9 @@ def certify_batch(context, env: Env, plan, outcomes: list) -> Iterator:
             "requests_resumed_from_interrupted_runs": len(plan.resumed),
             "shards": ", ".join(w.partition for w in plan.works) or "none (no data)",
             "certificates": dg.MetadataValue.md(shown or "_(none)_"),
+            # A copy of the audit log's head outside the ledger's database (erasure-pipeline audit-log verify).
+            ANCHOR_SEQ: anchor_seq,
+            ANCHOR_HASH: anchor_hash,
             "ledger_ids": dg.MetadataValue.md("Print one: `erasure-pipeline certificate REQUEST_ID`; re-check: `erasure-pipeline verify REQUEST_ID`."),
         },
     )

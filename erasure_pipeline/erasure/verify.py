@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 
-from erasure_pipeline import identity
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from erasure_pipeline import contracts, identity
 from erasure_pipeline.anonymise import cohorts as cm
+from erasure_pipeline.ledger import Anchor
 from erasure_pipeline.ml.shard_training import matches_retrain
-from erasure_pipeline.nodes import Env, current_inputs, object_name
+from erasure_pipeline.nodes import PICKLED, Env, current_inputs, object_name
+from erasure_pipeline.signing import key_id, verify_document
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import landing_files, read_landing
+from erasure_pipeline.tombstones import candidates
 
 MERGE_INPUTS_CLAIM = "published merge was built from the current shard partitions"
 
@@ -55,8 +61,15 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
     out += _old_versions(env, subject_key, part, tables)
     in_landing = 0
     for f in landing_files(env.landing):
-        in_landing += int((read_landing(env.landing, f, env.pepper, policy.shards)["subject_key"] == subject_key).sum())
+        in_landing += int((read_landing(env.landing, f, env.keyer)["subject_key"] == subject_key).sum())
     out.append(Finding("no rows of the subject in landing files", "landing", in_landing == 0, f"{in_landing} rows"))
+    rule = env.ledger.tombstone_rule(subject_key)
+    rule = tuple(rule.split(",")) if rule else (() if rule == "" else env.keyer.rule)
+    if ("mentions", rule) not in cache:
+        cache[("mentions", rule)] = _mention_counts(env, rule)
+    mentions = cache[("mentions", rule)].get(subject_key, 0)
+    out.append(Finding("no text column of the lake or landing holds the subject's id", "text columns", mentions == 0,
+                       f"{mentions} mentions"))
     for node in graph.nodes:
         if node.kind == "vector_index":
             points = env.vectors.count_subjects(shard, [subject_key])
@@ -71,11 +84,30 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
                 cache[node.name] = _cohort_claim(env, node.name)
             out.append(cache[node.name])
     if "merges" not in cache:
-        cache["merges"] = merge_input_claims(env)
-    out += cache["merges"]
+        cache["merges"] = merge_input_claims(env) + recorded_version_claims(env, None)
+    if ("recorded", part) not in cache:
+        cache[("recorded", part)] = recorded_version_claims(env, part)
+    out += cache["merges"] + cache[("recorded", part)]
     prov = env.ledger.provenance_for([subject_key])
     out.append(Finding("provenance lists no data for the subject", "ledger.provenance", not prov, f"{len(prov)} rows"))
     return out
+
+
+def _mention_counts(env: Env, rule: tuple[str, ...]) -> Counter:
+    """Keys (under ``rule``) of every e-mail-like token in every text column of the lake and of landing."""
+    keyer = env.keyer.under(rule)
+    tokens = []
+    for node in env.graph.raw_nodes:
+        texts = contracts.CONTRACTS[node.table].texts
+        if not texts:
+            continue
+        frames = [lk.read_table(env.lake, node.name, p) for p in identity.partition_keys(env.policy.shards)]
+        frames += [read_landing(env.landing, f, env.keyer) for f in landing_files(env.landing, node.table)]
+        for df in frames:
+            for col in texts:
+                if df is not None and col in df:
+                    tokens += [tok for text in df[col].astype(str) for _s, _e, tok in candidates(text)]
+    return Counter(keyer.keys(tokens)) if tokens else Counter()
 
 
 def _old_versions(env: Env, subject_key: str, part: str, tables) -> list[Finding]:
@@ -154,16 +186,88 @@ def merge_input_claims(env: Env) -> list[Finding]:
     return out
 
 
-def verify_certificate(request_id: str, env: Env) -> list[Finding]:
-    """A stored certificate: its body hash, the audit chain, and every claim about the subject now."""
+STORED_CLAIM = "stored partition is what its last materialisation recorded"
+
+
+def stored_version(env: Env, node, partition: str | None) -> str | None:
+    """The data version of what is stored now, computed as the node computes it (None: nothing stored)."""
+    if node.kind == "vector_index":
+        ids = env.vectors.point_ids(identity.shard_from_partition(partition))
+        return env.vectors.hash_ids(ids)
+    if node.kind == "ensemble":
+        blob = env.lake.read_bytes(lk.model_name(node.name, "candidate"))
+    else:
+        blob = env.lake.read_bytes(object_name(node, partition))
+    if blob is None:
+        return None
+    return lk.model_fingerprint(lk.loads_model(blob)) if node.kind in PICKLED else lk.content_hash(blob)
+
+
+def recorded_version_claims(env: Env, partition: str | None) -> list[Finding]:
+    """Every node partition of one shard (or, with None, every merge) holds what the ledger recorded when
+    it was last materialised: a corrupted object, or an old copy restored in its place, fails here."""
+    nodes = [n for n in env.graph.nodes if n.partitioned == (partition is not None)]
+    records = env.ledger.node_records(partition, [n.name for n in nodes])
+    out = []
+    for node in nodes:
+        record = records.get((node.name, partition or "all"))
+        stored = stored_version(env, node, partition)
+        target = f"{node.name}[{partition}]" if partition else node.name
+        if record is None:
+            out.append(Finding(STORED_CLAIM, target, stored is None, "no record" + ("" if stored is None else ", yet an object is stored")))
+        else:
+            out.append(Finding(STORED_CLAIM, target, stored == record["data_version"],
+                               "matches" if stored == record["data_version"] else
+                               f"recorded {record['data_version'][:12]}, stored {(stored or 'nothing')[:12]}"))
+    return out
+
+
+def certificate_anchors(book) -> list[Anchor]:
+    """The audit-log heads every stored certificate carries."""
+    out = []
+    for request_id, body in book.certificates():
+        anchor = body.get("audit_anchor") or {}
+        if anchor.get("seq"):
+            out.append(Anchor(int(anchor["seq"]), anchor["row_hash"], f"the certificate of {request_id}"))
+    return out
+
+
+def audit_log_finding(env: Env, anchors: list[Anchor]) -> Finding:
+    public = env.ledger.signer.public if env.ledger.signer else None
+    report = env.ledger.check_audit_log(public, [*certificate_anchors(env.ledger), *anchors])
+    detail = (f"{report.rows} rows, {report.signed} signatures, {report.anchors} anchors" if report.ok
+              else f"row {report.first_bad_seq}: {report.problem}")
+    return Finding("audit log is intact: chain, signatures and anchors", "ledger.audit_log", report.ok, detail)
+
+
+def certificate_signature_finding(document: dict, public: Ed25519PublicKey | None, target: str) -> Finding:
+    if public is None:
+        return Finding("certificate is signed with the evidence key", target, False, "no public key to check it with")
+    ok, why = verify_document(public, document)
+    return Finding("certificate is signed with the evidence key", target, ok, f"key {key_id(public)}" if ok else why)
+
+
+def verify_certificate_document(document: dict, public: Ed25519PublicKey) -> list[Finding]:
+    """What a third party can check with a certificate file and the public key alone (no database)."""
+    target = str(document.get("request_id", "certificate"))
+    out = [certificate_signature_finding(document, public, target)]
+    anchor = document.get("audit_anchor") or {}
+    out.append(Finding("certificate anchors the audit log", target, bool(anchor.get("seq")),
+                       f"row {anchor.get('seq')}, {str(anchor.get('row_hash', ''))[:16]}…" if anchor.get("seq") else "no anchor"))
+    return out
+
+
+def verify_certificate(request_id: str, env: Env, anchors: list[Anchor] = ()) -> list[Finding]:
+    """A stored certificate: its signature and body hash, the audit log against every anchor known
+    (``anchors``: e.g. the runs' Dagster metadata), and every claim about the subject now."""
     found = env.ledger.certificate(request_id)
     if found is None:
         return [Finding("a certificate exists", request_id, False, "no certificate")]
     body, digest = found
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     out = [Finding("certificate body matches its recorded sha256", request_id, hashlib.sha256(canonical.encode()).hexdigest() == digest)]
-    ok, bad_seq = env.ledger.verify_audit_chain()
-    out.append(Finding("audit log hash chain is intact", "ledger.audit_log", ok, f"first bad row {bad_seq}" if bad_seq else ""))
+    out.append(certificate_signature_finding(body, env.ledger.signer.public if env.ledger.signer else None, request_id))
+    out.append(audit_log_finding(env, list(anchors)))
     request = env.ledger.get_request(request_id)
     out.append(Finding("request is completed", request_id, request["status"] == "completed", request["status"]))
     if body.get("data_present") or body.get("exception") is None:

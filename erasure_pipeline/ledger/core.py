@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Connection, Engine
 
 from erasure_pipeline.errors import PipelineError
 from erasure_pipeline.ledger import schema as t
+from erasure_pipeline.signing import Signer, verify_signature
 
 LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed")
 CLAIMABLE = ("pending", "scheduled", "in_progress", "failed")
@@ -61,6 +63,10 @@ class LedgerError(PipelineError):
     """A ledger operation that cannot be done (unknown request, wrong state...)."""
 
 
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached, or did not answer in time: nothing was written."""
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -84,12 +90,27 @@ def _chain_hash(prev: str, at: dt.datetime, event: str, request_id: str | None, 
     return hashlib.sha256("|".join([prev, at.isoformat(), event, request_id or "", body]).encode()).hexdigest()
 
 
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 120
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def describe_url(url: str) -> str:
+    """Where a ledger lives, for messages: host:port/database, or the SQLite file; never a password."""
+    u = sa.engine.make_url(url)
+    if u.drivername.startswith("sqlite"):
+        return u.database or ":memory:"
+    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+
+
 def make_engine(url: str) -> Engine:
+    """An engine whose every wait is bounded, and whose connection failures read as one line:
+    ``LedgerUnavailable("ledger unavailable: host:port/db (...), retry later")``."""
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
         @sa.event.listens_for(engine, "connect")
         def _connect(dbapi_conn, _record):  # take transaction control from pysqlite
@@ -101,8 +122,34 @@ def make_engine(url: str) -> Engine:
         def _begin(conn):  # writers serialise at BEGIN, not at their first write
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_timeout=CONNECT_TIMEOUT_S, connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"})
+    where = describe_url(url)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _unavailable(ctx):
+        if _is_outage(ctx):
+            raise LedgerUnavailable(
+                f"ledger unavailable: {where} ({type(ctx.original_exception).__name__}), retry later") from None
+
+    return engine
+
+
+def _is_outage(ctx) -> bool:
+    """The database cannot be reached or did not answer in time (not: a constraint, a bug in a query)."""
+    error = ctx.original_exception
+    if getattr(ctx, "is_pre_ping", False):
+        return False  # a pooled connection the outage cut: SQLAlchemy discards it and connects afresh
+    if ctx.is_disconnect:
+        return True
+    name = type(error).__module__ + "." + type(error).__name__
+    if name.startswith("psycopg2") and type(error).__name__ in ("OperationalError", "QueryCanceled", "InterfaceError"):
+        return True
+    if name == "sqlite3.OperationalError":
+        message = str(error)
+        return "unable to open" in message or "disk I/O" in message or "database is locked" in message
+    return False
 
 
 def _add_columns(conn: Connection, columns: list[tuple[sa.Table, str]], schema: str | None) -> None:
@@ -120,9 +167,29 @@ def _add_columns(conn: Connection, columns: list[tuple[sa.Table, str]], schema: 
         conn.execute(sa.DDL("ALTER TABLE " + target + " ADD COLUMN " + spec))
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A copy of the chain head kept outside the ledger: (seq, row_hash) and where it was found."""
+
+    seq: int
+    row_hash: str
+    source: str
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    ok: bool
+    rows: int
+    signed: int
+    anchors: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+
 class Ledger:
-    def __init__(self, url: str, *, schema: str = "erasure_ledger"):
+    def __init__(self, url: str, *, schema: str = "erasure_ledger", signer: Signer | None = None):
         self.url = url
+        self.signer = signer
         base = make_engine(url)
         self.dialect = base.dialect.name
         self.schema = schema if self.dialect == "postgresql" else None
@@ -185,7 +252,9 @@ class Ledger:
         for event, request_id, detail in entries:
             body = _canonical(detail)
             row_hash = _chain_hash(prev, at, event, request_id, body)
-            rows.append({"at": at, "event": event, "request_id": request_id, "detail": body, "prev_hash": prev, "row_hash": row_hash})
+            signature = self.signer.sign(row_hash.encode()) if self.signer else None
+            rows.append({"at": at, "event": event, "request_id": request_id, "detail": body, "prev_hash": prev, "row_hash": row_hash,
+                         "signature": signature})
             prev = row_hash
         # executemany keeps insertion order, so seq follows the chain
         conn.execute(t.audit_log.insert(), rows)
@@ -199,13 +268,53 @@ class Ledger:
 
     def verify_audit_chain(self) -> tuple[bool, int | None]:
         """Recompute every row's hash from its predecessor; returns (ok, first bad seq)."""
-        prev = GENESIS
-        for row in self.audit_entries():
+        report = self.check_audit_log()
+        return report.ok, report.first_bad_seq
+
+    def chain_head(self) -> tuple[int, str]:
+        """(seq, row_hash) of the last audit row: what a certificate or a run's metadata anchors."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.audit_log.c.seq, t.audit_log.c.row_hash).order_by(t.audit_log.c.seq.desc()).limit(1)).first()
+        return (int(row.seq), row.row_hash) if row else (0, GENESIS)
+
+    def check_audit_log(self, public: Ed25519PublicKey | None = None, anchors: Iterable[Anchor] = ()) -> AuditReport:
+        """The audit log against itself, its signatures and copies of its head kept elsewhere.
+
+        - the hash chain: each row's hash recomputed from its predecessor (an edit breaks it);
+        - with ``public``: every row from the first signed one on carries a valid signature (a row
+          re-chained, edited or appended without the key fails);
+        - each anchor (seq, hash) found in a certificate or a run's Dagster metadata: that row exists
+          and has that hash (deleting rows, even the last ones, fails up to the newest anchor).
+        Returns the first row that disagrees and why."""
+        problems: list[tuple[int, str]] = []
+        prev, by_seq, signed, first_signed = GENESIS, {}, 0, None
+        rows = self.audit_entries()
+        for row in rows:
             expect = _chain_hash(prev, _utc(row["at"]), row["event"], row["request_id"], row["detail"])
             if row["prev_hash"] != prev or row["row_hash"] != expect:
-                return False, row["seq"]
+                problems.append((row["seq"], "its hash does not follow from the row before it (edited, removed or inserted)"))
+                break
+            if public is not None:
+                if row["signature"]:
+                    first_signed = row["seq"] if first_signed is None else first_signed
+                    if verify_signature(public, row["row_hash"].encode(), row["signature"]):
+                        signed += 1
+                    else:
+                        problems.append((row["seq"], "its signature does not match (re-chained or forged without the key)"))
+                elif first_signed is not None:
+                    problems.append((row["seq"], "it is not signed, though the rows before it are (forged without the key)"))
             prev = row["row_hash"]
-        return True, None
+            by_seq[row["seq"]] = row["row_hash"]
+        anchors = list(anchors)
+        for anchor in anchors:
+            if anchor.seq not in by_seq:
+                problems.append((anchor.seq, f"it is missing, but {anchor.source} anchored the log at this row"))
+            elif by_seq[anchor.seq] != anchor.row_hash:
+                problems.append((anchor.seq, f"its hash differs from the one {anchor.source} anchored"))
+        if not problems:
+            return AuditReport(True, len(rows), signed, len(anchors))
+        seq, problem = min(problems)
+        return AuditReport(False, len(rows), signed, len(anchors), seq, problem)
 
     # ------------------------------------------------------------------ intake
     def add_tombstone(self, subject_key: str, shard: int, request_id: str) -> bool:
@@ -221,13 +330,14 @@ class Ledger:
             return False
 
     def file_request(
-        self, subject_key: str, shard: int, *, due_days: int, reason: str | None = None, kind: str = "erasure"
+        self, subject_key: str, shard: int, *, due_days: int, reason: str | None = None, kind: str = "erasure", rule: str = ""
     ) -> tuple[str, bool]:
         """Tombstone first, then the request. Returns (request id, created); a live one is reused."""
-        return self.file_requests([(subject_key, shard)], due_days=due_days, reason=reason, kind=kind)[0]
+        return self.file_requests([(subject_key, shard)], due_days=due_days, reason=reason, kind=kind, rule=rule)[0]
 
     def file_requests(
-        self, subjects: Iterable[tuple[str, int]], *, due_days: int, reason: str | None = None, kind: str = "erasure"
+        self, subjects: Iterable[tuple[str, int]], *, due_days: int, reason: str | None = None, kind: str = "erasure",
+        rule: str = "",
     ) -> list[tuple[str, bool]]:
         """Bulk intake: (request id, created) per (subject key, shard), in input order.
 
@@ -239,13 +349,14 @@ class Ledger:
         for i in range(0, len(items), _CHUNK):
             chunk = list(dict.fromkeys(items[i:i + _CHUNK]))
             try:
-                out.update(self._file_chunk(chunk, due_days, reason, kind))
+                out.update(self._file_chunk(chunk, due_days, reason, kind, rule))
             except sa.exc.IntegrityError:  # another process filed for one of these subjects first
                 for item in chunk:
-                    out.update(self._file_chunk([item], due_days, reason, kind))
+                    out.update(self._file_chunk([item], due_days, reason, kind, rule))
         return [out[key] for key, _ in items]
 
-    def _file_chunk(self, chunk: list[tuple[str, int]], due_days: int, reason: str | None, kind: str) -> dict[str, tuple[str, bool]]:
+    def _file_chunk(self, chunk: list[tuple[str, int]], due_days: int, reason: str | None, kind: str,
+                    rule: str) -> dict[str, tuple[str, bool]]:
         keys = [k for k, _ in chunk]
         now = utcnow()
         out: dict[str, tuple[str, bool]] = {}
@@ -259,7 +370,8 @@ class Ledger:
             out.update({k: (rid, False) for k, rid in live.items()})
             if new:
                 if kind == "erasure":
-                    stones = [{"subject_key": k, "shard": shard, "since": now, "request_id": rid} for k, shard, rid in new if k not in stoned]
+                    stones = [{"subject_key": k, "shard": shard, "since": now, "request_id": rid, "rule": rule}
+                              for k, shard, rid in new if k not in stoned]
                     if stones:
                         conn.execute(t.tombstones.insert(), stones)
                         self._audit_many(conn, [("tombstone", r["request_id"], {"subject_key": r["subject_key"], "shard": r["shard"]})
@@ -436,7 +548,11 @@ class Ledger:
             self._audit_many(conn, entries)
         return failed
 
-    def complete(self, request_id: str, certificate: Mapping[str, Any]) -> None:
+    def complete(self, request_id: str, certificate: Mapping[str, Any]) -> dict:
+        """Completed, with its certificate signed (when the ledger has a signer), stored, audited and
+        announced to processors, in one transaction. Returns the certificate as stored."""
+        if self.signer is not None:
+            certificate = self.signer.sign_document(certificate)
         body = _canonical(certificate)
         digest = hashlib.sha256(body.encode()).hexdigest()
         now = utcnow()
@@ -459,6 +575,7 @@ class Ledger:
                     created_at=now,
                 )
             )
+        return dict(certificate)
 
     def _move_many(self, conn: Connection, request_ids: Iterable[str], allowed_from: list[str], **values) -> list[str]:
         """Update every request whose status is in ``allowed_from``, one ``UPDATE ... RETURNING``
@@ -521,6 +638,20 @@ class Ledger:
             q = q.where(t.tombstones.c.shard == shard)
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(q)}
+
+    def tombstones_by_rule(self) -> dict[str, set[str]]:
+        """Tombstoned keys (not of requests on hold) by the identity rule each was made under."""
+        held = sa.select(t.erasure_requests.c.subject_key).where(t.erasure_requests.c.status == "on_hold")
+        q = sa.select(t.tombstones.c.rule, t.tombstones.c.subject_key).where(t.tombstones.c.subject_key.not_in(held))
+        out: dict[str, set[str]] = {}
+        with self.engine.connect() as conn:
+            for rule, key in conn.execute(q):
+                out.setdefault(rule or "", set()).add(key)
+        return out
+
+    def tombstone_rule(self, subject_key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t.tombstones.c.rule).where(t.tombstones.c.subject_key == subject_key)).scalar()
 
     def tombstoned_since(self, subject_key: str) -> dt.datetime | None:
         """When the subject was tombstoned (None if never)."""
@@ -755,6 +886,11 @@ class Ledger:
         if row is None:
             return None
         return json.loads(row.body), row.sha256
+
+    def certificates(self) -> list[tuple[str, dict]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.certificates.c.request_id, t.certificates.c.body).order_by(t.certificates.c.issued_at))
+            return [(r.request_id, json.loads(r.body)) for r in rows]
 
     def outbox(self, *, unsent_only: bool = True) -> list[dict]:
         q = sa.select(t.outbox).order_by(t.outbox.c.id)

@@ -57,6 +57,8 @@ tombstones = sa.Table(
     sa.Column("shard", sa.Integer, nullable=False, index=True),
     sa.Column("since", sa.DateTime(timezone=True), nullable=False),
     sa.Column("request_id", sa.String(40), nullable=False),
+    # The identity rule the key was made under (identity.rule_name): ingest matches ids under it too.
+    sa.Column("rule", sa.String(128), nullable=False, server_default=""),
 )
 
 provenance = sa.Table(
@@ -119,6 +121,7 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("row_hash", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128)),  # Ed25519 over row_hash, with a key that is not in this database
 )
 
 outbox = sa.Table(
@@ -207,6 +210,7 @@ node_versions = sa.Table(
 
 # Versions: 1 is create_all. 2: landing_files, landing_batches, consent_changes, partition_stats and
 # the live-request index (new tables; the index is created by ``Ledger.migrate``). 3: claims by runs:
-# erasure_requests.run_id, landing_batches.status and .run_id, job_runs and node_versions.
+# erasure_requests.run_id, landing_batches.status and .run_id, job_runs, node_versions, audit_log.signature.
 CURRENT_VERSION = 3
-ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id")]}
+ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
+                    (audit_log, "signature"), (tombstones, "rule")]}

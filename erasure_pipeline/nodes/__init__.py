@@ -85,6 +85,11 @@ class Env:
     ledger: Ledger
     pepper: bytes
 
+    @property
+    def keyer(self):
+        """How ids become keys and shards here: the pepper, the policy's shards and identity rule."""
+        return self.policy.keyer(self.pepper)
+
 
 @dataclass
 class NodeRun:

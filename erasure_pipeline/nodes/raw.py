@@ -17,6 +17,7 @@ from erasure_pipeline.nodes import NodeResult, NodeRun, finish, tombstone_check
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
+from erasure_pipeline.tombstones import Tombstones
 
 
 def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:
@@ -98,18 +99,22 @@ def compute_raw(run: NodeRun) -> NodeResult:
     table = node.table
     contract = contracts.CONTRACTS[table]
     store, book, policy = env.lake, env.ledger, env.policy
-    # Tombstones are read at materialisation time, after any intake that committed before.
-    tombstoned = book.tombstoned_keys(shard)
+    # Tombstones are read at materialisation time, after any intake that committed before: of this
+    # shard under the current identity rule, and of any shard under an earlier rule.
+    stones = Tombstones.load(book, env.keyer, shard)
     existing, before_hash = lk.read_table_and_hash(store, node.name, partition)
     base = None if run.mode == "rebuild" else existing
     incoming = None
     if run.mode in ("ingest", "rebuild"):
         check = (lambda frame, name: contracts.check_subjects_for_policy(frame, name, policy)) if table == "subjects" else None
         files = run.landing_files if run.mode == "ingest" else None
-        rows = read_landing_table(env.landing, table, env.pepper, policy.shards, files, check=check)
+        rows = read_landing_table(env.landing, table, env.keyer, files, check=check)
         if not rows.empty:
             incoming = rows[rows["shard"] == shard].drop(columns=["shard"])
+    tombstoned = stones.keys_in([base, incoming])
     result, dropped = rewrite_partition(base, incoming, contract.id_column, tombstoned)
+    # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
+    result, redacted = Tombstones.load(book, env.keyer).redact(result, contract.texts)
     cutoff = retention_cutoff(policy, book, run.as_of) if run.mode != "erasure" else None
     result, expired = apply_retention(result, table, cutoff)
     if result.empty and not result.columns.size:
@@ -118,7 +123,7 @@ def compute_raw(run: NodeRun) -> NodeResult:
     # A request filed while this step ran: its tombstone committed after we read the list.
     # Re-read after the write and rewrite until no late tombstone is in the partition.
     for _ in range(5):
-        late = book.tombstoned_keys(shard) - tombstoned
+        late = Tombstones.load(book, env.keyer, shard).keys_in([result]) - tombstoned
         tombstoned |= late
         if not late or not result["subject_key"].isin(late).any():
             break
@@ -129,10 +134,10 @@ def compute_raw(run: NodeRun) -> NodeResult:
     if run.purges_versions or expired:
         purged = store.purge_noncurrent(lk.table_name(node.name, partition))
     if run.mode == "erasure":
-        scrubbed = scrub_landing(env.landing, table, book.tombstoned_keys(), env.pepper, policy.shards)
-    elif incoming is not None and incoming["subject_key"].isin(tombstoned).any():
-        # A source sent an erased subject again: drop them from the landing copy too.
-        scrubbed = scrub_landing(env.landing, table, book.tombstoned_keys(), env.pepper, policy.shards, run.landing_files)
+        scrubbed = scrub_landing(env.landing, table, Tombstones.load(book, env.keyer))
+    elif (incoming is not None and incoming["subject_key"].isin(tombstoned).any()) or redacted:
+        # A source sent an erased subject (or their id in a text) again: the landing copy loses them too.
+        scrubbed = scrub_landing(env.landing, table, Tombstones.load(book, env.keyer), run.landing_files)
     written = lk.require_table(store, node.name, partition)
     footprint = written["subject_key"].value_counts().to_dict()
     if run.mode != "erasure":
@@ -151,6 +156,7 @@ def compute_raw(run: NodeRun) -> NodeResult:
             "subjects": int(written["subject_key"].nunique()),
             "rows_added": 0 if incoming is None else len(incoming),
             "tombstoned_rows_dropped": dropped,
+            "tombstoned_ids_redacted_in_text": redacted,
             "rows_past_retention": expired,
             "retention_cutoff": cutoff.isoformat() if cutoff else "",
             "consent_changes": len(consent),

@@ -296,6 +296,10 @@ def model_fingerprint(obj) -> str:
                 walk(item)
         elif isinstance(x, (str, bytes, int, float, bool, type(None), np.generic)):
             h.update(b"S" + repr(x).encode())
+        elif isinstance(x, type) or callable(x) and hasattr(x, "__qualname__") and not hasattr(x, "get_params"):
+            # A class or function (e.g. DictVectorizer's dtype=np.float64): its name, never its
+            # __dict__, whose reprs carry memory addresses that differ from process to process.
+            h.update(b"T" + f"{getattr(x, '__module__', '')}.{x.__qualname__}".encode())
         elif hasattr(x, "__dict__"):
             h.update(b"C" + type(x).__qualname__.encode())
             walk({k: v for k, v in vars(x).items() if k != "_sklearn_version"})

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from erasure_pipeline import contracts, identity
+from erasure_pipeline.identity import Keyer
 from erasure_pipeline.storage.lake import Lake
+from erasure_pipeline.tombstones import Tombstones
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ _CACHE: dict[tuple, pd.DataFrame] = {}
 _CACHE_LIMIT = 12
 
 
-def _cache_key(lake: Lake, name: str, data: bytes, pepper: bytes, n_shards: int) -> tuple:
-    return (lake.describe(), name, hashlib.sha256(data).hexdigest(), hashlib.sha256(pepper).hexdigest(), n_shards)
+def _cache_key(lake: Lake, name: str, data: bytes, keyer: Keyer) -> tuple:
+    return (lake.describe(), name, hashlib.sha256(data).hexdigest(), keyer.fingerprint)
 
 
 def _remember(key: tuple, df: pd.DataFrame) -> None:
@@ -46,24 +48,24 @@ def _remember(key: tuple, df: pd.DataFrame) -> None:
     _CACHE[key] = df
 
 
-def read_landing(lake: Lake, file: LandingFile, pepper: bytes, n_shards: int) -> pd.DataFrame:
-    """One landing file, validated, with ``subject_key`` and ``shard`` columns added."""
+def read_landing(lake: Lake, file: LandingFile, keyer: Keyer) -> pd.DataFrame:
+    """One landing file, validated, with ``subject_key`` (of the normalised id) and ``shard`` columns added."""
     data = lake.read_bytes(file.name)
     if data is None:
         raise FileNotFoundError(f"landing file {file.name} disappeared while reading")
-    key = _cache_key(lake, file.name, data, pepper, n_shards)
+    key = _cache_key(lake, file.name, data, keyer)
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
     df = contracts.validate(contracts.read_landing_bytes(data, file.name), file.table, file.name)
-    df["subject_key"] = identity.subject_keys(pepper, df["subject_id"].tolist())
-    df["shard"] = identity.shards_of(df["subject_key"], n_shards)
+    df["subject_key"] = keyer.keys(df["subject_id"].tolist())
+    df["shard"] = identity.shards_of(df["subject_key"], keyer.shards)
     _remember(key, df)
     return df
 
 
 def read_landing_table(
-    lake: Lake, table: str, pepper: bytes, n_shards: int, names: list[str] | None = None,
+    lake: Lake, table: str, keyer: Keyer, names: list[str] | None = None,
     check: Callable[[pd.DataFrame, str], None] | None = None,
 ) -> pd.DataFrame:
     """All landing files of one table (or the named subset), concatenated; later files win on id.
@@ -71,7 +73,7 @@ def read_landing_table(
     ``check(frame, file name)`` runs on each file before they are combined, so its errors can name the file.
     """
     files = [f for f in landing_files(lake, table) if names is None or f.name in names]
-    frames = [read_landing(lake, f, pepper, n_shards) for f in files]
+    frames = [read_landing(lake, f, keyer) for f in files]
     if check is not None:
         for f, frame in zip(files, frames, strict=True):
             check(frame, f.name)
@@ -82,25 +84,30 @@ def read_landing_table(
     return both.drop_duplicates(subset=[id_col], keep="last")
 
 
-def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n_shards: int, names: list[str] | None = None) -> list[str]:
-    """Rewrite every landing file of ``table`` that holds a tombstoned subject, without those rows.
+def scrub_landing(lake: Lake, table: str, tombstones: Tombstones, names: list[str] | None = None) -> list[str]:
+    """Rewrite every landing file of ``table`` that holds a tombstoned subject, or a tombstoned id inside
+    its text columns, without those rows and with those ids redacted.
 
-    Landing copies are data the company holds too. Files are rewritten in their own format
-    and, on a versioned bucket, their old versions are purged. Returns the rewritten names.
+    Landing copies are data the company holds too. Files are rewritten in their own format and, on a
+    versioned bucket, their old versions are purged. Returns the rewritten names.
     """
     rewritten = []
-    if not tombstoned:
+    if not tombstones:
         return rewritten
+    texts = contracts.CONTRACTS[table].texts
     for f in landing_files(lake, table):
         if names is not None and f.name not in names:
             continue
-        keyed = read_landing(lake, f, pepper, n_shards)
-        drop = keyed["subject_key"].isin(tombstoned).to_numpy()
-        if not drop.any():
+        keyed = read_landing(lake, f, tombstones.keyer)
+        drop = keyed["subject_key"].isin(tombstones.keys_in([keyed])).to_numpy()
+        kept_keyed, redacted = tombstones.redact(keyed[~drop], texts)
+        if not drop.any() and not redacted:
             continue
         data = lake.read_bytes(f.name)
         original = contracts.read_landing_bytes(data, f.name)
-        kept = original[~drop]
+        kept = original[~drop].copy()
+        for col in texts:
+            kept[col] = kept_keyed[col].to_numpy()
         if f.name.lower().endswith(".parquet"):
             from erasure_pipeline.storage.lake import table_to_bytes
 
@@ -110,6 +117,6 @@ def scrub_landing(lake: Lake, table: str, tombstoned: set[str], pepper: bytes, n
         lake.write_bytes(f.name, out)
         lake.purge_noncurrent(f.name)
         # The kept rows are what a re-read of the new file would give: no second parse and hash.
-        _remember(_cache_key(lake, f.name, out, pepper, n_shards), keyed[~drop].reset_index(drop=True))
+        _remember(_cache_key(lake, f.name, out, tombstones.keyer), kept_keyed.reset_index(drop=True))
         rewritten.append(f.name)
     return rewritten
