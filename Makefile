@@ -2,12 +2,19 @@
 PY ?= python
 SUBJECTS ?= 2000
 
-.PHONY: install demo test test-fast dev bench
+.PHONY: install demo example test test-fast dev bench
 install:
 	$(PY) -m pip install -e ".[dev]"
 
 demo: install
 	erasure-pipeline demo --subjects $(SUBJECTS)
+
+# make example NAME=single_table|five_tables: its data into its own project home, then every asset.
+NAME ?= five_tables
+EXAMPLE_ENV = ERASURE_PIPELINE_HOME=$(CURDIR)/.erasure_home/examples/$(NAME) ERASURE_PIPELINE_POLICY=$(CURDIR)/examples/$(NAME)/policy.yaml
+example: install
+	$(EXAMPLE_ENV) $(PY) examples/$(NAME)/generate.py
+	$(EXAMPLE_ENV) erasure-pipeline materialize
 
 test:
 	$(PY) -m pytest -q

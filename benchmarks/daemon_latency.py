@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from erasure_pipeline import demo, settings
         from erasure_pipeline.cli import _quiet_dagster
+        from erasure_pipeline.contracts import contracts_for
         from erasure_pipeline.definitions import build_definitions
         from erasure_pipeline.erasure.service import default_ledger, erase
         from erasure_pipeline.policy import load_policy
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         demo.write_landing(settings.landing(), tables)
         with dg.DagsterInstance.get() as instance:
             materialize_all(build_definitions(policy), instance)
-        subjects = read_landing_table(settings.landing(), "subjects", policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
+        subjects = read_landing_table(settings.landing(), contracts_for(policy)["subjects"], policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
         by_shard = subjects.groupby("shard")["subject_id"].first()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

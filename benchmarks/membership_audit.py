@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
             from erasure_pipeline import demo, identity, settings
             from erasure_pipeline.cli import _quiet_dagster
+            from erasure_pipeline.contracts import contracts_for
             from erasure_pipeline.definitions import build_definitions
             from erasure_pipeline.erasure.service import erase
             from erasure_pipeline.ml import features as ft
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             before = audit_rows(saved["model"], saved["features"], targets, holdout)
             before_ctl = audit_rows(saved["model"], saved["features"], control, holdout)
 
-            subjects = read_landing_table(settings.landing(), "subjects", policy.keyer(PEPPER.encode()))
+            subjects = read_landing_table(settings.landing(), contracts_for(policy)["subjects"], policy.keyer(PEPPER.encode()))
             for sid in subjects.loc[subjects["subject_key"].isin(target_keys), "subject_id"]:
                 erase(sid, reason="benchmark")
             result = drain(defs, instance)

@@ -89,13 +89,9 @@ def demo(n_subjects: int, seed: int, no_materialize: bool, allow_failed_checks: 
     """Write a synthetic data set into landing, then materialise every partition of every asset."""
     _quiet_dagster()
     from erasure_pipeline import demo as demo_data
-    from erasure_pipeline import settings
 
     t0 = time.monotonic()
-    tables = demo_data.generate(n_subjects, seed)
-    landing = settings.landing()
-    names = demo_data.write_landing(landing, tables)
-    click.echo(f"landing: wrote {', '.join(f'{k}={len(v)}' for k, v in tables.items())} rows to {landing.describe()} ({len(names)} files)")
+    click.echo(demo_data.land(demo_data.generate(n_subjects, seed)))
     if no_materialize:
         return
     _materialize(t0, allow_failed_checks)
@@ -129,19 +125,22 @@ def materialize(allow_failed_checks: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 100), default=5, show_default=True)
 @_guard
 def search(text: str, limit: int) -> None:
-    """Top ticket chunks for TEXT across every shard (ticket id, shard, score; no subject ids)."""
+    """Top text chunks for TEXT across every shard (score, shard, dataset.column, record id; no subject ids)."""
     from erasure_pipeline import settings
     from erasure_pipeline.policy import load_policy
-    from erasure_pipeline.vectors.embed import embed
+    from erasure_pipeline.vectors.embed import embedder_for
 
     policy = load_policy()
+    if not policy.text_datasets:
+        raise _Fail("no dataset declares text columns (datasets.<name>.text): there is no vector index to search")
     store = settings.vector_store()
-    hits = store.search(embed([text], policy.vectors.dimensions)[0], list(range(policy.shards)), limit=limit)
+    hits = store.search(embedder_for(policy)([text], policy.vectors.dimensions)[0], list(range(policy.shards)), limit=limit)
     if not hits:
         click.echo("no hits (has vector_index been materialised?)")
-    click.echo(f"{'score':>7}  {'shard':<9} ticket")
+    click.echo(f"{'score':>7}  {'shard':<9} record")
     for score, payload in hits:
-        click.echo(f"{score:7.4f}  shard_{payload.get('shard', 0):02d}  {payload.get('ticket_id')}")
+        click.echo(f"{score:7.4f}  shard_{payload.get('shard', 0):02d}  {payload.get('dataset')}.{payload.get('column')} "
+                   f"{payload.get('record_id')}")
 
 
 ERASE_USAGE = ("erase takes one SUBJECT_ID (and --reason): an id that starts with '-' goes after '--' "
@@ -524,26 +523,32 @@ def audit_log_verify(public_key: Path | None, certificate_files: tuple[Path, ...
 @click.option("--sample", type=click.IntRange(min=10), default=1000, show_default=True,
               help="How many training subjects to attack (a random sample of the current members).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--model", "model_name", default=None, help="Which declared model (default: the first).")
 @click.option("--json", "as_json", is_flag=True)
 @_guard
-def audit(sample: int, seed: int, as_json: bool) -> None:
-    """Membership-inference audit of the current ensemble: members vs never-seen (holdout) subjects."""
+def audit(sample: int, seed: int, model_name: str | None, as_json: bool) -> None:
+    """Membership-inference audit of a model's current ensemble: members vs never-seen (holdout) subjects."""
     import pandas as pd
 
     from erasure_pipeline import identity, settings
+    from erasure_pipeline.graph import model_suffix
     from erasure_pipeline.ml import features as ft
     from erasure_pipeline.ml.audit import audit_rows
     from erasure_pipeline.policy import load_policy
     from erasure_pipeline.storage import lake as lk
 
     policy = load_policy()
+    model_name = model_name or next(iter(policy.models))
+    if model_name not in policy.models:
+        raise _Fail(f"no model '{model_name}' is declared (models: {', '.join(policy.models)})")
+    ensemble, training = f"ensemble_model{model_suffix(model_name)}", f"training_shards{model_suffix(model_name)}"
     store = settings.lake()
-    blob = store.read_bytes(lk.model_name("ensemble_model"))
+    blob = store.read_bytes(lk.model_name(ensemble))
     if blob is None:
-        raise _Fail("no published ensemble_model: run `erasure-pipeline materialize` (a model below the policy's "
+        raise _Fail(f"no published {ensemble}: run `erasure-pipeline materialize` (a model below the policy's "
                     "quality floor is kept as a candidate, not published)")
     saved = lk.loads_model(blob)
-    rows = pd.concat([lk.require_table(store, "training_shards", p) for p in identity.partition_keys(policy.shards)], ignore_index=True)
+    rows = pd.concat([lk.require_table(store, training, p) for p in identity.partition_keys(policy.shards)], ignore_index=True)
     holdout = rows[ft.HOLDOUT].astype(bool)
     members, references = rows[~holdout], rows[holdout]
     keys = members[ft.KEY].drop_duplicates()

@@ -1,12 +1,19 @@
-"""The landing data contract: what a company drops into landing, and the errors it gets.
+"""The landing data contract, derived from the declaration: what a company drops into landing, and
+the errors it gets.
 
-Errors name the file, the column and the first bad row (1-based data row; for CSV also the
-line), and never repeat a value: a bad value may be a personal identifier.
+Each declared dataset is a table: its files sit in a folder named after it (``orders/2026-11.csv``)
+or start with its name (``orders_2026-11.parquet``), CSV or Parquet. A file must hold the dataset's
+id and subject columns, its timestamp, text and consent columns if declared, and every column the
+declaration reads from it (features, aggregates, cohorts, labels). Errors name the file, the column
+and the first bad row (1-based data row; for CSV also the line) — and for a column the declaration
+names, the field that names it — and never repeat a value: a bad value may be a personal identifier.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
@@ -14,7 +21,6 @@ import pandas as pd
 
 from erasure_pipeline.errors import PipelineError
 
-TABLES = ("subjects", "events", "tickets")
 SUFFIXES = (".parquet", ".csv")
 
 
@@ -22,25 +28,52 @@ SUFFIXES = (".parquet", ".csv")
 class TableContract:
     name: str
     id_column: str
-    required: tuple[str, ...]
+    subject_column: str = "subject_id"
     timestamps: tuple[str, ...] = ()
     booleans: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()
+    named_by: Mapping[str, str] = field(default_factory=dict)
+    """Column -> the declaration field that names it: every one is required."""
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([self.id_column, self.subject_column, *self.named_by]))
 
 
-CONTRACTS: dict[str, TableContract] = {
-    "subjects": TableContract(
-        "subjects", "subject_id", ("subject_id", "consent_training"), booleans=("consent_training",)
-    ),
-    "events": TableContract("events", "event_id", ("event_id", "subject_id", "ts"), timestamps=("ts",)),
-    "tickets": TableContract(
-        "tickets",
-        "ticket_id",
-        ("ticket_id", "subject_id", "created_at", "text"),
-        timestamps=("created_at",),
-        texts=("text",),
-    ),
-}
+def contracts_for(policy) -> dict[str, TableContract]:
+    """One contract per declared dataset, with every column the declaration reads from it."""
+    out = {}
+    for name, spec in policy.datasets.items():
+        named: dict[str, str] = {}
+
+        def need(columns: Iterable[str | None], where: str, named=named) -> None:
+            for col in columns:
+                if col:
+                    named.setdefault(col, where)
+
+        need([spec.timestamp], f"datasets.{name}.timestamp")
+        need(spec.text, f"datasets.{name}.text")
+        need([spec.consent], f"datasets.{name}.consent")
+        f = policy.features
+        if f.dataset == name:
+            need([policy.consent.column], "consent.column")
+            need(f.numeric, "features.numeric")
+            need(f.categorical, "features.categorical")
+            for model_name, model in policy.models.items():
+                need([model.label], f"models.{model_name}.label")
+        for i, agg in enumerate(f.aggregates):
+            if agg.dataset == name:
+                need([agg.column], f"features.aggregates.{i}.column")
+                need(agg.where, f"features.aggregates.{i}.where")
+        c = policy.cohorts
+        if c is not None and c.dataset == name:
+            need([*c.quasi_identifiers, *c.measures, c.label], "cohorts")
+        bools = tuple(dict.fromkeys(col for col in (spec.consent, policy.consent.column if f.dataset == name else None)
+                                    if col and all(isinstance(v, bool) for v in policy.consent.allowed_values)))
+        out[name] = TableContract(name, spec.id, spec.subject, (spec.timestamp,) if spec.timestamp else (), bools,
+                                  tuple(spec.text), named)
+    return out
+
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -59,34 +92,35 @@ class LandingContractError(PipelineError):
         super().__init__(": ".join([", ".join(where), problem]))
 
 
-def table_of(path: str | PurePath) -> str | None:
+def table_of(path: str | PurePath, tables: Iterable[str]) -> str | None:
     """Which table a landing file belongs to: its folder (``events/2026-11.csv``) or its name prefix."""
     p = PurePath(str(path))
     if p.suffix.lower() not in SUFFIXES:
         return None
-    for candidate in (p.parent.name, p.stem.split("_")[0].split(".")[0].split("-")[0]):
-        if candidate in CONTRACTS:
-            return candidate
+    names = set(tables)
+    if p.parent.name in names:
+        return p.parent.name
+    stem = p.stem
+    for name in sorted(names, key=len, reverse=True):  # the longest name that prefixes the file
+        if stem == name or stem.startswith((f"{name}_", f"{name}.", f"{name}-")):
+            return name
     return None
 
 
-def read_landing_bytes(data: bytes, name: str) -> pd.DataFrame:
+def read_landing_bytes(data: bytes, name: str, contract: TableContract | None = None) -> pd.DataFrame:
     """Parse one landing file's bytes (CSV or Parquet) without validating it."""
-    import io
-
     suffix = PurePath(name).suffix.lower()
     try:
         if suffix == ".parquet":
             return pd.read_parquet(io.BytesIO(data))
-        ids = {"subject_id": str, "event_id": str, "ticket_id": str}
+        ids = {c: str for c in ((contract.id_column, contract.subject_column) if contract else ())}
         return pd.read_csv(io.BytesIO(data), dtype=ids, keep_default_na=False, na_values=[""])
     except Exception as exc:  # noqa: BLE001  (any parser error; its message may quote file content)
         raise LandingContractError(name, None, None, f"cannot be read as {suffix[1:]} ({type(exc).__name__})") from None
 
 
-def validate(df: pd.DataFrame, table: str, file: str) -> pd.DataFrame:
+def validate(df: pd.DataFrame, contract: TableContract, file: str) -> pd.DataFrame:
     """Check one landing table against its contract and return it with normalised types."""
-    contract = CONTRACTS[table]
     csv = file.lower().endswith(".csv")
 
     def fail(column: str | None, mask: np.ndarray | None, problem: str) -> None:
@@ -95,9 +129,11 @@ def validate(df: pd.DataFrame, table: str, file: str) -> pd.DataFrame:
 
     for col in contract.required:
         if col not in df.columns:
-            fail(col, None, f"required column is missing (a {table} file needs {', '.join(contract.required)})")
+            by = contract.named_by.get(col)
+            fail(col, None, f"column named by {by} is missing" if by else
+                 f"required column is missing (a {contract.name} file needs {', '.join(contract.required)})")
     out = df.copy()
-    for col in ("subject_id", contract.id_column):
+    for col in dict.fromkeys((contract.subject_column, contract.id_column)):
         values = out[col]
         if not (pd.api.types.is_string_dtype(values) or values.dtype == object):
             fail(col, None, f"must hold strings, found {values.dtype}")
@@ -127,37 +163,18 @@ def validate(df: pd.DataFrame, table: str, file: str) -> pd.DataFrame:
     return out
 
 
-def subjects_columns_named_by(policy) -> dict[str, str]:
-    """Columns of the ``subjects`` table the policy reads, each with the first policy field naming it."""
-    named: dict[str, str] = {}
-    m, c = policy.model, policy.cohorts
-    fields = [("consent.column", [policy.consent.column]), ("model.label", [m.label]),
-              ("model.numeric_features", m.numeric_features), ("model.categorical_features", m.categorical_features),
-              ("cohorts.quasi_identifiers", c.quasi_identifiers), ("cohorts.measures", c.measures),
-              ("cohorts.label", [c.label] if c.label else [])]
-    for field, columns in fields:
-        for col in columns:
-            named.setdefault(col, field)
-    return named
+def check_labels(df: pd.DataFrame, file: str, policy) -> None:
+    """A file of the features' dataset holds labels every model can read (``ml.labels``)."""
+    from erasure_pipeline.ml.labels import label_encoder
 
+    for name, model in policy.models.items():
+        if model.label in df:
+            label_encoder(model, name).encode(df[model.label], where=file)
+    c = policy.cohorts
+    if c is not None and c.label and c.label in df:
+        from erasure_pipeline.ml.labels import BinaryLabel
 
-def check_subjects_for_policy(df: pd.DataFrame, file: str, policy) -> None:
-    """A ``subjects`` file holds every column the policy names and labels the pipeline can read.
-
-    Later files replace earlier rows by id, so every subjects file must be complete.
-    """
-    from erasure_pipeline.ml.features import model_label
-    from erasure_pipeline.ml.labels import BinaryLabel
-
-    for col, field in subjects_columns_named_by(policy).items():
-        if col not in df.columns:
-            raise LandingContractError(file, col, None, f"column named by policy {field} is missing")
-    labels = [model_label(policy)]
-    if policy.cohorts.label:
-        positive = policy.cohorts.positive_class
-        labels.append(BinaryLabel(policy.cohorts.label, None if positive is None else str(positive)))
-    for label in labels:
-        label.encode(df[label.column], where=file)
+        BinaryLabel(c.label, None if c.positive_class is None else str(c.positive_class), "cohorts").encode(df[c.label], where=file)
 
 
 def _as_bool(values: pd.Series, fail) -> pd.Series:

@@ -7,6 +7,7 @@ import dagster as dg
 
 from erasure_pipeline.assets import build_assets
 from erasure_pipeline.graph import graph_for
+from erasure_pipeline.imports import check_declared
 from erasure_pipeline.jobs import build_jobs
 from erasure_pipeline.policy import Policy, load_policy
 from erasure_pipeline.resources import default_resources
@@ -52,6 +53,7 @@ def executor_from_env(env: dict | None = None) -> dg.ExecutorDefinition:
 
 def build_definitions(policy: Policy | None = None, resources: dict | None = None) -> dg.Definitions:
     policy = policy or load_policy()
+    check_declared(policy)
     graph = graph_for(policy)
     built = build_assets(policy, graph)
     jobs = {j.name: j for j in build_jobs(policy, graph)}

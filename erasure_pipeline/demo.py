@@ -122,3 +122,24 @@ def write_landing(landing: Lake, tables: dict[str, pd.DataFrame], batch: str = "
         landing.write_bytes(name, data)
         written.append(name)
     return written
+
+
+def land(tables: dict[str, pd.DataFrame], batch: str = "demo") -> str:
+    """Write ``tables`` into the project's landing location; a line saying what was written where."""
+    from erasure_pipeline import settings
+
+    landing = settings.landing()
+    names = write_landing(landing, tables, batch)
+    return (f"landing: wrote {', '.join(f'{k}={len(v)}' for k, v in tables.items())} rows to {landing.describe()} "
+            f"({len(names)} files)")
+
+
+def example_main(generate, doc: str) -> None:
+    """The command line of an example's generator: ``--customers N --seed S`` into the project's landing."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(land(generate(args.customers, args.seed), batch="export-2026-11"))

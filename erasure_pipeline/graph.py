@@ -37,7 +37,11 @@ class Node:
     subject_rows: bool = False
     """Holds rows (or points) keyed by ``subject_key``: its provenance is recorded, ``verify`` scans it."""
     table: str | None = None
-    """For raw nodes: the landing table it ingests."""
+    """For raw nodes: the landing table (declared dataset) it ingests."""
+    expires: bool = False
+    """For raw nodes of a dataset with a timestamp: rows past retention_days leave it on a cycle."""
+    model: str | None = None
+    """For training sets, shard models and ensembles: the declared model they belong to."""
     checks: tuple[CheckSpec, ...] = ()
     kinds: tuple[str, ...] = ()
     description: str = ""
@@ -161,51 +165,76 @@ class Graph:
         return None
 
 
-def demo_graph() -> Graph:
-    """The demo's shape: subjects, events and tickets; cohorts; SISA training; a ticket vector index."""
-    raw = [
-        Node(f"raw_{table}", "raw", "raw", True, reads=("shards", "identity"), action="RAW_REWRITE", subject_rows=True, table=table,
-             checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
-             description=f"Landing `{table}` rows of one shard, keyed by `subject_key`, minus tombstoned subjects.")
-        for table in ("subjects", "events", "tickets")
-    ]
-    return Graph((
-        *raw,
-        Node("cohort_partials", "cohort_partial", "cohorts", True, ("raw_subjects",), ("cohorts",), "COHORT_RECOMPUTE",
-             kinds=("parquet",),
-             description="Per-cohort counts, clipped sums and a membership digest for one shard: invertible, merged in O(S)."),
-        Node("training_shards", "training_set", "training", True, ("raw_subjects", "raw_events"),
-             ("consent", "model.label", "model.positive_class", "model.numeric_features", "model.categorical_features",
-              "model.event_features", "model.holdout_fraction"),
-             "SISA_RETRAIN", subject_rows=True, checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
-             description="Feature rows of one shard's consenting subjects, sorted by subject_key; a key-derived holdout flag."),
-        Node("shard_models", "shard_model", "models", True, ("training_shards",), ("model.estimator", "model.params", "seed"),
-             "SISA_RETRAIN", kinds=("scikitlearn",),
-             checks=(CheckSpec("matches_independent_retrain",
-                               "The stored shard model equals, bit for bit on a probe set, an independent retrain from the shard's current rows."),),
-             description="One SISA constituent: the policy's estimator trained on one shard's rows with a seed from (policy seed, shard)."),
-        Node("vector_index", "vector_index", "vectors", True, ("raw_tickets",), ("vectors",), "VECTOR_DELETE", subject_rows=True,
-             kinds=("qdrant",),
-             checks=(CheckSpec("no_tombstoned_points", "Counting points by tombstoned subject_key in the shard's collection gives 0."),),
-             description="Ticket chunks of one shard in Qdrant (payload subject_key, ticket_id, shard); tombstoned subjects deleted by filter."),
-        Node("anonymised_cohorts", "cohort_publish", "cohorts", False, ("cohort_partials",), ("k_min",), "COHORT_RECOMPUTE",
-             kinds=("parquet",),
-             checks=(CheckSpec("k_anonymous", "Every published cell holds at least k_min subjects (true counts, from the partials)."),),
-             description=("The published cohort table: cells with at least k_min subjects, every number with Laplace noise "
-                          "keyed to the cell's membership, so tables published before and after an erasure cannot be differenced.")),
-        Node("cohort_model", "cohort_model", "cohorts", False, ("anonymised_cohorts",), ("seed",), "COHORT_RECOMPUTE",
-             kinds=("scikitlearn",),
-             description="A label-rate model trained on the published cohort table only: no individual row ever reaches it."),
-        Node("ensemble_model", "ensemble", "models", False, ("shard_models", "training_shards"),
-             ("model.aggregation", "model.min_holdout_auc"), "SISA_RETRAIN", kinds=("scikitlearn",),
-             checks=(CheckSpec("meets_quality_floor",
-                               "Holdout ROC-AUC at or above policy model.min_holdout_auc. Below it the model is kept only as a "
-                               "candidate, the published model is withdrawn (it was built from shard models that changed) and "
-                               "the run fails; in an erasure run the check fails as a warning so the erasure still completes."),),
-             description="The SISA aggregate of every shard model, evaluated on the key-derived holdout of every shard."),
-    ))
+def model_suffix(model: str) -> str:
+    """A model named ``model`` (the one-model form) keeps the plain names; others are suffixed."""
+    return "" if model == "model" else f"_{model}"
 
 
 def graph_for(policy) -> Graph:
-    """The graph a policy describes. (Today every policy describes the demo's shape.)"""
-    return demo_graph()
+    """The graph a declaration describes: a raw node per dataset, the cohorts, a training set, shard models
+    and an ensemble per model, one vector index over every declared text column."""
+    nodes: list[Node] = []
+    for name, spec in policy.datasets.items():
+        nodes.append(Node(
+            f"raw_{name}", "raw", "raw", True, reads=("shards", "identity", f"datasets.{name}"), action="RAW_REWRITE",
+            subject_rows=True, table=name, expires=spec.timestamp is not None, checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
+            description=f"Landing `{name}` rows of one shard, keyed by `subject_key` (from `{spec.subject}`), minus tombstoned subjects."))
+    c = policy.cohorts
+    if c is not None:
+        nodes.append(Node(
+            "cohort_partials", "cohort_partial", "cohorts", True, (f"raw_{c.dataset}",), ("cohorts",), "COHORT_RECOMPUTE",
+            kinds=("parquet",),
+            description="Per-cohort counts, clipped sums and a membership digest for one shard: invertible, merged in O(S)."))
+    f = policy.features
+    feature_tables = list(dict.fromkeys([f.dataset, *(a.dataset for a in f.aggregates), *(d for fn in f.functions for d in fn.datasets)]))
+    merges: list[Node] = []
+    for model, spec in policy.models.items():
+        sfx = model_suffix(model)
+        reads = ("consent", "features", *(f"models.{model}.{k}" for k in ("label", "task", "positive_class", "classes", "holdout_fraction")))
+        nodes.append(Node(
+            f"training_shards{sfx}", "training_set", "training", True, tuple(f"raw_{t}" for t in feature_tables), reads,
+            "SISA_RETRAIN", subject_rows=True, checks=(TOMBSTONE_CHECK,), kinds=("parquet",), model=model,
+            description=f"Feature rows of one shard's consenting subjects for model `{model}` ({spec.task}, label "
+                        f"`{spec.label}`), sorted by subject_key; a key-derived holdout flag."))
+        nodes.append(Node(
+            f"shard_models{sfx}", "shard_model", "models", True, (f"training_shards{sfx}",),
+            (f"models.{model}.estimator", f"models.{model}.params", "seed"), "SISA_RETRAIN", kinds=("scikitlearn",), model=model,
+            checks=(CheckSpec("matches_independent_retrain",
+                              "The stored shard model equals, bit for bit on a probe set, an independent retrain from the shard's current rows."),),
+            description=f"One SISA constituent of `{model}`: `{spec.estimator}` trained on one shard's rows with a seed "
+                        "from (policy seed, shard)."))
+        merges.append(Node(
+            f"ensemble_model{sfx}", "ensemble", "models", False, (f"shard_models{sfx}", f"training_shards{sfx}"),
+            (f"models.{model}.aggregation", f"models.{model}.quality"), "SISA_RETRAIN", kinds=("scikitlearn",), model=model,
+            checks=(CheckSpec("meets_quality_floor",
+                              f"Holdout {spec.metric} at or above models.{model}.quality.min. Below it the model is kept only as a "
+                              "candidate, the published model is withdrawn (it was built from shard models that changed) and "
+                              "the run fails; in an erasure run the check fails as a warning so the erasure still completes."),),
+            description=f"The SISA aggregate of every shard model of `{model}`, evaluated on the key-derived holdout of every shard."))
+    if policy.text_datasets:
+        nodes.append(Node(
+            "vector_index", "vector_index", "vectors", True, tuple(f"raw_{t}" for t in policy.text_datasets), ("vectors", "embedder"),
+            "VECTOR_DELETE", subject_rows=True, kinds=("qdrant",),
+            checks=(CheckSpec("no_tombstoned_points", "Counting points by tombstoned subject_key in the shard's collection gives 0."),),
+            description="Text chunks of one shard (" + ", ".join(f"{t}.{col}" for t in policy.text_datasets for col in policy.datasets[t].text)
+                        + ") in Qdrant; payload subject_key, dataset, record id; tombstoned subjects deleted by filter."))
+    if c is not None:
+        merges.insert(0, Node(
+            "anonymised_cohorts", "cohort_publish", "cohorts", False, ("cohort_partials",), ("k_min",), "COHORT_RECOMPUTE",
+            kinds=("parquet",),
+            checks=(CheckSpec("k_anonymous", "Every published cell holds at least k_min subjects (true counts, from the partials)."),),
+            description=("The published cohort table: cells with at least k_min subjects, every number with Laplace noise "
+                         "keyed to the cell's membership, so tables published before and after an erasure cannot be differenced.")))
+        if c.label:
+            merges.insert(1, Node(
+                "cohort_model", "cohort_model", "cohorts", False, ("anonymised_cohorts",), ("seed",), "COHORT_RECOMPUTE",
+                kinds=("scikitlearn",),
+                description="A label-rate model trained on the published cohort table only: no individual row ever reaches it."))
+    return Graph((*nodes, *merges))
+
+
+def demo_graph() -> Graph:
+    """The demo's shape: the default declaration's graph."""
+    from erasure_pipeline.policy import Policy
+
+    return graph_for(Policy())

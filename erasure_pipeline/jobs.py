@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from erasure_pipeline import identity, runtime, tags
+from erasure_pipeline.contracts import contracts_for
 from erasure_pipeline.graph import Graph
 from erasure_pipeline.ledger import Claim
 from erasure_pipeline.nodes import Env, NodeResult, NodeRun, compute
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.resources import LakeResource, LandingResource, LedgerResource, PepperResource, VectorStoreResource
+from erasure_pipeline.staleness import expired_partitions
 from erasure_pipeline.storage.lake import content_hash
 from erasure_pipeline.storage.landing import landing_files, read_landing
-
-RETENTION_TABLES = ("events", "tickets")
 
 
 # ---------------------------------------------------------------- what flows between steps
@@ -84,7 +84,7 @@ class RunPlan:
     forced_merges: tuple[str, ...] = ()
     request_ids: tuple[str, ...] = ()
     footprints: dict = field(default_factory=dict)
-    """Erasure: request id -> {node: rows} of the subject when the run claimed it (provenance)."""
+    """Erasure: request id -> {node: {partition: rows}} of the subject when the run claimed it (provenance)."""
     resumed: tuple[str, ...] = ()
 
 
@@ -110,17 +110,12 @@ def claim_erasure(env: Env, instance: dg.DagsterInstance, batch_id: str, request
         return RunPlan("erasure", batch_id, False, claim.holder)
     requests = {r["request_id"]: r for r in book.requests_by_id(claim.request_ids)}
     provenance = book.provenance_for([r["subject_key"] for r in requests.values()])
-    by_key: dict[str, dict[str, int]] = {}
-    for row in provenance:
-        by_key.setdefault(row["subject_key"], {}).setdefault(row["asset"], 0)
-        by_key[row["subject_key"]][row["asset"]] += int(row["rows"])
+    by_key: dict[str, dict[str, dict[str, int]]] = {}
     forced: dict[int, set[str]] = {}
-    footprints = {}
-    for rid, r in requests.items():
-        footprint = by_key.get(r["subject_key"], {})
-        footprints[rid] = footprint
-        if footprint:
-            forced.setdefault(identity.shard_of(r["subject_key"], env.policy.shards), set()).update(footprint)
+    for row in provenance:  # the partitions that hold the subject: their own shard's, and text naming them elsewhere
+        by_key.setdefault(row["subject_key"], {}).setdefault(row["asset"], {})[row["partition"]] = int(row["rows"])
+        forced.setdefault(identity.shard_from_partition(row["partition"]), set()).add(row["asset"])
+    footprints = {rid: by_key.get(r["subject_key"], {}) for rid, r in requests.items()}
     works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure") for s, nodes in sorted(forced.items()))
     return RunPlan("erasure", batch_id, True, run_id, works, (), claim.request_ids, footprints, claim.resumed)
 
@@ -130,7 +125,7 @@ def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: s
     """Take the landing files of an ingest (``cycle``: the new ones; ``full``/``rebuild``: every file)
     and plan each shard: raw nodes that receive rows or hold rows past retention, plus stale nodes."""
     graph, policy, book = env.graph, env.policy, env.ledger
-    present = [f for f in landing_files(env.landing) if files is None or f.name in files]
+    present = [f for f in landing_files(env.landing, contracts_for(policy)) if files is None or f.name in files]
     entries = [(f.name, f.table, content_hash(env.landing.read_bytes(f.name) or b"")) for f in present]
     claim: Claim = book.claim_landing_batch(batch_id, kind, entries, as_of, run_id, is_live=runtime.run_is_live(instance, book),
                                             host=runtime.HOST, pid=os.getpid())
@@ -142,11 +137,8 @@ def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: s
         for f in present:
             for shard in read_landing(env.landing, f, env.keyer)["shard"].unique():
                 forced.setdefault(int(shard), set()).add(raw_of[f.table])
-        cutoff = as_of - dt.timedelta(days=policy.retention_days)
-        for stats in book.partition_stats():
-            node = graph.by_name.get(stats["asset"])
-            if node and node.table in RETENTION_TABLES and stats["oldest"] is not None and stats["oldest"] < cutoff:
-                forced.setdefault(identity.shard_from_partition(stats["partition"]), set()).add(node.name)
+        for shard, names in expired_partitions(book, policy, graph, as_of).items():
+            forced.setdefault(shard, set()).update(names)
     elif kind == "full":  # every shard from every landing file; the rest of each shard wherever it is stale
         for shard in range(policy.shards):
             forced[shard] = set(raw_of.values())

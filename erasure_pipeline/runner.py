@@ -92,7 +92,8 @@ class RunSummary:
 
 
 def _check_detail(metadata: Mapping[str, dg.MetadataValue]) -> str:
-    shown = [(k, v.value) for k, v in metadata.items() if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 80]
+    # sorted: storage may hand metadata back in another order than the run reported it
+    shown = [(k, v.value) for k, v in sorted(metadata.items()) if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 80]
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown)
 
 
@@ -227,19 +228,21 @@ def dagster_anchors(instance: dg.DagsterInstance, certificate_node: str = "erasu
 
 
 def check_training_labels(env: Env) -> None:
-    """Before a full build trains anything: every subjects file is readable under the policy, and the
-    training set (consenting, not tombstoned, not held out) holds both classes of the label."""
+    """Before a full build trains anything: every file of the features' dataset is readable under the
+    declaration, and each model's training set (consenting, not tombstoned, not held out) can teach it
+    something (two classes; a target that varies)."""
     from erasure_pipeline import contracts
-    from erasure_pipeline.ml.features import training_class_counts
-    from erasure_pipeline.ml.labels import require_two_classes
+    from erasure_pipeline.ml.features import model_label, training_labels
+    from erasure_pipeline.ml.labels import require_learnable
     from erasure_pipeline.storage.landing import read_landing_table
 
     policy = env.policy
-    subjects = read_landing_table(env.landing, "subjects", env.keyer,
-                                  check=lambda frame, name: contracts.check_subjects_for_policy(frame, name, policy))
-    if subjects.empty:
+    dataset = policy.features.dataset
+    rows = read_landing_table(env.landing, contracts.contracts_for(policy)[dataset], env.keyer,
+                              check=lambda frame, name: contracts.check_labels(frame, name, policy))
+    if rows.empty:
         return
-    subjects = subjects[~subjects["subject_key"].isin(env.ledger.tombstoned_keys())]
-    counts = training_class_counts(subjects, policy, where="subjects (every landing file)")
-    require_two_classes(counts, column=policy.model.label, where="subjects (every landing file)")
-
+    rows = rows[~rows["subject_key"].isin(env.ledger.tombstoned_keys())]
+    where = f"{dataset} (every landing file)"
+    for name in policy.models:
+        require_learnable(model_label(policy, name), training_labels(rows, policy, name, where=where), where=where)

@@ -9,6 +9,8 @@ reports alongside.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from erasure_pipeline import identity
 from erasure_pipeline.graph import Graph
 from erasure_pipeline.ledger import Ledger
@@ -25,4 +27,15 @@ def stale_partitions(book: Ledger, policy: Policy, graph: Graph) -> dict[str, di
             reason = graph.stale_reason(policy, node.name, p, partitions, records)
             if reason is not None:
                 out.setdefault(node.name, {})[p] = reason
+    return out
+
+
+def expired_partitions(book: Ledger, policy: Policy, graph: Graph, as_of: dt.datetime) -> dict[int, set[str]]:
+    """Shard -> raw nodes holding rows older than ``as_of - retention_days`` (datasets with a timestamp)."""
+    cutoff = as_of - dt.timedelta(days=policy.retention_days)
+    out: dict[int, set[str]] = {}
+    for stats in book.partition_stats():
+        node = graph.by_name.get(stats["asset"])
+        if node and node.expires and stats["oldest"] is not None and stats["oldest"] < cutoff:
+            out.setdefault(identity.shard_from_partition(stats["partition"]), set()).add(node.name)
     return out

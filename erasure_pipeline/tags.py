@@ -22,3 +22,11 @@ CYCLE_JOB = "cycle_job"
 INGEST_JOB = "ingest_job"
 REBUILD_JOB = "rebuild_job"
 JOB_KINDS = {ERASURE_JOB: "erasure", CYCLE_JOB: "cycle", INGEST_JOB: "ingest", REBUILD_JOB: "rebuild"}
+
+
+def erasure_run_tags(batch_id: str, request_ids: list[str]) -> dict[str, str]:
+    """The tags of an erasure run: its batch, the first ``MAX_IDS_IN_TAG`` request ids, its kind."""
+    shown = ",".join(request_ids[:MAX_IDS_IN_TAG])
+    if len(request_ids) > MAX_IDS_IN_TAG:
+        shown += f",+{len(request_ids) - MAX_IDS_IN_TAG} more"
+    return {BATCH: batch_id, REQUESTS: shown, KIND: "erasure"}

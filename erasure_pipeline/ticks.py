@@ -16,12 +16,13 @@ from collections.abc import Callable
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-from erasure_pipeline import identity, runtime, tags
-from erasure_pipeline.erasure.service import request_tags
+from erasure_pipeline import runtime, tags
+from erasure_pipeline.contracts import contracts_for
 from erasure_pipeline.graph import Graph
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.ledger.core import CLAIMABLE
 from erasure_pipeline.policy import Policy
+from erasure_pipeline.staleness import expired_partitions
 from erasure_pipeline.storage.lake import Lake
 from erasure_pipeline.storage.landing import landing_files
 
@@ -73,26 +74,16 @@ def erasure_request(book: Ledger, instance: dg.DagsterInstance, now: dt.datetime
     if not ids:
         return None
     batch = fresh_run_key(instance, "eb-" + hashlib.sha256("|".join(sorted(ids)).encode()).hexdigest()[:16])
-    return dg.RunRequest(run_key=batch, job_name=tags.ERASURE_JOB, tags=request_tags(batch, ids),
+    return dg.RunRequest(run_key=batch, job_name=tags.ERASURE_JOB, tags=tags.erasure_run_tags(batch, ids),
                          run_config={"ops": {"claim_requests": {"config": {"batch_id": batch, "request_ids": ids}}}})
-
-
-def retention_shards(book: Ledger, graph: Graph, policy: Policy, as_of: dt.datetime) -> set[int]:
-    cutoff = as_of - dt.timedelta(days=policy.retention_days)
-    out = set()
-    for stats in book.partition_stats():
-        node = graph.by_name.get(stats["asset"])
-        if node and node.table in ("events", "tickets") and stats["oldest"] is not None and stats["oldest"] < cutoff:
-            out.add(identity.shard_from_partition(stats["partition"]))
-    return out
 
 
 def cycle_request(book: Ledger, instance: dg.DagsterInstance, landing: Lake, graph: Graph, policy: Policy,
                   as_of: dt.datetime) -> dg.RunRequest | None:
     """New landing files (not taken by a finished batch or a live run) and rows past retention: one cycle run."""
     taken = book.landing_files_taken(runtime.run_is_live(instance, book))
-    new = sorted(f.name for f in landing_files(landing) if f.name not in taken)
-    if not new and not retention_shards(book, graph, policy, as_of):
+    new = sorted(f.name for f in landing_files(landing, contracts_for(policy)) if f.name not in taken)
+    if not new and not expired_partitions(book, policy, graph, as_of):
         return None
     seed = "\n".join(new) if new else f"retention:{as_of.date().isoformat()}"
     batch = fresh_run_key(instance, "lb-" + hashlib.sha256(seed.encode()).hexdigest()[:16])

@@ -12,6 +12,7 @@ certificate says so under residual risk.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,14 @@ def candidates(text: str) -> list[tuple[int, int, str]]:
         token = m.group(0).rstrip(_TRAILING)
         out.append((m.start(), m.start() + len(token), token))
     return out
+
+
+def mentioned_keys(frame: pd.DataFrame | None, columns: Sequence[str], keyer: Keyer) -> Counter:
+    """Keys (under ``keyer``'s rule) of every e-mail-like token in the text ``columns`` of ``frame``, counted."""
+    if frame is None or frame.empty:
+        return Counter()
+    tokens = [tok for col in columns if col in frame for text in frame[col].astype(str) for _s, _e, tok in candidates(text)]
+    return Counter(keyer.keys(tokens)) if tokens else Counter()
 
 
 @dataclass(frozen=True)
@@ -66,16 +75,16 @@ class Tombstones:
                 hit |= np.isin(np.asarray(self.keyer.under(rule.split(",") if rule else ()).keys(ids), dtype=object), list(keys))
         return hit
 
-    def keys_in(self, frames: Iterable[pd.DataFrame | None]) -> set[str]:
-        """The current keys of every subject in ``frames`` (with ``subject_id`` and ``subject_key``) that a
-        tombstone covers, under whichever rule it was filed."""
+    def keys_in(self, frames: Iterable[pd.DataFrame | None], subject_column: str = "subject_id") -> set[str]:
+        """The current keys of every subject in ``frames`` (with the subject id column and ``subject_key``)
+        that a tombstone covers, under whichever rule it was filed."""
         out: set[str] = set()
         for df in frames:
             if df is None or df.empty:
                 continue
             out.update(df.loc[df["subject_key"].isin(self.current), "subject_key"])
-            if self.legacy and "subject_id" in df:
-                ids = df["subject_id"].astype(str).tolist()
+            if self.legacy and subject_column in df:
+                ids = df[subject_column].astype(str).tolist()
                 out.update(df.loc[self._keys(ids) & ~df["subject_key"].isin(self.current).to_numpy(), "subject_key"])
         return out
 

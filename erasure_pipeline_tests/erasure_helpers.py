@@ -8,7 +8,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from erasure_pipeline import settings
+from erasure_pipeline.contracts import contracts_for
 from erasure_pipeline.identity import Keyer
+from erasure_pipeline.policy import Policy
 from erasure_pipeline.storage.landing import read_landing_table
 from erasure_pipeline_tests.conftest import PEPPER
 
@@ -16,7 +18,8 @@ from erasure_pipeline_tests.conftest import PEPPER
 def landing_frames(n_shards: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     landing = settings.landing()
     keyer = Keyer(PEPPER.encode(), n_shards)
-    return read_landing_table(landing, "subjects", keyer), read_landing_table(landing, "tickets", keyer)
+    tables = contracts_for(Policy())
+    return read_landing_table(landing, tables["subjects"], keyer), read_landing_table(landing, tables["tickets"], keyer)
 
 
 def pick_subjects(n_shards: int, with_tickets: int, without_tickets: int = 0, consented: bool | None = None) -> list[tuple[str, int]]:

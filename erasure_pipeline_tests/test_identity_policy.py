@@ -51,8 +51,20 @@ def test_policy_defaults_and_errors_name_the_field(tmp_path):
     assert Policy().shards == 16 and Policy().k_min == 10
     with pytest.raises(PolicyError, match=r"field 'k_min'"):
         parse_policy({"k_min": 1})
-    with pytest.raises(PolicyError, match=r"field 'model.estimator'"):
-        parse_policy({"model": {"estimator": "deep_net"}})
+    from erasure_pipeline.imports import check_declared
+
+    with pytest.raises(PolicyError, match=r"field 'models.model.estimator': 'deep_net' is not an import path"):
+        check_declared(parse_policy({"model": {"estimator": "deep_net"}}))
+    with pytest.raises(PolicyError, match=r"field 'models.model.estimator': cannot import module 'no_such_pkg'"):
+        check_declared(parse_policy({"model": {"estimator": "no_such_pkg:Model"}}))
+    with pytest.raises(PolicyError, match=r"field 'models.model.estimator': ridge is a regressor; a binary model needs a classifier"):
+        check_declared(parse_policy({"model": {"estimator": "ridge"}}))
+    with pytest.raises(PolicyError, match=r"field 'models.model.params': .* does not take these params"):
+        check_declared(parse_policy({"model": {"estimator": "sklearn.svm.LinearSVC", "params": {"depth": 3}}}))
+    with pytest.raises(PolicyError, match=r"field 'features.aggregates.0.dataset': no dataset 'orders' is declared"):
+        parse_policy({"features": {"aggregates": [{"name": "n_orders", "dataset": "orders", "agg": "count"}]}})
+    with pytest.raises(PolicyError, match=r"field 'models.m.quality.min'|field 'models.m': .*quality.metric 'rmse'"):
+        parse_policy({"models": {"m": {"label": "y", "task": "regression", "quality": {"metric": "rmse"}}}})
     with pytest.raises(PolicyError, match=r"field 'shardz'"):
         parse_policy({"shardz": 4})
     path = tmp_path / "policy.yaml"

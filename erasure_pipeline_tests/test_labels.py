@@ -116,7 +116,7 @@ def test_yes_no_label_on_a_subjects_only_table_trains_a_useful_model(customer_ho
     assert out.exit_code == 0, out.output
     with dg.DagsterInstance.get() as inst:
         ens = inst.get_latest_materialization_event(dg.AssetKey("ensemble_model")).asset_materialization.metadata
-        assert ens["holdout_auc"].value > 0.7 and ens["published"].value == "yes"
+        assert ens["holdout_roc_auc"].value > 0.7 and ens["published"].value == "yes"
         assert ens["holdout_class_0"].value > 0 and ens["holdout_class_1"].value > 0
         shard = next(r.event_log_entry.asset_materialization.metadata for r in inst.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("training_shards"), asset_partitions=["shard_00"]), limit=1).records)
@@ -134,7 +134,7 @@ def test_one_class_label_is_one_clear_line_before_anything_is_trained(customer_h
     errors = [line for line in out.output.splitlines() if line.startswith("error:")]
     assert errors == [(
         "error: subjects (every landing file), column 'Churn': the training set holds one class (class 0: 630 rows); "
-        "a model cannot learn from it. Check the label column and model.positive_class"
+        "a model cannot learn from it. Check the label column and models.model.positive_class"
     )]
     assert "Traceback" not in out.output
     assert not (customer_home / "lake").exists()  # nothing was trained or written
@@ -155,8 +155,8 @@ def test_policy_column_missing_from_the_data_is_one_line(customer_home):
     _land(customer_home, customers().drop(columns=["tenure"]))
     out = _cli("materialize")
     assert out.exit_code == 1
-    assert out.output.strip().splitlines()[-1] == ("error: subjects/customers.csv, column 'tenure': column named by policy "
-                                  "model.numeric_features is missing")
+    assert out.output.strip().splitlines()[-1] == ("error: subjects/customers.csv, column 'tenure': column named by "
+                                                   "features.numeric is missing")
 
 
 def test_missed_quality_floor_fails_the_command_names_the_check_and_publishes_nothing(customer_home):

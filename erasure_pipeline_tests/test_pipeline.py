@@ -7,7 +7,7 @@ import pandas as pd
 from erasure_pipeline import identity, settings
 from erasure_pipeline.graph import demo_graph
 from erasure_pipeline.ml import features as ft
-from erasure_pipeline.ml.shard_training import constituent_proba, probe_set, train_shard_model
+from erasure_pipeline.ml.shard_training import constituent_output, probe_set, train_shard_model
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import materialize_assets
@@ -36,7 +36,7 @@ def test_demo_materialises_every_partition_with_metadata(demo_home):
     meta = _latest(inst, "raw_subjects", "shard_01").asset_materialization.metadata
     assert {"rows", "subjects", "content_hash"} <= set(meta)
     ens = inst.get_latest_materialization_event(dg.AssetKey("ensemble_model")).asset_materialization.metadata
-    assert ens["holdout_auc"].value > 0.6 and "| holdout_auc |" in ens["metrics"].value
+    assert ens["holdout_roc_auc"].value > 0.6 and "| holdout_roc_auc |" in ens["metrics"].value
     checks = inst.event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(dg.AssetKey("anonymised_cohorts"), "k_anonymous"), limit=1)
     assert checks[0].status.value == "SUCCEEDED"
@@ -65,9 +65,9 @@ def test_erasing_one_subject_retrains_its_shard_exactly_and_changes_no_other_sha
     remaining = lk.require_table(store, "training_shards", "shard_02")
     assert victim not in set(remaining[ft.KEY]) and len(remaining) == len(rows) - 1
     stored = lk.loads_model(store.read_bytes(lk.model_name("shard_models", "shard_02")))["model"]
-    fresh, _ = train_shard_model(policy, remaining, 2)
+    fresh, _ = train_shard_model(policy, "model", remaining, 2)
     probe = probe_set(policy, remaining, 2)
-    np.testing.assert_array_equal(constituent_proba(stored, probe), constituent_proba(fresh, probe))
+    np.testing.assert_array_equal(constituent_output(stored, probe, 2), constituent_output(fresh, probe, 2))
     after = {(a, p): _latest(inst, a, p).asset_materialization.metadata["content_hash"].value
              for a in SHARD_ASSETS for p in identity.partition_keys(policy.shards)}
     changed = {k for k in before if before[k] != after[k]}
@@ -104,7 +104,7 @@ def test_landing_contract_error_surfaces_in_the_cli(demo_home):
 
     from erasure_pipeline.cli import main
 
-    settings.landing().write_bytes("events/bad.csv", b"event_id,subject_id,ts\ne-x,,2026-01-01\n")
+    settings.landing().write_bytes("events/bad.csv", b"event_id,subject_id,ts,event_type\ne-x,,2026-01-01,web_visit\n")
     out = CliRunner().invoke(main, ["materialize"])
     assert out.exit_code == 1 and (out.exception is None or isinstance(out.exception, SystemExit))
     assert "Traceback" not in out.output

@@ -52,7 +52,7 @@ def test_policy_diff_lists_exactly_the_assets_a_change_makes_stale(demo_home, tm
 def test_field_differences_names_dotted_fields():
     a = Policy()
     b = Policy.model_validate({"k_min": 25, "model": {"estimator": "sgd"}})
-    assert field_differences(a, b) == [("k_min", 10, 25), ("model.estimator", "logistic_regression", "sgd")]
+    assert field_differences(a, b) == [("k_min", 10, 25), ("models.model.estimator", "logistic_regression", "sgd")]
 
 
 def test_backfill_stale_is_one_run_of_exactly_the_stale_partitions(demo_home):

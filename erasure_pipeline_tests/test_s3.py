@@ -64,7 +64,7 @@ def test_s3_lake_versions_purge_and_names(s3_bucket):
 
 
 def test_landing_contract_errors_name_the_s3_object(s3_bucket):
-    from erasure_pipeline.contracts import LandingContractError
+    from erasure_pipeline.contracts import LandingContractError, TableContract
     from erasure_pipeline.identity import Keyer
     from erasure_pipeline.storage.landing import read_landing_table
 
@@ -72,7 +72,7 @@ def test_landing_contract_errors_name_the_s3_object(s3_bucket):
     landing = settings.lake_at(f"s3://{bucket}/landing")
     landing.write_bytes("subjects.csv", b"subject_id,consent_training\nu1,true\n,false\n")
     with pytest.raises(LandingContractError) as err:
-        read_landing_table(landing, "subjects", Keyer(b"pepper", 4))
+        read_landing_table(landing, TableContract("subjects", "subject_id"), Keyer(b"pepper", 4))
     assert "subjects.csv" in str(err.value) and "subject_id" in str(err.value) and "row 2" in str(err.value)
 
 

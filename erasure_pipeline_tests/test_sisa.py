@@ -8,7 +8,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from erasure_pipeline.ml.sisa import SISAClassifier, group_keys
+from erasure_pipeline.ml.sisa import SISAClassifier, SISARegressor, group_keys
 
 ESTIMATORS = {
     "logreg": lambda: LogisticRegression(max_iter=500),
@@ -18,7 +18,8 @@ ESTIMATORS = {
 }
 
 
-@parametrize_with_checks([SISAClassifier(), SISAClassifier(n_shards=2, aggregation="vote", random_state=0)])
+@parametrize_with_checks([SISAClassifier(), SISAClassifier(n_shards=2, aggregation="vote", random_state=0),
+                          SISARegressor(), SISARegressor(n_shards=2, random_state=0)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -107,3 +108,22 @@ def test_pickled_model_keeps_no_training_rows():
     clone = pickle.loads(pickle.dumps(model))
     assert not hasattr(clone, "_data_")
     np.testing.assert_array_equal(clone.predict_proba(X), model.predict_proba(X))
+
+
+@pytest.mark.parametrize("estimator", [None, "ridge", "sgd"])
+def test_regressor_unlearn_equals_fresh_fit_without_the_groups(estimator):
+    from sklearn.linear_model import Ridge, SGDRegressor
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + rng.normal(scale=0.1, size=300)
+    groups = rng.integers(0, 60, 300)
+    base = {None: None, "ridge": Ridge(), "sgd": SGDRegressor(max_iter=20, tol=None)}[estimator]
+    n_slices = 3 if estimator == "sgd" else 1
+    model = SISARegressor(base, n_shards=3, n_slices=n_slices, random_state=7).fit(X, y, groups)
+    forget = [4, 17, 33]
+    refit = model.unlearn(forget)
+    keep = ~np.isin(groups, forget)
+    fresh = SISARegressor(base, n_shards=3, n_slices=n_slices, random_state=7).fit(X[keep], y[keep], groups[keep])
+    assert 0 < len(refit) <= 3
+    np.testing.assert_array_equal(model.predict(X), fresh.predict(X))

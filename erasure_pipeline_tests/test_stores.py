@@ -4,13 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from erasure_pipeline.contracts import contracts_for
 from erasure_pipeline.graph import demo_graph
 from erasure_pipeline.identity import Keyer
+from erasure_pipeline.policy import Policy
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
 from erasure_pipeline.storage.vectors import VectorStore
 from erasure_pipeline.tombstones import Tombstones
 from erasure_pipeline.vectors.embed import chunk_text, embed, point_id
+
+TICKETS = contracts_for(Policy())["tickets"]
 
 
 def test_local_lake_is_atomic_and_refuses_path_tricks(tmp_path):
@@ -30,10 +34,10 @@ def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):
     landing.write_bytes("tickets/t.csv", b"ticket_id,subject_id,created_at,text\nt1,a@x,2026-01-01,hi a@x\nt2,b@x,2026-01-01,hi b@x\n")
     pepper = b"p"
     keyer = Keyer(pepper, 4)
-    assert scrub_landing(landing, "tickets", Tombstones(keyer, frozenset({keyer.key("a@x")}))) == ["tickets/t.csv"]
+    assert scrub_landing(landing, TICKETS, Tombstones(keyer, frozenset({keyer.key("a@x")}))) == ["tickets/t.csv"]
     text = landing.read_bytes("tickets/t.csv").decode()
     assert "a@x" not in text and "b@x" in text
-    assert read_landing_table(landing, "tickets", keyer)["ticket_id"].tolist() == ["t2"]
+    assert read_landing_table(landing, TICKETS, keyer)["ticket_id"].tolist() == ["t2"]
 
 
 def test_chunking_and_embedding_are_deterministic():
@@ -79,8 +83,10 @@ def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_versio
     assert graph.descendants(["raw_tickets"]) == {"vector_index"}
     assert graph.descendants(["raw_events"]) == {"training_shards", "shard_models", "ensemble_model"}
     # a node's code version reads its own fields and its ancestors'
-    assert graph.policy_fields("cohort_model") == ("cohorts", "identity", "k_min", "seed", "shards")
-    assert set(graph.policy_fields("ensemble_model")) >= {"model.estimator", "model.label", "consent", "shards"}
+    assert graph.policy_fields("cohort_model") == ("cohorts", "datasets.subjects", "identity", "k_min", "seed", "shards")
+    assert set(graph.policy_fields("ensemble_model")) >= {"models.model.estimator", "models.model.label", "consent", "features",
+                                                         "datasets.events", "shards"}
+    assert "datasets.tickets" not in graph.policy_fields("ensemble_model")
     names = graph.names
     for node in graph.nodes:
         assert all(names.index(p) < names.index(node.name) for p in node.parents)
@@ -98,8 +104,25 @@ def test_certificate_marks_affected_only_what_held_the_subject_or_changed_below_
     outcomes = {("raw_subjects", "shard_01"): changed(), ("raw_events", "shard_01"): changed(),
                 ("cohort_partials", "shard_01"): changed(), ("training_shards", "shard_01"): same,
                 ("anonymised_cohorts", None): changed(), ("cohort_model", None): changed()}
-    footprint = {"raw_subjects": 1, "raw_events": 12}
+    footprint = {"raw_subjects": {"shard_01": 1}, "raw_events": {"shard_01": 12}}
     assert affected_nodes(env, footprint, outcomes, "shard_01") == {
         "raw_subjects", "raw_events", "cohort_partials", "anonymised_cohorts", "cohort_model"}
     # another subject's change in the same run is not this subject's: nothing held it
     assert affected_nodes(env, {}, outcomes, "shard_01") == set()
+
+
+@pytest.mark.parametrize("name", ["logistic_regression", "random_forest", "hist_gradient_boosting", "ridge",
+                                  "random_forest_regressor", "sklearn.svm.LinearSVC"])
+def test_model_fingerprint_survives_a_pickle_round_trip_for_every_estimator(name):
+    """A model's data version is its state, not its pickle bytes or any memory address (tree objects included)."""
+    from erasure_pipeline.ml.estimators import build_estimator
+    from erasure_pipeline.policy import ModelSpec
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    task = "regression" if name in ("ridge", "random_forest_regressor") else "binary"
+    y = X[:, 0] + rng.normal(size=120) if task == "regression" else (X[:, 0] > 0).astype(int)
+    model = build_estimator(ModelSpec(task=task, estimator=name, params={"random_state": 0} if "forest" in name else {}))
+    model.fit(X, y)
+    saved = {"model": model, "features": ["a", "b", "c"]}
+    assert lk.model_fingerprint(saved) == lk.model_fingerprint(lk.loads_model(lk.dumps_model(saved)))

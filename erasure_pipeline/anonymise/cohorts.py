@@ -31,12 +31,12 @@ LABEL = "label_count"
 DIGEST = "member_digest"
 
 
-def generalise(df: pd.DataFrame, quasi_identifiers: Sequence[str], bands: dict[str, int]) -> pd.DataFrame:
+def generalise(df: pd.DataFrame, quasi_identifiers: Sequence[str], bands: dict[str, int], where: str = "the cohorts' dataset") -> pd.DataFrame:
     """The quasi-identifier columns, with numeric ones floored to bands (e.g. age 37 -> 30)."""
     out = pd.DataFrame(index=df.index)
     for col in quasi_identifiers:
         if col not in df.columns:
-            raise KeyError(f"quasi-identifier column '{col}' is not in raw_subjects")
+            raise KeyError(f"quasi-identifier column '{col}' is not in {where}")
         values = df[col]
         if col in bands:
             width = bands[col]
@@ -73,6 +73,7 @@ def compute_partial(
     clip: float,
     *,
     positive_class: str | None = None,
+    where: str = "the cohorts' dataset",
 ) -> pd.DataFrame:
     """One shard's partial: per cell, count, clipped measure sums, label count, member digest.
 
@@ -83,10 +84,10 @@ def compute_partial(
         return pd.DataFrame({c: pd.Series(dtype="float64" if c.startswith("sum_") else "int64") for c in columns}).astype(
             {CELL: str, DIGEST: str}
         )
-    frame = pd.DataFrame({CELL: cell_keys(generalise(subjects, quasi_identifiers, bands))})
+    frame = pd.DataFrame({CELL: cell_keys(generalise(subjects, quasi_identifiers, bands, where))})
     for m in measures:
         frame[f"sum_{m}"] = pd.to_numeric(subjects[m], errors="coerce").fillna(0.0).clip(0.0, clip)
-    frame[LABEL] = BinaryLabel(label, positive_class).encode(subjects[label], where="raw_subjects")[0] if label else 0
+    frame[LABEL] = BinaryLabel(label, positive_class, "cohorts").encode(subjects[label], where=where)[0] if label else 0
     frame["_h"] = [_member_hash(k) for k in subjects["subject_key"]]
     grouped = frame.groupby(CELL, sort=True)
     out = grouped.agg(**{COUNT: ("_h", "size")}, **{f"sum_{m}": (f"sum_{m}", "sum") for m in measures}, **{LABEL: (LABEL, "sum")})

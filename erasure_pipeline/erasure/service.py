@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from erasure_pipeline import home, identity, settings, tags
+from erasure_pipeline import home, identity, settings
 from erasure_pipeline.erasure.certificate import build_certificate, to_markdown
 from erasure_pipeline.erasure.verify import verify_subject
 from erasure_pipeline.graph import graph_for
@@ -51,61 +51,67 @@ def erase_many(subject_ids: Iterable[str], reason: str | None = None, *, policy:
                               rule=identity.rule_name(keyer.rule))
 
 
-def request_tags(batch_id: str, request_ids: list[str]) -> dict[str, str]:
-    shown = ",".join(request_ids[: tags.MAX_IDS_IN_TAG])
-    if len(request_ids) > tags.MAX_IDS_IN_TAG:
-        shown += f",+{len(request_ids) - tags.MAX_IDS_IN_TAG} more"
-    return {tags.BATCH: batch_id, tags.REQUESTS: shown, tags.KIND: "erasure"}
-
-
 class ErasureNotProven(RuntimeError):
     def __init__(self, request_id: str, failed_claims: list[str]):
         self.request_id, self.failed_claims = request_id, failed_claims
         super().__init__(f"erasure of {request_id} not proven: " + "; ".join(failed_claims))
 
 
-def affected_nodes(env: Env, footprint: Mapping[str, int], outcomes: Mapping[tuple[str, str | None], object], part: str) -> set[str]:
-    """Nodes that held the subject (provenance) or changed in this run below one that did."""
+Footprint = Mapping[str, Mapping[str, int]]
+"""Node -> partition -> rows of one subject there (provenance when the run claimed it)."""
+
+
+def affected_nodes(env: Env, footprint: Footprint, outcomes: Mapping[tuple[str, str | None], object], part: str) -> set[str]:
+    """Nodes that held the subject in partition ``part`` (provenance) or changed in this run below one that did."""
     affected: set[str] = set()
     for node in env.graph.nodes:
         o = outcomes.get((node.name, part if node.partitioned else None))
-        if node.name in footprint or (o is not None and o.changed and affected.intersection(node.parents)):
+        held = part in footprint.get(node.name, {}) if node.partitioned else node.name in footprint
+        if held or (o is not None and o.changed and affected.intersection(node.parents)):
             affected.add(node.name)
     return affected
 
 
-def certify(env: Env, request: Mapping, footprint: Mapping[str, int], outcomes: Mapping[tuple[str, str | None], object], *,
+def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Mapping[tuple[str, str | None], object], *,
             run_id: str | None, batch_id: str | None, cache: dict | None = None) -> dict:
     """Verify the subject is gone everywhere, then record actions and issue the certificate.
 
+    Every node is listed for the subject's own shard (with NO_DATA where it held nothing); another
+    shard is listed where it held the subject (their e-mail in someone's text) and below that.
     Raises ``ErasureNotProven`` (naming request id and claims only) if any claim fails.
     """
-    part = identity.partition_key(identity.shard_of(request["subject_key"], env.policy.shards))
+    own = identity.partition_key(identity.shard_of(request["subject_key"], env.policy.shards))
     findings = [f.as_dict() for f in verify_subject(request["subject_key"], env, cache)]
     failed = [f for f in findings if not f["ok"]]
     if failed:
         raise ErasureNotProven(request["request_id"], [f"{f['claim']} ({f['target']}: {f['detail']})" for f in failed])
-    affected = affected_nodes(env, footprint, outcomes, part)
+    elsewhere = sorted({p for parts in footprint.values() for p in parts if p != own})
+    affected = {p: affected_nodes(env, footprint, outcomes, p) for p in [own, *elsewhere]}
     actions = []
     scrubbed = 0
     for node in env.graph.nodes:
-        partition = part if node.partitioned else None
-        o = outcomes.get((node.name, partition))
-        details = o.details if o is not None else {}
-        scrubbed += int(details.get("landing_files_scrubbed", 0) or 0)
-        detail = []
-        if node.name in footprint:
-            detail.append(f"{footprint[node.name]} {'points' if node.kind == 'vector_index' else 'rows'}")
-        if details.get("noncurrent_versions_purged"):
-            detail.append(f"{details['noncurrent_versions_purged']} old object versions purged")
-        if details.get("points_deleted_by_subject_filter"):
-            detail.append(f"{details['points_deleted_by_subject_filter']} points deleted by subject_key filter (batch); store compacted")
-        present = node.name in affected
-        actions.append({
-            "asset": node.name, "partition": partition, "action": node.action if present else "NO_DATA", "data_present": present,
-            "before_hash": o.before if o is not None else None, "after_hash": o.after if o is not None else None,
-            "detail": "; ".join(detail), "run_id": run_id,
-        })
+        for partition in ([own, *elsewhere] if node.partitioned else [None]):
+            present = node.name in (affected[partition] if partition else set().union(*affected.values()))
+            if partition not in (own, None) and not present:
+                continue
+            o = outcomes.get((node.name, partition))
+            details = o.details if o is not None else {}
+            scrubbed += int(details.get("landing_files_scrubbed", 0) or 0)
+            detail = []
+            held = footprint.get(node.name, {})
+            rows = held.get(partition, 0) if partition else sum(held.values())
+            if rows:
+                unit = "points" if node.kind == "vector_index" else "rows" if partition in (own, None) else "mentions in text"
+                detail.append(f"{rows} {unit}")
+            if details.get("noncurrent_versions_purged"):
+                detail.append(f"{details['noncurrent_versions_purged']} old object versions purged")
+            if details.get("points_deleted_by_subject_filter"):
+                detail.append(f"{details['points_deleted_by_subject_filter']} points deleted by subject_key filter (batch); store compacted")
+            actions.append({
+                "asset": node.name, "partition": partition, "action": node.action if present else "NO_DATA", "data_present": present,
+                "before_hash": o.before if o is not None else None, "after_hash": o.after if o is not None else None,
+                "detail": "; ".join(detail), "run_id": run_id,
+            })
     if scrubbed and any(n.table is not None and n.name in footprint for n in env.graph.nodes):
         actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True, "before_hash": None,
                         "after_hash": None, "detail": f"{scrubbed} landing files rewritten without tombstoned subjects", "run_id": run_id})

@@ -22,7 +22,7 @@ from erasure_pipeline.nodes import PICKLED, Env, current_inputs, object_name
 from erasure_pipeline.signing import key_id, verify_document
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import landing_files, read_landing
-from erasure_pipeline.tombstones import candidates
+from erasure_pipeline.tombstones import mentioned_keys
 
 MERGE_INPUTS_CLAIM = "published merge was built from the current shard partitions"
 
@@ -60,7 +60,7 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
         out.append(Finding("no rows of the subject", f"{node.name}[{part}]", present == 0, f"{present} rows"))
     out += _old_versions(env, subject_key, part, tables)
     in_landing = 0
-    for f in landing_files(env.landing):
+    for f in landing_files(env.landing, contracts.contracts_for(policy)):
         in_landing += int((read_landing(env.landing, f, env.keyer)["subject_key"] == subject_key).sum())
     out.append(Finding("no rows of the subject in landing files", "landing", in_landing == 0, f"{in_landing} rows"))
     rule = env.ledger.tombstone_rule(subject_key)
@@ -77,11 +77,11 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
                                points == 0, f"{points} points"))
         elif node.kind == "shard_model":
             if (node.name, shard) not in cache:
-                cache[(node.name, shard)] = _model_claim(env, node.name, shard, part)
+                cache[(node.name, shard)] = _model_claim(env, node, shard, part)
             out.append(cache[(node.name, shard)])
         elif node.kind == "cohort_publish":
             if node.name not in cache:
-                cache[node.name] = _cohort_claim(env, node.name)
+                cache[node.name] = _cohort_claim(env, node)
             out.append(cache[node.name])
     if "merges" not in cache:
         cache["merges"] = merge_input_claims(env) + recorded_version_claims(env, None)
@@ -96,18 +96,17 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
 def _mention_counts(env: Env, rule: tuple[str, ...]) -> Counter:
     """Keys (under ``rule``) of every e-mail-like token in every text column of the lake and of landing."""
     keyer = env.keyer.under(rule)
-    tokens = []
+    tables = contracts.contracts_for(env.policy)
+    counts: Counter = Counter()
     for node in env.graph.raw_nodes:
-        texts = contracts.CONTRACTS[node.table].texts
+        texts = tables[node.table].texts
         if not texts:
             continue
         frames = [lk.read_table(env.lake, node.name, p) for p in identity.partition_keys(env.policy.shards)]
-        frames += [read_landing(env.landing, f, env.keyer) for f in landing_files(env.landing, node.table)]
+        frames += [read_landing(env.landing, f, env.keyer) for f in landing_files(env.landing, tables, node.table)]
         for df in frames:
-            for col in texts:
-                if df is not None and col in df:
-                    tokens += [tok for text in df[col].astype(str) for _s, _e, tok in candidates(text)]
-    return Counter(keyer.keys(tokens)) if tokens else Counter()
+            counts.update(mentioned_keys(df, texts, keyer))
+    return counts
 
 
 def _old_versions(env: Env, subject_key: str, part: str, tables) -> list[Finding]:
@@ -137,19 +136,21 @@ def _old_versions(env: Env, subject_key: str, part: str, tables) -> list[Finding
     return out
 
 
-def _model_claim(env: Env, name: str, shard: int, part: str) -> Finding:
+def _model_claim(env: Env, node, shard: int, part: str) -> Finding:
     claim = "shard model equals an independent retrain without the subject"
-    rows = lk.read_table(env.lake, "training_shards", part)
+    name = node.name
+    rows = lk.read_table(env.lake, node.parents[0], part)
     blob = env.lake.read_bytes(lk.model_name(name, part))
     if rows is None or blob is None:
         return Finding(claim, f"{name}[{part}]", False, "not materialised")
-    equal, diff, probes = matches_retrain(env.policy, lk.loads_model(blob)["model"], rows, shard)
-    return Finding(claim, f"{name}[{part}]", equal, f"max |Δp| = {diff:.3g} over {probes} probe rows")
+    equal, diff, probes = matches_retrain(env.policy, node.model, lk.loads_model(blob)["model"], rows, shard)
+    return Finding(claim, f"{name}[{part}]", equal, f"max |Δ| = {diff:.3g} over {probes} probe rows")
 
 
-def _cohort_claim(env: Env, name: str) -> Finding:
+def _cohort_claim(env: Env, node) -> Finding:
+    name = node.name
     published = lk.read_table(env.lake, name, "all")
-    parts = [lk.read_table(env.lake, "cohort_partials", p) for p in identity.partition_keys(env.policy.shards)]
+    parts = [lk.read_table(env.lake, node.parents[0], p) for p in identity.partition_keys(env.policy.shards)]
     if published is None or any(p is None for p in parts):
         return Finding("published cohorts are k-anonymous", name, False, "not materialised")
     bad = cm.k_anonymity_violations(published, cm.merge_partials(parts), env.policy.k_min)

@@ -2,8 +2,8 @@
 
 The attack (stated, so results can be compared): **loss-threshold membership inference**
 (Yeom et al., "Privacy Risk in Machine Learning", CSF 2018), black-box. The attacker scores
-each row by the model's log-probability of its true label, ``log p(y | x)``; training members
-tend to score higher. Sweeping the threshold over those scores gives the attack's ROC curve
+each row by the model's log-probability of its true label, ``log p(y | x)`` (a regression: minus
+its squared error); training members tend to score higher. Sweeping the threshold over those scores gives the attack's ROC curve
 between *targets* (the subjects under audit) and *references* (subjects the model never saw:
 the key-derived holdout). Reported: ROC-AUC (0.5 = indistinguishable) and TPR at 0.1 % and 1 %
 FPR (Carlini et al., "Membership Inference Attacks From First Principles", S&P 2022, argue for
@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-ATTACK = "loss-threshold membership inference (Yeom et al. 2018): score = log p(true label | x), per subject mean"
+ATTACK = ("loss-threshold membership inference (Yeom et al. 2018): score = log p(true label | x) "
+          "(regression: -squared error), per subject mean")
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,16 @@ class AuditResult:
 
 
 def membership_scores(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-    """``log p(y | x)`` per row, or per group (mean over its rows) when ``groups`` is given."""
-    proba = model.predict_proba(X)
-    classes = list(model.classes_)
-    idx = np.array([classes.index(v) if v in classes else -1 for v in y])
-    p = np.where(idx >= 0, proba[np.arange(len(y)), np.clip(idx, 0, None)], 0.0)
-    scores = np.log(np.clip(p, 1e-12, 1.0))
+    """``log p(y | x)`` (a regressor: ``-(y - f(x))²``) per row, or per group (mean over its rows) when
+    ``groups`` is given."""
+    if not hasattr(model, "predict_proba"):
+        scores = -np.square(np.asarray(y, dtype="float64") - model.predict(X))
+    else:
+        proba = model.predict_proba(X)
+        classes = list(model.classes_)
+        idx = np.array([classes.index(v) if v in classes else -1 for v in y])
+        p = np.where(idx >= 0, proba[np.arange(len(y)), np.clip(idx, 0, None)], 0.0)
+        scores = np.log(np.clip(p, 1e-12, 1.0))
     if groups is None:
         return scores
     return pd.Series(scores).groupby(np.asarray(groups), sort=True).mean().to_numpy()

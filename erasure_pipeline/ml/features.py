@@ -1,23 +1,35 @@
-"""Training rows for one shard, built from that shard's raw rows only.
+"""Training rows for one shard and one declared model, built from that shard's raw rows only.
 
-Everything here is shard-local and stateless (categoricals are one-hot encoded into hashed
-buckets, not a vocabulary learnt across shards), so a shard's training set, and hence its
-model, depends on nothing outside the shard. Rows are sorted by ``subject_key``.
+The features a declaration names (``policy.FeaturesPolicy``): columns of the features' dataset
+(numbers as they are, categories one-hot encoded into hashed buckets, so no vocabulary is learnt
+across shards), per-subject aggregates of other datasets (count, sum, mean, last; optionally of
+rows whose column has a value), and columns a named function computes from the shard's rows.
+
+Everything here is shard-local and stateless, so a shard's training set, and hence its model,
+depends on nothing outside the shard. Rows are sorted by ``subject_key`` (then the dataset's id).
+No Dagster import.
 """
 
 from __future__ import annotations
 
 import hashlib
+import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline.ml.labels import BinaryLabel
-from erasure_pipeline.policy import Policy
+from erasure_pipeline.errors import PipelineError
+from erasure_pipeline.ml.labels import Label, label_encoder
+from erasure_pipeline.policy import Aggregate, FunctionFeature, Policy
 
 CATEGORY_BUCKETS = 8
 KEY, LABEL, HOLDOUT = "subject_key", "label", "holdout"
+
+
+class FeatureError(PipelineError):
+    """A feature the declaration names cannot be computed from the rows; the message names no value."""
 
 
 def _bucket(column: str, value: str) -> int:
@@ -25,10 +37,12 @@ def _bucket(column: str, value: str) -> int:
 
 
 def feature_names(policy: Policy) -> list[str]:
-    m = policy.model
-    names = [f"num_{c}" for c in m.numeric_features]
-    names += [f"cat_{c}_{b}" for c in m.categorical_features for b in range(CATEGORY_BUCKETS)]
-    names += [f"events_{e}" for e in m.event_features]
+    """The model inputs, in order: the same for every model of the declaration."""
+    f = policy.features
+    names = [f"num_{c}" for c in f.numeric]
+    names += [f"cat_{c}_{b}" for c in f.categorical for b in range(CATEGORY_BUCKETS)]
+    names += [a.name for a in f.aggregates]
+    names += [o for fn in f.functions for o in fn.outputs]
     return names
 
 
@@ -38,66 +52,130 @@ def is_holdout(keys: pd.Series, fraction: float) -> np.ndarray:
     return np.fromiter((int(k[8:16], 16) % 10_000 < cut for k in keys), dtype=bool, count=len(keys))
 
 
-def consenting(subjects: pd.DataFrame, policy: Policy) -> pd.Series:
+def consenting(rows: pd.DataFrame, policy: Policy) -> pd.Series:
+    """Rows of the features' dataset whose subject may reach training (``consent.column``)."""
     col = policy.consent.column
-    if col not in subjects.columns:
-        raise KeyError(f"consent column '{col}' (policy consent.column) is not in raw_subjects")
-    return subjects[col].isin(policy.consent.allowed_values)
+    if col is None:
+        return pd.Series(True, index=rows.index)
+    if col not in rows.columns:
+        raise FeatureError(f"raw_{policy.features.dataset}: consent column '{col}' (policy consent.column) is missing")
+    return allowed(rows[col], policy)
 
 
-def model_label(policy: Policy) -> BinaryLabel:
-    return BinaryLabel(policy.model.label, None if policy.model.positive_class is None else str(policy.model.positive_class))
+def _token(value) -> str:
+    return str(value).strip().casefold()
+
+
+def allowed(values: pd.Series, policy: Policy) -> pd.Series:
+    """Which consent values are in ``consent.allowed_values``, compared as text (case and blanks aside), so
+    a boolean column (parsed when every allowed value is a boolean) and a text one read alike."""
+    wanted = {_token(v) for v in policy.consent.allowed_values}
+    return values.map(_token).isin(wanted)
+
+
+def _allowed(rows: pd.DataFrame, column: str | None, policy: Policy) -> pd.DataFrame:
+    return rows if column is None else rows[allowed(rows[column], policy)]
 
 
 @dataclass(frozen=True)
 class TrainingSet:
     rows: pd.DataFrame
-    """One row per consenting subject: key, holdout flag, label (class 0/1), features; sorted by key."""
+    """One row per consenting row of the features' dataset: key, holdout flag, label, features; sorted by key."""
     label_encoding: str
-    """How the label's values became classes, for the materialisation's metadata."""
+    """How the label's values became classes (or targets), for the materialisation's metadata."""
 
 
-def training_rows(subjects: pd.DataFrame, events: pd.DataFrame, policy: Policy, *, where: str = "raw_subjects") -> TrainingSet:
-    """The training set of one shard. ``where`` names the partition in a label error (``ml.labels``)."""
-    m = policy.model
+def _numbers(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def aggregate(rows: pd.DataFrame, agg: Aggregate, policy: Policy, keys: pd.Series) -> np.ndarray:
+    """One aggregate per key of ``keys`` (0 for a subject without rows), from one shard's rows of its dataset."""
+    spec = policy.datasets[agg.dataset]
+    if rows.empty:
+        return np.zeros(len(keys))
+    rows = _allowed(rows, spec.consent, policy)
+    for column, wanted in agg.where.items():
+        values = [str(v) for v in (wanted if isinstance(wanted, list) else [wanted])]
+        rows = rows[rows[column].astype(str).isin(values)]
+    if agg.agg == "count":
+        per_key = rows.groupby(KEY).size().astype("float64")
+    elif agg.agg == "last":
+        ordered = rows.sort_values([spec.timestamp, spec.id], kind="stable")
+        per_key = _numbers(ordered[agg.column]).groupby(ordered[KEY]).last()
+    else:
+        per_key = _numbers(rows[agg.column]).groupby(rows[KEY]).agg(agg.agg)
+    out = per_key.reindex(keys.to_numpy()).fillna(0.0).to_numpy(dtype="float64")
+    if agg.transform == "log1p":
+        out = np.sign(out) * np.log1p(np.abs(out))
+    return out
+
+
+def function_features(fn: FunctionFeature, index: int, frames: Mapping[str, pd.DataFrame], keys: pd.Series) -> pd.DataFrame:
+    """The columns a declared function computes, aligned to ``keys`` (0 for a subject it leaves out)."""
+    from erasure_pipeline.imports import load
+
+    field = f"features.functions.{index}"
+    func = load(fn.function, f"{field}.function")
+    try:
+        got = func({d: frames[d] for d in fn.datasets})
+    except Exception as exc:  # noqa: BLE001 (their code: name where it failed, never the message, which may hold values)
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise FeatureError(f"{field} ({fn.function}) raised {type(exc).__name__} at {frame.filename}:{frame.lineno}") from None
+    if not isinstance(got, pd.DataFrame):
+        raise FeatureError(f"{field} ({fn.function}) returned {type(got).__name__}, not a DataFrame with one row per subject_key")
+    if KEY in got.columns:
+        got = got.set_index(KEY)
+    missing = [o for o in fn.outputs if o not in got.columns]
+    if missing:
+        raise FeatureError(f"{field} ({fn.function}) returned no column '{missing[0]}' (listed in {field}.outputs)")
+    if got.index.duplicated().any():
+        raise FeatureError(f"{field} ({fn.function}) returned {int(got.index.duplicated().sum())} repeated subject_key rows")
+    out = got[fn.outputs].apply(_numbers).reindex(keys.to_numpy()).fillna(0.0)
+    return out.reset_index(drop=True)
+
+
+def model_label(policy: Policy, model: str) -> Label:
+    return label_encoder(policy.models[model], model)
+
+
+def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str, *, where: str) -> TrainingSet:
+    """The training set of one shard for one model. ``frames`` maps each dataset the features read to the
+    shard's rows (an empty frame for one without rows); ``where`` names the partition in a label error."""
+    f, spec = policy.features, policy.models[model]
+    base_spec = policy.datasets[f.dataset]
     names = feature_names(policy)
-    chosen = subjects[consenting(subjects, policy)] if not subjects.empty else subjects
+    label = model_label(policy, model)
+    base = frames[f.dataset]
+    chosen = base[consenting(base, policy)] if not base.empty else base
     if chosen.empty:
-        return TrainingSet(pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype="int64"),
+        label_dtype = "float64" if label.n_classes is None else "int64"
+        return TrainingSet(pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype=label_dtype),
                                          **{n: pd.Series(dtype="float64") for n in names}}), "no rows")
-    for col in [m.label, *m.numeric_features, *m.categorical_features]:
-        if col not in chosen.columns:
-            raise KeyError(f"column '{col}' named in policy model settings is not in raw_subjects")
-    chosen = chosen.sort_values(KEY, kind="stable")
-    out = pd.DataFrame({KEY: chosen[KEY].to_numpy()})
-    out[HOLDOUT] = is_holdout(out[KEY], m.holdout_fraction)
-    out[LABEL], encoding = model_label(policy).encode(chosen[m.label], where=where)
-    for c in m.numeric_features:
-        out[f"num_{c}"] = pd.to_numeric(chosen[c], errors="coerce").fillna(0.0).astype("float64").to_numpy()
-    for c in m.categorical_features:
+    chosen = chosen.sort_values([KEY, base_spec.id], kind="stable")
+    keys = chosen[KEY].reset_index(drop=True)
+    out = pd.DataFrame({KEY: keys.to_numpy()})
+    out[HOLDOUT] = is_holdout(keys, spec.holdout_fraction)
+    out[LABEL], encoding = label.encode(chosen[spec.label], where=where)
+    for c in f.numeric:
+        out[f"num_{c}"] = _numbers(chosen[c]).fillna(0.0).to_numpy()
+    for c in f.categorical:
         buckets = np.fromiter((_bucket(c, str(v)) for v in chosen[c]), dtype=np.int64, count=len(chosen))
         for b in range(CATEGORY_BUCKETS):
             out[f"cat_{c}_{b}"] = (buckets == b).astype("float64")
-    if m.event_features:
-        if events.empty or "event_type" not in events.columns:
-            counts = pd.DataFrame(0.0, index=out[KEY], columns=m.event_features)
-        else:
-            counts = (
-                events[events["event_type"].isin(m.event_features)]
-                .groupby([KEY, "event_type"]).size().unstack(fill_value=0)
-                .reindex(index=out[KEY], columns=m.event_features, fill_value=0)
-            )
-        for e in m.event_features:
-            out[f"events_{e}"] = np.log1p(counts[e].fillna(0).to_numpy(dtype="float64"))
+    for agg in f.aggregates:
+        out[agg.name] = aggregate(frames[agg.dataset], agg, policy, keys)
+    for i, fn in enumerate(f.functions):
+        computed = function_features(fn, i, frames, keys)
+        for o in fn.outputs:
+            out[o] = computed[o].to_numpy()
     return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding)
 
 
-def training_class_counts(subjects: pd.DataFrame, policy: Policy, *, where: str) -> dict[int, int]:
-    """Rows per class among the subjects that would train a model: consenting, not held out."""
-    from erasure_pipeline.ml.labels import class_counts
-
-    chosen = subjects[consenting(subjects, policy).to_numpy() & ~is_holdout(subjects[KEY], policy.model.holdout_fraction)]
-    return class_counts(model_label(policy).encode(chosen[policy.model.label], where=where)[0])
+def training_labels(rows: pd.DataFrame, policy: Policy, model: str, *, where: str) -> np.ndarray:
+    """The encoded labels of the rows of the features' dataset that would train ``model``: consenting, not held out."""
+    chosen = rows[consenting(rows, policy).to_numpy() & ~is_holdout(rows[KEY], policy.models[model].holdout_fraction)]
+    return model_label(policy, model).encode(chosen[policy.models[model].label], where=where)[0]
 
 
 def constant_features(rows: pd.DataFrame, names: list[str]) -> int:
@@ -105,21 +183,3 @@ def constant_features(rows: pd.DataFrame, names: list[str]) -> int:
     if rows.empty:
         return 0
     return int((rows[names].nunique(dropna=False) <= 1).sum())
-
-
-def build_estimator(policy: Policy):
-    """The per-shard scikit-learn estimator the policy names (scaled where the model needs it)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression, SGDClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    m = policy.model
-    params = dict(m.params)
-    if m.estimator == "logistic_regression":
-        return make_pipeline(StandardScaler(), LogisticRegression(**{"max_iter": 1000, **params}))
-    if m.estimator == "sgd":
-        return make_pipeline(StandardScaler(), SGDClassifier(**{"loss": "log_loss", **params}))
-    if m.estimator == "random_forest":
-        return RandomForestClassifier(**{"n_estimators": 100, "n_jobs": 1, **params})
-    return HistGradientBoostingClassifier(**params)

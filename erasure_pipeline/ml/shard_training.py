@@ -1,4 +1,4 @@
-"""Training and re-checking one shard's model, shared by the assets and by ``verify`` (no Dagster)."""
+"""Training and re-checking one shard's model, shared by the nodes and by ``verify`` (no Dagster)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,26 @@ import pandas as pd
 
 from erasure_pipeline import identity
 from erasure_pipeline.ml import features as ft
-from erasure_pipeline.ml.sisa import aggregate_proba, fit_shard, shard_seed
+from erasure_pipeline.ml.estimators import build_estimator
+from erasure_pipeline.ml.sisa import aggregate_predict, aggregate_proba, fit_shard, shard_seed
 from erasure_pipeline.policy import Policy
 
-CLASSES = np.array([0, 1])
 PROBE_ROWS = 256
 
 
-def train_shard_model(policy: Policy, rows: pd.DataFrame, shard: int):
+def n_classes(policy: Policy, model: str) -> int | None:
+    """Classes of a classification model; None for a regression."""
+    return ft.model_label(policy, model).n_classes
+
+
+def train_shard_model(policy: Policy, model: str, rows: pd.DataFrame, shard: int):
     """The constituent of one shard, from that shard's training rows alone (holdout rows excluded)."""
     train = rows[~rows[ft.HOLDOUT].astype(bool)]
     X = train[ft.feature_names(policy)].to_numpy(dtype="float64")
-    y = train[ft.LABEL].to_numpy(dtype="int64")
-    model, _ = fit_shard(ft.build_estimator(policy), X, y, n_classes=len(CLASSES), seed=shard_seed(policy.seed, shard))
-    return model, len(train)
+    k = n_classes(policy, model)
+    y = train[ft.LABEL].to_numpy(dtype="int64" if k is not None else "float64")
+    fitted, _ = fit_shard(build_estimator(policy.models[model], model), X, y, n_classes=k, seed=shard_seed(policy.seed, shard))
+    return fitted, len(train)
 
 
 def probe_set(policy: Policy, rows: pd.DataFrame, shard: int) -> np.ndarray:
@@ -34,14 +40,18 @@ def probe_set(policy: Policy, rows: pd.DataFrame, shard: int) -> np.ndarray:
     return np.vstack([own, synthetic])
 
 
-def constituent_proba(model, X: np.ndarray) -> np.ndarray:
-    return aggregate_proba([model], X, len(CLASSES), "mean_proba") if model is not None else np.zeros((len(X), len(CLASSES)))
+def constituent_output(model, X: np.ndarray, k: int | None) -> np.ndarray:
+    """What a constituent contributes to the ensemble: class probabilities, or a regression's predictions."""
+    if model is None:
+        return np.zeros((len(X), k)) if k is not None else np.zeros(len(X))
+    return aggregate_proba([model], X, k, "mean_proba") if k is not None else aggregate_predict([model], X)
 
 
-def matches_retrain(policy: Policy, stored_model, rows: pd.DataFrame, shard: int) -> tuple[bool, float, int]:
+def matches_retrain(policy: Policy, model: str, stored_model, rows: pd.DataFrame, shard: int) -> tuple[bool, float, int]:
     """(equal bit for bit, max abs difference, probe rows) of a stored model vs an independent retrain."""
-    fresh, _ = train_shard_model(policy, rows, shard)
+    fresh, _ = train_shard_model(policy, model, rows, shard)
     probe = probe_set(policy, rows, shard)
-    a, b = constituent_proba(stored_model, probe), constituent_proba(fresh, probe)
+    k = n_classes(policy, model)
+    a, b = constituent_output(stored_model, probe, k), constituent_output(fresh, probe, k)
     diff = float(np.max(np.abs(a - b))) if len(probe) else 0.0
     return bool(np.array_equal(a, b)), diff, len(probe)

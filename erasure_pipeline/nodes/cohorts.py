@@ -10,6 +10,7 @@ import pandas as pd
 
 from erasure_pipeline import identity
 from erasure_pipeline.anonymise import cohorts as cm
+from erasure_pipeline.errors import PipelineError
 from erasure_pipeline.nodes import CheckOutcome, Markdown, NodeResult, NodeRun, finish, input_key, md_table
 from erasure_pipeline.storage import lake as lk
 
@@ -24,12 +25,13 @@ def noise_key(pepper: bytes) -> bytes:
 def read_partials(run: NodeRun) -> tuple[list[pd.DataFrame], dict[str, str]]:
     """Every shard's partial and the content hash of each object as read (the merge's inputs)."""
     parts, inputs = [], {}
+    (source,) = run.node.parents
     for p in identity.partition_keys(run.env.policy.shards):
-        data = run.env.lake.read_bytes(lk.table_name("cohort_partials", p))
+        data = run.env.lake.read_bytes(lk.table_name(source, p))
         if data is None:
-            raise FileNotFoundError(f"cohort_partials[{p}] has not been materialised in {run.env.lake.describe()}")
+            raise FileNotFoundError(f"{source}[{p}] has not been materialised in {run.env.lake.describe()}")
         parts.append(lk.table_from_bytes(data))
-        inputs[input_key("cohort_partials", p)] = lk.content_hash(data)
+        inputs[input_key(source, p)] = lk.content_hash(data)
     return parts, inputs
 
 
@@ -40,10 +42,16 @@ def _purge(run: NodeRun, name: str) -> int:
 def compute_partial(run: NodeRun) -> NodeResult:
     c = run.env.policy.cohorts
     store = run.env.lake
-    subjects = lk.require_table(store, "raw_subjects", run.partition)
+    source = run.node.parents[0]
+    subjects = lk.require_table(store, source, run.partition)
     subjects = subjects[~subjects["subject_key"].isin(run.env.ledger.tombstoned_keys(run.shard))]
+    repeated = int(subjects["subject_key"].duplicated().sum()) if len(subjects) else 0
+    if repeated:
+        raise PipelineError(f"{source}[{run.partition}]: {repeated:,} rows repeat a subject; cohorts.dataset needs one row "
+                            "per subject (counts are subjects, k_min is about people)")
     partial = cm.compute_partial(subjects, c.quasi_identifiers, c.generalise, c.measures, c.label, c.measure_clip,
-                                 positive_class=None if c.positive_class is None else str(c.positive_class))
+                                 positive_class=None if c.positive_class is None else str(c.positive_class),
+                                 where=f"{source}[{run.partition}]")
     digest = lk.write_table(store, run.node.name, run.partition, partial)
     finish(run, digest)
     return NodeResult(digest, None, {
@@ -80,9 +88,10 @@ def compute_cohort_model(run: NodeRun) -> NodeResult:
     from sklearn.pipeline import make_pipeline
 
     policy, store = run.env.policy, run.env.lake
-    data = store.read_bytes(lk.table_name("anonymised_cohorts", PUBLISHED))
+    (source,) = run.node.parents
+    data = store.read_bytes(lk.table_name(source, PUBLISHED))
     if data is None:
-        raise FileNotFoundError(f"anonymised_cohorts has not been materialised in {store.describe()}")
+        raise FileNotFoundError(f"{source} has not been materialised in {store.describe()}")
     published = lk.table_from_bytes(data)
     qi = list(policy.cohorts.quasi_identifiers)
     records, labels, weights = [], [], []
@@ -103,7 +112,7 @@ def compute_cohort_model(run: NodeRun) -> NodeResult:
         w, y = np.asarray(weights), np.asarray(labels)
         eps = 1e-12
         metrics["weighted_log_loss"] = float(-(w * (y * np.log(proba + eps) + (1 - y) * np.log(1 - proba + eps))).sum() / w.sum())
-    saved = {"model": model, "quasi_identifiers": qi, "inputs": {"anonymised_cohorts": lk.content_hash(data)}}
+    saved = {"model": model, "quasi_identifiers": qi, "inputs": {source: lk.content_hash(data)}}
     name = lk.model_name(run.node.name)
     store.write_bytes(name, lk.dumps_model(saved))
     digest = lk.model_fingerprint(saved)

@@ -17,7 +17,7 @@ from erasure_pipeline.nodes import NodeResult, NodeRun, finish, tombstone_check
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
-from erasure_pipeline.tombstones import Tombstones
+from erasure_pipeline.tombstones import Tombstones, mentioned_keys
 
 
 def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:
@@ -31,17 +31,17 @@ def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.date
     return latest - dt.timedelta(days=policy.retention_days)
 
 
-def apply_retention(df: pd.DataFrame, table: str, cutoff: dt.datetime | None) -> tuple[pd.DataFrame, int]:
-    """Drop rows whose timestamp is older than ``cutoff`` (tables without timestamps are kept)."""
-    cols = contracts.CONTRACTS[table].timestamps
+def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff: dt.datetime | None) -> tuple[pd.DataFrame, int]:
+    """Drop rows whose timestamp is older than ``cutoff`` (datasets without a timestamp are kept)."""
+    cols = contract.timestamps
     if cutoff is None or not cols or df.empty or cols[0] not in df:
         return df, 0
     old = (pd.to_datetime(df[cols[0]], utc=True) < pd.Timestamp(cutoff)).to_numpy()
     return df[~old].reset_index(drop=True), int(old.sum())
 
 
-def oldest(df: pd.DataFrame, table: str) -> dt.datetime | None:
-    cols = contracts.CONTRACTS[table].timestamps
+def oldest(df: pd.DataFrame, contract: contracts.TableContract) -> dt.datetime | None:
+    cols = contract.timestamps
     if not cols or df.empty or cols[0] not in df:
         return None
     return pd.to_datetime(df[cols[0]], utc=True).min().to_pydatetime()
@@ -65,7 +65,7 @@ def consent_changes(existing: pd.DataFrame | None, written: pd.DataFrame, policy
     """Subjects whose training consent flipped between the old and the new partition."""
     from erasure_pipeline.ml.features import consenting
 
-    if existing is None or existing.empty or written.empty or policy.consent.column not in written:
+    if existing is None or existing.empty or written.empty or policy.consent.column is None or policy.consent.column not in written:
         return {}
     before = pd.Series(consenting(existing, policy).to_numpy(), index=existing["subject_key"].to_numpy())
     after = pd.Series(consenting(written, policy).to_numpy(), index=written["subject_key"].to_numpy())
@@ -97,8 +97,9 @@ def _write(run: NodeRun, df: pd.DataFrame, previous: str | None) -> str:
 def compute_raw(run: NodeRun) -> NodeResult:
     env, node, partition, shard = run.env, run.node, run.partition, run.shard
     table = node.table
-    contract = contracts.CONTRACTS[table]
     store, book, policy = env.lake, env.ledger, env.policy
+    contract = contracts.contracts_for(policy)[table]
+    features_dataset = table == policy.features.dataset
     # Tombstones are read at materialisation time, after any intake that committed before: of this
     # shard under the current identity rule, and of any shard under an earlier rule.
     stones = Tombstones.load(book, env.keyer, shard)
@@ -106,24 +107,24 @@ def compute_raw(run: NodeRun) -> NodeResult:
     base = None if run.mode == "rebuild" else existing
     incoming = None
     if run.mode in ("ingest", "rebuild"):
-        check = (lambda frame, name: contracts.check_subjects_for_policy(frame, name, policy)) if table == "subjects" else None
+        check = (lambda frame, name: contracts.check_labels(frame, name, policy)) if features_dataset else None
         files = run.landing_files if run.mode == "ingest" else None
-        rows = read_landing_table(env.landing, table, env.keyer, files, check=check)
+        rows = read_landing_table(env.landing, contract, env.keyer, files, check=check)
         if not rows.empty:
             incoming = rows[rows["shard"] == shard].drop(columns=["shard"])
-    tombstoned = stones.keys_in([base, incoming])
+    tombstoned = stones.keys_in([base, incoming], contract.subject_column)
     result, dropped = rewrite_partition(base, incoming, contract.id_column, tombstoned)
     # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
     result, redacted = Tombstones.load(book, env.keyer).redact(result, contract.texts)
     cutoff = retention_cutoff(policy, book, run.as_of) if run.mode != "erasure" else None
-    result, expired = apply_retention(result, table, cutoff)
+    result, expired = apply_retention(result, contract, cutoff)
     if result.empty and not result.columns.size:
         result = pd.DataFrame({"subject_key": pd.Series(dtype=str), contract.id_column: pd.Series(dtype=str)})
     after_hash = _write(run, result, before_hash)
     # A request filed while this step ran: its tombstone committed after we read the list.
     # Re-read after the write and rewrite until no late tombstone is in the partition.
     for _ in range(5):
-        late = Tombstones.load(book, env.keyer, shard).keys_in([result]) - tombstoned
+        late = Tombstones.load(book, env.keyer, shard).keys_in([result], contract.subject_column) - tombstoned
         tombstoned |= late
         if not late or not result["subject_key"].isin(late).any():
             break
@@ -134,16 +135,20 @@ def compute_raw(run: NodeRun) -> NodeResult:
     if run.purges_versions or expired:
         purged = store.purge_noncurrent(lk.table_name(node.name, partition))
     if run.mode == "erasure":
-        scrubbed = scrub_landing(env.landing, table, Tombstones.load(book, env.keyer))
+        scrubbed = scrub_landing(env.landing, contract, Tombstones.load(book, env.keyer))
     elif (incoming is not None and incoming["subject_key"].isin(tombstoned).any()) or redacted:
         # A source sent an erased subject (or their id in a text) again: the landing copy loses them too.
-        scrubbed = scrub_landing(env.landing, table, Tombstones.load(book, env.keyer), run.landing_files)
+        scrubbed = scrub_landing(env.landing, contract, Tombstones.load(book, env.keyer), run.landing_files)
     written = lk.require_table(store, node.name, partition)
     footprint = written["subject_key"].value_counts().to_dict()
+    # Someone else's text that names a subject (their e-mail) holds that subject's data too: the
+    # erasure run visits this partition for them and redacts it, even when they live in another shard.
+    for key, n in mentioned_keys(written, contract.texts, env.keyer).items():
+        footprint.setdefault(key, n)
     if run.mode != "erasure":
         footprint.update(_awaiting_erasure(book, existing, incoming, tombstoned))
-    consent = consent_changes(existing, written, policy) if table == "subjects" else {}
-    finish(run, after_hash, provenance=footprint, stats=(len(written), oldest(written, table)), consent=(shard, consent),
+    consent = consent_changes(existing, written, policy) if features_dataset else {}
+    finish(run, after_hash, provenance=footprint, stats=(len(written), oldest(written, contract)), consent=(shard, consent),
            retention={"rows": expired, "cutoff": cutoff.isoformat(), "noncurrent_versions_purged": len(purged)} if expired else None)
     run.log(f"{node.name}[{partition}] {run.mode}: {len(written)} rows, {dropped} tombstoned rows dropped, "
             f"{expired} rows past retention, {len(consent)} consent changes")

@@ -271,7 +271,8 @@ def model_fingerprint(obj) -> str:
 
     Pickle bytes of two equal models can differ (shared vs. copied sub-objects), so data
     versions of models hash their state instead: arrays by dtype, shape and bytes; mappings by
-    sorted key; objects by class name and ``__dict__``.
+    sorted key; objects by class name and ``__dict__`` (extension objects by what pickle rebuilds
+    them from); never a ``repr``, which may carry a memory address.
     """
     import numpy as np
 
@@ -304,7 +305,12 @@ def model_fingerprint(obj) -> str:
             h.update(b"C" + type(x).__qualname__.encode())
             walk({k: v for k, v in vars(x).items() if k != "_sklearn_version"})
         else:
-            h.update(b"R" + repr(x).encode())
+            # An extension object (a fitted tree's ``Tree``): what pickle would rebuild it from.
+            reduced = x.__reduce_ex__(4)
+            if not isinstance(reduced, tuple):
+                raise TypeError(f"cannot fingerprint a {type(x).__qualname__}")
+            h.update(b"X" + type(x).__qualname__.encode())
+            walk(list(reduced[1:3]))
 
     walk(obj)
     return h.hexdigest()

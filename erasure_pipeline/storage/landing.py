@@ -1,6 +1,6 @@
-"""The landing location: where source systems drop ``subjects``, ``events`` and ``tickets`` files.
+"""The landing location: where source systems drop the declared datasets' files.
 
-Reading a landing table hashes every ``subject_id`` once into ``subject_key`` and ``shard``;
+Reading a landing table hashes every subject id once into ``subject_key`` and ``shard``;
 the parsed, validated frames are cached per process by (file, size, mtime) so a run that
 ingests 16 shards in one process parses each file once.
 """
@@ -8,12 +8,13 @@ ingests 16 shards in one process parses each file once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
 from erasure_pipeline import contracts, identity
+from erasure_pipeline.contracts import TableContract
 from erasure_pipeline.identity import Keyer
 from erasure_pipeline.storage.lake import Lake
 from erasure_pipeline.tombstones import Tombstones
@@ -22,15 +23,20 @@ from erasure_pipeline.tombstones import Tombstones
 @dataclass(frozen=True)
 class LandingFile:
     name: str
-    table: str
+    contract: TableContract
+
+    @property
+    def table(self) -> str:
+        return self.contract.name
 
 
-def landing_files(lake: Lake, table: str | None = None) -> list[LandingFile]:
+def landing_files(lake: Lake, tables: Mapping[str, TableContract], table: str | None = None) -> list[LandingFile]:
+    """Files of the declared datasets (``contracts.contracts_for``), of one of them if ``table`` is given."""
     out = []
     for name in lake.list():
-        t = contracts.table_of(name)
+        t = contracts.table_of(name, tables)
         if t is not None and (table is None or t == table):
-            out.append(LandingFile(name, t))
+            out.append(LandingFile(name, tables[t]))
     return out
 
 
@@ -57,22 +63,22 @@ def read_landing(lake: Lake, file: LandingFile, keyer: Keyer) -> pd.DataFrame:
     cached = _CACHE.get(key)
     if cached is not None:
         return cached
-    df = contracts.validate(contracts.read_landing_bytes(data, file.name), file.table, file.name)
-    df["subject_key"] = keyer.keys(df["subject_id"].tolist())
+    df = contracts.validate(contracts.read_landing_bytes(data, file.name, file.contract), file.contract, file.name)
+    df["subject_key"] = keyer.keys(df[file.contract.subject_column].tolist())
     df["shard"] = identity.shards_of(df["subject_key"], keyer.shards)
     _remember(key, df)
     return df
 
 
 def read_landing_table(
-    lake: Lake, table: str, keyer: Keyer, names: list[str] | None = None,
+    lake: Lake, contract: TableContract, keyer: Keyer, names: list[str] | None = None,
     check: Callable[[pd.DataFrame, str], None] | None = None,
 ) -> pd.DataFrame:
     """All landing files of one table (or the named subset), concatenated; later files win on id.
 
     ``check(frame, file name)`` runs on each file before they are combined, so its errors can name the file.
     """
-    files = [f for f in landing_files(lake, table) if names is None or f.name in names]
+    files = [f for f in landing_files(lake, {contract.name: contract}) if names is None or f.name in names]
     frames = [read_landing(lake, f, keyer) for f in files]
     if check is not None:
         for f, frame in zip(files, frames, strict=True):
@@ -80,11 +86,10 @@ def read_landing_table(
     if not frames:
         return pd.DataFrame()
     both = pd.concat(frames, ignore_index=True)
-    id_col = contracts.CONTRACTS[table].id_column
-    return both.drop_duplicates(subset=[id_col], keep="last")
+    return both.drop_duplicates(subset=[contract.id_column], keep="last")
 
 
-def scrub_landing(lake: Lake, table: str, tombstones: Tombstones, names: list[str] | None = None) -> list[str]:
+def scrub_landing(lake: Lake, contract: TableContract, tombstones: Tombstones, names: list[str] | None = None) -> list[str]:
     """Rewrite every landing file of ``table`` that holds a tombstoned subject, or a tombstoned id inside
     its text columns, without those rows and with those ids redacted.
 
@@ -94,17 +99,17 @@ def scrub_landing(lake: Lake, table: str, tombstones: Tombstones, names: list[st
     rewritten = []
     if not tombstones:
         return rewritten
-    texts = contracts.CONTRACTS[table].texts
-    for f in landing_files(lake, table):
+    texts = contract.texts
+    for f in landing_files(lake, {contract.name: contract}):
         if names is not None and f.name not in names:
             continue
         keyed = read_landing(lake, f, tombstones.keyer)
-        drop = keyed["subject_key"].isin(tombstones.keys_in([keyed])).to_numpy()
+        drop = keyed["subject_key"].isin(tombstones.keys_in([keyed], contract.subject_column)).to_numpy()
         kept_keyed, redacted = tombstones.redact(keyed[~drop], texts)
         if not drop.any() and not redacted:
             continue
         data = lake.read_bytes(f.name)
-        original = contracts.read_landing_bytes(data, f.name)
+        original = contracts.read_landing_bytes(data, f.name, contract)
         kept = original[~drop].copy()
         for col in texts:
             kept[col] = kept_keyed[col].to_numpy()

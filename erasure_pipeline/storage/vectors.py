@@ -1,7 +1,8 @@
-"""The vector store: ticket chunks in Qdrant, one shard at a time.
+"""The vector store: chunks of the declared text columns in Qdrant, one shard at a time.
 
 Layout. In embedded (local) mode every shard has its own storage path with one collection
-``tickets``: local mode allows one client per path, keeps every point in memory, warns above
+(``COLLECTION``, still named ``tickets`` from the demo's first shape: renaming it would orphan the
+points of existing stores outside every erasure): local mode allows one client per path, keeps every point in memory, warns above
 20 000 points per collection and persists with one SQLite transaction per point, so per-shard
 paths keep collections small and let shard steps run in separate processes. Against a server
 (``url``) all shards share one collection whose ``shard`` payload field is indexed, and every
@@ -9,7 +10,7 @@ operation is filtered by it (see docs/ARCHITECTURE.md for why not custom shardin
 layout also runs in local mode (``shared=True``, one path) so the server's code path is tested
 here, where no Qdrant server can be installed.
 
-Point ids are ``uuid5`` of (ticket id, chunk index, chunk text hash): content-addressed, so
+Point ids are ``uuid5`` of (dataset, column, record id, chunk index, chunk text hash): content-addressed, so
 rebuilding a shard is a sync (delete what is gone, upsert what is new) and a shard's content
 hash is the hash of its sorted ids.
 """

@@ -1,4 +1,4 @@
-"""A stateless text embedder and the chunker for ticket text.
+"""A stateless text embedder, the chunker for declared text columns, and the embedder a declaration names.
 
 The default embedder is a hashing vectoriser (word uni- and bi-grams) followed by a fixed,
 seeded Gaussian projection to ``dimensions``: nothing is learnt from the data, so no
@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
@@ -63,9 +64,37 @@ def embed(texts: list[str], dimensions: int) -> np.ndarray:
     return dense / norms
 
 
-def point_id(ticket_id: str, chunk_index: int, chunk: str) -> str:
-    """Deterministic, content-addressed point id: same ticket chunk, same id; edited text, new id."""
+def point_id(record: str, chunk_index: int, chunk: str) -> str:
+    """Deterministic, content-addressed point id: same record chunk, same id; edited text, new id."""
     import hashlib
 
     digest = hashlib.sha256(chunk.encode("utf-8")).hexdigest()[:16]
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{ticket_id}\x00{chunk_index}\x00{digest}"))
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{record}\x00{chunk_index}\x00{digest}"))
+
+
+Embedder = Callable[[list[str], int], np.ndarray]
+
+
+def embedder_for(policy) -> Embedder:
+    """The declared embedder (``embedder.function``), or the stateless hashing default.
+
+    A declared one is called as ``embed(texts, dimensions)`` and must return one row of
+    ``dimensions`` floats per text; it must be stateless too (learnt from no data), or erasure
+    could not reach what it learnt."""
+    if policy.embedder.function is None:
+        return embed
+    from erasure_pipeline.imports import load
+    from erasure_pipeline.policy import PolicyError
+
+    func = load(policy.embedder.function, "embedder.function")
+
+    def declared(texts: list[str], dimensions: int) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, dimensions), dtype=np.float32)
+        out = np.asarray(func(texts, dimensions), dtype=np.float32)
+        if out.shape != (len(texts), dimensions):
+            raise PolicyError(f"field 'embedder.function': returned shape {out.shape} for {len(texts)} texts, "
+                              f"expected ({len(texts)}, {dimensions}) (vectors.dimensions)")
+        return out
+
+    return declared
