@@ -25,12 +25,16 @@ test-fast:
 dev:
 	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dagster dev -w workspace.yaml
 
-# Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (~16 min in all here).
+# Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (one sequential
+# pass, ~45 min here; the 1 000 000-subject erasure_cost alone needs ~9 GiB of RAM).
 bench:
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m benchmarks.erasure_cost --subjects 200000
+	$(PY) -m benchmarks.erasure_cost --subjects 1000000
+	$(PY) -m benchmarks.lake_layout --subjects 200000
+	$(PY) -m benchmarks.qdrant_delete
 	$(PY) -m benchmarks.sisa_accuracy
 	$(PY) -m benchmarks.sensor_resolve --requests 10000
-	$(PY) -m benchmarks.qdrant_delete
 	$(PY) -m benchmarks.membership_audit
 	$(PY) -m benchmarks.daemon_latency
 	$(PY) -m benchmarks.run_mechanisms
-	$(PY) -m benchmarks.erasure_cost --subjects 200000

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--subjects-per-file", type=int, default=10_000,
+                    help="landing exports of this many subjects per file and table (0: one file per table)")
     ap.add_argument("--keep", default=None, help="keep the project home here (default: a temporary directory)")
     args = ap.parse_args(argv)
 
@@ -77,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         with Timer() as gen:
             tables = demo.generate(args.subjects, args.seed, events_per_subject=args.events_per_subject,
                                    tickets_per_subject=args.tickets_per_subject)
-            demo.write_landing(settings.landing(), tables)
+            files = demo.write_landing(settings.landing(), tables, subjects_per_file=args.subjects_per_file or None)
         sizes = {k: len(v) for k, v in tables.items()}
-        print(f"landing: {sizes} written in {gen.seconds:.1f} s", flush=True)
+        print(f"landing: {sizes} in {len(files)} files, written in {gen.seconds:.1f} s", flush=True)
         defs = build_definitions(policy)
         instance = get_instance()
         with Timer() as full:
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Machine: {machine()}")
     print(f"Data: {sizes['subjects']:,} subjects, {sizes['events']:,} events, {sizes['tickets']:,} tickets; "
-          f"S = {policy.shards}; estimator {policy.model.estimator}; in-process executor; embedded back-ends")
+          f"S = {policy.shards}, {policy.lake.buckets} buckets per shard; estimator {policy.model.estimator}; in-process executor; "
+          f"embedded back-ends (Qdrant Edge); landing: {len(files)} files "
+          f"({args.subjects_per_file or 'all'} subjects per file and table)")
     print()
     print(table(
         ["operation", "runs", "merge materialisations", "wall time (s)", "ratio to full rebuild"],

@@ -140,9 +140,10 @@ def validate(df: pd.DataFrame, contract: TableContract, file: str) -> pd.DataFra
         empty = values.isna().to_numpy() | (values.astype("string").str.strip().fillna("") == "").to_numpy()
         if empty.any():
             fail(col, empty, "empty id")
-        bad = ~values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
-        if bad.any():
-            fail(col, bad, "must hold strings")
+        if not pd.api.types.is_string_dtype(values):  # an object column: every value must be a string
+            bad = ~values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+            if bad.any():
+                fail(col, bad, "must hold strings")
         out[col] = values.astype(str)
     dup = out[contract.id_column].duplicated().to_numpy()
     if dup.any():

@@ -109,18 +109,29 @@ def generate(n_subjects: int, seed: int = 7, events_per_subject: float = 10.0, t
     return {"subjects": subjects, "events": events, "tickets": tickets}
 
 
-def write_landing(landing: Lake, tables: dict[str, pd.DataFrame], batch: str = "demo") -> list[str]:
-    """Subjects and tickets as CSV, events as Parquet (both formats are part of the contract)."""
+def write_landing(landing: Lake, tables: dict[str, pd.DataFrame], batch: str = "demo", subjects_per_file: int | None = None,
+                  subject_column: str = "subject_id") -> list[str]:
+    """Subjects and tickets as CSV, events as Parquet (both formats are part of the contract).
+
+    ``subjects_per_file``: split every table into exports of that many subjects each (``events/demo-003.parquet``
+    holds the events of the fourth block of subjects), as a source exporting by customer batch does."""
     written = []
+    order = None
+    if subjects_per_file:
+        first = next(iter(tables.values()))
+        order = {sid: i // subjects_per_file for i, sid in enumerate(first[subject_column])}
     for table, df in tables.items():
-        if table == "events":
-            name, data = f"events/{batch}.parquet", table_to_bytes(df)
-        else:
-            buf = io.StringIO()
-            df.to_csv(buf, index=False)
-            name, data = f"{table}/{batch}.csv", buf.getvalue().encode()
-        landing.write_bytes(name, data)
-        written.append(name)
+        parts = [(f"{batch}", df)] if order is None else [
+            (f"{batch}-{int(n):03d}", g) for n, g in df.groupby(df[subject_column].map(order), sort=True)]
+        for stem, part in parts:
+            if table == "events":
+                name, data = f"events/{stem}.parquet", table_to_bytes(part.reset_index(drop=True))
+            else:
+                buf = io.StringIO()
+                part.to_csv(buf, index=False)
+                name, data = f"{table}/{stem}.csv", buf.getvalue().encode()
+            landing.write_bytes(name, data)
+            written.append(name)
     return written
 
 

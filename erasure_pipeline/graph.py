@@ -176,7 +176,7 @@ def graph_for(policy) -> Graph:
     nodes: list[Node] = []
     for name, spec in policy.datasets.items():
         nodes.append(Node(
-            f"raw_{name}", "raw", "raw", True, reads=("shards", "identity", f"datasets.{name}"), action="RAW_REWRITE",
+            f"raw_{name}", "raw", "raw", True, reads=("shards", "identity", "lake", f"datasets.{name}"), action="RAW_REWRITE",
             subject_rows=True, table=name, expires=spec.timestamp is not None, checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
             description=f"Landing `{name}` rows of one shard, keyed by `subject_key` (from `{spec.subject}`), minus tombstoned subjects."))
     c = policy.cohorts

@@ -157,10 +157,21 @@ def shard_of(key: str, n_shards: int) -> int:
     return int(key[:8], 16) % n_shards
 
 
+def hex_digits(keys: pd.Series | Iterable[str], start: int, end: int) -> np.ndarray:
+    """``int(key[start:end], 16)`` of every key at once (uint64; at most 16 hex digits), without a Python loop."""
+    values = keys.to_numpy(dtype=object) if isinstance(keys, pd.Series) else np.asarray(list(keys), dtype=object)
+    if not len(values):
+        return np.zeros(0, dtype=np.uint64)
+    chars = values.astype(f"S{end}").view(np.uint8).reshape(len(values), end)[:, start:end]
+    nibbles = np.where(chars >= ord("a"), chars - ord("a") + 10, chars - ord("0")).astype(np.uint64)
+    out = np.zeros(len(values), dtype=np.uint64)
+    for i in range(end - start):
+        out = (out << np.uint64(4)) | nibbles[:, i]
+    return out
+
+
 def shards_of(keys: pd.Series | Iterable[str], n_shards: int) -> np.ndarray:
-    codes, uniques = pd.factorize(pd.Series(keys, dtype=object), sort=False)
-    shards = np.fromiter((int(k[:8], 16) % n_shards for k in uniques), dtype=np.int64, count=len(uniques))
-    return shards[codes]
+    return (hex_digits(keys, 0, 8) % np.uint64(n_shards)).astype(np.int64)
 
 
 def partition_key(shard: int) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from erasure_pipeline import identity, runtime, tags
+from erasure_pipeline import contracts, identity, runtime, tags
 from erasure_pipeline.contracts import contracts_for
 from erasure_pipeline.graph import Graph
 from erasure_pipeline.ledger import Claim
@@ -44,7 +44,8 @@ from erasure_pipeline.policy import Policy
 from erasure_pipeline.resources import LakeResource, LandingResource, LedgerResource, PepperResource, VectorStoreResource
 from erasure_pipeline.staleness import expired_partitions
 from erasure_pipeline.storage.lake import content_hash
-from erasure_pipeline.storage.landing import landing_files, read_landing
+from erasure_pipeline.storage.landing import drop_staging, landing_files, scrub_staging, scrub_subjects, stage
+from erasure_pipeline.tombstones import Tombstones
 
 
 # ---------------------------------------------------------------- what flows between steps
@@ -55,6 +56,10 @@ class ShardWork:
     mode: str
     landing_files: tuple[str, ...] | None = None
     as_of: str | None = None
+    staged: str | None = None
+    """The batch whose staging area holds this shard's new rows (one pass over landing wrote it)."""
+    subjects: tuple[str, ...] | None = None
+    """An erasure's subject keys (of every shard: text naming them may live in another)."""
 
     @property
     def partition(self) -> str:
@@ -86,6 +91,8 @@ class RunPlan:
     footprints: dict = field(default_factory=dict)
     """Erasure: request id -> {node: {partition: rows}} of the subject when the run claimed it (provenance)."""
     resumed: tuple[str, ...] = ()
+    landing_scrubbed: int = 0
+    """Erasure: landing files rewritten without the batch's subjects when it was claimed."""
 
 
 CERTIFICATE_DETAILS = ("noncurrent_versions_purged", "landing_files_scrubbed", "points_deleted_by_subject_filter", "rows")
@@ -116,8 +123,15 @@ def claim_erasure(env: Env, instance: dg.DagsterInstance, batch_id: str, request
         by_key.setdefault(row["subject_key"], {}).setdefault(row["asset"], {})[row["partition"]] = int(row["rows"])
         forced.setdefault(identity.shard_from_partition(row["partition"]), set()).add(row["asset"])
     footprints = {rid: by_key.get(r["subject_key"], {}) for rid, r in requests.items()}
-    works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure") for s, nodes in sorted(forced.items()))
-    return RunPlan("erasure", batch_id, True, run_id, works, (), claim.request_ids, footprints, claim.resumed)
+    keys = tuple(sorted(r["subject_key"] for r in requests.values()))
+    # Landing copies first, each file rewritten once for the whole batch; and any staged copy of an ingest
+    # that has not finished.
+    tables = contracts_for(env.policy)
+    stones = Tombstones.load(book, env.keyer)
+    scrubbed = scrub_subjects(env.lake, env.landing, tables, stones, keys, env.policy.lake.buckets)
+    scrub_staging(env.lake, set(keys))
+    works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure", subjects=keys) for s, nodes in sorted(forced.items()))
+    return RunPlan("erasure", batch_id, True, run_id, works, (), claim.request_ids, footprints, claim.resumed, len(scrubbed))
 
 
 def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: str, files: list[str] | None,
@@ -133,10 +147,18 @@ def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: s
         return RunPlan(kind, batch_id, False, claim.holder)
     raw_of = {n.table: n.name for n in graph.raw_nodes}
     forced: dict[int, set[str]] = {}
+    staged = None
+    if kind != "rebuild" or any(graph.node(n).kind == "raw" for n in (stale or {})):
+        # One pass over the batch's landing files: each read once, its rows staged per shard, indexed.
+        def check(frame, f) -> None:
+            if f.table == policy.features.dataset:
+                contracts.check_labels(frame, f.name, policy)
+
+        staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check)
     if kind == "cycle":
-        for f in present:
-            for shard in read_landing(env.landing, f, env.keyer)["shard"].unique():
-                forced.setdefault(int(shard), set()).add(raw_of[f.table])
+        for table, shards in staged.shards.items():
+            for shard in shards:
+                forced.setdefault(shard, set()).add(raw_of[table])
         for shard, names in expired_partitions(book, policy, graph, as_of).items():
             forced.setdefault(shard, set()).update(names)
     elif kind == "full":  # every shard from every landing file; the rest of each shard wherever it is stale
@@ -148,7 +170,7 @@ def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: s
                 forced.setdefault(identity.shard_from_partition(p), set()).add(name)
     mode = "rebuild" if kind == "rebuild" else "ingest"
     names = None if files is None else tuple(f.name for f in present)
-    works = tuple(ShardWork(s, tuple(graph.ordered(nodes)), mode, names, as_of.isoformat())
+    works = tuple(ShardWork(s, tuple(graph.ordered(nodes)), mode, names, as_of.isoformat(), staged.batch if staged else None)
                   for s, nodes in sorted(forced.items()) if nodes or kind == "full")
     merges = tuple(n for n in (stale or {}) if not graph.node(n).partitioned)
     return RunPlan(kind, batch_id, True, run_id, works, merges)
@@ -241,7 +263,8 @@ def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
             started = time.perf_counter()
             result = compute(NodeRun(env, node, work.partition, work.mode, context.run_id,
                                      list(work.landing_files) if work.landing_files is not None else None,
-                                     _as_of(work.as_of) if work.as_of else None, context.log.info))
+                                     _as_of(work.as_of) if work.as_of else None, context.log.info, work.staged,
+                                     frozenset(work.subjects) if work.subjects is not None else None))
             result = runtime.timed(result, time.perf_counter() - started)
             yield from runtime.node_events(context.instance, policy, graph, node, work.partition, result)
             outcomes.append(_outcome(node.name, work.partition, result))
@@ -280,6 +303,7 @@ def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
             if not isinstance(item, NodeOutcome):
                 yield item
         env.ledger.finish_landing_batch(plan.batch_id, [w.shard for w in plan.works])
+        drop_staging(env.lake, plan.batch_id)
         env.ledger.finish_job_run(context.run_id, "success")
         runtime.report_progress(f"merges done; landing batch {plan.batch_id} finished")
 

@@ -165,6 +165,12 @@ class ModelSpec(_Strict):
         return self.quality.metric or DEFAULT_METRIC[self.task]
 
 
+class LakePolicy(_Strict):
+    buckets: int = Field(16, ge=1, le=1024)
+    """Files per shard partition of every raw dataset: an erasure rewrites the one holding the subject.
+    Changing it rewrites every raw partition (its code version changes), nothing else."""
+
+
 class VectorPolicy(_Strict):
     chunk_chars: int = Field(400, ge=50, le=10_000)
     dimensions: int = Field(256, ge=16, le=4096)
@@ -215,6 +221,7 @@ class Policy(_Strict):
     """None: no cohort assets."""
     features: FeaturesPolicy = Field(default_factory=FeaturesPolicy)
     models: dict[str, ModelSpec] = Field(default_factory=lambda: {"model": ModelSpec()})
+    lake: LakePolicy = Field(default_factory=LakePolicy)
     vectors: VectorPolicy = Field(default_factory=VectorPolicy)
     embedder: EmbedderPolicy = Field(default_factory=EmbedderPolicy)
     retention_days: int = Field(730, ge=1)

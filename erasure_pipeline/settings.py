@@ -4,7 +4,7 @@
 |---|---|---|
 | ``ERASURE_PIPELINE_LAKE_URL`` | ``<home>/lake`` | ``s3://bucket/prefix`` |
 | ``ERASURE_PIPELINE_LANDING_URL`` | ``<home>/landing`` | ``s3://bucket/prefix`` |
-| ``ERASURE_PIPELINE_QDRANT_URL`` (+ ``_QDRANT_API_KEY``) | local mode under ``<home>/qdrant`` | ``https://qdrant:6333`` |
+| ``ERASURE_PIPELINE_QDRANT_URL`` (+ ``_QDRANT_API_KEY``) | Qdrant Edge under ``<home>/qdrant`` | ``https://qdrant:6333`` |
 | ``ERASURE_PIPELINE_LEDGER_URL`` | ``sqlite:///<home>/ledger.sqlite`` | ``postgresql+psycopg2://…`` |
 
 S3 endpoints and credentials come from boto3's own environment (``AWS_ENDPOINT_URL``,
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from erasure_pipeline import home
 from erasure_pipeline.storage.lake import Lake, LocalLake, S3Lake
-from erasure_pipeline.storage.vectors import VectorStore
+from erasure_pipeline.storage.vectors import EdgeStore, VectorStore
 
 LAKE_ENV = "ERASURE_PIPELINE_LAKE_URL"
 LANDING_ENV = "ERASURE_PIPELINE_LANDING_URL"
@@ -51,8 +51,10 @@ def landing(url: str | None = None) -> Lake:
 def vector_store(url: str | None = None, api_key: str | None = None, path: str | None = None) -> VectorStore:
     url = url or os.environ.get(QDRANT_URL_ENV) or None
     if url:
-        return VectorStore(url=url, api_key=api_key or os.environ.get(QDRANT_KEY_ENV) or None)
-    return VectorStore(root=Path(path).resolve() if path else home.qdrant_root())
+        from erasure_pipeline.storage.qdrant_server import ClientStore
+
+        return ClientStore(url=url, api_key=api_key or os.environ.get(QDRANT_KEY_ENV) or None)
+    return EdgeStore(root=Path(path).resolve() if path else home.qdrant_root())
 
 
 def ledger_url(url: str | None = None) -> str:

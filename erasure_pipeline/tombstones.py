@@ -37,12 +37,20 @@ def candidates(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def mentions_by_row(frame: pd.DataFrame | None, columns: Sequence[str], keyer: Keyer) -> list[list[str]]:
+    """Per row of ``frame``, the keys (under ``keyer``'s rule) of the e-mail-like tokens in its text ``columns``."""
+    cols = [c for c in columns if frame is not None and c in frame]
+    if not cols or frame.empty:
+        return [[] for _ in range(0 if frame is None else len(frame))]
+    per_row = [[tok for text in texts for _s, _e, tok in candidates(str(text))] for texts in zip(*(frame[c] for c in cols), strict=True)]
+    flat = [tok for toks in per_row for tok in toks]
+    keys = iter(keyer.keys(flat)) if flat else iter(())
+    return [[next(keys) for _ in toks] for toks in per_row]
+
+
 def mentioned_keys(frame: pd.DataFrame | None, columns: Sequence[str], keyer: Keyer) -> Counter:
     """Keys (under ``keyer``'s rule) of every e-mail-like token in the text ``columns`` of ``frame``, counted."""
-    if frame is None or frame.empty:
-        return Counter()
-    tokens = [tok for col in columns if col in frame for text in frame[col].astype(str) for _s, _e, tok in candidates(text)]
-    return Counter(keyer.keys(tokens)) if tokens else Counter()
+    return Counter(k for keys in mentions_by_row(frame, columns, keyer) for k in keys)
 
 
 @dataclass(frozen=True)

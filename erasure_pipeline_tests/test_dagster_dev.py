@@ -130,6 +130,9 @@ def test_empty_dagster_home_two_runs_never_merge_at_once_and_both_verify(demo_ho
         second = erase(b)[0]  # filed while the first run works: a second tick, a second run
         _wait_for(lambda: all(book.get_request(r)["status"] in ("completed", "failed") for r in (first, second)), 300,
                   "both certificates", demo_home)
+        # the certificate is written inside merge_and_certify: its run ends a moment later
+        _wait_for(lambda: all(r.is_finished for r in instance().get_runs() if r.job_name == "erasure_job"), 60,
+                  "both runs to finish", demo_home)
     assert [book.get_request(r)["status"] for r in (first, second)] == ["completed", "completed"]
     runs = [r for r in instance().get_runs() if r.job_name == "erasure_job"]
     assert len(runs) == 2

@@ -13,6 +13,7 @@ from erasure_pipeline.cli import main
 from erasure_pipeline.erasure.service import default_ledger, erase
 from erasure_pipeline.nodes.cohorts import noise_key
 from erasure_pipeline.process import drain
+from erasure_pipeline.storage import buckets as bk
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline_tests.conftest import PEPPER, defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import (
@@ -190,10 +191,13 @@ def test_verify_fails_when_data_comes_back(demo_home):
     drain(defs, instance())
     store = settings.lake()
     part = identity.partition_key(shard)
-    raw = lk.require_table(store, "raw_subjects", part)
-    lk.write_table(store, "raw_subjects", part, pd.concat([raw, raw.head(1).assign(subject_key=key(sid))], ignore_index=True))
+    # the subject's row written back into the bucket file that would hold it
+    bucket = bk.object_name("raw_subjects", part, bk.bucket_of(key(sid), policy.lake.buckets))
+    raw = lk.table_from_bytes(store.read_bytes(bucket))
+    store.write_bytes(bucket, lk.table_to_bytes(pd.concat([raw, raw.head(1).assign(subject_key=key(sid))], ignore_index=True)))
     out = _cli("verify", rid)
     assert out.exit_code == 1 and "FAIL no rows of the subject [raw_subjects" in out.output
+    assert f"FAIL stored partition is what its last materialisation recorded [raw_subjects[{part}]]" in out.output
 
 
 def test_verify_fails_when_a_merge_was_not_built_from_the_current_shards(demo_home):
@@ -239,3 +243,56 @@ def test_drain_and_the_jobs_use_the_ledger_resource_they_are_given(demo_home, tm
     assert len(result.runs) == 1 and not result.failed_runs
     assert open_ledger(url).get_request(rid)["status"] == "completed"
     assert default_ledger().requests() == []  # nothing went to the environment's ledger
+
+
+def test_an_erasure_rewrites_only_the_lake_files_that_hold_the_subject(demo_home):
+    """From the lake's listing before and after: raw data changes in the subject's bucket files only (and
+    their manifests); everything else that changed is derived per shard or merged."""
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
+    store = settings.lake()
+
+    def listing() -> dict[str, str]:
+        return {n: lk.content_hash(store.read_bytes(n)) for n in store.list()}
+
+    before = listing()
+    rid = erase(sid)[0]
+    assert not drain(defs, instance()).failed_runs and _cli("verify", rid).exit_code == 0
+    after = listing()
+    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    part, bucket = identity.partition_key(shard), bk.bucket_of(key(sid), policy.lake.buckets)
+    raw_files = {n for n in changed if n.startswith("raw_")}
+    assert raw_files == {bk.object_name(t, part, bucket) for t in ("raw_subjects", "raw_events", "raw_tickets")} | \
+        {bk.manifest_name(t, part) for t in ("raw_subjects", "raw_events", "raw_tickets")}
+    untouched_raw = [n for n in before if n.startswith("raw_") and n not in raw_files]
+    assert len(untouched_raw) > 10 * len(raw_files)  # the rest of the raw lake: not one byte rewritten
+    derived = {n.split("/")[0] for n in changed - raw_files if not n.startswith("_")}
+    assert derived <= {"cohort_partials", "anonymised_cohorts", "cohort_model", "training_shards", "shard_models",
+                       "ensemble_model", "vector_index"}
+    assert all(part in n or "/all" in n or "/candidate" in n for n in changed - raw_files if not n.startswith("_"))
+    assert {n for n in changed if n.startswith("_")} <= {n for n in before if n.startswith("_landing_index/")}  # its index entries
+
+
+def test_a_change_of_lake_buckets_keeps_erasures_exact_before_and_after_the_backfill(demo_home):
+    """lake.buckets 16 -> 6: a subject's bucket moves. An erasure before the backfill lays the partition
+    out anew rather than looking in the wrong file; the backfill then rewrites the rest; verify holds."""
+    policy_file = demo_home / "policy.yaml"
+    policy_file.write_text(policy_file.read_text() + "lake: {buckets: 6}\n")
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
+    part = identity.partition_key(shard)
+    assert bk.read_manifest(settings.lake(), "raw_events", part).of == 16
+    rid = erase(sid)[0]
+    assert not drain(defs, instance()).failed_runs
+    assert _cli("verify", rid).exit_code == 0
+    assert bk.read_manifest(settings.lake(), "raw_events", part).of == 6  # laid out anew by the erasure
+    assert scan_for(demo_home, [sid]) == []
+    out = _cli("backfill", "--stale")
+    assert out.exit_code == 0, out.output
+    store = settings.lake()
+    for p in identity.partition_keys(policy.shards):
+        m = bk.read_manifest(store, "raw_events", p)
+        assert m.of == 6 and set(m.buckets) <= set(range(6))
+        assert {n.rsplit("/", 1)[1] for n in store.list(f"raw_events/{p}/")} == \
+            {bk.MANIFEST, *(f"{bk.bucket_name(b)}.parquet" for b in m.buckets)}
+    assert _cli("verify", rid).exit_code == 0

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from erasure_pipeline import settings
+from erasure_pipeline.storage import buckets as bk
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.lake import S3Lake
 
@@ -97,10 +98,10 @@ def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bu
         build_demo(home, n_subjects=200)
         defs, policy = defs_and_policy()
         (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
-        # A cycle brings the shard new rows of another subject: its objects are overwritten, so old
+        # A cycle brings the subject new rows: the bucket files holding them are overwritten, so old
         # versions holding the subject exist.
         subjects, _tickets = landing_frames(policy.shards)
-        other = subjects[(subjects["shard"] == shard) & (subjects["subject_id"] != sid)].iloc[0]
+        other = subjects[subjects["subject_id"] == sid].iloc[0]
         update = other.drop(["subject_key", "shard"]).to_frame().T.assign(lifetime_value=other["lifetime_value"] + 1)
         settings.landing().write_bytes("subjects/update.csv", update.to_csv(index=False).encode())
         events = pd.DataFrame({"event_id": ["ev-update-1"], "subject_id": [other["subject_id"]], "ts": ["2026-11-01T00:00:00Z"],
@@ -125,13 +126,17 @@ def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bu
         versions = _all_versions(bucket)
         assert [v["Key"] for v in versions if _holds(v, needles)] == []
         part = f"shard_{shard:02d}"
-        for name in ("raw_subjects", "raw_events", "raw_tickets", "training_shards", "cohort_partials"):
-            assert [v for v in versions if v["Key"] == f"lake/{name}/{part}.parquet" and not v["IsLatest"]] == []
+        b_sid = bk.bucket_of(key(sid), policy.lake.buckets)
+        objects = [bk.object_name(n, part, b_sid) for n in ("raw_subjects", "raw_events", "raw_tickets")]
+        objects += [bk.manifest_name(n, part) for n in ("raw_subjects", "raw_events", "raw_tickets")]
+        objects += [lk.table_name(n, part) for n in ("training_shards", "cohort_partials")]
+        for name in objects:
+            assert [v for v in versions if v["Key"] == f"lake/{name}" and not v["IsLatest"]] == [], name
         assert scan_for(home, [sid]) == []  # the ledger, the instance, Qdrant: local parts of this set-up
 
         # verify reads old versions: an old copy put back under the same key is caught.
         client = boto3.client("s3")
-        leaked = next(v for v in _all_versions(bucket) if v["Key"] == f"lake/raw_subjects/{part}.parquet")
+        leaked = next(v for v in _all_versions(bucket) if v["Key"] == f"lake/{bk.object_name('raw_subjects', part, b_sid)}")
         client.put_object(Bucket=bucket, Key=leaked["Key"], Body=leaked["Body"])  # a new current version...
         frame = lk.table_from_bytes(leaked["Body"])
         again = pd.concat([frame, frame.head(1).assign(subject_key=key(sid))])

@@ -10,7 +10,6 @@ from erasure_pipeline.identity import Keyer
 from erasure_pipeline.policy import Policy
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
-from erasure_pipeline.storage.vectors import VectorStore
 from erasure_pipeline.tombstones import Tombstones
 from erasure_pipeline.vectors.embed import chunk_text, embed, point_id
 
@@ -50,29 +49,44 @@ def test_chunking_and_embedding_are_deterministic():
     assert point_id("t1", 0, "x") == point_id("t1", 0, "x") != point_id("t1", 0, "y")
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["per-shard-paths", "shared-collection"])
-def test_vector_store_sync_delete_by_subject_and_compaction(tmp_path, shared):
-    """Both layouts: per-shard local stores, and the server's one collection filtered by shard."""
-    store = VectorStore(root=tmp_path, shared=shared)
+def _store(kind: str, root):
+    from erasure_pipeline.storage.qdrant_server import ClientStore
+    from erasure_pipeline.storage.vectors import EdgeStore
+
+    return {"edge": lambda: EdgeStore(root), "client-per-shard": lambda: ClientStore(root=root, shared=False),
+            "client-shared-collection": lambda: ClientStore(root=root, shared=True)}[kind]()
+
+
+def _points(ids, texts, payloads, dims=32):
+    from erasure_pipeline.storage.vectors import PointData
+
+    return [PointData(i, v, p) for i, v, p in zip(ids, embed(texts, dims), payloads, strict=True)]
+
+
+@pytest.mark.parametrize("kind", ["edge", "client-per-shard", "client-shared-collection"])
+def test_vector_store_apply_delete_by_subject_and_physical_removal(tmp_path, kind):
+    """Every back-end behind one interface: Qdrant Edge (the embedded default), and qdrant-client in
+    per-shard local stores and in the server's layout (one collection filtered by shard)."""
+    store = _store(kind, tmp_path)
     other = [point_id(f"o{i}", 0, "billing other shard") for i in range(5)]
-    store.sync(0, other, embed(["billing other shard"] * 5, 32),
-               [{"subject_key": "k0", "ticket_id": f"o{i}", "shard": 0, "text": "x"} for i in range(5)])
+    store.apply(0, [], _points(other, ["billing other shard"] * 5,
+                               [{"subject_key": "k0", "group": "t/b_000", "shard": 0, "text": "x"} for _ in range(5)]), 32)
     texts = [f"ticket {i} from person-{i}@secret.example about billing" for i in range(30)]
     ids = [point_id(f"t{i}", 0, t) for i, t in enumerate(texts)]
-    payloads = [{"subject_key": f"k{i % 3}", "ticket_id": f"t{i}", "shard": 1, "text": t} for i, t in enumerate(texts)]
-    res = store.sync(1, ids, embed(texts, 32), payloads)
-    assert (res.added, res.removed, res.points) == (30, 0, 30)
-    assert store.sync(1, ids, embed(texts, 32), payloads).added == 0  # a rebuild of the same content is a no-op
+    payloads = [{"subject_key": f"k{i % 3}", "group": f"t/b_00{i % 2}", "shard": 1, "text": t} for i, t in enumerate(texts)]
+    store.apply(1, [], _points(ids, texts, payloads), 32)
+    assert len(store.point_ids(1)) == 30 and len(store.group_ids(1, "t/b_001")) == 15
     assert store.count_subjects(1, ["k0"]) == 10
     assert store.delete_subjects(1, ["k0"]) == (10, 0)
     assert store.count_subjects(1, ["k0"]) == 0 and len(store.point_ids(1)) == 20
     assert store.count_subjects(0, ["k0"]) == 5 and len(store.point_ids(0)) == 5  # the other shard is untouched
-    assert store.sync(1, ids[1:3], embed(texts[1:3], 32), payloads[1:3]).points == 2  # a shard rebuild keeps other shards
-    assert len(store.point_ids(0)) == 5
-    raw = (tmp_path / ("shared" if shared else "shard_01") / "collection" / "tickets" / "storage.sqlite").read_bytes()
-    assert b"person-0@secret.example" not in raw and b"person-1@secret.example" in raw
+    store.apply(1, sorted(store.group_ids(1, "t/b_001")), [], 32)  # a group's points removed by id
+    assert len(store.point_ids(1)) == 10 and len(store.point_ids(0)) == 5
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert b"person-0@secret.example" not in on_disk and b"person-1@secret.example" not in on_disk  # deleted: gone from disk
+    assert b"person-2@secret.example" in on_disk
     hits = store.search(embed(["billing"], 32)[0], [1], limit=3)
-    assert len(hits) == 2 and all(h[1]["subject_key"] != "k0" and h[1]["shard"] == 1 for h in hits)
+    assert len(hits) == 3 and all(h[1]["subject_key"] != "k0" and h[1]["shard"] == 1 for h in hits)
 
 
 def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_version():
@@ -83,7 +97,7 @@ def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_versio
     assert graph.descendants(["raw_tickets"]) == {"vector_index"}
     assert graph.descendants(["raw_events"]) == {"training_shards", "shard_models", "ensemble_model"}
     # a node's code version reads its own fields and its ancestors'
-    assert graph.policy_fields("cohort_model") == ("cohorts", "datasets.subjects", "identity", "k_min", "seed", "shards")
+    assert graph.policy_fields("cohort_model") == ("cohorts", "datasets.subjects", "identity", "k_min", "lake", "seed", "shards")
     assert set(graph.policy_fields("ensemble_model")) >= {"models.model.estimator", "models.model.label", "consent", "features",
                                                          "datasets.events", "shards"}
     assert "datasets.tickets" not in graph.policy_fields("ensemble_model")

@@ -73,7 +73,7 @@ def affected_nodes(env: Env, footprint: Footprint, outcomes: Mapping[tuple[str, 
 
 
 def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Mapping[tuple[str, str | None], object], *,
-            run_id: str | None, batch_id: str | None, cache: dict | None = None) -> dict:
+            run_id: str | None, batch_id: str | None, cache: dict | None = None, landing_scrubbed: int = 0) -> dict:
     """Verify the subject is gone everywhere, then record actions and issue the certificate.
 
     Every node is listed for the subject's own shard (with NO_DATA where it held nothing); another
@@ -88,7 +88,7 @@ def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Mapping[
     elsewhere = sorted({p for parts in footprint.values() for p in parts if p != own})
     affected = {p: affected_nodes(env, footprint, outcomes, p) for p in [own, *elsewhere]}
     actions = []
-    scrubbed = 0
+    scrubbed = landing_scrubbed
     for node in env.graph.nodes:
         for partition in ([own, *elsewhere] if node.partitioned else [None]):
             present = node.name in (affected[partition] if partition else set().union(*affected.values()))
@@ -139,7 +139,7 @@ def certify_batch(context, env: Env, plan, outcomes: list) -> Iterator:
             continue
         try:
             certs.append(certify(env, request, plan.footprints.get(request["request_id"], {}), by_key,
-                                 run_id=context.run_id, batch_id=plan.batch_id, cache=cache))
+                                 run_id=context.run_id, batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed))
         except ErasureNotProven as exc:
             unproven.append(exc)
             book.fail_requests([exc.request_id], str(exc), context.run_id)

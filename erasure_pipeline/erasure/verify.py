@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -18,10 +17,13 @@ from erasure_pipeline import contracts, identity
 from erasure_pipeline.anonymise import cohorts as cm
 from erasure_pipeline.ledger import Anchor
 from erasure_pipeline.ml.shard_training import matches_retrain
-from erasure_pipeline.nodes import PICKLED, Env, current_inputs, object_name
+from erasure_pipeline.nodes import PICKLED, Env, current_inputs, object_name, read_partition
 from erasure_pipeline.signing import key_id, verify_document
+from erasure_pipeline.storage import buckets as bk
 from erasure_pipeline.storage import lake as lk
-from erasure_pipeline.storage.landing import landing_files, read_landing
+from erasure_pipeline.storage import landing_index
+from erasure_pipeline.storage.landing import landing_files, read_landing, staged_files
+from erasure_pipeline.storage.vectors import hash_ids
 from erasure_pipeline.tombstones import mentioned_keys
 
 MERGE_INPUTS_CLAIM = "published merge was built from the current shard partitions"
@@ -55,19 +57,20 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
                        "on hold" if held and held["status"] == "on_hold" else ""))
     tables = [n for n in graph.subject_nodes if n.kind != "vector_index"]
     for node in tables:
-        df = lk.read_table(env.lake, node.name, part)
+        manifest = bk.read_manifest(env.lake, node.name, part) if node.kind == "raw" else None
+        buckets = [manifest.bucket_of(subject_key, policy.lake.buckets)] if manifest is not None else None
+        df = read_partition(env, node.name, part, buckets=buckets)
         present = int((df["subject_key"] == subject_key).sum()) if df is not None and "subject_key" in df else 0
         out.append(Finding("no rows of the subject", f"{node.name}[{part}]", present == 0, f"{present} rows"))
     out += _old_versions(env, subject_key, part, tables)
-    in_landing = 0
-    for f in landing_files(env.landing, contracts.contracts_for(policy)):
-        in_landing += int((read_landing(env.landing, f, env.keyer)["subject_key"] == subject_key).sum())
-    out.append(Finding("no rows of the subject in landing files", "landing", in_landing == 0, f"{in_landing} rows"))
     rule = env.ledger.tombstone_rule(subject_key)
     rule = tuple(rule.split(",")) if rule else (() if rule == "" else env.keyer.rule)
-    if ("mentions", rule) not in cache:
-        cache[("mentions", rule)] = _mention_counts(env, rule)
-    mentions = cache[("mentions", rule)].get(subject_key, 0)
+    in_landing, named_in_landing = _landing_holding(env, subject_key, rule, cache)
+    out.append(Finding("no rows of the subject in landing files", "landing", in_landing == 0, f"{in_landing} rows"))
+    staged = sum(int((lk.table_from_bytes(env.lake.read_bytes(n), ["subject_key"])["subject_key"] == subject_key).sum())
+                 for n in staged_files(env.lake, shard=shard))
+    out.append(Finding("no rows of the subject in an ingest's staging area", "lake/_staging", staged == 0, f"{staged} rows"))
+    mentions = named_in_landing + _lake_mentions(env, subject_key, rule, cache)
     out.append(Finding("no text column of the lake or landing holds the subject's id", "text columns", mentions == 0,
                        f"{mentions} mentions"))
     for node in graph.nodes:
@@ -93,20 +96,46 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
     return out
 
 
-def _mention_counts(env: Env, rule: tuple[str, ...]) -> Counter:
-    """Keys (under ``rule``) of every e-mail-like token in every text column of the lake and of landing."""
+def _landing_holding(env: Env, subject_key: str, rule: tuple[str, ...], cache: dict) -> tuple[int, int]:
+    """(rows of the subject, mentions of their id in texts) in landing: the files the landing index names
+    for them, and every file no ingest has indexed, read now."""
+    tables = contracts.contracts_for(env.policy)
+    if "landing_batches" not in cache:
+        cache["landing_batches"] = landing_index.batches(env.lake)
+    batches = cache["landing_batches"]
+    indexed = landing_index.indexed_files(env.lake, batches)
+    holding = landing_index.files_holding(env.lake, [subject_key], env.policy.shards, env.policy.lake.buckets, batches)
+    rows = named = 0
+    keyer = env.keyer.under(rule)
+    for f in landing_files(env.landing, tables):
+        if f.name not in holding and f.name in indexed and rule == env.keyer.rule:
+            continue
+        df = read_landing(env.landing, f, env.keyer)
+        rows += int((df["subject_key"] == subject_key).sum())
+        named += mentioned_keys(df, f.contract.texts, keyer).get(subject_key, 0)
+    return rows, named
+
+
+def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...], cache: dict) -> int:
+    """Mentions of the subject's id in the text columns of the lake: the buckets whose manifest names
+    them, read now (under an earlier identity rule, every text bucket)."""
     keyer = env.keyer.under(rule)
     tables = contracts.contracts_for(env.policy)
-    counts: Counter = Counter()
+    count = 0
     for node in env.graph.raw_nodes:
         texts = tables[node.table].texts
         if not texts:
             continue
-        frames = [lk.read_table(env.lake, node.name, p) for p in identity.partition_keys(env.policy.shards)]
-        frames += [read_landing(env.landing, f, env.keyer) for f in landing_files(env.landing, tables, node.table)]
-        for df in frames:
-            counts.update(mentioned_keys(df, texts, keyer))
-    return counts
+        for p in identity.partition_keys(env.policy.shards):
+            manifest = bk.read_manifest(env.lake, node.name, p)
+            if manifest is None:
+                continue
+            wanted = manifest.mentioning(subject_key) if rule == env.keyer.rule else None
+            if wanted == []:
+                continue
+            df = bk.read_buckets(env.lake, node.name, p, wanted, manifest, columns=[*texts])
+            count += mentioned_keys(df, texts, keyer).get(subject_key, 0)
+    return count
 
 
 def _old_versions(env: Env, subject_key: str, part: str, tables) -> list[Finding]:
@@ -118,17 +147,21 @@ def _old_versions(env: Env, subject_key: str, part: str, tables) -> list[Finding
     """
     out = []
     for node in tables:
-        name = lk.table_name(node.name, part)
-        versions = [v for v in env.lake.noncurrent_versions(name) if not v.delete_marker]
+        if node.kind == "raw":  # the subject's bucket in every layout the partition may have had
+            counts = {env.policy.lake.buckets, *((m.of,) if (m := bk.read_manifest(env.lake, node.name, part)) and m.of else ())}
+            names = [bk.object_name(node.name, part, b) for b in sorted({bk.bucket_of(subject_key, c) for c in counts})]
+        else:
+            names = [lk.table_name(node.name, part)]
+        versions = [(name, v) for name in names for v in env.lake.noncurrent_versions(name) if not v.delete_marker]
         holding = 0
-        for v in versions:
+        for name, v in versions:
             old = lk.table_from_bytes(env.lake.read_version(name, v.version_id))
             holding += int("subject_key" in old and bool((old["subject_key"] == subject_key).any()))
         out.append(Finding("no old object version holds the subject's rows", f"{node.name}[{part}]", holding == 0,
                            f"{len(versions)} noncurrent versions, {holding} with the subject"))
     since = env.ledger.tombstoned_since(subject_key)
     derived = [object_name(n, part if n.partitioned else None) for n in env.graph.nodes
-               if not n.subject_rows and n.kind != "vector_index"]
+               if n.kind != "vector_index" and (not n.subject_rows or n.kind == "raw")]  # a raw node's: its manifest
     derived += [lk.model_name(n.name, "candidate") for n in env.graph.nodes if n.kind == "ensemble"]
     for name in derived:
         older = [v for v in env.lake.noncurrent_versions(name) if since is None or v.last_modified < since]
@@ -194,7 +227,9 @@ def stored_version(env: Env, node, partition: str | None) -> str | None:
     """The data version of what is stored now, computed as the node computes it (None: nothing stored)."""
     if node.kind == "vector_index":
         ids = env.vectors.point_ids(identity.shard_from_partition(partition))
-        return env.vectors.hash_ids(ids)
+        return hash_ids(ids)
+    if node.kind == "raw":
+        return bk.stored_version(env.lake, node.name, partition)
     if node.kind == "ensemble":
         blob = env.lake.read_bytes(lk.model_name(node.name, "candidate"))
     else:

@@ -769,13 +769,18 @@ class Ledger:
     # ------------------------------------------------------------------ node versions and provenance
     def record_node(
         self, asset: str, partition: str | None, *, data_version: str, code_version: str, inputs: Mapping[str, str], run_id: str,
-        provenance: Mapping[str, int] | None = None, stats: tuple[int, dt.datetime | None] | None = None,
+        provenance: Mapping[str, int] | None = None, provenance_scope: Iterable[str] | None = None,
+        stats: tuple[int, dt.datetime | None] | None = None,
         consent: tuple[int, Mapping[str, bool]] | None = None, retention: Mapping[str, Any] | None = None,
     ) -> None:
         """Everything the ledger learns from one node partition's computation, in one transaction: its
         version and inputs, and (as the node has them) its provenance, row statistics, consent changes
         and the rows that left it for retention. A crash before this leaves the old record, so the
-        next run sees the partition as stale and computes it again."""
+        next run sees the partition as stale and computes it again.
+
+        ``provenance`` is what the partition holds per subject; with ``provenance_scope`` it covers only
+        those subjects (the buckets a computation rewrote) and the others' rows are left as they are.
+        Either way only rows that differ are written, so an erasure changes its subjects' rows only."""
         part = partition or "all"
         now = utcnow()
         with self._tx() as conn:
@@ -783,7 +788,7 @@ class Ledger:
             conn.execute(t.node_versions.insert().values(asset=asset, partition=part, data_version=data_version, code_version=code_version,
                                                          inputs=_canonical(dict(inputs)), run_id=run_id, recorded_at=now))
             if provenance is not None:
-                self._replace_provenance(conn, asset, part, provenance, data_version, run_id)
+                self._update_provenance(conn, asset, part, provenance, provenance_scope, data_version, run_id)
             if stats is not None:
                 conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == part))
                 conn.execute(t.partition_stats.insert().values(asset=asset, partition=part, rows=stats[0], oldest=stats[1], recorded_at=now))
@@ -810,19 +815,47 @@ class Ledger:
             r["inputs"] = json.loads(r["inputs"])
         return {(r["asset"], r["partition"]): r for r in rows}
 
-    def _replace_provenance(self, conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str,
-                            run_id: str) -> None:
+    def _update_provenance(self, conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int],
+                           scope: Iterable[str] | None, content_hash: str, run_id: str) -> None:
+        """Make the partition's provenance (of the subjects in ``scope``; None: all) equal ``rows_by_key``,
+        writing only the rows that differ."""
+        p = t.provenance.c
+        where = (p.asset == asset, p.partition == partition)
+        if scope is None:
+            existing = {r.subject_key: r.rows for r in conn.execute(sa.select(p.subject_key, p.rows).where(*where))}
+        else:
+            keys, existing = list(scope), {}
+            for i in range(0, len(keys), 500):
+                q = sa.select(p.subject_key, p.rows).where(*where, p.subject_key.in_(keys[i : i + 500]))
+                existing.update({r.subject_key: r.rows for r in conn.execute(q)})
+        wanted = {k: int(n) for k, n in rows_by_key.items() if n}
+        gone = [k for k in existing if k not in wanted]
+        for i in range(0, len(gone), 500):
+            conn.execute(t.provenance.delete().where(*where, p.subject_key.in_(gone[i : i + 500])))
         now = utcnow()
-        conn.execute(t.provenance.delete().where(t.provenance.c.asset == asset, t.provenance.c.partition == partition))
-        batch = [{"subject_key": k, "asset": asset, "partition": partition, "rows": int(n), "content_hash": content_hash,
-                  "run_id": run_id, "recorded_at": now} for k, n in rows_by_key.items()]
+        changed = [{"k": k, "n": n, "h": content_hash, "r": run_id, "at": now} for k, n in wanted.items() if k in existing and existing[k] != n]
+        if changed:
+            conn.execute(t.provenance.update().where(*where, p.subject_key == sa.bindparam("k"))
+                         .values(rows=sa.bindparam("n"), content_hash=sa.bindparam("h"), run_id=sa.bindparam("r"),
+                                 recorded_at=sa.bindparam("at")), changed)
+        batch = [{"subject_key": k, "asset": asset, "partition": partition, "rows": n, "content_hash": content_hash,
+                  "run_id": run_id, "recorded_at": now} for k, n in wanted.items() if k not in existing]
         for i in range(0, len(batch), 5000):
             conn.execute(t.provenance.insert(), batch[i : i + 5000])
 
     def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
-        """Replace what the ledger knows of one asset partition's subjects with what it now holds."""
+        """Make what the ledger knows of one asset partition's subjects what it now holds."""
         with self._tx() as conn:
-            self._replace_provenance(conn, asset, partition, rows_by_key, content_hash, run_id)
+            self._update_provenance(conn, asset, partition, rows_by_key, None, content_hash, run_id)
+
+    def tombstoned_in(self, asset: str, partition: str) -> set[str]:
+        """Tombstoned subjects the ledger still records in an asset partition: what an erasure there must remove."""
+        p = t.provenance.c
+        held = sa.select(t.erasure_requests.c.subject_key).where(t.erasure_requests.c.status == "on_hold")
+        q = (sa.select(p.subject_key).join(t.tombstones, t.tombstones.c.subject_key == p.subject_key)
+             .where(p.asset == asset, p.partition == partition, p.subject_key.not_in(held)))
+        with self.engine.connect() as conn:
+            return {r.subject_key for r in conn.execute(q)}
 
     def provenance_for(self, subject_keys: Iterable[str]) -> list[dict]:
         keys = list(subject_keys)

@@ -70,7 +70,7 @@ def allowed(values: pd.Series, policy: Policy) -> pd.Series:
     """Which consent values are in ``consent.allowed_values``, compared as text (case and blanks aside), so
     a boolean column (parsed when every allowed value is a boolean) and a text one read alike."""
     wanted = {_token(v) for v in policy.consent.allowed_values}
-    return values.map(_token).isin(wanted)
+    return values.astype(str).str.strip().str.casefold().isin(wanted)
 
 
 def _allowed(rows: pd.DataFrame, column: str | None, policy: Policy) -> pd.DataFrame:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import pandas as pd
+
 from erasure_pipeline import identity
 from erasure_pipeline.graph import Graph, Node
 from erasure_pipeline.ledger import Ledger
@@ -103,6 +105,10 @@ class NodeRun:
     as_of: dt.datetime | None = None
     """A retraining cycle's time: rows older than ``as_of - retention_days`` leave the lake."""
     log: Callable[[str], None] = lambda _m: None
+    staged: str | None = None
+    """Ingest from this batch's staging area (one pass over landing wrote it); None: read landing."""
+    subjects: frozenset[str] | None = None
+    """An erasure run's subjects (keys); None: every tombstoned subject the ledger records here."""
 
     @property
     def code_version(self) -> str:
@@ -159,12 +165,35 @@ PICKLED = frozenset({"shard_model", "cohort_model", "ensemble"})
 
 
 def object_name(node: Node, partition: str | None) -> str:
-    """Where a node partition lives in the lake (vector indexes live in Qdrant, not the lake)."""
+    """Where a node partition lives in the lake (vector indexes live in Qdrant, not the lake; a raw
+    partition is bucket files under this prefix, named by its manifest)."""
+    from erasure_pipeline.storage import buckets as bk
     from erasure_pipeline.storage import lake as lk
 
     if node.kind in PICKLED:
         return lk.model_name(node.name, partition)
+    if node.kind == "raw":
+        return bk.manifest_name(node.name, partition)
     return lk.table_name(node.name, partition or "all")
+
+
+def read_partition(env: Env, name: str, partition: str, *, columns: list[str] | None = None, buckets=None,
+                   cache: bool = False) -> pd.DataFrame | None:
+    """A subject-level node partition as a frame (None: never written), whatever its layout."""
+    from erasure_pipeline.storage import buckets as bk
+    from erasure_pipeline.storage import lake as lk
+
+    if env.graph.node(name).kind == "raw":
+        return bk.read_buckets(env.lake, name, partition, buckets, columns=columns, cache=cache)
+    data = env.lake.read_bytes(lk.table_name(name, partition))
+    return None if data is None else lk.table_from_bytes(data, columns)
+
+
+def require_partition(env: Env, name: str, partition: str, **kw) -> pd.DataFrame:
+    df = read_partition(env, name, partition, **kw)
+    if df is None:
+        raise FileNotFoundError(f"{name}[{partition}] has not been materialised in {env.lake.describe()}")
+    return df
 
 
 def input_key(parent: str, partition: str | None) -> str:

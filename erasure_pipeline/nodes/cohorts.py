@@ -11,7 +11,7 @@ import pandas as pd
 from erasure_pipeline import identity
 from erasure_pipeline.anonymise import cohorts as cm
 from erasure_pipeline.errors import PipelineError
-from erasure_pipeline.nodes import CheckOutcome, Markdown, NodeResult, NodeRun, finish, input_key, md_table
+from erasure_pipeline.nodes import CheckOutcome, Markdown, NodeResult, NodeRun, finish, input_key, md_table, require_partition
 from erasure_pipeline.storage import lake as lk
 
 PUBLISHED = "all"
@@ -43,7 +43,7 @@ def compute_partial(run: NodeRun) -> NodeResult:
     c = run.env.policy.cohorts
     store = run.env.lake
     source = run.node.parents[0]
-    subjects = lk.require_table(store, source, run.partition)
+    subjects = require_partition(run.env, source, run.partition)
     subjects = subjects[~subjects["subject_key"].isin(run.env.ledger.tombstoned_keys(run.shard))]
     repeated = int(subjects["subject_key"].duplicated().sum()) if len(subjects) else 0
     if repeated:

@@ -23,9 +23,11 @@ from erasure_pipeline.nodes import (
     finish,
     input_key,
     md_table,
+    read_partition,
     tombstone_check,
 )
 from erasure_pipeline.policy import Policy
+from erasure_pipeline.storage import buckets as bk
 from erasure_pipeline.storage import lake as lk
 
 CANDIDATE = "candidate"
@@ -48,20 +50,50 @@ def _purge(run: NodeRun, *names: str) -> int:
     return sum(len(run.env.lake.purge_noncurrent(n)) for n in names) if run.purges_versions else 0
 
 
+def _bucket_hashes(env, parent: str, partition: str) -> dict[str, str] | None:
+    """The parent partition's bucket hashes; None when it is laid out with another bucket count than
+    the policy gives (lake.buckets changed and the raw partition not yet rewritten)."""
+    manifest = bk.read_manifest(env.lake, parent, partition)
+    if manifest is not None and manifest.of not in (0, env.policy.lake.buckets):
+        return None
+    return {} if manifest is None else {bk.bucket_name(b): i.hash for b, i in manifest.buckets.items()}
+
+
 def compute_training_set(run: NodeRun) -> NodeResult:
+    """A shard's training rows. Each subject's features come from their own rows only, so when the raw
+    buckets it was built from are known (recorded in the table), only the subjects of the buckets that
+    changed since are computed again; the rest are kept as they are: the same rows a full build makes."""
     env, p, node = run.env, run.partition, run.node
     store, policy, model = env.lake, env.policy, node.model
     # A subject tombstoned after its raw partition was last written (an erasure filed mid-cycle) is
     # still there until its erasure run: a derived partition leaves them out itself.
     tombstoned = env.ledger.tombstoned_keys(run.shard)
     base = f"raw_{policy.features.dataset}"
+    inputs = {parent: _bucket_hashes(env, parent, p) for parent in node.parents}
+    previous = lk.read_table(store, node.name, p)
+    recorded = lk.table_inputs(store, node.name, p) if previous is not None else None
+    record = env.ledger.node_records(p, [node.name]).get((node.name, p))
+    changed: set[int] | None = None
+    if recorded is not None and record is not None and record["code_version"] == run.code_version and set(recorded) == set(inputs) \
+            and all(h is not None for h in inputs.values()):
+        changed = {int(b[2:]) for parent in inputs for b in set(inputs[parent]) | set(recorded[parent])
+                   if inputs[parent].get(b) != recorded[parent].get(b)}
+        changed |= set(bk.buckets_of(previous.loc[previous[ft.KEY].isin(tombstoned), ft.KEY], policy.lake.buckets).tolist())
     frames = {}
     for parent in node.parents:
-        rows = lk.require_table(store, parent, p) if parent == base else lk.read_table(store, parent, p)
+        rows = read_partition(env, parent, p, buckets=changed, cache=True)
+        if rows is None and parent == base:
+            raise FileNotFoundError(f"{parent}[{p}] has not been materialised in {store.describe()}")
         rows = rows if rows is not None else pd.DataFrame({ft.KEY: pd.Series(dtype=str)})
         frames[parent.removeprefix("raw_")] = rows[~rows[ft.KEY].isin(tombstoned)] if len(rows) else rows
     training = ft.training_rows(frames, policy, model, where=f"{base}[{p}]")
-    digest = lk.write_table(store, node.name, p, training.rows)
+    rows = training.rows
+    if changed is not None:
+        kept = previous[~np.isin(bk.buckets_of(previous[ft.KEY], policy.lake.buckets), list(changed))]
+        rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
+            if len(rows) else kept.reset_index(drop=True)
+        rows = rows.astype(training.rows.dtypes.to_dict())
+    digest = lk.write_table(store, node.name, p, rows, inputs=inputs)
     written = lk.require_table(store, node.name, p)
     finish(run, digest, provenance=written[ft.KEY].value_counts().to_dict())
     names = ft.feature_names(policy)
@@ -79,6 +111,7 @@ def compute_training_set(run: NodeRun) -> NodeResult:
         "label_encoding": training.label_encoding,
         "features": len(names),
         "constant_features": ft.constant_features(written, names),
+        "subjects_recomputed": "all" if changed is None else f"{len(training.rows)} rows in {len(changed)} changed buckets",
         "content_hash": digest,
         "noncurrent_versions_purged": _purge(run, lk.table_name(node.name, p)),
     }, (tombstone_check(written[ft.KEY], tombstoned),))

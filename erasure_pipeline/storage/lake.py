@@ -83,7 +83,11 @@ class LocalLake:
         if not self.root.exists():
             return []
         names = []
-        for p in self.root.rglob("*"):
+        # Walk only below the prefix's folder, not the whole lake.
+        base = self.root / _check_name(prefix.rsplit("/", 1)[0]) if "/" in prefix.strip("/") else self.root
+        if not base.exists():
+            return []
+        for p in base.rglob("*"):
             if p.is_file() and not p.name.startswith(".tmp-"):
                 rel = p.relative_to(self.root).as_posix()
                 if rel.startswith(prefix):
@@ -236,14 +240,17 @@ def table_inputs(lake: Lake, asset: str, partition: str) -> dict[str, str] | Non
     return json.loads(meta[INPUTS_KEY]) if INPUTS_KEY in meta else None
 
 
-def table_from_bytes(data: bytes) -> pd.DataFrame:
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+def table_from_bytes(data: bytes, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
 
 
 def read_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame | None:
+    """A table partition: one object, or a bucketed partition (``storage.buckets``) read whole."""
     data = lake.read_bytes(table_name(asset, partition))
     if data is None:
-        return None
+        from erasure_pipeline.storage.buckets import read_buckets
+
+        return read_buckets(lake, asset, partition)
     return table_from_bytes(data)
 
 
