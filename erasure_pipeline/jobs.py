@@ -109,12 +109,15 @@ def env_of(policy: Policy, graph: Graph, lake: LakeResource, landing: LandingRes
     return Env(policy, graph, lake.get(), landing.get(), vectors.get(), ledger.get(), pepper.get())
 
 
-def claim_erasure(env: Env, instance: dg.DagsterInstance, batch_id: str, request_ids: list[str], run_id: str) -> RunPlan:
+def claim_erasure(env: Env, instance: dg.DagsterInstance, batch_id: str, request_ids: list[str], run_id: str,
+                  *, plan: bool = True) -> RunPlan:
+    """Claim the requests for ``run_id`` and (``plan``) scrub landing and plan the shards. The CLI's
+    pre-claim passes ``plan=False``: the run's claim step, same run id, claims again and does the work."""
     book = env.ledger
     claim = book.claim_erasure_batch(batch_id, request_ids, run_id, is_live=runtime.run_is_live(instance, book),
                                      host=runtime.HOST, pid=os.getpid())
-    if claim.outcome != "claimed":
-        return RunPlan("erasure", batch_id, False, claim.holder)
+    if claim.outcome != "claimed" or not plan:
+        return RunPlan("erasure", batch_id, claim.outcome == "claimed", claim.holder if claim.outcome != "claimed" else run_id)
     requests = {r["request_id"]: r for r in book.requests_by_id(claim.request_ids)}
     provenance = book.provenance_for([r["subject_key"] for r in requests.values()])
     by_key: dict[str, dict[str, dict[str, int]]] = {}
@@ -135,16 +138,17 @@ def claim_erasure(env: Env, instance: dg.DagsterInstance, batch_id: str, request
 
 
 def claim_landing(env: Env, instance: dg.DagsterInstance, batch_id: str, kind: str, files: list[str] | None,
-                  as_of: dt.datetime, run_id: str, stale: dict[str, set[str | None]] | None = None) -> RunPlan:
+                  as_of: dt.datetime, run_id: str, stale: dict[str, set[str | None]] | None = None, *, plan: bool = True) -> RunPlan:
     """Take the landing files of an ingest (``cycle``: the new ones; ``full``/``rebuild``: every file)
-    and plan each shard: raw nodes that receive rows or hold rows past retention, plus stale nodes."""
+    and (``plan``) stage them in one pass and plan each shard: raw nodes that receive rows or hold rows
+    past retention, plus stale nodes. ``plan=False``: the CLI's pre-claim, as in ``claim_erasure``."""
     graph, policy, book = env.graph, env.policy, env.ledger
     present = [f for f in landing_files(env.landing, contracts_for(policy)) if files is None or f.name in files]
     entries = [(f.name, f.table, content_hash(env.landing.read_bytes(f.name) or b"")) for f in present]
     claim: Claim = book.claim_landing_batch(batch_id, kind, entries, as_of, run_id, is_live=runtime.run_is_live(instance, book),
                                             host=runtime.HOST, pid=os.getpid())
-    if claim.outcome != "claimed":
-        return RunPlan(kind, batch_id, False, claim.holder)
+    if claim.outcome != "claimed" or not plan:
+        return RunPlan(kind, batch_id, claim.outcome == "claimed", claim.holder if claim.outcome != "claimed" else run_id)
     raw_of = {n.table: n.name for n in graph.raw_nodes}
     forced: dict[int, set[str]] = {}
     staged = None

@@ -155,12 +155,13 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRe
     job_name = request.job_name
     config = next(iter(request.run_config["ops"].values()))["config"]
     if job_name == tags.ERASURE_JOB:
-        plan = claim_erasure(env, instance, config["batch_id"], config["request_ids"], run_id)
+        plan = claim_erasure(env, instance, config["batch_id"], config["request_ids"], run_id, plan=False)
     elif job_name == tags.REBUILD_JOB:
-        plan = claim_landing(env, instance, config["batch_id"], "rebuild", None, dt.datetime.now(dt.UTC), run_id, {})
+        plan = claim_landing(env, instance, config["batch_id"], "rebuild", None, dt.datetime.now(dt.UTC), run_id, {}, plan=False)
     else:
         as_of = dt.datetime.fromisoformat(config["as_of"]) if config.get("as_of") else dt.datetime.now(dt.UTC)
-        plan = claim_landing(env, instance, config["batch_id"], config["kind"], config.get("landing_files"), as_of, run_id, {})
+        plan = claim_landing(env, instance, config["batch_id"], config["kind"], config.get("landing_files"), as_of, run_id, {},
+                             plan=False)
     if not plan.claimed:
         holder = f"run {plan.holder[:8]}" if plan.holder else "another run"
         progress(f"{job_name} {config['batch_id']}: held by {holder} or already finished; skipped")
