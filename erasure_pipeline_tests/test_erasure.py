@@ -66,6 +66,8 @@ def test_acceptance_five_requests_one_run_exact_partitions_certificates_and_no_i
     assert len({s for _, s in chosen}) == 4
     no_ticket_shard = chosen[3][1]
     ids = [sid for sid, _ in chosen] + [NEVER_SEEN]
+    qdrant_bytes = b"".join(p.read_bytes() for p in (demo_home / "qdrant").rglob("*") if p.is_file())
+    assert all(key(sid).encode() in qdrant_bytes for sid, _ in chosen[:3])  # the byte scan below can see keys
     start = max_storage_id(inst)
     rids = []
     for sid in ids:
@@ -110,6 +112,10 @@ def test_acceptance_five_requests_one_run_exact_partitions_certificates_and_no_i
     assert "Erasure certificate" in cert_md.value
     # nothing anywhere in the project home still holds the raw ids
     assert scan_for(demo_home, ids) == []
+    # and the Qdrant Edge shards' files (segments, payload storage) do not hold their keys either
+    # (the ledger does, as tombstones: it is what keeps them out)
+    qdrant = [p for p in (demo_home / "qdrant").rglob("*") if p.is_file()]
+    assert qdrant and not any(key(i).encode() in p.read_bytes() for p in qdrant for i in ids)
 
 
 def test_two_shards_in_one_tick_merge_once_from_both_post_erasure_partials(demo_home):
@@ -296,3 +302,26 @@ def test_a_change_of_lake_buckets_keeps_erasures_exact_before_and_after_the_back
         assert {n.rsplit("/", 1)[1] for n in store.list(f"raw_events/{p}/")} == \
             {bk.MANIFEST, *(f"{bk.bucket_name(b)}.parquet" for b in m.buckets)}
     assert _cli("verify", rid).exit_code == 0
+
+
+def test_an_erasure_changes_the_provenance_of_the_erased_subject_only(demo_home):
+    """The ledger's provenance rows before and after one erasure differ in the erased subject's rows only
+    (no partition's provenance is rewritten wholesale)."""
+    import sqlalchemy as sa
+
+    from erasure_pipeline.ledger import schema
+
+    defs, policy = defs_and_policy()
+    (sid, _shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
+    book = default_ledger()
+
+    def rows() -> set[tuple]:
+        with book.engine.connect() as conn:
+            return {tuple(r) for r in conn.execute(sa.select(schema.provenance))}
+
+    before = rows()
+    rid = erase(sid)[0]
+    assert not drain(defs, instance()).failed_runs and _cli("verify", rid).exit_code == 0
+    after = rows()
+    assert {r[0] for r in before ^ after} == {key(sid)}
+    assert not any(r[0] == key(sid) for r in after) and len(before) - len(after) >= 3  # raw rows, training, vectors

@@ -84,7 +84,8 @@ class LocalLake:
             return []
         names = []
         # Walk only below the prefix's folder, not the whole lake.
-        base = self.root / _check_name(prefix.rsplit("/", 1)[0]) if "/" in prefix.strip("/") else self.root
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root / _check_name(folder) if folder else self.root
         if not base.exists():
             return []
         for p in base.rglob("*"):

@@ -176,12 +176,15 @@ def scrub_landing(lake: Lake, contract: TableContract, tombstones: Tombstones, n
     for f in landing_files(lake, {contract.name: contract}):
         if wanted is not None and f.name not in wanted:
             continue
-        keyed = read_landing(lake, f, tombstones.keyer)
+        data = lake.read_bytes(f.name)
+        if data is None:
+            continue  # gone since it was listed: nothing left to scrub
+        original = contracts.read_landing_bytes(data, f.name, contract)  # parsed once; validate copies it
+        keyed = key_frame(contracts.validate(original, contract, f.name), contract.subject_column, tombstones.keyer)
         drop = keyed["subject_key"].isin(tombstones.keys_in([keyed], contract.subject_column)).to_numpy()
         kept_keyed, redacted = tombstones.redact(keyed[~drop], texts)
         if not drop.any() and not redacted:
             continue
-        original = contracts.read_landing_bytes(lake.read_bytes(f.name), f.name, contract)
         kept = original[~drop].copy()
         for col in texts:
             kept[col] = kept_keyed[col].to_numpy()
