@@ -222,9 +222,3 @@ def stored_version(store: Lake, asset: str, partition: str) -> str | None:
         data = store.read_bytes(object_name(asset, partition, b))
         actual[b] = BucketInfo(lk.content_hash(data) if data is not None else "missing", 0)  # version reads hashes only
     return Manifest(actual).version
-
-
-def partition_objects(asset: str, partition: str, manifest: Manifest | None) -> list[str]:
-    """Every object of a partition (its buckets and the manifest)."""
-    names = [object_name(asset, partition, b) for b in sorted(manifest.buckets)] if manifest else []
-    return [*names, manifest_name(asset, partition)]

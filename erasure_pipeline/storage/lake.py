@@ -224,14 +224,6 @@ def object_hash(lake: Lake, name: str) -> str | None:
     return None if data is None else content_hash(data)
 
 
-def read_table_and_hash(lake: Lake, asset: str, partition: str) -> tuple[pd.DataFrame | None, str | None]:
-    """The partition and the content hash of its stored bytes, from one read."""
-    data = lake.read_bytes(table_name(asset, partition))
-    if data is None:
-        return None, None
-    return table_from_bytes(data), content_hash(data)
-
-
 def table_inputs(lake: Lake, asset: str, partition: str) -> dict[str, str] | None:
     """The ``inputs`` a table was written with (None when absent or written without)."""
     data = lake.read_bytes(table_name(asset, partition))
