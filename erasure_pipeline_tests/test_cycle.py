@@ -13,6 +13,7 @@ from erasure_pipeline import identity, settings
 from erasure_pipeline.cli import main
 from erasure_pipeline.erasure.service import default_ledger, erase
 from erasure_pipeline.process import drain, run_cycle
+from erasure_pipeline.storage import buckets as bk
 from erasure_pipeline.storage import lake as lk
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import key, landing_frames, materialised_partitions, max_storage_id, pick_subjects
@@ -171,3 +172,24 @@ def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monk
     for asset in ("raw_subjects", "raw_events", "raw_tickets"):
         assert key(sid) not in _raw_keys(asset, shard)
     assert _cli("verify", filed[0]).exit_code == 0
+
+
+
+def test_training_sets_built_while_their_raw_parents_have_two_layouts(demo_home):
+    """lake.buckets 16 -> 6, then by hand (as in the UI) raw_events and training_shards of one shard,
+    raw_subjects still in the old layout; then raw_subjects and training_shards again: the training
+    set built in between is recomputed in full, never diffed bucket by bucket across layouts."""
+    from erasure_pipeline_tests.erasure_helpers import materialize_assets
+
+    policy_file = demo_home / "policy.yaml"
+    policy_file.write_text(policy_file.read_text() + "lake: {buckets: 6}\n")
+    store = settings.lake()
+    before = lk.require_table(store, "training_shards", "shard_01")
+    assert materialize_assets(["raw_events", "training_shards"], "shard_01").success
+    assert bk.read_manifest(store, "raw_events", "shard_01").of == 6
+    assert bk.read_manifest(store, "raw_subjects", "shard_01").of == 16
+    assert materialize_assets(["raw_subjects", "training_shards"], "shard_01").success
+    assert bk.read_manifest(store, "raw_subjects", "shard_01").of == 6
+    inputs = lk.table_inputs(store, "training_shards", "shard_01")
+    assert set(inputs) == {"raw_subjects", "raw_events"} and all(inputs.values())  # built from the new layout
+    pd.testing.assert_frame_equal(lk.require_table(store, "training_shards", "shard_01"), before)  # same rows

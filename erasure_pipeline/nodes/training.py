@@ -74,8 +74,10 @@ def compute_training_set(run: NodeRun) -> NodeResult:
     recorded = lk.table_inputs(store, node.name, p) if previous is not None else None
     record = env.ledger.node_records(p, [node.name]).get((node.name, p))
     changed: set[int] | None = None
+    # Diff bucket by bucket only when this build and the recorded one both read every parent in the
+    # policy's layout (a parent awaiting relayout after a lake.buckets change records None).
     if recorded is not None and record is not None and record["code_version"] == run.code_version and set(recorded) == set(inputs) \
-            and all(h is not None for h in inputs.values()):
+            and all(h is not None for h in (*inputs.values(), *recorded.values())):
         changed = {int(b[2:]) for parent in inputs for b in set(inputs[parent]) | set(recorded[parent])
                    if inputs[parent].get(b) != recorded[parent].get(b)}
         changed |= set(bk.buckets_of(previous.loc[previous[ft.KEY].isin(tombstoned), ft.KEY], policy.lake.buckets).tolist())
