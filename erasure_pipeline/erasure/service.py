@@ -6,6 +6,7 @@ daemon, ``erasure-pipeline process`` or a test drives it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 
 from erasure_pipeline import home, identity, settings
@@ -134,15 +135,19 @@ def certify_batch(context, env: Env, plan, outcomes: list) -> Iterator:
     by_key = {(o.node, o.partition): o for o in outcomes}
     book = env.ledger
     certs, unproven, cache = [], [], {}
-    for request in book.requests_by_id(plan.request_ids):
-        if request["status"] == "completed":
-            continue
-        try:
-            certs.append(certify(env, request, plan.footprints.get(request["request_id"], {}), by_key,
-                                 run_id=context.run_id, batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed))
-        except ErasureNotProven as exc:
-            unproven.append(exc)
-            book.fail_requests([exc.request_id], str(exc), context.run_id)
+    requests = [r for r in book.requests_by_id(plan.request_ids) if r["status"] != "completed"]
+    with contextlib.ExitStack() as open_shards:
+        # Each subject's proof counts its points in its shard's vector store: open each shard once for the
+        # batch, not once per subject (an Edge shard's load was 4.6 s of 100 subjects' 15.8 s of proofs).
+        for shard in sorted({identity.shard_of(r["subject_key"], env.policy.shards) for r in requests}):
+            open_shards.enter_context(env.vectors.session(shard))
+        for request in requests:
+            try:
+                certs.append(certify(env, request, plan.footprints.get(request["request_id"], {}), by_key, run_id=context.run_id,
+                                     batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed))
+            except ErasureNotProven as exc:
+                unproven.append(exc)
+                book.fail_requests([exc.request_id], str(exc), context.run_id)
     book.finish_batch(plan.batch_id, "failed" if unproven else "certified", context.run_id)
     anchor_seq, anchor_hash = book.chain_head()
     shown = "\n\n---\n\n".join(to_markdown(c) for c in certs[:MAX_CERTIFICATES_IN_METADATA])
