@@ -189,13 +189,6 @@ def read_partition(env: Env, name: str, partition: str, *, columns: list[str] | 
     return None if data is None else lk.table_from_bytes(data, columns)
 
 
-def require_partition(env: Env, name: str, partition: str, **kw) -> pd.DataFrame:
-    df = read_partition(env, name, partition, **kw)
-    if df is None:
-        raise FileNotFoundError(f"{name}[{partition}] has not been materialised in {env.lake.describe()}")
-    return df
-
-
 def input_key(parent: str, partition: str | None) -> str:
     return f"{parent}[{partition}]" if partition else parent
 

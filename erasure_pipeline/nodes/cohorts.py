@@ -11,7 +11,7 @@ import pandas as pd
 from erasure_pipeline import identity
 from erasure_pipeline.anonymise import cohorts as cm
 from erasure_pipeline.errors import PipelineError
-from erasure_pipeline.nodes import CheckOutcome, Markdown, NodeResult, NodeRun, finish, input_key, md_table, require_partition
+from erasure_pipeline.nodes import CheckOutcome, Markdown, NodeResult, NodeRun, finish, input_key, md_table
 from erasure_pipeline.storage import lake as lk
 
 PUBLISHED = "all"
@@ -29,7 +29,7 @@ def read_partials(run: NodeRun) -> tuple[list[pd.DataFrame], dict[str, str]]:
     for p in identity.partition_keys(run.env.policy.shards):
         data = run.env.lake.read_bytes(lk.table_name(source, p))
         if data is None:
-            raise FileNotFoundError(f"{source}[{p}] has not been materialised in {run.env.lake.describe()}")
+            raise lk.not_materialised(run.env.lake, source, p)
         parts.append(lk.table_from_bytes(data))
         inputs[input_key(source, p)] = lk.content_hash(data)
     return parts, inputs
@@ -43,7 +43,7 @@ def compute_partial(run: NodeRun) -> NodeResult:
     c = run.env.policy.cohorts
     store = run.env.lake
     source = run.node.parents[0]
-    subjects = require_partition(run.env, source, run.partition)
+    subjects = lk.require_table(store, source, run.partition)
     subjects = subjects[~subjects["subject_key"].isin(run.env.ledger.tombstoned_keys(run.shard))]
     repeated = int(subjects["subject_key"].duplicated().sum()) if len(subjects) else 0
     if repeated:
@@ -91,7 +91,7 @@ def compute_cohort_model(run: NodeRun) -> NodeResult:
     (source,) = run.node.parents
     data = store.read_bytes(lk.table_name(source, PUBLISHED))
     if data is None:
-        raise FileNotFoundError(f"{source} has not been materialised in {store.describe()}")
+        raise lk.not_materialised(store, source, None)
     published = lk.table_from_bytes(data)
     qi = list(policy.cohorts.quasi_identifiers)
     records, labels, weights = [], [], []

@@ -75,8 +75,7 @@ def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
     policy = run.env.policy
     check = (lambda frame, name: contracts.check_labels(frame, name, policy)) if contract.name == policy.features.dataset else None
     if run.staged is not None:
-        rows = read_staged(run.env.lake, run.staged, contract, run.shard)
-        return None if rows is None else rows
+        return read_staged(run.env.lake, run.staged, contract, run.shard)
     rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
     return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
 

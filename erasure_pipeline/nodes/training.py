@@ -85,7 +85,7 @@ def compute_training_set(run: NodeRun) -> NodeResult:
     for parent in node.parents:
         rows = read_partition(env, parent, p, buckets=changed, cache=True)
         if rows is None and parent == base:
-            raise FileNotFoundError(f"{parent}[{p}] has not been materialised in {store.describe()}")
+            raise lk.not_materialised(store, parent, p)
         rows = rows if rows is not None else pd.DataFrame({ft.KEY: pd.Series(dtype=str)})
         frames[parent.removeprefix("raw_")] = rows[~rows[ft.KEY].isin(tombstoned)] if len(rows) else rows
     training = ft.training_rows(frames, policy, model, where=f"{base}[{p}]")
@@ -191,10 +191,10 @@ def compute_ensemble(run: NodeRun) -> NodeResult:
     for p in identity.partition_keys(policy.shards):
         blob = store.read_bytes(lk.model_name(models_node, p))
         if blob is None:
-            raise FileNotFoundError(f"{models_node}[{p}] has not been materialised in {store.describe()}")
+            raise lk.not_materialised(store, models_node, p)
         data = store.read_bytes(lk.table_name(rows_node, p))
         if data is None:
-            raise FileNotFoundError(f"{rows_node}[{p}] has not been materialised in {store.describe()}")
+            raise lk.not_materialised(store, rows_node, p)
         inputs[input_key(models_node, p)] = lk.content_hash(blob)
         inputs[input_key(rows_node, p)] = lk.content_hash(data)
         saved = lk.loads_model(blob)

@@ -247,10 +247,16 @@ def read_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame | None:
     return table_from_bytes(data)
 
 
+def not_materialised(lake: Lake, asset: str, partition: str | None) -> FileNotFoundError:
+    """The error for a node partition a step needs that was never written."""
+    return FileNotFoundError(f"{asset}[{partition}] has not been materialised in {lake.describe()}" if partition
+                             else f"{asset} has not been materialised in {lake.describe()}")
+
+
 def require_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame:
     df = read_table(lake, asset, partition)
     if df is None:
-        raise FileNotFoundError(f"{asset}[{partition}] has not been materialised in {lake.describe()}")
+        raise not_materialised(lake, asset, partition)
     return df
 
 
