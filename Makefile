@@ -2,7 +2,7 @@
 PY ?= python
 SUBJECTS ?= 2000
 
-.PHONY: install demo example test test-fast dev bench
+.PHONY: install demo example test test-fast dev check bench
 install:
 	$(PY) -m pip install -e ".[dev]"
 
@@ -19,11 +19,16 @@ example: install
 test:
 	$(PY) -m pytest -q
 
+# Load and validate the definitions as Dagster does, without starting anything.
+check:
+	dg check defs
+
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
 
+# Dagster's own project tooling (pyproject.toml [tool.dg]): the UI and daemon on the demo's instance.
 dev:
-	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dg dev
 
 # Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (one sequential
 # pass, ~45 min here; the 1 000 000-subject erasure_cost alone needs ~9 GiB of RAM).

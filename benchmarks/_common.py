@@ -46,7 +46,7 @@ def project_home(policy_text: str, keep: str | None = None) -> Iterator[Path]:
         "ERASURE_PIPELINE_PEPPER": PEPPER,
         "ERASURE_PIPELINE_POLICY": str(root / "policy.yaml"),
     })
-    from erasure_pipeline.runner import ensure_dagster_home
+    from erasure_pipeline.app.runner import ensure_dagster_home
 
     ensure_dagster_home()
     try:
@@ -78,3 +78,37 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def settings():
+    from erasure_pipeline.core.settings import Settings
+
+    return Settings.from_environ()
+
+
+def lake():
+    """The lake the project home points at."""
+    from erasure_pipeline.stores.factory import lake_at
+
+    return lake_at(settings().lake)
+
+
+def landing():
+    from erasure_pipeline.stores.factory import lake_at
+
+    return lake_at(settings().landing)
+
+
+def ledger():
+    from erasure_pipeline.ledger import ledger_for
+
+    return ledger_for(settings())
+
+
+def env(policy=None):
+    """Every store a node computation uses (``kinds.environment.open_env``)."""
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.kinds.environment import open_env
+
+    s = settings()
+    return open_env(policy or load_policy(settings=s), s)

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks._common import machine, project_home, table
+from benchmarks._common import landing, ledger, machine, project_home, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 def _wait_for(book, rids, timeout=600.0) -> float:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
-        if all(book.get_request(r)["status"] == "completed" for r in rids):
+        if all(book.requests.get(r)["status"] == "completed" for r in rids):
             return time.perf_counter() - t0
         time.sleep(0.25)
-    raise TimeoutError(f"not completed within {timeout} s: {[book.get_request(r)['status'] for r in rids]}")
+    raise TimeoutError(f"not completed within {timeout} s: {[book.requests.get(r)['status'] for r in rids]}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,22 +42,23 @@ def main(argv: list[str] | None = None) -> None:
     with project_home((REPO / "policy.yaml").read_text()) as home:
         import dagster as dg
 
-        from erasure_pipeline import demo, settings, tags
-        from erasure_pipeline.cli import _quiet_dagster
-        from erasure_pipeline.contracts import contracts_for
-        from erasure_pipeline.definitions import build_definitions
-        from erasure_pipeline.erasure.service import default_ledger, erase
-        from erasure_pipeline.policy import load_policy
-        from erasure_pipeline.runner import materialize_all
-        from erasure_pipeline.storage.landing import read_landing_table
+        from erasure_pipeline.app import demo
+        from erasure_pipeline.app.cli.common import quiet_dagster as _quiet_dagster
+        from erasure_pipeline.app.runner import materialize_all
+        from erasure_pipeline.core import names as tags
+        from erasure_pipeline.core.contracts import contracts_for
+        from erasure_pipeline.core.policy import load_policy
+        from erasure_pipeline.defs.pipeline import build_definitions
+        from erasure_pipeline.erasure.intake import erase
+        from erasure_pipeline.stores.landing import read_landing_table
 
         _quiet_dagster()
         policy = load_policy()
         tables = demo.generate(args.subjects, 7)
-        demo.write_landing(settings.landing(), tables)
+        demo.write_landing(landing(), tables)
         with dg.DagsterInstance.get() as instance:
             materialize_all(build_definitions(policy), instance)
-        subjects = read_landing_table(settings.landing(), contracts_for(policy)["subjects"], policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
+        subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
         by_shard = subjects.groupby("shard")["subject_id"].first()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 except OSError:
                     time.sleep(1)
             time.sleep(10)  # let the daemon start its sensor loop
-            book = default_ledger()
+            book = ledger()
 
             def erasure_runs(seen: dict[str, float]) -> dict[str, float]:
                 """The erasure runs not in ``seen``, by id, with their own duration, once every one has ended."""

@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks._common import Timer, machine, peak_rss_mib, project_home, table
+from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
 
 REPO = Path(__file__).resolve().parents[1]
 MERGES = ("anonymised_cohorts", "cohort_model", "ensemble_model")
@@ -66,20 +66,20 @@ def main(argv: list[str] | None = None) -> None:
 
     policy_text = (REPO / "policy.yaml").read_text().replace("shards: 16 ", f"shards: {args.shards} ")
     with project_home(policy_text, args.keep):
-        from erasure_pipeline import demo, settings
-        from erasure_pipeline.cli import _quiet_dagster
-        from erasure_pipeline.definitions import build_definitions
-        from erasure_pipeline.erasure.service import default_ledger, erase, erase_many
-        from erasure_pipeline.policy import load_policy
-        from erasure_pipeline.process import drain
-        from erasure_pipeline.runner import get_instance, materialize_all
+        from erasure_pipeline.app import demo
+        from erasure_pipeline.app.cli.common import quiet_dagster as _quiet_dagster
+        from erasure_pipeline.app.process import drain
+        from erasure_pipeline.app.runner import get_instance, materialize_all
+        from erasure_pipeline.core.policy import load_policy
+        from erasure_pipeline.defs.pipeline import build_definitions
+        from erasure_pipeline.erasure.intake import erase, erase_many
 
         _quiet_dagster()
         policy = load_policy()
         with Timer() as gen:
             tables = demo.generate(args.subjects, args.seed, events_per_subject=args.events_per_subject,
                                    tickets_per_subject=args.tickets_per_subject)
-            files = demo.write_landing(settings.landing(), tables, subjects_per_file=args.subjects_per_file or None)
+            files = demo.write_landing(landing(), tables, subjects_per_file=args.subjects_per_file or None)
         sizes = {k: len(v) for k, v in tables.items()}
         print(f"landing: {sizes} in {len(files)} files, written in {gen.seconds:.1f} s", flush=True)
         defs = build_definitions(policy)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         rid, _ = erase(one, reason="benchmark")
         res1 = drain(defs, instance)
         one_s = time.perf_counter() - t0
-        assert default_ledger().get_request(rid)["status"] == "completed" and not res1.failed_runs
+        assert ledger().requests.get(rid)["status"] == "completed" and not res1.failed_runs
         print(f"one subject: {one_s:.1f} s in {len(res1.runs)} run(s)", flush=True)
 
         batch = rng.sample([s for s in subjects if s != one], args.batch)
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         rids = [r for r, _ in erase_many(batch, reason="benchmark")]
         resn = drain(defs, instance)
         batch_s = time.perf_counter() - t0
-        book = default_ledger()
-        assert all(book.get_request(r)["status"] == "completed" for r in rids) and not resn.failed_runs
+        book = ledger()
+        assert all(book.requests.get(r)["status"] == "completed" for r in rids) and not resn.failed_runs
         print(f"{args.batch} subjects: {batch_s:.1f} s in {len(resn.runs)} run(s)", flush=True)
         parts = {"full rebuild": breakdown(instance, [built.run_id]), "1 subject": breakdown(instance, res1.runs),
                  f"{args.batch} subjects": breakdown(instance, resn.runs)}

@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
 
-    from erasure_pipeline import demo, identity
-    from erasure_pipeline.storage import buckets as bk
-    from erasure_pipeline.storage import lake as lk
+    from erasure_pipeline.app import demo
+    from erasure_pipeline.core import identity
+    from erasure_pipeline.stores import buckets as bk
+    from erasure_pipeline.stores import lake as lk
 
     events = demo.generate(args.subjects, 7, events_per_subject=args.events_per_subject, tickets_per_subject=0.0)["events"]
     pepper = b"benchmark-pepper"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks._common import PEPPER, machine, project_home, table
+from benchmarks._common import PEPPER, lake, landing, machine, project_home, table
 
 REPO = Path(__file__).resolve().parents[1]
 ESTIMATORS = {
@@ -43,26 +43,27 @@ def main(argv: list[str] | None = None) -> None:
         with project_home(_policy(estimator)):
             import dagster as dg
 
-            from erasure_pipeline import demo, identity, settings
-            from erasure_pipeline.cli import _quiet_dagster
-            from erasure_pipeline.contracts import contracts_for
-            from erasure_pipeline.definitions import build_definitions
-            from erasure_pipeline.erasure.service import erase
+            from erasure_pipeline.app import demo
+            from erasure_pipeline.app.cli.common import quiet_dagster as _quiet_dagster
+            from erasure_pipeline.app.process import drain
+            from erasure_pipeline.app.runner import materialize_all
+            from erasure_pipeline.core import identity
+            from erasure_pipeline.core.contracts import contracts_for
+            from erasure_pipeline.core.policy import load_policy
+            from erasure_pipeline.defs.pipeline import build_definitions
+            from erasure_pipeline.erasure.intake import erase
             from erasure_pipeline.ml import features as ft
             from erasure_pipeline.ml.audit import audit_rows
-            from erasure_pipeline.policy import load_policy
-            from erasure_pipeline.process import drain
-            from erasure_pipeline.runner import materialize_all
-            from erasure_pipeline.storage import lake as lk
-            from erasure_pipeline.storage.landing import read_landing_table
+            from erasure_pipeline.stores import lake as lk
+            from erasure_pipeline.stores.landing import read_landing_table
 
             _quiet_dagster()
             policy = load_policy()
-            demo.write_landing(settings.landing(), demo.generate(args.subjects, 11))
+            demo.write_landing(landing(), demo.generate(args.subjects, 11))
             defs = build_definitions(policy)
             instance = dg.DagsterInstance.get()
             assert materialize_all(defs, instance).success
-            store = settings.lake()
+            store = lake()
 
             def current(store=store, policy=policy):
                 saved = lk.loads_model(store.read_bytes(lk.model_name("ensemble_model")))
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             before = audit_rows(saved["model"], saved["features"], targets, holdout)
             before_ctl = audit_rows(saved["model"], saved["features"], control, holdout)
 
-            subjects = read_landing_table(settings.landing(), contracts_for(policy)["subjects"], policy.keyer(PEPPER.encode()))
+            subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(PEPPER.encode()))
             for sid in subjects.loc[subjects["subject_key"].isin(target_keys), "subject_id"]:
                 erase(sid, reason="benchmark")
             result = drain(defs, instance)

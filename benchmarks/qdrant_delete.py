@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import Timer, machine, table
-from erasure_pipeline.storage.qdrant_server import ClientStore
-from erasure_pipeline.storage.vectors import EdgeStore, PointData
-from erasure_pipeline.vectors.embed import point_id
+from erasure_pipeline.ml.embed import point_id
+from erasure_pipeline.stores.qdrant import ClientStore
+from erasure_pipeline.stores.vectors import EdgeStore, PointData
 
 
 def _bytes_hold(root: Path, needle: bytes) -> int:

@@ -14,8 +14,9 @@ provenance lists rows in raw_subjects, raw_events and training_shards of their s
 from __future__ import annotations
 
 import argparse
+import os
 
-from benchmarks._common import Timer, machine, project_home, table
+from benchmarks._common import Timer, env, ledger, machine, project_home, table
 
 POLICY = "shards: 16\nseed: 1\n"
 
@@ -27,23 +28,23 @@ def main(argv: list[str] | None = None) -> None:
     with project_home(POLICY):
         import dagster as dg
 
-        from erasure_pipeline import identity
-        from erasure_pipeline.definitions import build_definitions
-        from erasure_pipeline.erasure.service import default_env, default_ledger, erase_many
-        from erasure_pipeline.jobs import claim_erasure
-        from erasure_pipeline.policy import load_policy
+        from erasure_pipeline.core import identity
+        from erasure_pipeline.core.policy import load_policy
+        from erasure_pipeline.defs.pipeline import build_definitions
+        from erasure_pipeline.erasure.intake import erase_many
+        from erasure_pipeline.erasure.plan import claim_erasure
 
         policy = load_policy()
-        book = default_ledger()
+        book = ledger()
         with Timer() as filing:
             erase_many([f"subject-{i}@example.com" for i in range(args.requests)])
         # Provenance for all subjects in one write per asset partition (as raw materialisations do).
         by_part: dict[str, dict[str, int]] = {}
-        for r in book.requests(status=["pending"]):
+        for r in book.requests.list(status=["pending"]):
             by_part.setdefault(identity.partition_key(identity.shard_of(r["subject_key"], policy.shards)), {})[r["subject_key"]] = 3
         for part, keys in by_part.items():
             for asset in ("raw_subjects", "raw_events", "training_shards"):
-                book.record_provenance(asset, part, keys, "0" * 64, "bench")
+                book.nodes.record_provenance(asset, part, keys, "0" * 64, "bench")
         print(f"filed {args.requests:,} requests in {filing.seconds:.1f} s", flush=True)
 
         defs = build_definitions(policy)
@@ -55,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
         ):
             data = sensor.evaluate_tick(ctx)
         assert len(data.run_requests) == 1  # one run per tick, at most ticks.MAX_REQUESTS_PER_RUN requests
-        assert len(book.requests(status=["pending"])) == args.requests  # the tick wrote nothing
+        assert len(book.requests.list(status=["pending"])) == args.requests  # the tick wrote nothing
         with dg.DagsterInstance.get() as instance:
             config = data.run_requests[0].run_config["ops"]["claim_requests"]["config"]
             with Timer() as claiming:
-                plan = claim_erasure(default_env(policy), instance, config["batch_id"], config["request_ids"], "bench-run")
+                from erasure_pipeline.defs import runtime
+
+                environment = env(policy)
+                plan = claim_erasure(environment, config["batch_id"], config["request_ids"], "bench-run",
+                                     is_live=runtime.run_is_live(instance, environment.ledger), host=runtime.HOST, pid=os.getpid())
         assert plan.claimed and len(plan.works) == len(by_part)
 
     print()

@@ -60,7 +60,7 @@ def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> It
         "ERASURE_PIPELINE_POLICY": str(home / "policy.yaml"),
         **extra,
     })
-    from erasure_pipeline.runner import INSTANCE_TEMPLATE
+    from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
 
     (home / "dagster").mkdir(exist_ok=True)
     if not (home / "dagster" / "dagster.yaml").exists():
@@ -74,12 +74,13 @@ def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> It
 def build_demo(home: Path, n_subjects: int = DEMO_SUBJECTS, seed: int = 3) -> None:
     import dagster as dg
 
-    from erasure_pipeline import demo, settings
-    from erasure_pipeline.definitions import build_definitions
-    from erasure_pipeline.policy import load_policy
-    from erasure_pipeline.runner import materialize_all
+    from erasure_pipeline.app import demo
+    from erasure_pipeline.app.runner import materialize_all
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline_tests import stores
 
-    demo.write_landing(settings.landing(), demo.generate(n_subjects, seed))
+    demo.write_landing(stores.landing(), demo.generate(n_subjects, seed))
     policy = load_policy()
     with dg.DagsterInstance.get() as instance:
         summary = materialize_all(build_definitions(policy), instance)
@@ -110,14 +111,14 @@ def empty_home(tmp_path: Path) -> Iterator[Path]:
 
 
 def instance():
-    from erasure_pipeline.runner import get_instance
+    from erasure_pipeline.app.runner import get_instance
 
     return get_instance()
 
 
 def defs_and_policy():
-    from erasure_pipeline.definitions import build_definitions
-    from erasure_pipeline.policy import load_policy
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
 
     policy = load_policy()
     return build_definitions(policy), policy

@@ -7,16 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from erasure_pipeline import settings
-from erasure_pipeline.contracts import contracts_for
-from erasure_pipeline.identity import Keyer
-from erasure_pipeline.policy import Policy
-from erasure_pipeline.storage.landing import read_landing_table
+from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core.identity import Keyer
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.stores.landing import read_landing_table
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import PEPPER
 
 
 def landing_frames(n_shards: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    landing = settings.landing()
+    landing = stores.landing()
     keyer = Keyer(PEPPER.encode(), n_shards)
     tables = contracts_for(Policy())
     return read_landing_table(landing, tables["subjects"], keyer), read_landing_table(landing, tables["tickets"], keyer)

@@ -52,7 +52,7 @@ def test_audit_rows_groups_rows_per_subject():
 
 
 def test_audit_cli_on_the_demo(demo_home):
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
 
     out = CliRunner().invoke(main, ["audit", "--sample", "50"], catch_exceptions=False)
     assert out.exit_code == 0, out.output

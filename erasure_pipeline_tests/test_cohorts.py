@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline.anonymise import cohorts as cm
+from erasure_pipeline.ml import cohorts as cm
 
 QI, BANDS, MEASURES = ["region", "age"], {"age": 10}, ["value"]
 

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from erasure_pipeline import contracts
-from erasure_pipeline.contracts import LandingContractError
-from erasure_pipeline.policy import parse_policy
+from erasure_pipeline.core import contracts
+from erasure_pipeline.core.contracts import LandingContractError
+from erasure_pipeline.core.policy import parse_policy
 
 # A declaration that reads nothing from the demo's tables but their contract columns.
 POLICY = parse_policy({"cohorts": None, "features": {"numeric": [], "categorical": [], "aggregates": []},
@@ -46,7 +46,7 @@ def test_contract_errors_name_file_column_and_first_bad_row(name, text, column, 
 
 
 def test_parquet_wrong_type_for_ids():
-    from erasure_pipeline.storage.lake import table_to_bytes
+    from erasure_pipeline.stores.lake import table_to_bytes
 
     data = table_to_bytes(pd.DataFrame({"subject_id": [1, 2], "consent_training": [True, False], "converted": [0, 1]}))
     with pytest.raises(LandingContractError, match=r"subjects/s.parquet, column 'subject_id': must hold strings"):

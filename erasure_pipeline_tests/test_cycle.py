@@ -9,14 +9,16 @@ import dagster as dg
 import pandas as pd
 from click.testing import CliRunner
 
-from erasure_pipeline import identity, settings
-from erasure_pipeline.cli import main
-from erasure_pipeline.erasure.service import default_ledger, erase
-from erasure_pipeline.process import drain, run_cycle
-from erasure_pipeline.storage import buckets as bk
-from erasure_pipeline.storage import lake as lk
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.process import drain, run_cycle
+from erasure_pipeline.core import identity
+from erasure_pipeline.erasure.intake import erase
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import key, landing_frames, materialised_partitions, max_storage_id, pick_subjects
+from erasure_pipeline_tests.stores import default_ledger
 
 AS_OF = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # the demo's data ends 2026-11-01
 
@@ -36,11 +38,11 @@ def _events_for(subject_ids: list[str], start: int) -> pd.DataFrame:
 
 
 def _drop_csv(name: str, df: pd.DataFrame) -> None:
-    settings.landing().write_bytes(name, df.to_csv(index=False).encode())
+    stores.landing().write_bytes(name, df.to_csv(index=False).encode())
 
 
 def _raw_keys(asset: str, shard: int) -> set[str]:
-    return set(lk.require_table(settings.lake(), asset, identity.partition_key(shard))["subject_key"])
+    return set(stores.table(stores.lake(), asset, identity.partition_key(shard))["subject_key"])
 
 
 def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
@@ -58,12 +60,12 @@ def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
     assert {a for a, p in done if p is None} <= {"anonymised_cohorts", "cohort_model", "ensemble_model"}
     assert {a for a, p in done if p is not None} <= {"raw_events", "training_shards", "shard_models"}  # only what the events feed
     for sid, shard in chosen:
-        events = lk.require_table(settings.lake(), "raw_events", identity.partition_key(shard))
+        events = stores.table(stores.lake(), "raw_events", identity.partition_key(shard))
         assert (events["event_id"].str.startswith("new-") & (events["subject_key"] == key(sid))).sum() == 1
     again = max_storage_id(inst)
     assert run_cycle(defs, inst, AS_OF).summary is None  # the same files are not ingested twice
     assert materialised_partitions(inst, again) == set()
-    (batch,) = [b for b in default_ledger().landing_batches() if b["kind"] == "cycle"]
+    (batch,) = [b for b in default_ledger().runs.landing_batches() if b["kind"] == "cycle"]
     assert batch["shards"] == sorted(s for _, s in chosen) and batch["batch_id"] in out.output and batch["status"] == "done"
     (run,) = inst.get_runs(dg.RunsFilter(tags={"erasure_pipeline/batch": batch["batch_id"]}))
     assert run.job_name == "cycle_job" and run.tags["dagster/run_key"] == batch["batch_id"]
@@ -74,7 +76,7 @@ def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
     rid, _ = erase(sid)
     drain(defs, instance())
-    assert default_ledger().get_request(rid)["status"] == "completed"
+    assert default_ledger().requests.get(rid)["status"] == "completed"
     subjects, _tickets = landing_frames(policy.shards)  # the landing copies were scrubbed ...
     assert sid not in set(subjects["subject_id"])
     # ... so the source sends the subject again, with events and a ticket.
@@ -89,8 +91,8 @@ def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
     assert result.summary.success and {p for _, p in materialised_partitions(instance(), start) if p} == {identity.partition_key(shard)}
     for asset in ("raw_subjects", "raw_events", "raw_tickets"):
         assert key(sid) not in _raw_keys(asset, shard)
-    assert key(sid) not in set(lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
-    assert settings.vector_store().count_subjects(shard, [key(sid)]) == 0
+    assert key(sid) not in set(stores.table(stores.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
+    assert stores.vectors().count_subjects(shard, [key(sid)]) == 0
     assert _cli("verify", rid).exit_code == 0
 
 
@@ -105,15 +107,15 @@ def test_retention_drops_old_rows_on_the_next_cycle_and_they_never_come_back(dem
     assert {p for _, p in materialised_partitions(instance(), start) if p} == set(identity.partition_keys(policy.shards))
     for shard in range(policy.shards):
         part = identity.partition_key(shard)
-        events = lk.require_table(settings.lake(), "raw_events", part)
-        tickets = lk.require_table(settings.lake(), "raw_tickets", part)
+        events = stores.table(stores.lake(), "raw_events", part)
+        tickets = stores.table(stores.lake(), "raw_tickets", part)
         assert pd.to_datetime(events["ts"], utc=True).min() >= pd.Timestamp(cutoff)
         assert tickets.empty or pd.to_datetime(tickets["created_at"], utc=True).min() >= pd.Timestamp(cutoff)
-    logged = [e for e in default_ledger().audit_entries() if e["event"] == "retention"]
+    logged = [e for e in default_ledger().audit.entries() if e["event"] == "retention"]
     assert {(json_detail(e)["asset"]) for e in logged} == {"raw_events", "raw_tickets"}
     # A full re-ingest of every landing file (a backfill) applies the same cutoff.
     assert _cli("materialize").exit_code == 0
-    events = lk.require_table(settings.lake(), "raw_events", identity.partition_key(0))
+    events = stores.table(stores.lake(), "raw_events", identity.partition_key(0))
     assert pd.to_datetime(events["ts"], utc=True).min() >= pd.Timestamp(cutoff)
     assert run_cycle(defs, instance(), AS_OF).summary is None  # nothing left past retention
 
@@ -129,22 +131,22 @@ def test_consent_withdrawal_leaves_training_but_keeps_raw_data(demo_home):
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
     subjects, _ = landing_frames(policy.shards)
     row = subjects[subjects["subject_id"] == sid].drop(columns=["subject_key", "shard"]).assign(consent_training=False)
-    assert key(sid) in set(lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
+    assert key(sid) in set(stores.table(stores.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
     _drop_csv("subjects/consent-update.csv", row)
     start = max_storage_id(instance())
     result = run_cycle(defs, instance(), AS_OF)
     assert result.summary.success and {p for _, p in materialised_partitions(instance(), start) if p} == {identity.partition_key(shard)}
-    assert key(sid) not in set(lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
+    assert key(sid) not in set(stores.table(stores.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
     assert key(sid) in _raw_keys("raw_subjects", shard) and key(sid) in _raw_keys("raw_events", shard)
     book = default_ledger()
-    (change,) = book.consent_changes(key(sid))
+    (change,) = book.nodes.consent_changes(key(sid))
     assert change["consent"] is False and change["shard"] == shard
-    assert book.live_request_for(key(sid)) is None and key(sid) not in book.tombstoned_keys()  # not an erasure
-    assert any(e["event"] == "consent_withdrawn" for e in book.audit_entries())
+    assert book.requests.live_for(key(sid)) is None and key(sid) not in book.tombstones.active()  # not an erasure
+    assert any(e["event"] == "consent_withdrawn" for e in book.audit.entries())
 
 
 def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monkeypatch):
-    from erasure_pipeline.nodes import raw
+    from erasure_pipeline.kinds import raw
 
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
@@ -163,12 +165,12 @@ def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monk
     monkeypatch.undo()
     assert result.summary.success and filed
     assert key(sid) not in _raw_keys("raw_events", shard)  # the late tombstone was honoured in the same step ...
-    training = lk.require_table(settings.lake(), "training_shards", identity.partition_key(shard))
+    training = stores.table(stores.lake(), "training_shards", identity.partition_key(shard))
     assert key(sid) not in set(training["subject_key"])  # ... and by what the cycle derived from the shard
     book = default_ledger()
-    assert book.get_request(filed[0])["status"] == "pending"  # not lost: the erasure still runs ...
+    assert book.requests.get(filed[0])["status"] == "pending"  # not lost: the erasure still runs ...
     drain(defs, instance())
-    assert book.get_request(filed[0])["status"] == "completed"  # ... and completes after the cycle
+    assert book.requests.get(filed[0])["status"] == "completed"  # ... and completes after the cycle
     for asset in ("raw_subjects", "raw_events", "raw_tickets"):
         assert key(sid) not in _raw_keys(asset, shard)
     assert _cli("verify", filed[0]).exit_code == 0
@@ -183,8 +185,8 @@ def test_training_sets_built_while_their_raw_parents_have_two_layouts(demo_home)
 
     policy_file = demo_home / "policy.yaml"
     policy_file.write_text(policy_file.read_text() + "lake: {buckets: 6}\n")
-    store = settings.lake()
-    before = lk.require_table(store, "training_shards", "shard_01")
+    store = stores.lake()
+    before = stores.table(store, "training_shards", "shard_01")
     assert materialize_assets(["raw_events", "training_shards"], "shard_01").success
     assert bk.read_manifest(store, "raw_events", "shard_01").of == 6
     assert bk.read_manifest(store, "raw_subjects", "shard_01").of == 16
@@ -192,4 +194,4 @@ def test_training_sets_built_while_their_raw_parents_have_two_layouts(demo_home)
     assert bk.read_manifest(store, "raw_subjects", "shard_01").of == 6
     inputs = lk.table_inputs(store, "training_shards", "shard_01")
     assert set(inputs) == {"raw_subjects", "raw_events"} and all(inputs.values())  # built from the new layout
-    pd.testing.assert_frame_equal(lk.require_table(store, "training_shards", "shard_01"), before)  # same rows
+    pd.testing.assert_frame_equal(stores.table(store, "training_shards", "shard_01"), before)  # same rows

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from erasure_pipeline.erasure.service import default_ledger, erase
+from erasure_pipeline.erasure.intake import erase
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import pick_subjects
+from erasure_pipeline_tests.stores import default_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -95,14 +96,15 @@ def test_lineage_and_erasure_under_the_daemon(demo_home, dagster_dev):
     assert by_name["vector_index"]["groupName"] == "vectors" and len(by_name["vector_index"]["partitionKeys"]) == 4
     assert all(n["assetMaterializations"] for name, n in by_name.items() if name != "erasure_certificates")
     assert by_name["ensemble_model"]["staleStatus"] == "FRESH"
+    _assert_resources_page_shows_where_data_lives(port, demo_home)
 
     _defs, policy = defs_and_policy()
     (a, _), (b, _) = pick_subjects(policy.shards, with_tickets=2)
     t0 = time.monotonic()
     rids = [erase(a)[0], erase(b)[0]]
     book = default_ledger()
-    _wait_for(lambda: {book.get_request(r)["status"] for r in rids} & {"completed", "failed"} == {"completed"}
-              and all(book.get_request(r)["status"] == "completed" for r in rids), 300, "two certificates", demo_home)
+    _wait_for(lambda: {book.requests.get(r)["status"] for r in rids} & {"completed", "failed"} == {"completed"}
+              and all(book.requests.get(r)["status"] == "completed" for r in rids), 300, "two certificates", demo_home)
     print(f"\nerase -> two certificates under dagster dev: {time.monotonic() - t0:.1f} s")
     inst = instance()
     runs = [r for r in inst.get_runs() if r.job_name == "erasure_job"]
@@ -116,7 +118,7 @@ def test_empty_dagster_home_two_runs_never_merge_at_once_and_both_verify(demo_ho
     """No dagster.yaml at all (DAGSTER_HOME set by the user): the pool the code sets still serialises merges."""
     from click.testing import CliRunner
 
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
 
     (demo_home / "dagster" / "dagster.yaml").unlink()
     inst = instance()
@@ -126,14 +128,14 @@ def test_empty_dagster_home_two_runs_never_merge_at_once_and_both_verify(demo_ho
     book = default_ledger()
     with running_dagster_dev(demo_home):
         first = erase(a)[0]
-        _wait_for(lambda: book.get_request(first)["status"] != "pending", 120, "the first run to claim", demo_home)
+        _wait_for(lambda: book.requests.get(first)["status"] != "pending", 120, "the first run to claim", demo_home)
         second = erase(b)[0]  # filed while the first run works: a second tick, a second run
-        _wait_for(lambda: all(book.get_request(r)["status"] in ("completed", "failed") for r in (first, second)), 300,
+        _wait_for(lambda: all(book.requests.get(r)["status"] in ("completed", "failed") for r in (first, second)), 300,
                   "both certificates", demo_home)
         # the certificate is written inside merge_and_certify: its run ends a moment later
         _wait_for(lambda: all(r.is_finished for r in instance().get_runs() if r.job_name == "erasure_job"), 60,
                   "both runs to finish", demo_home)
-    assert [book.get_request(r)["status"] for r in (first, second)] == ["completed", "completed"]
+    assert [book.requests.get(r)["status"] for r in (first, second)] == ["completed", "completed"]
     runs = [r for r in instance().get_runs() if r.job_name == "erasure_job"]
     assert len(runs) == 2
     spans = sorted(span for r in runs for span in _step_spans(instance(), r.run_id, "merge_and_certify"))
@@ -148,13 +150,13 @@ def test_multiprocess_forkserver_executor_from_the_environment(demo_home):
     """``ERASURE_PIPELINE_EXECUTOR=multiprocess:2`` runs a shard's steps in forkserver processes."""
     import dagster as dg
 
-    from erasure_pipeline.definitions import executor_from_env
+    from erasure_pipeline.defs.executors import executor_for
 
-    assert executor_from_env({}) is dg.in_process_executor
+    assert executor_for(None) is dg.in_process_executor
     with pytest.raises(ValueError, match="in_process"):
-        executor_from_env({"ERASURE_PIPELINE_EXECUTOR": "threads"})
+        executor_for("threads")
     with pytest.raises(ValueError, match="integer"):
-        executor_from_env({"ERASURE_PIPELINE_EXECUTOR": "multiprocess:many"})
+        executor_for("multiprocess:many")
     env = {**os.environ, "ERASURE_PIPELINE_EXECUTOR": "multiprocess:2"}
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "erasure_pipeline.definitions",
@@ -175,7 +177,7 @@ def test_policy_change_shows_stale_in_the_ui_and_one_rebuild_run_makes_it_fresh(
     that rematerialises them and nothing else, and the UI shows them fresh again."""
     from click.testing import CliRunner
 
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
     from erasure_pipeline_tests.erasure_helpers import materialised_partitions, max_storage_id
 
     policy_file = demo_home / "policy.yaml"
@@ -192,3 +194,32 @@ def test_policy_change_shows_stale_in_the_ui_and_one_rebuild_run_makes_it_fresh(
         assert fresh["anonymised_cohorts"] == "FRESH" and fresh["cohort_model"] == "FRESH"
     assert materialised_partitions(inst, start) == {("anonymised_cohorts", None), ("cohort_model", None)}
     assert "nothing is stale" in CliRunner().invoke(main, ["policy", "diff"], catch_exceptions=False).output
+
+
+RESOURCES_QUERY = """{ allTopLevelResourceDetailsOrError(repositorySelector: {repositoryLocationName: "erasure_pipeline",
+  repositoryName: "__repository__"}) { ... on ResourceDetailsList { results { name configuredValues { key value type } } } } }"""
+
+
+def _assert_resources_page_shows_where_data_lives(port: int, home) -> None:
+    """What the UI's Resources page reads: each store's location as a value, each secret as its variable's name."""
+    results = _graphql(port, RESOURCES_QUERY)["allTopLevelResourceDetailsOrError"]["results"]
+    shown = {r["name"]: {v["key"]: (v["type"], json.loads(v["value"]) if v["type"] == "VALUE" else v["value"])
+                         for v in r["configuredValues"]} for r in results}
+    assert shown["lake"]["url"] == ("VALUE", str(home / "lake"))
+    assert shown["landing"]["url"] == ("VALUE", str(home / "landing"))
+    assert shown["vectors"]["path"] == ("VALUE", str(home / "qdrant"))
+    assert shown["secrets"]["pepper"] == ("ENV_VAR", "ERASURE_PIPELINE_PEPPER")  # the tests set it: its name, never its value
+    assert shown["ledger"]["url"][0] == "SECRET"  # a ledger URL may carry a password
+    blob = json.dumps(shown)
+    assert "test-pepper-not-secret" not in blob
+
+
+def test_dg_check_defs_and_list_defs_load_the_defs_folder(empty_home):
+    """``dg`` finds the project by its pyproject.toml and loads erasure_pipeline/defs (as ``dg dev`` does)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    check = subprocess.run(["dg", "check", "defs"], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and "All definitions loaded successfully" in check.stdout + check.stderr, check.stderr[-2000:]
+    listed = subprocess.run(["dg", "list", "defs", "--json"], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assets = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
+    assert {"raw_subjects", "vector_index", "ensemble_model", "erasure_certificates"} <= assets

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline import identity, settings
-from erasure_pipeline.cli import main
-from erasure_pipeline.demo import write_landing
-from erasure_pipeline.storage import lake as lk
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.demo import write_landing
+from erasure_pipeline.core import identity
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import PEPPER, project_env
 from erasure_pipeline_tests.erasure_helpers import scan_for
 
@@ -47,7 +48,7 @@ def _home(tmp_path: Path, example: str, name: str = "home", policy: str | None =
 
 
 def _materialise(tables: dict[str, pd.DataFrame]) -> None:
-    write_landing(settings.landing(), tables)
+    write_landing(stores.landing(), tables)
     out = _cli("materialize")
     assert out.exit_code == 0, out.output
 
@@ -74,12 +75,12 @@ def _pick(tables: dict[str, pd.DataFrame], policy, n: int = 3) -> list[str]:
 
 def _model_state(policy, graph):
     """Per model node partition: training rows and shard model fingerprints, and ensemble predictions."""
-    store = settings.lake()
+    store = stores.lake()
     state = {}
     for node in graph.nodes:
         if node.kind == "training_set":
             for p in identity.partition_keys(policy.shards):
-                state[(node.name, p)] = lk.require_table(store, node.name, p)
+                state[(node.name, p)] = stores.table(store, node.name, p)
         elif node.kind == "shard_model":
             for p in identity.partition_keys(policy.shards):
                 state[(node.name, p)] = lk.model_fingerprint(lk.loads_model(store.read_bytes(lk.model_name(node.name, p))))
@@ -91,8 +92,8 @@ def _model_state(policy, graph):
 
 @pytest.mark.parametrize("example", ["single_table", "five_tables"])
 def test_example_runs_end_to_end_erases_three_subjects_and_equals_a_retrain_without_them(tmp_path, example):
-    from erasure_pipeline.graph import graph_for
-    from erasure_pipeline.policy import load_policy
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.kinds.registry import graph_for
 
     tables = _generator(example)(SIZES[example], 1)
     with _home(tmp_path, example) as home:
@@ -157,8 +158,8 @@ ADDED = """
 
 
 def test_a_dataset_added_to_the_declaration_is_a_raw_asset_with_lineage_provenance_and_a_certificate_row(tmp_path):
-    from erasure_pipeline.definitions import build_definitions
-    from erasure_pipeline.policy import load_policy
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
 
     text = (EXAMPLES / "single_table" / "policy.yaml").read_text()
     text = text.replace("    subject: email              # the data subject's id: hashed into subject_key, never stored in Dagster\n",
@@ -209,7 +210,7 @@ def test_bring_your_own_data_errors_are_one_line_naming_file_column_row_and_fiel
     table = expected.split("/")[0]
     tables[table] = change(tables)
     with _home(tmp_path, "five_tables"):
-        write_landing(settings.landing(), tables)
+        write_landing(stores.landing(), tables)
         out = _cli("materialize")
     assert out.exit_code == 1 and "Traceback" not in out.output
     last = out.output.strip().splitlines()[-1]

@@ -1,57 +1,81 @@
 """The code location as Dagster sees it: graph shape, partitions, groups, sensors."""
 
+from pathlib import Path
+
 import dagster as dg
+import yaml
 
-from erasure_pipeline import tags
-from erasure_pipeline.definitions import build_definitions
-from erasure_pipeline.graph import demo_graph
-from erasure_pipeline.policy import Policy
+from erasure_pipeline.core import names
+from erasure_pipeline.core.policy import Policy, parse_policy
+from erasure_pipeline.core.settings import Settings
+from erasure_pipeline.defs.pipeline import build_definitions
+from erasure_pipeline.kinds.registry import demo_graph
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SHARD_ASSETS = [n.name for n in demo_graph().shard_nodes]
 MERGE_ASSETS = [n.name for n in demo_graph().merge_nodes]
-
-EXPECTED_GRAPH = {
-    "raw_subjects": ("raw", set()),
-    "raw_events": ("raw", set()),
-    "raw_tickets": ("raw", set()),
-    "cohort_partials": ("cohorts", {"raw_subjects"}),
-    "anonymised_cohorts": ("cohorts", {"cohort_partials"}),
-    "cohort_model": ("cohorts", {"anonymised_cohorts"}),
-    "training_shards": ("training", {"raw_subjects", "raw_events"}),
-    "shard_models": ("models", {"training_shards"}),
-    "ensemble_model": ("models", {"shard_models", "training_shards"}),
-    "vector_index": ("vectors", {"raw_tickets"}),
-    "erasure_certificates": ("erasure", {*SHARD_ASSETS, *MERGE_ASSETS}),
-}
 
 
 def test_module_level_defs_load_with_16_shards_by_default():
     from erasure_pipeline.definitions import defs
 
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     for name in SHARD_ASSETS:
         keys = graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys()
         assert keys[0] == "shard_00" and keys[-1] == "shard_15" and len(keys) == 16
 
 
-def test_graph_snapshot_groups_and_edges():
-    graph = build_definitions(Policy(shards=4)).resolve_asset_graph()
-    actual = {
-        k.to_user_string(): (graph.get(k).group_name, {p.to_user_string() for p in graph.get(k).parent_keys})
-        for k in graph.get_all_asset_keys()
+def _shape(defs: dg.Definitions) -> dict:
+    """What a change of the definitions' shape changes: every asset, check, job, sensor, schedule and resource."""
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for k in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(k)
+        assets[k.to_user_string()] = {
+            "group": node.group_name, "deps": sorted(p.to_user_string() for p in node.parent_keys),
+            "partitions": len(node.partitions_def.get_partition_keys()) if node.partitions_def else None,
+            "code_version": node.code_version, "kinds": sorted(node.kinds), "pools": sorted(node.pools or ()),
+            "executable": node.is_executable,
+        }
+    checks = sorted((c.asset_key.to_user_string(), c.name, graph.get_check_spec(c).blocking) for c in graph.asset_check_keys)
+    jobs = {}
+    for job in sorted(defs.jobs, key=lambda j: j.name):
+        jobs[job.name] = {
+            "tags": dict(job.tags),
+            "ops": {n.name: {"pool": n.definition.pool, "inputs": sorted(d.name for d in n.definition.input_defs),
+                             "resources": sorted(n.definition.required_resource_keys)} for n in job.graph.nodes},
+            "dependencies": _deps(job),
+        }
+    return {
+        "assets": assets, "checks": checks, "jobs": jobs,
+        "sensors": sorted((s.name, sorted(t.job_name for t in s.targets), s.minimum_interval_seconds, s.default_status.value)
+                          for s in defs.sensors),
+        "schedules": sorted((s.name, s.cron_schedule, s.job_name, s.default_status.value) for s in defs.schedules),
+        "resources": sorted((name, type(r).__name__) for name, r in defs.resources.items()),
     }
-    assert actual == EXPECTED_GRAPH
-    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
-    assert checks == {
-        ("raw_subjects", "no_tombstoned_subjects"), ("raw_events", "no_tombstoned_subjects"),
-        ("raw_tickets", "no_tombstoned_subjects"), ("training_shards", "no_tombstoned_subjects"),
-        ("vector_index", "no_tombstoned_points"), ("anonymised_cohorts", "k_anonymous"),
-        ("shard_models", "matches_independent_retrain"), ("ensemble_model", "meets_quality_floor"),
-        ("erasure_certificates", "requests_on_time"),
-    }
-    assert not graph.get(dg.AssetKey("erasure_certificates")).is_executable  # only erasure runs report it
-    for name in [*SHARD_ASSETS, *MERGE_ASSETS]:
-        assert graph.get(dg.AssetKey(name)).is_executable
+
+
+def _deps(job: dg.JobDefinition) -> dict[str, list[str]]:
+    """Op -> the ops it reads from (the job's shape, independent of Dagster's internal structures)."""
+    out: dict[str, list[str]] = {}
+    for node in job.graph.nodes:
+        for handle in job.graph.dependency_structure.input_to_upstream_outputs_for_node(node.name).values():
+            for upstream in handle:
+                out.setdefault(node.name, []).append(f"{upstream.node_name}.{upstream.output_name}")
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_definitions_match_their_snapshot(snapshot, tmp_path):
+    """Run ``pytest --snapshot-update`` after an intended change of shape and review the diff of __snapshots__."""
+    settings = Settings(home=tmp_path / "home")
+    assert _shape(build_definitions(Policy(shards=4), settings=settings)) == snapshot
+
+
+def test_five_table_declaration_matches_its_snapshot(snapshot, tmp_path):
+    text = (EXAMPLES / "five_tables" / "policy.yaml").read_text()
+    policy = parse_policy(yaml.safe_load(text))
+    policy._code_dir = EXAMPLES / "five_tables"
+    assert _shape(build_definitions(policy, settings=Settings(home=tmp_path / "home")))["assets"] == snapshot
 
 
 def test_no_edge_crosses_shards():
@@ -73,19 +97,19 @@ def test_sensors_are_running_by_default():
     assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor"}
     assert sensors["erasure_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["erasure_sensor"].minimum_interval_seconds == 5
-    assert sensors["erasure_sensor"].job_name == tags.ERASURE_JOB
+    assert sensors["erasure_sensor"].job_name == names.ERASURE_JOB
 
 
 def test_named_jobs_and_every_writing_step_in_the_pool():
     defs = build_definitions(Policy(shards=4))
     jobs = {j.name: j for j in defs.jobs}
-    assert set(jobs) == {tags.ERASURE_JOB, tags.CYCLE_JOB, tags.INGEST_JOB, tags.REBUILD_JOB}
+    assert set(jobs) == {names.ERASURE_JOB, names.CYCLE_JOB, names.INGEST_JOB, names.REBUILD_JOB}
     for job in jobs.values():
-        writers = [n for n in job.graph.node_defs if n.name.startswith(("shard_step", "merge"))]
-        assert writers and all(n.pool == tags.POOL for n in writers), job.name
-        assert job.tags[tags.KIND] == tags.JOB_KINDS[job.name]
-    assert {n.name for n in jobs[tags.ERASURE_JOB].graph.node_defs} == {"claim_requests", "shard_step", "merge_and_certify"}
+        # every op writes a store (claims scrub and stage landing; shard and merge steps write the lake)
+        assert all(n.pool == names.POOL for n in job.graph.node_defs), job.name
+        assert job.tags[names.KIND] == names.JOB_KINDS[job.name]
+    assert {n.name for n in jobs[names.ERASURE_JOB].graph.node_defs} == {"claim_requests", "shard_step", "merge_and_certify"}
     graph = defs.resolve_asset_graph()
     for name in [*SHARD_ASSETS, *MERGE_ASSETS]:
-        assert graph.get(dg.AssetKey(name)).pools == {tags.POOL}
-    assert defs.resolve_schedule_def("retraining_cycle").job_name == tags.CYCLE_JOB
+        assert graph.get(dg.AssetKey(name)).pools == {names.POOL}
+    assert defs.resolve_schedule_def("retraining_cycle").job_name == names.CYCLE_JOB

@@ -9,18 +9,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from erasure_pipeline import settings
-from erasure_pipeline.definitions import EXECUTOR_ENV, executor_from_env
+from erasure_pipeline.core.settings import VARIABLES
+from erasure_pipeline.defs.executors import executor_for
+
+EXECUTOR_ENV = VARIABLES["executor"]
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 APP_SERVICES = ("code_location", "webserver", "daemon")
 # Every setting the code reads in production, by the names the code uses.
 APP_ENV = {
-    "DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_DIR", settings.LEDGER_ENV, settings.LAKE_ENV, settings.LANDING_ENV,
-    settings.QDRANT_URL_ENV, settings.QDRANT_KEY_ENV, "ERASURE_PIPELINE_PEPPER", "ERASURE_PIPELINE_SIGNING_KEY", EXECUTOR_ENV,
+    "DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_DIR", VARIABLES["ledger_url"], VARIABLES["lake_url"], VARIABLES["landing_url"],
+    VARIABLES["qdrant_url"], VARIABLES["qdrant_api_key"], VARIABLES["pepper"], VARIABLES["signing_key"], EXECUTOR_ENV,
     "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
 }
-HELM_SECRET_KEYS = {"ERASURE_PIPELINE_PEPPER", "ERASURE_PIPELINE_SIGNING_KEY", settings.LEDGER_ENV, settings.QDRANT_KEY_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+HELM_SECRET_KEYS = {VARIABLES["pepper"], VARIABLES["signing_key"], VARIABLES["ledger_url"], VARIABLES["qdrant_api_key"], "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY"}
 
 
 def _load(name: str) -> dict:
@@ -40,7 +43,7 @@ def test_dagster_yaml_reads_postgres_and_compute_log_dir_from_the_environment(in
     assert monitoring["enabled"] is True and monitoring["free_slots_after_run_end_seconds"] > 0
 
 
-@pytest.mark.parametrize("path", ["erasure_pipeline/instance.yaml", "dagster.yaml", "deploy/dagster.yaml"])
+@pytest.mark.parametrize("path", ["erasure_pipeline/app/instance.yaml", "dagster.yaml", "deploy/dagster.yaml"])
 def test_every_instance_config_the_project_writes_turns_run_monitoring_on(path):
     config = yaml.safe_load((DEPLOY.parent / path).read_text())
     assert config["run_monitoring"]["enabled"] is True
@@ -57,11 +60,11 @@ def test_compose_services_share_one_image_and_every_setting(instance_yaml):
         env = services[s]["environment"]
         assert APP_ENV <= set(env), APP_ENV - set(env)
         assert env["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")  # not psycopg 3 (not installed)
-        assert env[settings.LEDGER_ENV].startswith("postgresql+psycopg2://")
-        assert env[settings.LAKE_ENV].startswith("s3://") and env[settings.QDRANT_URL_ENV].startswith("http://qdrant:")
+        assert env[VARIABLES["ledger_url"]].startswith("postgresql+psycopg2://")
+        assert env[VARIABLES["lake_url"]].startswith("s3://") and env[VARIABLES["qdrant_url"]].startswith("http://qdrant:")
         assert services[s]["build"]["dockerfile"] == "deploy/Dockerfile"
-        executor_from_env({EXECUTOR_ENV: env[EXECUTOR_ENV]})  # a value the code accepts
-    bucket = services["code_location"]["environment"][settings.LAKE_ENV].split("/")[2]
+        executor_for(env[EXECUTOR_ENV])  # a value the code accepts
+    bucket = services["code_location"]["environment"][VARIABLES["lake_url"]].split("/")[2]
     init = " ".join(services["minio-init"]["command"])
     assert f"mc version enable lake/{bucket}" in init  # the lake bucket is versioned
     assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
@@ -119,9 +122,9 @@ def test_k8s_executor_needs_the_extra():
         import dagster_k8s  # noqa: F401
     except ImportError:
         with pytest.raises(ValueError, match=r"erasure_pipeline\[k8s\]"):
-            executor_from_env({EXECUTOR_ENV: "k8s"})
+            executor_for("k8s")
     else:
-        assert executor_from_env({EXECUTOR_ENV: "k8s"}).name == "k8s"
+        assert executor_for("k8s").name == "k8s"
 
 
 def test_runbook_covers_what_operators_need():

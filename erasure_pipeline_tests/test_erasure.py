@@ -7,14 +7,16 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline import identity, runtime, settings, tags
-from erasure_pipeline.anonymise import cohorts as cm
-from erasure_pipeline.cli import main
-from erasure_pipeline.erasure.service import default_ledger, erase
-from erasure_pipeline.nodes.cohorts import noise_key
-from erasure_pipeline.process import drain
-from erasure_pipeline.storage import buckets as bk
-from erasure_pipeline.storage import lake as lk
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.process import drain
+from erasure_pipeline.core import identity, names
+from erasure_pipeline.defs import runtime
+from erasure_pipeline.erasure.intake import erase
+from erasure_pipeline.kinds.cohorts import noise_key
+from erasure_pipeline.ml import cohorts as cm
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import PEPPER, defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import (
     key,
@@ -24,6 +26,7 @@ from erasure_pipeline_tests.erasure_helpers import (
     pick_subjects,
     scan_for,
 )
+from erasure_pipeline_tests.stores import default_ledger
 
 NEVER_SEEN = "nobody.ever@nowhere.example"
 MERGES = {"anonymised_cohorts", "cohort_model", "ensemble_model"}
@@ -44,15 +47,15 @@ def test_sensor_asks_for_one_run_per_tick_naming_request_ids_only(demo_home):
     with dg.build_sensor_context(instance=inst, definitions=defs, resources=defs.resources) as ctx:
         first = sensor.evaluate_tick(ctx)
     (request,) = first.run_requests
-    assert request.job_name == tags.ERASURE_JOB and request.run_key == request.tags[tags.BATCH]
+    assert request.job_name == names.ERASURE_JOB and request.run_key == request.tags[names.BATCH]
     config = request.run_config["ops"]["claim_requests"]["config"]
     assert sorted(config["request_ids"]) == sorted(rids) and config["batch_id"] == request.run_key
-    assert set(request.tags[tags.REQUESTS].split(",")) == set(rids)
+    assert set(request.tags[names.REQUESTS].split(",")) == set(rids)
     blob = json.dumps([request.tags, request.run_key, request.run_config])
     assert "@" not in blob and not any(key(s) in blob for s in [*shard0, *shard1])
     # evaluating wrote nothing: every request is still pending, the no-data one too
     book = default_ledger()
-    assert {book.get_request(r)["status"] for r in rids} == {"pending"}
+    assert {book.requests.get(r)["status"] for r in rids} == {"pending"}
     # a second tick is repeat-safe: the same run again
     with dg.build_sensor_context(instance=inst, definitions=defs, resources=defs.resources) as ctx:
         second = sensor.evaluate_tick(ctx)
@@ -81,15 +84,15 @@ def test_acceptance_five_requests_one_run_exact_partitions_certificates_and_no_i
     assert "1 runs, 0 failed" in out.output
     book = default_ledger()
     for rid in rids:
-        assert book.get_request(rid)["status"] == "completed"
-        assert book.get_request(rid)["attempts"] == 1  # claimed once by its run, not once per raw step
-        assert [e["event"] for e in book.audit_entries(rid)].count("in_progress") == 1
+        assert book.requests.get(rid)["status"] == "completed"
+        assert book.requests.get(rid)["attempts"] == 1  # claimed once by its run, not once per raw step
+        assert [e["event"] for e in book.audit.entries(rid)].count("in_progress") == 1
         v = _cli("verify", rid)
         assert v.exit_code == 0, v.output
         cert = json.loads(_cli("certificate", rid, "--json").output)
         assert {"request_id", "request_date", "anonymised_data_subject", "datasets", "completion_date", "residual_risk", "exception"} <= set(cert)
     # one run: exactly the touched shards' partitions, and each merge once
-    runs = [r for r in inst.get_runs() if r.job_name == tags.ERASURE_JOB]
+    runs = [r for r in inst.get_runs() if r.job_name == names.ERASURE_JOB]
     assert len(runs) == 1 and runs[0].is_success
     touched = {identity.partition_key(s) for _, s in chosen}
     done = materialised_partitions(inst, start)
@@ -100,13 +103,13 @@ def test_acceptance_five_requests_one_run_exact_partitions_certificates_and_no_i
     assert len(merge_events) == 3
     assert ("vector_index", identity.partition_key(no_ticket_shard)) not in done
     assert ("raw_tickets", identity.partition_key(no_ticket_shard)) not in done
-    cert_no_tickets = book.certificate(rids[3])[0]
+    cert_no_tickets = book.certificates.get(rids[3])[0]
     vec = next(d for d in cert_no_tickets["datasets"] if d["dataset"].startswith("vector_index"))
     assert vec["action"] == "NO_DATA" and vec["data_present"] == "no"
-    cert_with_tickets = book.certificate(rids[0])[0]
+    cert_with_tickets = book.certificates.get(rids[0])[0]
     actions = {d["dataset"].split("[")[0]: d["action"] for d in cert_with_tickets["datasets"]}
     assert actions["vector_index"] == "VECTOR_DELETE" and actions["raw_events"] == "RAW_REWRITE"
-    assert book.certificate(rids[4])[0]["data_present"] is False  # the never-seen subject: NO_DATA, same run
+    assert book.certificates.get(rids[4])[0]["data_present"] is False  # the never-seen subject: NO_DATA, same run
     # certificates are on the run as Markdown metadata
     cert_md = inst.get_latest_materialization_event(dg.AssetKey("erasure_certificates")).asset_materialization.metadata["certificates"]
     assert "Erasure certificate" in cert_md.value
@@ -125,16 +128,16 @@ def test_two_shards_in_one_tick_merge_once_from_both_post_erasure_partials(demo_
     erase(a), erase(b)
     result = drain(defs, inst)
     assert len(result.runs) == 1 and not result.failed_runs
-    store = settings.lake()
-    partials = [lk.require_table(store, "cohort_partials", p) for p in identity.partition_keys(policy.shards)]
+    store = stores.lake()
+    partials = [stores.table(store, "cohort_partials", p) for p in identity.partition_keys(policy.shards)]
     merged = cm.merge_partials(partials)
     c = policy.cohorts
     expected = cm.publish(merged, k_min=policy.k_min, measures=c.measures, clip=c.measure_clip, epsilon=c.noise_epsilon,
                           noise_key=noise_key(PEPPER.encode()))
-    pd.testing.assert_frame_equal(lk.require_table(store, "anonymised_cohorts", "all"), expected, check_dtype=False)
+    pd.testing.assert_frame_equal(stores.table(store, "anonymised_cohorts", "all"), expected, check_dtype=False)
     for _sid, shard in ((a, sa_), (b, sb)):
-        part = lk.require_table(store, "cohort_partials", identity.partition_key(shard))
-        assert int(part[cm.COUNT].sum()) == len(lk.require_table(store, "raw_subjects", identity.partition_key(shard)))
+        part = stores.table(store, "cohort_partials", identity.partition_key(shard))
+        assert int(part[cm.COUNT].sum()) == len(stores.table(store, "raw_subjects", identity.partition_key(shard)))
     # the ensemble holds both retrained shard models, and records the inputs it was built from
     saved = lk.loads_model(store.read_bytes(lk.model_name("ensemble_model")))
     for shard in (sa_, sb):
@@ -146,8 +149,8 @@ def test_two_shards_in_one_tick_merge_once_from_both_post_erasure_partials(demo_
 def test_the_project_sets_the_pool_limit_whatever_the_instance_file_says(demo_home):
     (demo_home / "dagster" / "dagster.yaml").unlink()  # DAGSTER_HOME without the project's instance file
     inst = instance()
-    inst.event_log_storage.set_concurrency_slots(tags.POOL, 5)
-    assert runtime.ensure_pool(inst) and runtime.pool_limit(inst) == tags.POOL_LIMIT
+    inst.event_log_storage.set_concurrency_slots(names.POOL, 5)
+    assert runtime.ensure_pool(inst) and runtime.pool_limit(inst) == names.POOL_LIMIT
     assert not runtime.ensure_pool(inst)
 
 
@@ -157,10 +160,10 @@ def test_held_request_is_not_processed_and_released_one_is(demo_home):
     rid = _cli("erase", sid).stdout.strip()
     assert _cli("hold", rid, "--reason", "Art.17(3)(e): legal claim").exit_code == 0
     drain(defs, instance())
-    assert default_ledger().get_request(rid)["status"] == "on_hold"
+    assert default_ledger().requests.get(rid)["status"] == "on_hold"
     assert _cli("release", rid).exit_code == 0
     drain(defs, instance())
-    assert default_ledger().get_request(rid)["status"] == "completed"
+    assert default_ledger().requests.get(rid)["status"] == "completed"
     ext = _cli("extend", rid, "--reason", "complex")
     assert ext.exit_code != 0 and "nothing to extend" in ext.output
 
@@ -169,14 +172,14 @@ def test_failed_run_leaves_requests_failed_retries_once_then_waits_for_the_opera
     defs, policy = defs_and_policy()
     (sid, _shard), = pick_subjects(policy.shards, with_tickets=1)
     rid = erase(sid)[0]
-    from erasure_pipeline.erasure import service
+    from erasure_pipeline.erasure import certify
 
     def broken(*a, **k):
         raise RuntimeError("simulated outage")
 
-    monkeypatch.setattr(service, "certify", broken)
+    monkeypatch.setattr(certify, "certify", broken)
     result = drain(defs, instance())
-    request = default_ledger().get_request(rid)
+    request = default_ledger().requests.get(rid)
     assert len(result.failed_runs) == 2 and request["status"] == "failed" and request["attempts"] == 2  # retried once at once
     assert "run" in (request["error"] or "")
     monkeypatch.undo()
@@ -185,7 +188,7 @@ def test_failed_run_leaves_requests_failed_retries_once_then_waits_for_the_opera
     os.environ["ERASURE_PIPELINE_PEPPER"] = PEPPER  # monkeypatch.undo() also restored the env it never set
     assert _cli("retry", rid).exit_code == 0
     result = drain(defs, instance())
-    assert not result.failed_runs and default_ledger().get_request(rid)["status"] == "completed"
+    assert not result.failed_runs and default_ledger().requests.get(rid)["status"] == "completed"
     assert _cli("verify", rid).exit_code == 0
     assert not [r for r in instance().get_runs() if not r.is_finished]
 
@@ -195,7 +198,7 @@ def test_verify_fails_when_data_comes_back(demo_home):
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
     rid = erase(sid)[0]
     drain(defs, instance())
-    store = settings.lake()
+    store = stores.lake()
     part = identity.partition_key(shard)
     # the subject's row written back into the bucket file that would hold it
     bucket = bk.object_name("raw_subjects", part, bk.bucket_of(key(sid), policy.lake.buckets))
@@ -210,7 +213,7 @@ def test_verify_fails_when_a_merge_was_not_built_from_the_current_shards(demo_ho
     """A pre-erasure ensemble restored into the lake passes every per-subject claim; its inputs do not."""
     defs, policy = defs_and_policy()
     (sid, _shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
-    store = settings.lake()
+    store = stores.lake()
     before = store.read_bytes(lk.model_name("ensemble_model"))
     rid = erase(sid)[0]
     drain(defs, instance())
@@ -224,16 +227,16 @@ def test_verify_fails_when_a_merge_was_not_built_from_the_current_shards(demo_ho
 def test_bad_subject_id_is_a_clear_error_and_files_nothing(demo_home, bad):
     out = CliRunner().invoke(main, ["erase", bad])
     assert out.exit_code != 0 and "subject id" in out.output and "Traceback" not in out.output
-    assert default_ledger().requests() == []
+    assert default_ledger().requests.list() == []
 
 
 def test_drain_and_the_jobs_use_the_ledger_resource_they_are_given(demo_home, tmp_path):
     """A deployment that configures the ledger resource (not the environment) gets that ledger everywhere."""
     import sqlite3
 
-    from erasure_pipeline.definitions import build_definitions
-    from erasure_pipeline.ledger import open_ledger
-    from erasure_pipeline.resources import LedgerResource
+    from erasure_pipeline.core.settings import Settings
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.defs.resources import LedgerResource, resources_for
 
     moved = tmp_path / "elsewhere.sqlite"
     with sqlite3.connect(demo_home / "ledger.sqlite") as src, sqlite3.connect(moved) as dst:
@@ -241,14 +244,21 @@ def test_drain_and_the_jobs_use_the_ledger_resource_they_are_given(demo_home, tm
     for f in demo_home.glob("ledger.sqlite*"):
         f.unlink()  # the default ledger is gone: only the resource can find the records
     url = f"sqlite:///{moved}"
-    defs = build_definitions(resources={"ledger": LedgerResource(url=url)})
+    configured = resources_for(Settings.from_environ())
+    ledger = LedgerResource(url=url)
+    pipeline = configured["pipeline"]
+    defs = build_definitions(resources={"ledger": ledger, "pipeline": type(pipeline)(
+        home=pipeline.home, lake=pipeline.lake, landing=pipeline.landing, ledger=ledger, vectors=pipeline.vectors, secrets=pipeline.secrets)})
     _policy = defs_and_policy()[1]
     (sid, _shard), = pick_subjects(_policy.shards, with_tickets=1)
-    rid = erase(sid, ledger=open_ledger(url))[0]
+    from erasure_pipeline.defs.resources import resolve
+
+    book = resolve(defs.resources["pipeline"]).book()
+    rid = erase(sid, ledger=book)[0]
     result = drain(defs, instance())
     assert len(result.runs) == 1 and not result.failed_runs
-    assert open_ledger(url).get_request(rid)["status"] == "completed"
-    assert default_ledger().requests() == []  # nothing went to the environment's ledger
+    assert book.requests.get(rid)["status"] == "completed"
+    assert default_ledger().requests.list() == []  # nothing went to the environment's ledger
 
 
 def test_an_erasure_rewrites_only_the_lake_files_that_hold_the_subject(demo_home):
@@ -256,7 +266,7 @@ def test_an_erasure_rewrites_only_the_lake_files_that_hold_the_subject(demo_home
     their manifests); everything else that changed is derived per shard or merged."""
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
-    store = settings.lake()
+    store = stores.lake()
 
     def listing() -> dict[str, str]:
         return {n: lk.content_hash(store.read_bytes(n)) for n in store.list()}
@@ -287,15 +297,15 @@ def test_a_change_of_lake_buckets_keeps_erasures_exact_before_and_after_the_back
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
     part = identity.partition_key(shard)
-    assert bk.read_manifest(settings.lake(), "raw_events", part).of == 16
+    assert bk.read_manifest(stores.lake(), "raw_events", part).of == 16
     rid = erase(sid)[0]
     assert not drain(defs, instance()).failed_runs
     assert _cli("verify", rid).exit_code == 0
-    assert bk.read_manifest(settings.lake(), "raw_events", part).of == 6  # laid out anew by the erasure
+    assert bk.read_manifest(stores.lake(), "raw_events", part).of == 6  # laid out anew by the erasure
     assert scan_for(demo_home, [sid]) == []
     out = _cli("backfill", "--stale")
     assert out.exit_code == 0, out.output
-    store = settings.lake()
+    store = stores.lake()
     for p in identity.partition_keys(policy.shards):
         m = bk.read_manifest(store, "raw_events", p)
         assert m.of == 6 and set(m.buckets) <= set(range(6))
@@ -316,7 +326,7 @@ def test_an_erasure_changes_the_provenance_of_the_erased_subject_only(demo_home)
     book = default_ledger()
 
     def rows() -> set[tuple]:
-        with book.engine.connect() as conn:
+        with book.db.engine.connect() as conn:
             return {tuple(r) for r in conn.execute(sa.select(schema.provenance))}
 
     before = rows()

@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline import home, identity, settings
-from erasure_pipeline.cli import main
-from erasure_pipeline.erasure.service import default_ledger, erase
-from erasure_pipeline.ledger.core import _chain_hash
-from erasure_pipeline.storage import lake as lk
-from erasure_pipeline.tombstones import Tombstones
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.core import identity
+from erasure_pipeline.core.tombstones import Tombstones
+from erasure_pipeline.erasure.intake import erase
+from erasure_pipeline.ledger.audit import chain_hash as _chain_hash
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import PEPPER, build_demo, defs_and_policy, instance, project_env
 from erasure_pipeline_tests.erasure_helpers import key, landing_frames, pick_subjects, scan_for
+from erasure_pipeline_tests.stores import default_ledger
 
 
 def _cli(*args):
@@ -32,12 +34,12 @@ def erased(built_demo, tmp_path_factory):
     state = root / "home"
     shutil.copytree(built_demo, state)
     with project_env(state):
-        from erasure_pipeline.process import drain
+        from erasure_pipeline.app.process import drain
 
         _defs, policy = defs_and_policy()
         (sid, shard), = pick_subjects(policy.shards, with_tickets=1, consented=True)
         part = identity.partition_key(shard)
-        store = settings.lake()
+        store = stores.lake()
         before = {name: store.read_bytes(name) for name in (
             lk.model_name("ensemble_model"), lk.table_name("cohort_partials", part), lk.table_name("anonymised_cohorts", "all"),
             lk.model_name("cohort_model"))}
@@ -112,19 +114,19 @@ def test_a_row_appended_through_the_ledgers_own_audit_function_without_the_key_i
     from erasure_pipeline.ledger import Ledger
 
     forger = Ledger(f"sqlite:///{tampered['home'] / 'ledger.sqlite'}")  # the database, not the key
-    with forger._tx() as conn:
-        forger._audit(conn, "completed", "er-forged", {"certificate_sha256": "0" * 64})
+    with forger.db.tx() as conn:
+        forger.audit.append(conn, [("completed", "er-forged", {"certificate_sha256": "0" * 64})])
     (seq,) = sqlite3.connect(tampered["home"] / "ledger.sqlite").execute("SELECT max(seq) FROM audit_log").fetchone()
     _fails(["audit-log", "verify"], f"audit log row {seq}: it is not signed")
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from erasure_pipeline.signing import Signer
+    from erasure_pipeline.core.signing import Signer
 
-    impostor = Ledger(f"sqlite:///{tampered['home'] / 'ledger.sqlite'}", signer=Signer(Ed25519PrivateKey.generate()))
+    impostor = Ledger(f"sqlite:///{tampered['home'] / 'ledger.sqlite'}", sign=Signer(Ed25519PrivateKey.generate()).sign)
     with _db(tampered) as conn:
         conn.execute("DELETE FROM audit_log WHERE seq = ?", (seq,))
-    with impostor._tx() as conn:
-        impostor._audit(conn, "completed", "er-forged", {"certificate_sha256": "0" * 64})
+    with impostor.db.tx() as conn:
+        impostor.audit.append(conn, [("completed", "er-forged", {"certificate_sha256": "0" * 64})])
     _fails(["audit-log", "verify"], "its signature does not match")
 
 
@@ -143,7 +145,7 @@ def test_editing_a_certificate_and_recomputing_its_sha256_is_caught(tampered):
 
 @pytest.mark.parametrize("restored", ["ensemble_model", "cohort_partials", "anonymised_cohorts+cohort_model"])
 def test_restoring_pre_erasure_objects_is_caught(tampered, restored):
-    store = settings.lake()
+    store = stores.lake()
     names = {"ensemble_model": [lk.model_name("ensemble_model")],
              "cohort_partials": [lk.table_name("cohort_partials", tampered["part"])],
              "anonymised_cohorts+cohort_model": [lk.table_name("anonymised_cohorts", "all"), lk.model_name("cohort_model")]}[restored]
@@ -180,7 +182,7 @@ def test_a_certificate_file_is_verified_offline_with_only_the_public_key(tampere
 def test_anchors_are_in_the_certificate_and_in_dagsters_event_log(tampered):
     import dagster as dg
 
-    cert = default_ledger().certificate(tampered["rid"])[0]
+    cert = default_ledger().certificates.get(tampered["rid"])[0]
     assert cert["audit_anchor"]["seq"] > 0 and cert["signature"]["algorithm"] == "Ed25519"
     meta = instance().get_latest_materialization_event(dg.AssetKey("erasure_certificates")).asset_materialization.metadata
     assert meta["audit_anchor_seq"].value >= cert["audit_anchor"]["seq"]
@@ -192,7 +194,7 @@ def test_anchors_are_in_the_certificate_and_in_dagsters_event_log(tampered):
 def test_an_erased_id_sent_again_with_another_case_and_spacing_stays_out_everywhere(demo_home):
     import datetime as dt
 
-    from erasure_pipeline.process import drain, run_cycle
+    from erasure_pipeline.app.process import drain, run_cycle
 
     defs, policy = defs_and_policy()
     (sid, shard), (other, _other_shard) = pick_subjects(policy.shards, with_tickets=2)
@@ -202,23 +204,23 @@ def test_an_erased_id_sent_again_with_another_case_and_spacing_stays_out_everywh
     subjects, _ = landing_frames(policy.shards)
     row = subjects[subjects["subject_id"] == other].drop(columns=["subject_key", "shard"]).iloc[0].to_dict()
     resend = pd.DataFrame([{**row, "subject_id": variant}])
-    settings.landing().write_bytes("subjects/resend.csv", resend.to_csv(index=False).encode())
+    stores.landing().write_bytes("subjects/resend.csv", resend.to_csv(index=False).encode())
     events = pd.DataFrame({"event_id": ["e-resend"], "subject_id": [variant], "ts": ["2026-11-01T00:00:00Z"], "event_type": ["purchase"]})
-    settings.landing().write_bytes("events/resend.csv", events.to_csv(index=False).encode())
+    stores.landing().write_bytes("events/resend.csv", events.to_csv(index=False).encode())
     fullwidth = sid.replace("@", "\uff20").upper()  # ＠ and upper case: NFKC and case-folding make it the id again
     tickets = pd.DataFrame({
         "ticket_id": ["t-resend", "t-mention"], "subject_id": [variant, other],
         "created_at": ["2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z"],
         "text": [f"It is me again, {variant}", f"Please forward this to {sid}, or {fullwidth}."],
     })
-    settings.landing().write_bytes("tickets/resend.csv", tickets.to_csv(index=False).encode())
+    stores.landing().write_bytes("tickets/resend.csv", tickets.to_csv(index=False).encode())
     result = run_cycle(defs, instance(), dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
     assert result.summary.success
     part = identity.partition_key(shard)
     for asset in ("raw_subjects", "raw_events", "raw_tickets"):
-        assert key(sid) not in set(lk.require_table(settings.lake(), asset, part)["subject_key"])
-    assert settings.vector_store().count_subjects(shard, [key(sid)]) == 0
-    mention = lk.require_table(settings.lake(), "raw_tickets", identity.partition_key(_other_shard))
+        assert key(sid) not in set(stores.table(stores.lake(), asset, part)["subject_key"])
+    assert stores.vectors().count_subjects(shard, [key(sid)]) == 0
+    mention = stores.table(stores.lake(), "raw_tickets", identity.partition_key(_other_shard))
     text = mention.loc[mention["ticket_id"] == "t-mention", "text"].iloc[0]
     assert text == "Please forward this to [erased], or [erased]."
     out = _cli("verify", rid)
@@ -253,8 +255,7 @@ def test_changing_the_identity_rule_warns_that_it_is_a_reshard(demo_home, tmp_pa
 def test_ledger_outage_mid_run_is_one_line_and_the_request_completes_after(pg_database, tmp_path, monkeypatch):
     import sqlalchemy as sa
 
-    from erasure_pipeline.ledger import open_ledger
-    from erasure_pipeline.nodes import raw
+    from erasure_pipeline.kinds import raw
     from erasure_pipeline_tests.tcp_proxy import Proxy
 
     pg = sa.engine.make_url(pg_database)
@@ -263,19 +264,19 @@ def test_ledger_outage_mid_run_is_one_line_and_the_request_completes_after(pg_da
     state = tmp_path / "home"
     with project_env(state, ERASURE_PIPELINE_LEDGER_URL=url):
         build_demo(state, n_subjects=200)
-        book = open_ledger(url)
+        book = default_ledger()
         _defs, policy = defs_and_policy()
         (sid, _shard), = pick_subjects(policy.shards, with_tickets=1)
         filed = _cli("erase", sid)
         assert filed.exit_code == 0, filed.output
         rid = filed.output.strip()
-        original = raw.compute_raw
+        original = raw.Raw.compute
 
-        def cut_then_compute(run):
+        def cut_then_compute(self, run):
             proxy.stop()  # the ledger's database goes away in the middle of the erasure run
-            return original(run)
+            return original(self, run)
 
-        monkeypatch.setattr(raw, "compute_raw", cut_then_compute)
+        monkeypatch.setattr(raw.Raw, "compute", cut_then_compute)
         out = _cli("process")
         assert out.exit_code == 1 and "Traceback" not in out.output, out.output
         errors = [line for line in out.output.splitlines() if line.startswith("error:")]
@@ -288,7 +289,7 @@ def test_ledger_outage_mid_run_is_one_line_and_the_request_completes_after(pg_da
         proxy.start()
         again = _cli("process")
         assert again.exit_code == 0, again.output
-        assert open_ledger(url).get_request(rid)["status"] == "completed"
+        assert default_ledger().requests.get(rid)["status"] == "completed"
         assert _cli("verify", rid).exit_code == 0
         assert not [r for r in instance().get_runs() if not r.is_finished]
         book.dispose()
@@ -297,7 +298,7 @@ def test_ledger_outage_mid_run_is_one_line_and_the_request_completes_after(pg_da
 
 def test_home_holds_no_signing_material_in_the_ledger(tampered):
     """The key lives beside the ledger only in the embedded default; never inside its database."""
-    key_file = home.project_home() / "signing.key"
+    key_file = stores.settings().home / "signing.key"
     assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
     secret = key_file.read_text().splitlines()[1]
     assert secret.encode() not in (tampered["home"] / "ledger.sqlite").read_bytes()
@@ -310,17 +311,17 @@ def test_the_evidence_key_comes_from_the_environment_as_pem_or_base64_and_errors
     from cryptography.hazmat.primitives import serialization as s
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from erasure_pipeline.signing import KEY_ENV, SigningKeyError, load_signer
+    from erasure_pipeline.core.signing import SigningKeyError, load_signer
 
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()).decode()
     raw = base64.b64encode(private.private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw, s.NoEncryption())).decode()
-    assert load_signer(tmp_path, env={KEY_ENV: pem}).key_id == load_signer(tmp_path, env={KEY_ENV: raw}).key_id
+    assert load_signer(pem, tmp_path).key_id == load_signer(raw, tmp_path).key_id
     assert not (tmp_path / "signing.key").exists()
     with pytest.raises(SigningKeyError) as err:
-        load_signer(tmp_path, env={KEY_ENV: "not-a-key-but-a-secret-value"})
+        load_signer("not-a-key-but-a-secret-value", tmp_path)
     assert "not-a-key" not in str(err.value) and "$ERASURE_PIPELINE_SIGNING_KEY" in str(err.value)
     with caplog.at_level(logging.WARNING):
-        local = load_signer(tmp_path, env={})
+        local = load_signer(None, tmp_path)
     assert "ERASURE_PIPELINE_SIGNING_KEY is not set" in caplog.text
-    assert load_signer(tmp_path, env={}).key_id == local.key_id  # generated once
+    assert load_signer(None, tmp_path).key_id == local.key_id  # generated once

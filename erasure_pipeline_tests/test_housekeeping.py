@@ -3,8 +3,8 @@ import time
 
 from click.testing import CliRunner
 
-from erasure_pipeline.cli import main
-from erasure_pipeline.housekeeping import prune_compute_logs
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.housekeeping import prune_compute_logs
 
 
 def _log(path, age_days):

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from erasure_pipeline import identity
-from erasure_pipeline.policy import Policy, PolicyError, load_policy, parse_policy
+from erasure_pipeline.core import identity
+from erasure_pipeline.core.policy import Policy, PolicyError, load_policy, parse_policy
 
 
 def test_subject_key_is_hmac_sha256_and_shard_rule():
@@ -26,12 +26,12 @@ def test_invalid_subject_ids_are_refused_without_echo(bad):
 
 
 def test_pepper_env_wins_and_local_default_is_generated_once_with_warning(tmp_path, caplog):
-    assert identity.load_pepper(tmp_path, env={"ERASURE_PIPELINE_PEPPER": "s3cret"}) == b"s3cret"
+    assert identity.load_pepper("s3cret", tmp_path) == b"s3cret"
     with caplog.at_level(logging.WARNING):
-        first = identity.load_pepper(tmp_path, env={})
+        first = identity.load_pepper(None, tmp_path)
     assert "ERASURE_PIPELINE_PEPPER is not set" in caplog.text
     assert len(first) == 64
-    assert identity.load_pepper(tmp_path, env={}) == first
+    assert identity.load_pepper(None, tmp_path) == first
     assert (tmp_path / "pepper.key").stat().st_mode & 0o777 == 0o600
 
 
@@ -51,7 +51,7 @@ def test_policy_defaults_and_errors_name_the_field(tmp_path):
     assert Policy().shards == 16 and Policy().k_min == 10
     with pytest.raises(PolicyError, match=r"field 'k_min'"):
         parse_policy({"k_min": 1})
-    from erasure_pipeline.imports import check_declared
+    from erasure_pipeline.ml.declared import check_declared
 
     with pytest.raises(PolicyError, match=r"field 'models.model.estimator': 'deep_net' is not an import path"):
         check_declared(parse_policy({"model": {"estimator": "deep_net"}}))
@@ -74,14 +74,12 @@ def test_policy_defaults_and_errors_name_the_field(tmp_path):
 
 
 def test_code_versions_fold_in_exactly_the_fields_each_asset_reads():
-    from erasure_pipeline.graph import demo_graph
-    from erasure_pipeline.runtime import code_version as node_code_version
-
+    from erasure_pipeline.kinds.registry import demo_graph
     graph = demo_graph()
     POLICY_FIELDS = graph.names
 
     def code_version(policy, asset):
-        return node_code_version(policy, graph, asset)
+        return graph.code_version(policy, asset)
 
     base = Policy()
     changes = {

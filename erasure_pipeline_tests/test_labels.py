@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline.cli import main
+from erasure_pipeline.app.cli import main
 from erasure_pipeline.ml.labels import BinaryLabel, LabelError, require_two_classes
 from erasure_pipeline_tests.conftest import project_env
 
@@ -160,8 +160,8 @@ def test_policy_column_missing_from_the_data_is_one_line(customer_home):
 
 
 def test_missed_quality_floor_fails_the_command_names_the_check_and_publishes_nothing(customer_home):
-    from erasure_pipeline import settings
-    from erasure_pipeline.storage import lake as lk
+    from erasure_pipeline.stores import lake as lk
+    from erasure_pipeline_tests import stores
 
     (customer_home / "policy.yaml").write_text(CUSTOMER_POLICY.replace("min_holdout_auc: 0.6", "min_holdout_auc: 0.999"))
     _land(customer_home, customers())
@@ -169,7 +169,7 @@ def test_missed_quality_floor_fails_the_command_names_the_check_and_publishes_no
     assert out.exit_code == 1
     assert "meets_quality_floor" in out.output and "check FAILED (ERROR): ensemble_model meets_quality_floor" in out.output
     assert "--allow-failed-checks" in out.output
-    store = settings.lake()
+    store = stores.lake()
     assert store.read_bytes(lk.model_name("ensemble_model")) is None  # not published ...
     assert store.read_bytes(lk.model_name("ensemble_model", "candidate")) is not None  # ... only kept as a candidate
     accepted = _cli("materialize", "--allow-failed-checks")

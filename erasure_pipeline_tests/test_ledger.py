@@ -19,34 +19,34 @@ def book(tmp_path):
 
 
 def test_intake_writes_tombstone_then_request_and_dedupes_live_requests(book):
-    rid, created = book.file_request(KEY_A, 3, due_days=30, reason="asked by email")
+    rid, created = book.requests.file(KEY_A, 3, due_days=30, reason="asked by email")
     assert created and rid.startswith("er-")
-    again, created2 = book.file_request(KEY_A, 3, due_days=30)
+    again, created2 = book.requests.file(KEY_A, 3, due_days=30)
     assert (again, created2) == (rid, False)
-    req = book.get_request(rid)
+    req = book.requests.get(rid)
     assert req["status"] == "pending" and req["due_at"] - req["received_at"] == dt.timedelta(days=30)
-    events = [e["event"] for e in book.audit_entries()]
+    events = [e["event"] for e in book.audit.entries()]
     assert events[:3] == ["tombstone", "received", "pending"]
-    assert book.tombstoned_keys() == {KEY_A} and book.tombstoned_keys(3) == {KEY_A} and book.tombstoned_keys(2) == set()
+    assert book.tombstones.active() == {KEY_A} and book.tombstones.active(3) == {KEY_A} and book.tombstones.active(2) == set()
 
 
 def test_lifecycle_hold_release_extend_once(book):
-    rid, _ = book.file_request(KEY_A, 0, due_days=30)
+    rid, _ = book.requests.file(KEY_A, 0, due_days=30)
     with pytest.raises(LedgerError, match="needs a reason"):
-        book.hold(rid, " ")
-    book.hold(rid, "Art.17(3)(e) legal claim pending")
-    assert book.get_request(rid)["status"] == "on_hold"
-    assert book.tombstoned_keys() == set()  # held data must be kept, not filtered away
-    book.release(rid)
-    assert book.get_request(rid)["status"] == "pending" and book.tombstoned_keys() == {KEY_A}
-    due = book.get_request(rid)["due_at"]
-    assert book.extend(rid, "complex request", days=60) == due + dt.timedelta(days=60)
+        book.requests.hold(rid, " ")
+    book.requests.hold(rid, "Art.17(3)(e) legal claim pending")
+    assert book.requests.get(rid)["status"] == "on_hold"
+    assert book.tombstones.active() == set()  # held data must be kept, not filtered away
+    book.requests.release(rid)
+    assert book.requests.get(rid)["status"] == "pending" and book.tombstones.active() == {KEY_A}
+    due = book.requests.get(rid)["due_at"]
+    assert book.requests.extend(rid, "complex request", days=60) == due + dt.timedelta(days=60)
     with pytest.raises(LedgerError, match="already extended"):
-        book.extend(rid, "again", days=60)
+        book.requests.extend(rid, "again", days=60)
     with pytest.raises(LedgerError, match="cannot move"):
-        book.release(rid)
+        book.requests.release(rid)
     with pytest.raises(LedgerError, match="no erasure request"):
-        book.get_request("er-missing")
+        book.requests.get("er-missing")
 
 
 ALIVE = {"run-1"}
@@ -57,67 +57,67 @@ def live(run_id, _record=None):
 
 
 def claim(book, batch, rids, run_id):
-    return book.claim_erasure_batch(batch, rids, run_id, is_live=live, host="h", pid=1)
+    return book.runs.claim_erasure(batch, rids, run_id, is_live=live, host="h", pid=1)
 
 
 def test_claims_are_exclusive_and_completion_writes_certificate_and_outbox(book):
-    rid, _ = book.file_request(KEY_A, 0, due_days=30)
+    rid, _ = book.requests.file(KEY_A, 0, due_days=30)
     assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)
     busy = claim(book, "eb-1", [rid], "run-2")
     assert (busy.outcome, busy.holder) == ("busy", "run-1")  # a live run holds the batch
     assert claim(book, "eb-2", [rid], "run-2").request_ids == ()  # ... and its requests
     assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)  # the holder again (a retried step): reentrant
-    req = book.get_request(rid)
+    req = book.requests.get(rid)
     assert req["status"] == "in_progress" and req["run_id"] == "run-1" and req["attempts"] == 1
-    book.complete(rid, {"request_id": rid, "anonymised_data_subject": KEY_A})
-    book.finish_batch("eb-1", "certified", "run-1")
+    book.certificates.complete(rid, {"request_id": rid, "anonymised_data_subject": KEY_A})
+    book.runs.finish_batch("eb-1", "certified", "run-1")
     assert claim(book, "eb-1", [rid], "run-3").outcome == "done"
-    assert book.get_request(rid)["status"] == "completed"
-    body, digest = book.certificate(rid)
+    assert book.requests.get(rid)["status"] == "completed"
+    body, digest = book.certificates.get(rid)
     assert body["request_id"] == rid and len(digest) == 64
-    assert [o["request_id"] for o in book.outbox()] == [rid]
+    assert [o["request_id"] for o in book.certificates.outbox()] == [rid]
     # a new request for the same subject after completion is a new request
-    rid2, created = book.file_request(KEY_A, 0, due_days=30)
+    rid2, created = book.requests.file(KEY_A, 0, due_days=30)
     assert created and rid2 != rid
 
 
 def test_requests_of_a_dead_run_are_resumed_with_an_audit_row(book):
-    rid, _ = book.file_request(KEY_A, 0, due_days=30)
+    rid, _ = book.requests.file(KEY_A, 0, due_days=30)
     claim(book, "eb-1", [rid], "run-dead")  # claimed, then the run's process died
     won = claim(book, "eb-2", [rid], "run-1")
     assert won.request_ids == (rid,) and won.resumed == (rid,)
-    req = book.get_request(rid)
+    req = book.requests.get(rid)
     assert req["run_id"] == "run-1" and req["attempts"] == 2 and req["batch_id"] == "eb-2"
-    assert [e["event"] for e in book.audit_entries(rid)][-2:] == ["resumed", "in_progress"]
-    assert json.loads(book.audit_entries(rid)[-2]["detail"])["from_run"] == "run-dead"
-    assert book.fail_run("run-1", "boom") == [rid]
-    assert book.get_request(rid)["status"] == "failed" and book.job_run("run-1")["outcome"] == "failed"
-    assert book.fail_run("run-1", "boom") == []  # safe to call twice
-    assert book.verify_audit_chain() == (True, None)
+    assert [e["event"] for e in book.audit.entries(rid)][-2:] == ["resumed", "in_progress"]
+    assert json.loads(book.audit.entries(rid)[-2]["detail"])["from_run"] == "run-dead"
+    assert book.runs.fail_run("run-1", "boom") == [rid]
+    assert book.requests.get(rid)["status"] == "failed" and book.runs.job_run("run-1")["outcome"] == "failed"
+    assert book.runs.fail_run("run-1", "boom") == []  # safe to call twice
+    assert book.audit.verify_chain() == (True, None)
 
 
 def test_batch_claim_over_many_chunks_keeps_order_and_one_audit_row_per_request(book):
     """Claims move up to 500 ids per statement; the chain stays valid and in input order."""
-    rids = [r for r, _ in book.file_requests([(f"{i:064x}", i % 16) for i in range(1203)], due_days=30)]
-    book.hold(rids[7], "legal hold")  # not pending: not claimable
+    rids = [r for r, _ in book.requests.file_many([(f"{i:064x}", i % 16) for i in range(1203)], due_days=30)]
+    book.requests.hold(rids[7], "legal hold")  # not pending: not claimable
     first = claim(book, "eb-1", rids[:600] + rids[:3], "run-1").request_ids  # duplicates count once
     assert list(first) == [r for r in rids[:600] if r != rids[7]]
     assert list(claim(book, "eb-2", rids, "run-2").request_ids) == rids[600:]  # run-1 is alive: its requests stay
-    book.fail_run("run-1", "boom")
-    statuses = {r["request_id"]: r["status"] for r in book.requests()}
+    book.runs.fail_run("run-1", "boom")
+    statuses = {r["request_id"]: r["status"] for r in book.requests.list()}
     assert [statuses[r] for r in rids[:10]] == ["failed"] * 7 + ["on_hold", "failed", "failed"]
-    claimed = [e["request_id"] for e in book.audit_entries() if e["event"] == "in_progress"]
+    claimed = [e["request_id"] for e in book.audit.entries() if e["event"] == "in_progress"]
     assert claimed == list(first) + rids[600:]
-    assert book.verify_audit_chain() == (True, None)
+    assert book.audit.verify_chain() == (True, None)
 
 
 def test_bulk_intake_is_one_transaction_per_chunk(book, monkeypatch):
     calls = []
-    original = book._tx
-    monkeypatch.setattr(book, "_tx", lambda: calls.append(1) or original())
-    results = book.file_requests([(f"{i:064x}", 0) for i in range(1200)], due_days=30)
+    original = book.db.tx
+    monkeypatch.setattr(book.db, "tx", lambda: calls.append(1) or original())
+    results = book.requests.file_many([(f"{i:064x}", 0) for i in range(1200)], due_days=30)
     assert len(calls) == 3 and all(created for _, created in results)
-    assert len(book.tombstoned_keys()) == 1200 and book.verify_audit_chain() == (True, None)
+    assert len(book.tombstones.active()) == 1200 and book.audit.verify_chain() == (True, None)
 
 
 def test_a_version_2_ledger_is_migrated_in_place(tmp_path):
@@ -137,31 +137,31 @@ def test_a_version_2_ledger_is_migrated_in_place(tmp_path):
     engine.dispose()
     book = Ledger(url)
     assert book.migrate() == t.CURRENT_VERSION
-    (batch,) = book.landing_batches()
+    (batch,) = book.runs.landing_batches()
     assert batch["status"] == "done" and batch["run_id"] is None
-    rid, _ = book.file_request(KEY_A, 0, due_days=30)
+    rid, _ = book.requests.file(KEY_A, 0, due_days=30)
     assert claim(book, "eb-1", [rid], "run-1").outcome == "claimed"
 
 
 def test_audit_chain_detects_tampering(book):
     for key in (KEY_A, KEY_B):
-        book.file_request(key, 0, due_days=30)
-    assert book.verify_audit_chain() == (True, None)
-    with book.engine.begin() as conn:
+        book.requests.file(key, 0, due_days=30)
+    assert book.audit.verify_chain() == (True, None)
+    with book.db.engine.begin() as conn:
         conn.execute(t.audit_log.update().where(t.audit_log.c.seq == 2).values(detail='{"forged":true}'))
-    ok, bad = book.verify_audit_chain()
+    ok, bad = book.audit.verify_chain()
     assert not ok and bad == 2
 
 
 def test_provenance_is_replaced_per_partition(book):
-    book.record_provenance("raw_events", "shard_01", {KEY_A: 3, KEY_B: 1}, "h1", "run1")
-    book.record_provenance("raw_events", "shard_01", {KEY_B: 2}, "h2", "run2")
-    rows = book.provenance_for([KEY_A, KEY_B])
+    book.nodes.record_provenance("raw_events", "shard_01", {KEY_A: 3, KEY_B: 1}, "h1", "run1")
+    book.nodes.record_provenance("raw_events", "shard_01", {KEY_B: 2}, "h2", "run2")
+    rows = book.nodes.provenance_for([KEY_A, KEY_B])
     assert [(r["subject_key"], r["rows"], r["content_hash"]) for r in rows] == [(KEY_B, 2, "h2")]
 
 
 def test_no_raw_identifier_columns(book):
     cols = {c.name for table in t.metadata.tables.values() for c in table.columns}
     assert "subject_id" not in cols
-    insp = sa.inspect(book.engine)
+    insp = sa.inspect(book.db.engine)
     assert "erasure_requests" in insp.get_table_names()

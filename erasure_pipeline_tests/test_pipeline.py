@@ -4,11 +4,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline import identity, settings
-from erasure_pipeline.graph import demo_graph
+from erasure_pipeline.core import identity
+from erasure_pipeline.kinds.registry import demo_graph
 from erasure_pipeline.ml import features as ft
 from erasure_pipeline.ml.shard_training import constituent_output, probe_set, train_shard_model
-from erasure_pipeline.storage import lake as lk
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import materialize_assets
 
@@ -41,28 +42,28 @@ def test_demo_materialises_every_partition_with_metadata(demo_home):
         dg.AssetCheckKey(dg.AssetKey("anonymised_cohorts"), "k_anonymous"), limit=1)
     assert checks[0].status.value == "SUCCEEDED"
     # raw partitions hold the keyed hash alongside the source columns
-    raw = lk.require_table(settings.lake(), "raw_subjects", "shard_00")
+    raw = stores.table(stores.lake(), "raw_subjects", "shard_00")
     assert raw["subject_key"].map(identity.is_subject_key).all()
     assert (identity.shards_of(raw["subject_key"], policy.shards) == 0).all()
 
 
 def test_erasing_one_subject_retrains_its_shard_exactly_and_changes_no_other_shard(demo_home):
     """The property the erasure proof rests on (issue: exactness)."""
-    from erasure_pipeline.erasure.service import erase
-    from erasure_pipeline.process import drain
+    from erasure_pipeline.app.process import drain
+    from erasure_pipeline.erasure.intake import erase
     from erasure_pipeline_tests.erasure_helpers import landing_frames
 
     inst = instance()
     defs, policy = defs_and_policy()
-    store = settings.lake()
+    store = stores.lake()
     before = {(a, p): _latest(inst, a, p).asset_materialization.metadata["content_hash"].value
               for a in SHARD_ASSETS for p in identity.partition_keys(policy.shards)}
-    rows = lk.require_table(store, "training_shards", "shard_02")
+    rows = stores.table(store, "training_shards", "shard_02")
     subjects, _ = landing_frames(policy.shards)
     victim = rows[~rows[ft.HOLDOUT]][ft.KEY].iloc[0]
     erase(subjects.loc[subjects["subject_key"] == victim, "subject_id"].iloc[0])
     assert not drain(defs, inst).failed_runs
-    remaining = lk.require_table(store, "training_shards", "shard_02")
+    remaining = stores.table(store, "training_shards", "shard_02")
     assert victim not in set(remaining[ft.KEY]) and len(remaining) == len(rows) - 1
     stored = lk.loads_model(store.read_bytes(lk.model_name("shard_models", "shard_02")))["model"]
     fresh, _ = train_shard_model(policy, "model", remaining, 2)
@@ -88,9 +89,9 @@ def test_data_versions_make_exactly_the_changed_shard_children_stale(demo_home):
     resolver = get_stale_status_resolver(inst, [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)])
     assert resolver.get_status(dg.AssetKey("training_shards"), "shard_01") == StaleStatus.FRESH
     # change shard_01's raw events for real: its children become stale, shard_00's do not
-    store = settings.lake()
-    ev = lk.require_table(store, "raw_events", "shard_01")
-    landing = settings.landing()
+    store = stores.lake()
+    ev = stores.table(store, "raw_events", "shard_01")
+    landing = stores.landing()
     extra = ev.head(1).assign(event_id="ev-new-1", event_type="purchase").drop(columns=["subject_key"])
     landing.write_bytes("events/extra.csv", extra.to_csv(index=False).encode())
     assert materialize_assets(["raw_events"], "shard_01").success
@@ -102,9 +103,9 @@ def test_data_versions_make_exactly_the_changed_shard_children_stale(demo_home):
 def test_landing_contract_error_surfaces_in_the_cli(demo_home):
     from click.testing import CliRunner
 
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
 
-    settings.landing().write_bytes("events/bad.csv", b"event_id,subject_id,ts,event_type\ne-x,,2026-01-01,web_visit\n")
+    stores.landing().write_bytes("events/bad.csv", b"event_id,subject_id,ts,event_type\ne-x,,2026-01-01,web_visit\n")
     out = CliRunner().invoke(main, ["materialize"])
     assert out.exit_code == 1 and (out.exception is None or isinstance(out.exception, SystemExit))
     assert "Traceback" not in out.output
@@ -115,7 +116,7 @@ def test_landing_contract_error_surfaces_in_the_cli(demo_home):
 def test_search_shows_ticket_ids_not_subject_ids(demo_home):
     from click.testing import CliRunner
 
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
 
     out = CliRunner().invoke(main, ["search", "charged twice refund"])
     assert out.exit_code == 0, out.output

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline.cli import main
-from erasure_pipeline.policy import Policy
-from erasure_pipeline.policy_changes import field_differences
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.policy_changes import field_differences
+from erasure_pipeline.core.policy import Policy
 from erasure_pipeline_tests.conftest import SMALL_POLICY
 
 

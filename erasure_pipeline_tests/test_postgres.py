@@ -34,18 +34,18 @@ def _worker(url: str, worker: int, barrier, out) -> None:
     for i in range(SUBJECTS_PER_WORKER):
         subject = f"shared-{i}" if i < SHARED_SUBJECTS else f"w{worker}-{i}"
         key = subject.encode().hex().ljust(64, "0")[:64]
-        rid, _ = book.file_request(key, i % 4, due_days=30)
+        rid, _ = book.requests.file(key, i % 4, due_days=30)
         filed.append(rid)
-        pending = [r["request_id"] for r in book.requests(status=["pending"])]
+        pending = [r["request_id"] for r in book.requests.list(status=["pending"])]
         _claim(book, f"eb-w{worker}-{i}", pending, worker)
-    won = _claim(book, f"eb-w{worker}-final", [r["request_id"] for r in book.requests(status=["pending"])], worker)
+    won = _claim(book, f"eb-w{worker}-final", [r["request_id"] for r in book.requests.list(status=["pending"])], worker)
     book.dispose()
     out.put((worker, filed, list(won.request_ids)))
 
 
 def _claim(book: Ledger, batch: str, rids: list[str], worker: int):
     """Both workers' runs are alive: neither may take what the other claimed."""
-    return book.claim_erasure_batch(batch, rids, f"run-w{worker}", is_live=lambda _run, _rec: True, host="h", pid=worker)
+    return book.runs.claim_erasure(batch, rids, f"run-w{worker}", is_live=lambda _run, _rec: True, host="h", pid=worker)
 
 
 def _run_two_workers(url: str) -> list[tuple[int, list[str], list[str]]]:
@@ -63,30 +63,30 @@ def _run_two_workers(url: str) -> list[tuple[int, list[str], list[str]]]:
 
 def _assert_no_double_no_loss(book: Ledger, results) -> None:
     expected_subjects = SHARED_SUBJECTS + 2 * (SUBJECTS_PER_WORKER - SHARED_SUBJECTS)
-    requests = book.requests()
+    requests = book.requests.list()
     assert len(requests) == expected_subjects  # one request per subject: none duplicated, none lost
     assert len({r["subject_key"] for r in requests}) == expected_subjects
     filed = {rid for _, rids, _ in results for rid in rids}
     assert filed == {r["request_id"] for r in requests}  # every id handed out is a real request
     assert all(r["status"] == "in_progress" and r["batch_id"] and r["run_id"] in ("run-w0", "run-w1") for r in requests)
-    claimed = [e["request_id"] for e in book.audit_entries() if e["event"] == "in_progress"]
+    claimed = [e["request_id"] for e in book.audit.entries() if e["event"] == "in_progress"]
     assert sorted(claimed) == sorted(r["request_id"] for r in requests)  # each claimed exactly once
-    assert book.verify_audit_chain() == (True, None)
-    assert len(book.tombstoned_keys()) == expected_subjects
+    assert book.audit.verify_chain() == (True, None)
+    assert len(book.tombstones.active()) == expected_subjects
 
 
 def test_ledger_lives_in_its_own_schema_and_migrates_itself(pg_database):
     book = Ledger(pg_database)
     assert book.migrate() == t.CURRENT_VERSION
     assert book.migrate() == t.CURRENT_VERSION  # idempotent at every start
-    insp = sa.inspect(book._base_engine)
+    insp = sa.inspect(book.db._base_engine)
     assert "erasure_ledger" in insp.get_schema_names()
     assert {"erasure_requests", "tombstones", "provenance", "audit_log", "certificates"} <= set(insp.get_table_names(schema="erasure_ledger"))
     assert not {"erasure_requests", "audit_log"} & set(insp.get_table_names(schema="public"))
-    rid, created = book.file_request("c" * 64, 2, due_days=30)
+    rid, created = book.requests.file("c" * 64, 2, due_days=30)
     assert created and _claim(book, "eb-1", [rid], 1).request_ids == (rid,)
-    book.complete(rid, {"request_id": rid})
-    assert book.get_request(rid)["status"] == "completed" and book.verify_audit_chain() == (True, None)
+    book.certificates.complete(rid, {"request_id": rid})
+    assert book.requests.get(rid)["status"] == "completed" and book.audit.verify_chain() == (True, None)
     book.dispose()
 
 
@@ -104,7 +104,7 @@ def test_two_processes_filing_and_claiming_on_sqlite(tmp_path):
 
 
 def _cli(*args):
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
@@ -112,8 +112,8 @@ def _cli(*args):
 def test_demo_and_erasure_on_dagster_postgres_with_the_ledger_on_postgres(pg_database, tmp_path):
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    from erasure_pipeline.erasure.service import default_ledger
     from erasure_pipeline_tests.erasure_helpers import pick_subjects, scan_for
+    from erasure_pipeline_tests.stores import default_ledger
 
     home = tmp_path / "home"
     (home / "dagster").mkdir(parents=True)
@@ -134,7 +134,7 @@ def test_demo_and_erasure_on_dagster_postgres_with_the_ledger_on_postgres(pg_dat
         (sid, _shard), = pick_subjects(4, with_tickets=1)
         rid = _cli("erase", sid, "--reason", "asked by email").stdout.strip()
         assert _cli("process").exit_code == 0
-        assert default_ledger().get_request(rid)["status"] == "completed"
+        assert default_ledger().requests.get(rid)["status"] == "completed"
         assert _cli("verify", rid).exit_code == 0
         assert json.loads(_cli("certificate", rid, "--json").stdout)["request_id"] == rid
         with instance() as inst:
@@ -168,8 +168,8 @@ def test_a_version_2_ledger_is_migrated_in_place_on_postgres(pg_database):
     engine.dispose()
     book = Ledger(pg_database)
     assert book.migrate() == t.CURRENT_VERSION
-    (batch,) = book.landing_batches()
+    (batch,) = book.runs.landing_batches()
     assert batch["status"] == "done"
-    rid, _ = book.file_request("d" * 64, 1, due_days=30)
+    rid, _ = book.requests.file("d" * 64, 1, due_days=30)
     assert _claim(book, "eb-1", [rid], 0).outcome == "claimed"
     book.dispose()

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline import identity, settings, tags
-from erasure_pipeline.cli import main
-from erasure_pipeline.erasure.service import default_env, default_ledger, erase
-from erasure_pipeline.erasure.verify import verify_certificate
-from erasure_pipeline.process import drain
-from erasure_pipeline.storage import lake as lk
+from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.process import drain
+from erasure_pipeline.core import identity, names
+from erasure_pipeline.erasure.evidence import verify_certificate
+from erasure_pipeline.erasure.intake import erase
+from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import SMALL_POLICY, build_demo, defs_and_policy, instance, project_env
 from erasure_pipeline_tests.crash import CRASHED, count_writes, run_and_crash
 from erasure_pipeline_tests.erasure_helpers import key, pick_subjects
+from erasure_pipeline_tests.stores import default_env, default_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def _cli(*args, input=None):
 
 
 def _raw_rows(n_shards: int) -> int:
-    return sum(len(lk.require_table(settings.lake(), "raw_subjects", identity.partition_key(s))) for s in range(n_shards))
+    return sum(len(stores.table(stores.lake(), "raw_subjects", identity.partition_key(s))) for s in range(n_shards))
 
 
 # ---------------------------------------------------------------- crashes
@@ -62,16 +63,16 @@ def test_a_crash_at_every_ledger_write_of_an_erasure_is_recovered_by_the_next_pr
             inst = instance()
             recovered = drain(defs, inst)
             book = default_ledger()
-            state = book.get_request(rid)
+            state = book.requests.get(rid)
             assert state["status"] == "completed", (n, state, [r.line() for r in recovered.summaries])
             findings = verify_certificate(rid, default_env())
             assert all(f.ok for f in findings), (n, [f for f in findings if not f.ok])
             assert [r.run_id for r in inst.get_runs() if not r.is_finished] == [], f"crash at write {n} left a run in progress"
-            assert not inst.event_log_storage.get_concurrency_info(tags.POOL).claimed_slots
-            assert book.unfinished_job_runs() == []
+            assert not inst.event_log_storage.get_concurrency_info(names.POOL).claimed_slots
+            assert book.runs.unfinished() == []
             assert _raw_rows(policy.shards) == rows_before - 1  # the subject's row, and only it
-            if any(e["event"] == "batch_claimed" for e in book.audit_entries()[:-1]) and n > 1:
-                events = [e["event"] for e in book.audit_entries()]
+            if any(e["event"] == "batch_claimed" for e in book.audit.entries()[:-1]) and n > 1:
+                events = [e["event"] for e in book.audit.entries()]
                 assert "run_failed" in events or "resumed" in events or events.count("batch_claimed") == 1, (n, events)
 
 
@@ -87,22 +88,22 @@ def test_two_drains_at_once_run_each_batch_exactly_once_and_both_exit_0(tmp_path
         assert len({s for _, s in chosen}) == 6
         rids = [erase(sid)[0] for sid, _ in chosen]
         env = dict(os.environ)
-        procs = [subprocess.Popen([sys.executable, "-m", "erasure_pipeline.cli", "process"], cwd=REPO, env=env,
+        procs = [subprocess.Popen([sys.executable, "-m", "erasure_pipeline.app.cli", "process"], cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
         outputs = [p.communicate(timeout=300)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outputs
-        runs = [r for r in instance().get_runs() if r.job_name == tags.ERASURE_JOB]
+        runs = [r for r in instance().get_runs() if r.job_name == names.ERASURE_JOB]
         assert len(runs) == 1 and runs[0].is_success, outputs  # one batch, one run: the other command stood aside
         book = default_ledger()
-        assert [book.get_request(r)["status"] for r in rids] == ["completed"] * 6
-        claimed = [e["request_id"] for e in book.audit_entries() if e["event"] == "in_progress"]
+        assert [book.requests.get(r)["status"] for r in rids] == ["completed"] * 6
+        claimed = [e["request_id"] for e in book.audit.entries() if e["event"] == "in_progress"]
         assert sorted(claimed) == sorted(rids)  # each request claimed once
 
 
 # ---------------------------------------------------------------- deadlines
 def test_status_overdue_lists_requests_near_and_past_their_due_date_by_a_clock_you_set(empty_home):
     rid, _ = erase("someone@example.com")
-    due = default_ledger().get_request(rid)["due_at"]
+    due = default_ledger().requests.get(rid)["due_at"]
     quiet = _cli("status", "--overdue", "--as-of", (due - dt.timedelta(days=20)).strftime("%Y-%m-%dT%H:%M:%S"), "--stuck-hours", "10000")
     assert quiet.exit_code == 0 and "0 requests need attention" in quiet.output
     near = _cli("status", "--overdue", "--as-of", (due - dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S"), "--stuck-hours", "10000")
@@ -118,17 +119,17 @@ def test_a_request_out_of_automatic_attempts_is_listed_as_stuck(empty_home):
     rid, _ = erase("stuck@example.com")
     book = default_ledger()
     for attempt in range(3):
-        book.claim_erasure_batch(f"eb-{attempt}", [rid], f"run-{attempt}", is_live=lambda _r, _rec: False, host="h", pid=1)
-        book.fail_run(f"run-{attempt}", "boom")
-    state = book.get_request(rid)
+        book.runs.claim_erasure(f"eb-{attempt}", [rid], f"run-{attempt}", is_live=lambda _r, _rec: False, host="h", pid=1)
+        book.runs.fail_run(f"run-{attempt}", "boom")
+    state = book.requests.get(rid)
     assert state["status"] == "failed" and state["attempts"] == 3
-    from erasure_pipeline.ticks import eligible_requests
+    from erasure_pipeline.defs.ticks import eligible_requests
 
     assert eligible_requests(book, instance(), dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)) == []  # waits for an operator
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=7)).strftime("%Y-%m-%dT%H:%M:%S")
     out = _cli("status", "--overdue", "--as-of", later)
     assert rid in out.output and "failed since" in out.output and "attempts 3" in out.output
-    assert _cli("retry", rid).exit_code == 0 and book.get_request(rid)["attempts"] == 0
+    assert _cli("retry", rid).exit_code == 0 and book.requests.get(rid)["attempts"] == 0
 
 
 # ---------------------------------------------------------------- hostile ids
@@ -147,7 +148,7 @@ ACCEPTED = ["'; DROP TABLE erasure_requests;--@example.com", "../../etc/passwd",
 
 @pytest.mark.parametrize("bad", HOSTILE)
 def test_unusable_ids_get_one_line_that_does_not_repeat_them_cli_file_and_api(empty_home, bad):
-    from erasure_pipeline.identity import InvalidSubjectId
+    from erasure_pipeline.core.identity import InvalidSubjectId
 
     out = _cli("erase", bad)
     assert out.exit_code == 1 and out.output.count("\n") == 1 and out.output.startswith("error: subject id")
@@ -159,7 +160,7 @@ def test_unusable_ids_get_one_line_that_does_not_repeat_them_cli_file_and_api(em
     with pytest.raises(InvalidSubjectId) as err:
         erase(bad)
     assert not bad.strip() or bad not in str(err.value)
-    assert default_ledger().requests() == []  # nothing filed, by any channel
+    assert default_ledger().requests.list() == []  # nothing filed, by any channel
 
 
 def test_ids_that_look_like_options_or_extra_arguments_are_not_echoed(empty_home):
@@ -169,12 +170,12 @@ def test_ids_that_look_like_options_or_extra_arguments_are_not_echoed(empty_home
         assert "mallory" not in out.output and "a@example.com" not in out.output and "erase -- ID" in out.output
     ok = _cli("erase", "--", "-mallory@example.com")
     assert ok.exit_code == 0 and ok.output.startswith("er-")
-    (request,) = default_ledger().requests()
+    (request,) = default_ledger().requests.list()
     assert request["subject_key"] == key("-mallory@example.com")
 
 
 def test_non_utf8_argv_from_a_real_process_is_one_line(empty_home):
-    out = subprocess.run([sys.executable, "-m", "erasure_pipeline.cli", "erase", os.fsdecode(b"bad\xff\xfe@example.com")],
+    out = subprocess.run([sys.executable, "-m", "erasure_pipeline.app.cli", "erase", os.fsdecode(b"bad\xff\xfe@example.com")],
                          cwd=REPO, env=dict(os.environ), capture_output=True, check=False)
     assert out.returncode == 1 and out.stdout == b""
     assert out.stderr.strip().splitlines() == [b"error: subject id is not valid text (it holds undecodable bytes or a lone surrogate)"]
@@ -184,7 +185,7 @@ def test_non_utf8_argv_from_a_real_process_is_one_line(empty_home):
 def test_odd_but_valid_ids_are_filed_as_data_never_as_code_or_paths(empty_home, odd):
     out = _cli("erase", odd)
     assert out.exit_code == 0 and out.output.startswith("er-") and odd not in out.output
-    (request,) = default_ledger().requests()
+    (request,) = default_ledger().requests.list()
     assert request["subject_key"] == key(odd)  # the normalised id's keyed hash
     assert not any(odd in str(p) for p in empty_home.rglob("*"))
 
@@ -198,7 +199,7 @@ def test_bulk_intake_from_a_file_files_every_line_in_few_transactions(empty_home
     printed = [line for line in out.output.splitlines() if line.startswith("er-")]
     assert len(printed) == 1200 and "1200 requests filed, 0 already had a live request" in out.output
     book = default_ledger()
-    assert len(book.requests()) == 1200 and book.verify_audit_chain() == (True, None)
+    assert len(book.requests.list()) == 1200 and book.audit.verify_chain() == (True, None)
     again = _cli("erase", "--from-file", str(path))
     assert again.exit_code == 0 and "0 requests filed, 1200 already had a live request" in again.output
 
@@ -207,8 +208,8 @@ def test_a_command_whose_tick_raced_another_stands_aside_without_creating_a_run(
     """Both commands ticked before either claimed: the one that claims second sees a live holder and skips."""
     import dagster as dg
 
-    from erasure_pipeline.runner import launch
-    from erasure_pipeline.runtime import HOST
+    from erasure_pipeline.app.runner import launch
+    from erasure_pipeline.defs.runtime import HOST
 
     defs, policy = defs_and_policy()
     (sid, _shard), = pick_subjects(policy.shards, with_tickets=1)
@@ -218,10 +219,10 @@ def test_a_command_whose_tick_raced_another_stands_aside_without_creating_a_run(
         (request,) = defs.resolve_sensor_def("erasure_sensor").evaluate_tick(ctx).run_requests
     config = request.run_config["ops"]["claim_requests"]["config"]
     book = default_ledger()  # the other command claims first, from a live process on this host
-    book.claim_erasure_batch(config["batch_id"], config["request_ids"], "run-of-the-other-command",
+    book.runs.claim_erasure(config["batch_id"], config["request_ids"], "run-of-the-other-command",
                              is_live=lambda _r, _rec: True, host=HOST, pid=os.getppid())
     said = []
     assert launch(defs, inst, request, said.append) is None
     assert said == [f"erasure_job {config['batch_id']}: held by run run-of-t or already finished; skipped"]
     assert inst.get_runs_count() == 1  # only the demo's build: no run was created for the loser
-    assert book.get_request(rid)["run_id"] == "run-of-the-other-command"
+    assert book.requests.get(rid)["run_id"] == "run-of-the-other-command"

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from erasure_pipeline import settings
-from erasure_pipeline.storage import buckets as bk
-from erasure_pipeline.storage import lake as lk
-from erasure_pipeline.storage.lake import S3Lake
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline.stores.lake import S3Lake
+from erasure_pipeline_tests import stores
 
 pytestmark = pytest.mark.s3
 
@@ -55,22 +55,22 @@ def test_s3_lake_versions_purge_and_names(s3_bucket):
     assert lk.table_from_bytes(store.read_version(name, old.version_id))["subject_key"].tolist() == ["a", "b"]
     assert store.purge_noncurrent(name) == [old.version_id]
     assert store.noncurrent_versions(name) == []
-    assert lk.require_table(store, "raw_subjects", "shard_00")["subject_key"].tolist() == ["b"]
+    assert stores.table(store, "raw_subjects", "shard_00")["subject_key"].tolist() == ["b"]
     for bad in ("../x", "/abs", "a//b"):
         with pytest.raises(ValueError, match="invalid lake object name"):
             store.read_bytes(bad)
-    assert settings.lake_at(f"s3://{bucket}/lake").describe() == f"s3://{bucket}/lake"
+    assert stores.lake_at(f"s3://{bucket}/lake").describe() == f"s3://{bucket}/lake"
     with pytest.raises(ValueError, match="needs a bucket"):
-        settings.lake_at("s3:///nobucket")
+        stores.lake_at("s3:///nobucket")
 
 
 def test_landing_contract_errors_name_the_s3_object(s3_bucket):
-    from erasure_pipeline.contracts import LandingContractError, TableContract
-    from erasure_pipeline.identity import Keyer
-    from erasure_pipeline.storage.landing import read_landing_table
+    from erasure_pipeline.core.contracts import LandingContractError, TableContract
+    from erasure_pipeline.core.identity import Keyer
+    from erasure_pipeline.stores.landing import read_landing_table
 
     bucket, _ = s3_bucket
-    landing = settings.lake_at(f"s3://{bucket}/landing")
+    landing = stores.lake_at(f"s3://{bucket}/landing")
     landing.write_bytes("subjects.csv", b"subject_id,consent_training\nu1,true\n,false\n")
     with pytest.raises(LandingContractError) as err:
         read_landing_table(landing, TableContract("subjects", "subject_id"), Keyer(b"pepper", 4))
@@ -78,7 +78,7 @@ def test_landing_contract_errors_name_the_s3_object(s3_bucket):
 
 
 def _cli(*args):
-    from erasure_pipeline.cli import main
+    from erasure_pipeline.app.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
@@ -87,10 +87,10 @@ def _cli(*args):
 def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bucket, tmp_path):
     import dagster as dg
 
-    from erasure_pipeline.erasure.service import default_ledger
-    from erasure_pipeline.process import run_cycle
+    from erasure_pipeline.app.process import run_cycle
     from erasure_pipeline_tests.conftest import build_demo, defs_and_policy, project_env
     from erasure_pipeline_tests.erasure_helpers import key, landing_frames, pick_subjects, scan_for
+    from erasure_pipeline_tests.stores import default_ledger
 
     bucket, env = s3_bucket
     home = tmp_path / "home"
@@ -103,10 +103,10 @@ def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bu
         subjects, _tickets = landing_frames(policy.shards)
         other = subjects[subjects["subject_id"] == sid].iloc[0]
         update = other.drop(["subject_key", "shard"]).to_frame().T.assign(lifetime_value=other["lifetime_value"] + 1)
-        settings.landing().write_bytes("subjects/update.csv", update.to_csv(index=False).encode())
+        stores.landing().write_bytes("subjects/update.csv", update.to_csv(index=False).encode())
         events = pd.DataFrame({"event_id": ["ev-update-1"], "subject_id": [other["subject_id"]], "ts": ["2026-11-01T00:00:00Z"],
                                "event_type": ["purchase"]})
-        settings.landing().write_bytes("events/update.csv", events.to_csv(index=False).encode())
+        stores.landing().write_bytes("events/update.csv", events.to_csv(index=False).encode())
         with dg.DagsterInstance.get() as inst:
             assert run_cycle(defs, inst, dt.datetime(2026, 11, 2, tzinfo=dt.UTC)).summary.success
         needles = [sid, key(sid)]
@@ -116,7 +116,7 @@ def test_erasure_on_versioned_s3_leaves_no_object_version_with_the_subject(s3_bu
 
         rid = _cli("erase", sid).stdout.strip()
         assert _cli("process").exit_code == 0
-        assert default_ledger().get_request(rid)["status"] == "completed"
+        assert default_ledger().requests.get(rid)["status"] == "completed"
         verified = _cli("verify", rid)
         assert verified.exit_code == 0, verified.output
         cert = json.loads(_cli("certificate", rid, "--json").stdout)

@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from erasure_pipeline.contracts import contracts_for
-from erasure_pipeline.graph import demo_graph
-from erasure_pipeline.identity import Keyer
-from erasure_pipeline.policy import Policy
-from erasure_pipeline.storage import lake as lk
-from erasure_pipeline.storage.landing import read_landing_table, scrub_landing
-from erasure_pipeline.tombstones import Tombstones
-from erasure_pipeline.vectors.embed import chunk_text, embed, point_id
+from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core.identity import Keyer
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.core.tombstones import Tombstones
+from erasure_pipeline.kinds.registry import demo_graph
+from erasure_pipeline.ml.embed import chunk_text, embed, point_id
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline.stores.landing import read_landing_table, scrub_landing
 
 TICKETS = contracts_for(Policy())["tickets"]
 
@@ -50,15 +50,15 @@ def test_chunking_and_embedding_are_deterministic():
 
 
 def _store(kind: str, root):
-    from erasure_pipeline.storage.qdrant_server import ClientStore
-    from erasure_pipeline.storage.vectors import EdgeStore
+    from erasure_pipeline.stores.qdrant import ClientStore
+    from erasure_pipeline.stores.vectors import EdgeStore
 
     return {"edge": lambda: EdgeStore(root), "client-per-shard": lambda: ClientStore(root=root, shared=False),
             "client-shared-collection": lambda: ClientStore(root=root, shared=True)}[kind]()
 
 
 def _points(ids, texts, payloads, dims=32):
-    from erasure_pipeline.storage.vectors import PointData
+    from erasure_pipeline.stores.vectors import PointData
 
     return [PointData(i, v, p) for i, v, p in zip(ids, embed(texts, dims), payloads, strict=True)]
 
@@ -109,7 +109,7 @@ def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_versio
 def test_certificate_marks_affected_only_what_held_the_subject_or_changed_below_it():
     from types import SimpleNamespace
 
-    from erasure_pipeline.erasure.service import affected_nodes
+    from erasure_pipeline.erasure.certify import affected_nodes
 
     env = SimpleNamespace(graph=demo_graph())
     changed = lambda: SimpleNamespace(changed=True)
@@ -129,8 +129,8 @@ def test_certificate_marks_affected_only_what_held_the_subject_or_changed_below_
                                   "random_forest_regressor", "sklearn.svm.LinearSVC"])
 def test_model_fingerprint_survives_a_pickle_round_trip_for_every_estimator(name):
     """A model's data version is its state, not its pickle bytes or any memory address (tree objects included)."""
+    from erasure_pipeline.core.policy import ModelSpec
     from erasure_pipeline.ml.estimators import build_estimator
-    from erasure_pipeline.policy import ModelSpec
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 3))

@@ -14,30 +14,23 @@ from typing import Any
 REGULATION = "GDPR Art.17; CCPA Cal. Civ. Code §1798.105"
 
 
-def residual_risk(actions: Sequence[Mapping[str, Any]]) -> list[str]:
-    done = {a["action"] for a in actions if a["data_present"]}
-    risks = [
-        ("Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
-        "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md)."),
-        ("A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again, "
-        "under any case, spacing or Unicode variant of their id the identity rule normalises."),
-        ("Where another person's free text quotes the subject's id, that id is replaced by [erased]; other details in "
-        "such text (the subject's name, phone number, or an address other than their id) cannot be matched from a "
-        "keyed hash and may remain."),
-    ]
-    if "COHORT_RECOMPUTE" in done:
-        risks.append(
-            "Published cohort numbers carry Laplace noise drawn afresh when a cell's membership changes, so tables "
-            "published before and after this erasure do not reveal the subject's values by subtraction."
-        )
-    if "SISA_RETRAIN" in done:
-        risks.append(
-            "The subject's shard model was retrained from rows without the subject and equals an independent "
-            "retrain bit for bit; other shard models never saw the subject. Model copies exported before the "
-            "completion date are out of scope of this certificate."
-        )
-    if not done:
-        risks.append("No data of the subject was found in any store of this pipeline.")
+GENERAL_RISKS = (
+    ("Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
+     "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md)."),
+    ("A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again, "
+     "under any case, spacing or Unicode variant of their id the identity rule normalises."),
+    ("Where another person's free text quotes the subject's id, that id is replaced by [erased]; other details in "
+     "such text (the subject's name, phone number, or an address other than their id) cannot be matched from a "
+     "keyed hash and may remain."),
+)
+NO_DATA_RISK = "No data of the subject was found in any store of this pipeline."
+
+
+def residual_risk(actions: Sequence[Mapping[str, Any]], kind_risks: Sequence[str]) -> list[str]:
+    """The general risks, then each kind's own (``Kind.residual_risk``, of the kinds that held the subject), once each."""
+    risks = [*GENERAL_RISKS, *dict.fromkeys(r for r in kind_risks if r)]
+    if not any(a["data_present"] for a in actions):
+        risks.append(NO_DATA_RISK)
     return risks
 
 
@@ -51,6 +44,7 @@ def build_certificate(
     batch_id: str | None,
     audit_anchor: tuple[int, str] | None = None,
     exception: str | None = None,
+    kind_risks: Sequence[str] = (),
 ) -> dict:
     datasets = [
         {
@@ -74,7 +68,7 @@ def build_certificate(
         "data_present": any(a["data_present"] for a in actions),
         "datasets": datasets,
         "completion_date": completed_at.isoformat(),
-        "residual_risk": residual_risk(actions),
+        "residual_risk": residual_risk(actions, kind_risks),
         "exception": exception,
         "verification": list(findings),
         "run_id": run_id,

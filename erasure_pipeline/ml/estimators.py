@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from erasure_pipeline.policy import ModelSpec, PolicyError
+from erasure_pipeline.core.declared import load
+from erasure_pipeline.core.policy import ModelSpec, PolicyError
 
 
 def _aliases() -> dict[str, tuple[str, Callable[[dict], Any]]]:
@@ -37,11 +38,10 @@ def _aliases() -> dict[str, tuple[str, Callable[[dict], Any]]]:
     }
 
 
-def build_estimator(model: ModelSpec, name: str = "model"):
-    """A fresh, unfitted estimator for one shard of model ``name``. Errors name the declaration's field."""
+def build_estimator(model: ModelSpec, name: str = "model", code_dirs: tuple = ()):
+    """A fresh, unfitted estimator for one shard of model ``name`` (``code_dirs``: where declared code lives,
+    ``Policy.code_dirs``). Errors name the declaration's field."""
     from sklearn.base import is_classifier, is_regressor
-
-    from erasure_pipeline.imports import load
 
     field = f"models.{name}"
     aliases = _aliases()
@@ -49,7 +49,7 @@ def build_estimator(model: ModelSpec, name: str = "model"):
         if model.estimator in aliases:
             est = aliases[model.estimator][1](dict(model.params))
         else:
-            est = load(model.estimator, f"{field}.estimator")(**model.params)
+            est = load(model.estimator, f"{field}.estimator", code_dirs)(**model.params)
     except TypeError as exc:
         raise PolicyError(f"field '{field}.params': {model.estimator} does not take these params ({exc})") from None
     wants = "regressor" if model.task == "regression" else "classifier"

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline.errors import PipelineError
+from erasure_pipeline.core.declared import load
+from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.policy import Aggregate, FunctionFeature, Policy
 from erasure_pipeline.ml.labels import Label, label_encoder
-from erasure_pipeline.policy import Aggregate, FunctionFeature, Policy
 
 CATEGORY_BUCKETS = 8
 KEY, LABEL, HOLDOUT = "subject_key", "label", "holdout"
@@ -111,12 +112,11 @@ def aggregate(rows: pd.DataFrame, agg: Aggregate, policy: Policy, keys: pd.Serie
     return out
 
 
-def function_features(fn: FunctionFeature, index: int, frames: Mapping[str, pd.DataFrame], keys: pd.Series) -> pd.DataFrame:
+def function_features(fn: FunctionFeature, index: int, frames: Mapping[str, pd.DataFrame], keys: pd.Series,
+                      code_dirs: tuple = ()) -> pd.DataFrame:
     """The columns a declared function computes, aligned to ``keys`` (0 for a subject it leaves out)."""
-    from erasure_pipeline.imports import load
-
     field = f"features.functions.{index}"
-    func = load(fn.function, f"{field}.function")
+    func = load(fn.function, f"{field}.function", code_dirs)
     try:
         got = func({d: frames[d] for d in fn.datasets})
     except Exception as exc:  # noqa: BLE001 (their code: name where it failed, never the message, which may hold values)
@@ -166,7 +166,7 @@ def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str
     for agg in f.aggregates:
         out[agg.name] = aggregate(frames[agg.dataset], agg, policy, keys)
     for i, fn in enumerate(f.functions):
-        computed = function_features(fn, i, frames, keys)
+        computed = function_features(fn, i, frames, keys, policy.code_dirs)
         for o in fn.outputs:
             out[o] = computed[o].to_numpy()
     return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline.errors import PipelineError
+from erasure_pipeline.core.errors import PipelineError
 
 POSITIVE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
 NEGATIVE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
@@ -191,3 +191,13 @@ def require_learnable(label: Label, y: np.ndarray, *, where: str) -> None:
     elif len(np.unique(y)) < 2:
         raise LabelError(f"{where}, column '{label.column}': the target takes {len(np.unique(y))} value(s) over "
                          f"{len(y):,} rows; a regression cannot learn from it. Check {label.field}.label")
+
+
+def check_labels(df: pd.DataFrame, file: str, policy) -> None:
+    """A file of the features' dataset holds labels every model (and the cohorts) can read."""
+    for name, model in policy.models.items():
+        if model.label in df:
+            label_encoder(model, name).encode(df[model.label], where=file)
+    c = policy.cohorts
+    if c is not None and c.label and c.label in df:
+        BinaryLabel(c.label, None if c.positive_class is None else str(c.positive_class), "cohorts").encode(df[c.label], where=file)

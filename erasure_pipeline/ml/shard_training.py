@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline import identity
+from erasure_pipeline.core import identity
+from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.ml import features as ft
 from erasure_pipeline.ml.estimators import build_estimator
 from erasure_pipeline.ml.sisa import aggregate_predict, aggregate_proba, fit_shard, shard_seed
-from erasure_pipeline.policy import Policy
 
 PROBE_ROWS = 256
 
@@ -25,7 +25,7 @@ def train_shard_model(policy: Policy, model: str, rows: pd.DataFrame, shard: int
     X = train[ft.feature_names(policy)].to_numpy(dtype="float64")
     k = n_classes(policy, model)
     y = train[ft.LABEL].to_numpy(dtype="int64" if k is not None else "float64")
-    fitted, _ = fit_shard(build_estimator(policy.models[model], model), X, y, n_classes=k, seed=shard_seed(policy.seed, shard))
+    fitted, _ = fit_shard(build_estimator(policy.models[model], model, policy.code_dirs), X, y, n_classes=k, seed=shard_seed(policy.seed, shard))
     return fitted, len(train)
 
 

@@ -88,6 +88,6 @@ def generate(n: int = 2000, seed: int = 0) -> dict[str, pd.DataFrame]:
 
 
 if __name__ == "__main__":
-    from erasure_pipeline.demo import example_main
+    from erasure_pipeline.app.demo import example_main
 
     example_main(generate, __doc__)

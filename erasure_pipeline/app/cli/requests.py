@@ -1,0 +1,164 @@
+"""Intake and a request's lifecycle: erase, status, hold, release, extend, retry. They read and write the
+ledger only: no Dagster, no pandas."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import click
+
+from erasure_pipeline.app.cli.common import Fail, guard, ledger, main, settings
+from erasure_pipeline.core.identity import InvalidSubjectId, validate_subject_id
+from erasure_pipeline.core.policy import load_policy
+from erasure_pipeline.erasure.intake import erase_many
+
+ERASE_USAGE = ("erase takes one SUBJECT_ID (and --reason): an id that starts with '-' goes after '--' "
+               "(erasure-pipeline erase -- ID), and many ids go in a file, one per line (erase --from-file FILE)")
+
+
+class SubjectIdCommand(click.Command):
+    """Parses arguments that may be personal data: a usage error never repeats what was typed.
+
+    (click's own "No such option: -x@example.com" would print an id that starts with '-'.)"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError:
+            raise Fail(ERASE_USAGE) from None
+
+
+@main.command(cls=SubjectIdCommand)
+@click.argument("subject_id", required=False)
+@click.option("--from-file", "from_file", type=click.File("rb"), default=None,
+              help="File of subject ids, one per line ('-' for stdin); every line is checked before any is filed.")
+@click.option("--reason", default=None, help="Why the subject asked (kept in the ledger, never in Dagster).")
+@guard
+def erase(subject_id: str | None, from_file, reason: str | None) -> None:
+    """File an erasure request for SUBJECT_ID; prints the request id."""
+    if (subject_id is None) == (from_file is None):
+        raise Fail(ERASE_USAGE)
+    if subject_id is not None:
+        ((request_id, created),) = erase_many([subject_id], reason, settings=settings())
+        click.echo(request_id)
+        if not created:
+            click.echo("(a live request for this subject already exists; that is its id)", err=True)
+        return
+    results = erase_many(read_ids(from_file), reason, settings=settings())
+    for request_id, _created in results:
+        click.echo(request_id)
+    existing = sum(not created for _rid, created in results)
+    click.echo(f"{len(results)} subjects: {len(results) - existing} requests filed, {existing} already had a live request "
+               "(one request id per input line, in order)", err=True)
+
+
+def read_ids(stream) -> list[str]:
+    """Ids from a file, one per line: each line checked, errors named by line number only, nothing filed on error."""
+    ids, problems = [], []
+    for number, raw in enumerate(stream.read().split(b"\n"), 1):
+        raw = raw.removesuffix(b"\r")
+        if not raw.strip():
+            continue
+        try:
+            ids.append(validate_subject_id(raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            problems.append(f"line {number}: not UTF-8 text")
+        except InvalidSubjectId as exc:
+            problems.append(f"line {number}: {exc}")
+    for line in problems[:20]:
+        click.echo(f"error: {line}", err=True)
+    if problems:
+        raise Fail(f"{len(problems)} of {len(ids) + len(problems)} lines are not usable subject ids; nothing was filed")
+    if not ids:
+        raise Fail("the file holds no subject id")
+    return ids
+
+
+def _print_overdue(late: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([{k: r[k] for k in ("request_id", "status", "due_at", "updated_at", "attempts", "why")} for r in late],
+                              indent=2, default=str))
+        return
+    click.echo(f"{len(late)} requests need attention" + (":" if late else ""))
+    for r in late:
+        click.echo(f"  {r['request_id']}  {r['status']:<12} {r['why']}")
+
+
+def _print_request(book, request_id: str, as_json: bool) -> None:
+    req = book.requests.get(request_id)
+    shown = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in req.items() if k not in ("seq",)}
+    shown["history"] = [f"{e['at']:%Y-%m-%d %H:%M:%S} {e['event']}" for e in book.audit.entries(request_id)]
+    if as_json:
+        click.echo(json.dumps(shown, indent=2, default=str))
+        return
+    for k, v in shown.items():
+        if k == "history":
+            click.echo("history:")
+            for line in v:
+                click.echo(f"  {line}")
+        elif v not in (None, ""):
+            click.echo(f"{k}: {v}")
+
+
+@main.command()
+@click.argument("request_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--overdue", is_flag=True, help="List live requests past or near their due date, or stuck; exit 1 if one is past due.")
+@click.option("--within-days", type=click.FloatRange(min=0), default=7, show_default=True, help="With --overdue: how near is near.")
+@click.option("--stuck-hours", type=click.FloatRange(min=0), default=6, show_default=True,
+              help="With --overdue: a request not on hold that has not moved for this long is stuck.")
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="With --overdue: the time to judge by (UTC; default now).")
+@guard
+def status(request_id: str | None, as_json: bool, overdue: bool, within_days: float, stuck_hours: float, as_of) -> None:
+    """Show one request's state, dates and history; or, with --overdue, every request that needs attention."""
+    book = ledger()
+    if overdue:
+        now = as_of.replace(tzinfo=dt.UTC) if as_of else dt.datetime.now(dt.UTC)
+        late = book.requests.overdue(now, within=dt.timedelta(days=within_days), stuck_after=dt.timedelta(hours=stuck_hours))
+        _print_overdue(late, as_json)
+        if any("overdue" in r["why"] for r in late):
+            raise Fail("requests are past their due date (Art.12(3): one month, extendable once by two)")
+        return
+    if request_id is None:
+        raise Fail("status takes a REQUEST_ID, or --overdue")
+    _print_request(book, request_id, as_json)
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", required=True, help="The Art.17(3) exception or legal hold.")
+@guard
+def hold(request_id: str, reason: str) -> None:
+    """Put a request on hold (Art.17(3) exception or legal hold)."""
+    ledger().requests.hold(request_id, reason)
+    click.echo(f"{request_id}: on_hold")
+
+
+@main.command()
+@click.argument("request_id")
+@guard
+def release(request_id: str) -> None:
+    """Release a held request; it is processed again."""
+    ledger().requests.release(request_id)
+    click.echo(f"{request_id}: pending")
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", required=True)
+@guard
+def extend(request_id: str, reason: str) -> None:
+    """Extend the due date once, by policy erasure_extension_days (Art.12(3): up to two months)."""
+    due = ledger().requests.extend(request_id, reason, days=load_policy(settings=settings()).erasure_extension_days)
+    click.echo(f"{request_id}: due {due.isoformat()}")
+
+
+@main.command()
+@click.argument("request_id")
+@guard
+def retry(request_id: str) -> None:
+    """Return a failed request to pending (its automatic attempts start again)."""
+    ledger().requests.retry(request_id)
+    click.echo(f"{request_id}: pending")

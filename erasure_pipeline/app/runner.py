@@ -1,0 +1,222 @@
+"""Running the project's jobs in this process (the CLI, scripts, tests): the instance, one run per
+request, and what a run did in lines safe for a terminal.
+
+A run requested by a tick is executed here exactly as the daemon would launch it, with one addition:
+the batch is claimed in the ledger before the run is created (with the run id it will have), so two
+commands evaluating the same tick never both run it: the second sees a live holder and skips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.utils import make_new_run_id
+
+from erasure_pipeline.core import names
+from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.policy import Policy, load_policy
+from erasure_pipeline.core.settings import Settings, use_dagster_home
+from erasure_pipeline.defs import runtime
+from erasure_pipeline.defs.failures import safe_failure_line
+from erasure_pipeline.defs.resources import resolve
+from erasure_pipeline.defs.steps import ANCHOR_HASH, ANCHOR_SEQ
+from erasure_pipeline.erasure.plan import claim_erasure, claim_landing
+from erasure_pipeline.kinds.base import Env
+from erasure_pipeline.ledger import Anchor
+from erasure_pipeline.ml.features import model_label, training_labels
+from erasure_pipeline.ml.labels import check_labels, require_learnable
+from erasure_pipeline.stores.landing import read_landing_table
+
+INSTANCE_TEMPLATE = Path(__file__).with_name("instance.yaml")
+
+
+def ensure_dagster_home(settings: Settings | None = None) -> Path:
+    """``$DAGSTER_HOME`` if set, else ``<project home>/dagster`` (created with the project's instance config)."""
+    settings = settings or Settings.from_environ()
+    path = use_dagster_home(settings)
+    if settings.dagster_home is None:
+        path.mkdir(parents=True, exist_ok=True)
+        config = path / "dagster.yaml"
+        if not config.exists():
+            config.write_text(INSTANCE_TEMPLATE.read_text())
+    return path
+
+
+def get_instance() -> dg.DagsterInstance:
+    """The instance, with the project's pool limit set in its storage (whatever its dagster.yaml says)."""
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    runtime.ensure_pool(instance)
+    return instance
+
+
+# Dagster's console logger would print every step failure with a stack trace; the CLI prints one
+# line per failure instead (``RunSummary``), and the full record stays in the run's event log.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    asset: str
+    check: str
+    partition: str | None
+    severity: str
+    detail: str
+
+    def line(self) -> str:
+        where = f"{self.asset}[{self.partition}]" if self.partition else self.asset
+        return f"check FAILED ({self.severity}): {where} {self.check}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, in lines safe for a terminal: failed checks by name, a failure as one line."""
+
+    run_id: str
+    success: bool
+    failed_checks: tuple[FailedCheck, ...]
+    error: str | None
+    """None when the run succeeded or failed only because a blocking check failed."""
+
+    @classmethod
+    def of(cls, result: dg.ExecuteInProcessResult) -> RunSummary:
+        failed = tuple(
+            FailedCheck(e.asset_key.to_user_string(), e.check_name, e.partition, e.severity.value, _check_detail(e.metadata))
+            for e in result.get_asset_check_evaluations() if not e.passed
+        )
+        failures = result.get_step_failure_events()
+        return cls(result.run_id, result.success, failed, safe_failure_line(result.run_id, failures) if failures else None)
+
+    def line(self) -> str:
+        if self.success:
+            return f"ok (run {self.run_id[:8]})"
+        if self.error is None:
+            return f"checks failed: {', '.join(c.check for c in self.failed_checks)} (run {self.run_id[:8]})"
+        return f"FAILED (run {self.run_id[:8]}): {self.error}"
+
+
+def _check_detail(metadata: Mapping[str, dg.MetadataValue]) -> str:
+    # sorted: storage may hand metadata back in another order than the run reported it
+    shown = [(k, v.value) for k, v in sorted(metadata.items()) if isinstance(v.value, (int, float, str)) and len(str(v.value)) < 80]
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown)
+
+
+class RunFailed(PipelineError):
+    """A run failed for a reason other than a failed check; the message is one safe line."""
+
+
+# ---------------------------------------------------------------- running the project's jobs here
+def env_of(defs: dg.Definitions, policy: Policy | None = None) -> Env:
+    """The stores the definitions' ``pipeline`` resource points at, for ``policy`` (default: the policy file's)."""
+    return resolve(defs.resources["pipeline"]).env(policy or load_policy())
+
+
+def execute(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, run_config: dict, run_tags: Mapping[str, str],
+            run_id: str | None = None) -> RunSummary:
+    job = defs.resolve_job_def(job_name)
+    result = job.execute_in_process(run_config={**QUIET, **run_config}, instance=instance, tags=dict(run_tags),
+                                    run_id=run_id, raise_on_error=False)
+    return RunSummary.of(result)
+
+
+def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest,
+           progress: Callable[[str], None] = lambda _m: None) -> RunSummary | None:
+    """Run a tick's request here: claim its batch for a new run id, then execute the run with that id.
+
+    Returns None (and says so) when another live run holds the batch or it already finished. A run
+    that fails has its requests failed in the ledger, as the failure sensor does under the daemon."""
+    env = env_of(defs)
+    run_id = make_new_run_id()
+    job_name = request.job_name
+    config = request.run_config["ops"][names.CLAIM_OP_OF_JOB[job_name]]["config"]
+    who = {"is_live": runtime.run_is_live(instance, env.ledger), "host": runtime.HOST, "pid": os.getpid(), "plan": False}
+    if job_name == names.ERASURE_JOB:
+        plan = claim_erasure(env, config["batch_id"], config["request_ids"], run_id, **who)
+    elif job_name == names.REBUILD_JOB:
+        plan = claim_landing(env, config["batch_id"], "rebuild", None, dt.datetime.now(dt.UTC), run_id, {}, **who)
+    else:
+        as_of = dt.datetime.fromisoformat(config["as_of"]) if config.get("as_of") else dt.datetime.now(dt.UTC)
+        plan = claim_landing(env, config["batch_id"], config["kind"], config.get("landing_files"), as_of, run_id, {}, **who)
+    if not plan.claimed:
+        holder = f"run {plan.holder[:8]}" if plan.holder else "another run"
+        progress(f"{job_name} {config['batch_id']}: held by {holder} or already finished; skipped")
+        return None
+    runtime.set_progress(progress)
+    try:
+        summary = execute(defs, instance, job_name, request.run_config, {**request.tags, names.RUN_KEY: request.run_key}, run_id)
+    finally:
+        runtime.set_progress(None)
+    if not summary.success:
+        env.ledger.runs.fail_run(run_id, summary.error or "checks failed: " + ", ".join(c.check for c in summary.failed_checks))
+    progress(f"{job_name} {config['batch_id']}: {summary.line()}")
+    return summary
+
+
+def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Callable[[str], None] = lambda _m: None) -> RunSummary:
+    """A full build: one ingest_job run takes every landing file into every shard, then the merges.
+
+    Raises :class:`RunFailed` with one safe line when the run fails for a reason other than a
+    failed check; failed checks are in the summary for the caller to report."""
+    check_training_labels(env_of(defs))
+    batch = "full-" + secrets.token_hex(8)
+    request = dg.RunRequest(run_key=batch, job_name=names.INGEST_JOB, tags={names.BATCH: batch, names.KIND: "ingest"},
+                            run_config={"ops": {names.CLAIM_LANDING_OP: {"config": {"batch_id": batch, "kind": "full"}}}})
+    summary = launch(defs, instance, request, progress)
+    if summary is None:
+        raise RunFailed(f"full build {batch} could not claim its landing batch")
+    if summary.error is not None:
+        raise RunFailed(summary.error)
+    return summary
+
+
+def standing_check_failures(instance: dg.DagsterInstance, defs: dg.Definitions) -> list[FailedCheck]:
+    """Checks whose latest evaluation (per partition) failed, whichever run evaluated them: after a
+    build that recomputed nothing, a model still below its floor is still reported."""
+    out = []
+    for check_key in defs.resolve_asset_graph().asset_check_keys:
+        latest: dict[str | None, object] = {}
+        for record in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=256):
+            evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
+            if evaluation is not None and getattr(evaluation, "partition", None) not in latest:
+                latest[evaluation.partition] = evaluation
+        for partition, e in latest.items():
+            if not e.passed:
+                out.append(FailedCheck(check_key.asset_key.to_user_string(), check_key.name, partition, e.severity.value,
+                                       _check_detail(e.metadata)))
+    return out
+
+
+def dagster_anchors(instance: dg.DagsterInstance, certificate_node: str = names.CERTIFICATES_ASSET) -> list[Anchor]:
+    """The audit-log heads erasure runs recorded in Dagster's event log (a store the ledger's owner does not write)."""
+    out, cursor = [], None
+    while True:
+        page = instance.fetch_materializations(dg.AssetKey(certificate_node), limit=1000, cursor=cursor)
+        for record in page.records:
+            meta = record.asset_materialization.metadata
+            if ANCHOR_SEQ in meta and ANCHOR_HASH in meta:
+                out.append(Anchor(int(meta[ANCHOR_SEQ].value), str(meta[ANCHOR_HASH].value), f"erasure run {record.run_id[:8]}"))
+        if not page.has_more:
+            return out
+        cursor = page.cursor
+
+
+def check_training_labels(env: Env) -> None:
+    """Before a full build trains anything: every file of the features' dataset is readable under the
+    declaration, and each model's training set (consenting, not tombstoned, not held out) can teach it
+    something (two classes; a target that varies)."""
+    policy = env.policy
+    dataset = policy.features.dataset
+    rows = read_landing_table(env.landing, contracts_for(policy)[dataset], env.keyer, check=lambda frame, name: check_labels(frame, name, policy))
+    if rows.empty:
+        return
+    rows = rows[~rows["subject_key"].isin(env.ledger.tombstones.active())]
+    where = f"{dataset} (every landing file)"
+    for name in policy.models:
+        require_learnable(model_label(policy, name), training_labels(rows, policy, name, where=where), where=where)

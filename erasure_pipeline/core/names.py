@@ -1,0 +1,71 @@
+"""Names the Dagster layer, the CLI and the pure core share: tags, the pool, jobs, ops, sensors, thresholds.
+
+Each is defined once, here. Every tag value is a request id, a batch id, a shard key or a job kind:
+never a subject id and never a keyed hash (tags are indexed and shown everywhere in the UI).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+# ---------------------------------------------------------------- run tags
+BATCH = "erasure_pipeline/batch"
+"""The batch (erasure) or landing batch (cycle, ingest, rebuild) a run claims."""
+REQUESTS = "erasure_pipeline/requests"
+"""Up to ``MAX_IDS_IN_TAG`` request ids of an erasure run, comma-separated."""
+KIND = "erasure_pipeline/kind"
+"""What a run does: ``erasure``, ``cycle``, ``ingest`` or ``rebuild``."""
+OUTCOME = "erasure_pipeline/outcome"
+"""Set when a run did something other than its plan (a batch held by another run)."""
+RUN_KEY = "dagster/run_key"
+MAX_IDS_IN_TAG = 20
+
+# ---------------------------------------------------------------- the pool
+POOL = "erasure_pipeline"
+"""The Dagster pool every step that writes a store runs in; its limit must be 1 (``defs/runtime.ensure_pool``)."""
+POOL_LIMIT = 1
+
+# ---------------------------------------------------------------- jobs, ops, sensors, schedules
+ERASURE_JOB = "erasure_job"
+CYCLE_JOB = "cycle_job"
+INGEST_JOB = "ingest_job"
+REBUILD_JOB = "rebuild_job"
+JOB_KINDS = {ERASURE_JOB: "erasure", CYCLE_JOB: "cycle", INGEST_JOB: "ingest", REBUILD_JOB: "rebuild"}
+
+CLAIM_REQUESTS_OP = "claim_requests"
+CLAIM_LANDING_OP = "claim_landing_files"
+CLAIM_REBUILD_OP = "claim_rebuild"
+SHARD_STEP_OP = "shard_step"
+MERGE_OP = "merge"
+MERGE_AND_CERTIFY_OP = "merge_and_certify"
+CLAIM_OP_OF_JOB = {ERASURE_JOB: CLAIM_REQUESTS_OP, CYCLE_JOB: CLAIM_LANDING_OP, INGEST_JOB: CLAIM_LANDING_OP,
+                   REBUILD_JOB: CLAIM_REBUILD_OP}
+"""The op whose config a job's run request carries (what the run claims)."""
+
+ERASURE_SENSOR = "erasure_sensor"
+FAILURE_SENSOR = "erasure_failure_sensor"
+CYCLE_SCHEDULE = "retraining_cycle"
+CERTIFICATES_ASSET = "erasure_certificates"
+ON_TIME_CHECK = "requests_on_time"
+
+# ---------------------------------------------------------------- thresholds
+DUE_SOON = dt.timedelta(days=7)
+"""A live request this close to its due date needs attention."""
+STUCK_AFTER = dt.timedelta(hours=6)
+"""A live request (not on hold) that has not moved for this long is stuck."""
+MAX_REQUESTS_PER_RUN = 5000
+MAX_AUTO_ATTEMPTS = 3
+"""A request whose runs failed this many times waits for an operator (``erasure-pipeline retry``)."""
+
+
+def retry_backoff(attempts: int) -> dt.timedelta:
+    """A crashed or failed run's requests are retried at once the first time, then after 1 and 2 minutes."""
+    return dt.timedelta(seconds=0 if attempts <= 1 else 60 * 2 ** (attempts - 2))
+
+
+def erasure_run_tags(batch_id: str, request_ids: list[str]) -> dict[str, str]:
+    """The tags of an erasure run: its batch, the first ``MAX_IDS_IN_TAG`` request ids, its kind."""
+    shown = ",".join(request_ids[:MAX_IDS_IN_TAG])
+    if len(request_ids) > MAX_IDS_IN_TAG:
+        shown += f",+{len(request_ids) - MAX_IDS_IN_TAG} more"
+    return {BATCH: batch_id, REQUESTS: shown, KIND: "erasure"}

@@ -1,0 +1,84 @@
+"""The asset graph, made from the graph table: one asset per node, plus the certificates.
+
+Each asset's body is the node's computation (``kinds.base.compute_node``), the same function the jobs
+run, so materialising a partition by hand in the UI and a job's shard step write the same thing. Shard
+nodes are partitioned by ``shard_00`` … and depend on the same partition of their parents; merges are
+unpartitioned and read every shard. Every asset writes a store, so every asset runs in the pool
+``names.POOL``.
+
+``erasure_certificates`` is an external asset: it shows in the lineage, and only erasure runs report
+its materialisations (there is no "Materialize" button that could replace a certificate). Its check
+``requests_on_time`` lists requests past or near their due date and any stuck in a non-final state.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+
+from erasure_pipeline.core import names
+from erasure_pipeline.core.graph import Graph, Node
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.defs import events, runtime
+from erasure_pipeline.defs.resources import PipelineResource
+from erasure_pipeline.kinds.base import NodeRun, compute_node
+
+
+def shard_partitions(graph: Graph) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(list(graph.partitions))
+
+
+def _node_asset(node: Node, policy: Policy, graph: Graph, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=node.name,
+        group_name=node.group,
+        partitions_def=partitions if node.partitioned else None,
+        deps=list(node.parents),
+        code_version=graph.code_version(policy, node.name),
+        check_specs=[dg.AssetCheckSpec(c.name, asset=node.name, blocking=c.blocking, description=c.description) for c in node.checks],
+        kinds=set(node.kinds),
+        description=node.description,
+        pool=names.POOL,
+    )
+    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        runtime.require_pool(context.instance)
+        partition = context.partition_key if node.partitioned else None
+        result = compute_node(NodeRun(pipeline.env(policy), node, partition, "ingest", context.run_id, log=context.log.info))
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(result.data_version),
+            metadata=events.to_metadata(result.metadata),
+            check_results=[events.check_result(c) for c in result.checks],
+        )
+
+    return _asset
+
+
+def on_time_check(late: list[dict]) -> dg.AssetCheckResult:
+    overdue = [r for r in late if "overdue" in r["why"]]
+    return dg.AssetCheckResult(
+        check_name=names.ON_TIME_CHECK, passed=not late,
+        severity=dg.AssetCheckSeverity.ERROR if overdue else dg.AssetCheckSeverity.WARN,
+        metadata={"overdue": len(overdue), "due_soon_or_stuck": len(late) - len(overdue),
+                  "requests": dg.MetadataValue.md("\n".join(f"- `{r['request_id']}` ({r['status']}): {r['why']}" for r in late[:50])
+                                                   or "_(none)_")},
+    )
+
+
+def build_assets(policy: Policy, graph: Graph) -> list:
+    partitions = shard_partitions(graph)
+    certificates = dg.AssetSpec(
+        graph.certificate_node,
+        group_name="erasure",
+        deps=graph.names,
+        kinds={"ledger"},
+        description=("Erasure certificates issued by erasure runs (request ids in the run's tags), each after every claim "
+                     "was verified against the stores. Materialised only by erasure_job."),
+    )
+
+    @dg.asset_check(asset=graph.certificate_node, name=names.ON_TIME_CHECK, blocking=False,
+                    description=f"No live erasure request is past its due date, due within {names.DUE_SOON.days} days, or stuck "
+                                f"in a non-final state for more than {names.STUCK_AFTER.seconds // 3600} hours.")
+    def requests_on_time(pipeline: PipelineResource) -> dg.AssetCheckResult:
+        return on_time_check(pipeline.book().requests.overdue(dt.datetime.now(dt.UTC), within=names.DUE_SOON, stuck_after=names.STUCK_AFTER))
+
+    return [*(_node_asset(n, policy, graph, partitions) for n in graph.nodes), certificates, requests_on_time]

@@ -1,0 +1,44 @@
+"""The project's jobs: one run per erasure tick, per retraining cycle, per full build, per rebuild.
+
+Every job has the same three stages (``defs.steps``), so a run is exactly one claim, one step per
+touched shard and one merge, whatever triggered it::
+
+    claim ──▶ shard_step[shard_03] ─┐
+          ──▶ shard_step[shard_07] ─┼──▶ merge (and, in an erasure run, certify)
+          ──▶ ...                  ─┘
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from erasure_pipeline.core import names
+from erasure_pipeline.core.graph import Graph
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.defs.steps import build_ops
+
+DESCRIPTIONS = {
+    names.ERASURE_JOB: "One erasure tick: the shards its requests touched, the merges once, then proof and certificates.",
+    names.CYCLE_JOB: "One retraining cycle: new landing files and retention, only the shards they touch, the merges once.",
+    names.INGEST_JOB: "A full build: every landing file into every shard (one pass per file), then the merges once.",
+    names.REBUILD_JOB: "A policy change: exactly the stale partitions, then the merges they feed, once.",
+}
+
+
+def _job(name: str, claim_op: dg.OpDefinition, shard_op: dg.OpDefinition, finish_op: dg.OpDefinition) -> dg.JobDefinition:
+    @dg.job(name=name, tags={names.KIND: names.JOB_KINDS[name]}, description=DESCRIPTIONS[name])
+    def _graph():
+        works, plan = claim_op()
+        finish_op(plan, works.map(shard_op).collect())
+
+    return _graph
+
+
+def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
+    ops = build_ops(policy, graph)
+    return [
+        _job(names.ERASURE_JOB, ops.claim_requests, ops.shard_step, ops.merge_and_certify),
+        _job(names.CYCLE_JOB, ops.claim_landing_files, ops.shard_step, ops.merge),
+        _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_step, ops.merge),
+        _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_step, ops.merge),
+    ]

@@ -1,0 +1,43 @@
+"""The erasure sensor (pending requests -> one run per tick) and the failure sensor of the project's jobs."""
+
+
+import datetime as dt
+
+import dagster as dg
+
+from erasure_pipeline.core import names
+from erasure_pipeline.defs import ticks
+from erasure_pipeline.defs.failures import safe_failure_line
+from erasure_pipeline.defs.resources import PipelineResource
+
+
+def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition]:
+    @dg.sensor(
+        name=names.ERASURE_SENSOR,
+        job=jobs[names.ERASURE_JOB],
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=("Asks for one erasure_job run per tick covering every request ready to run (run key = batch id, "
+                     "tags = request ids). Reads only: the run claims its requests when it starts."),
+    )
+    def erasure_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+        book = pipeline.book()
+        now = dt.datetime.now(dt.UTC)
+        request = ticks.erasure_request(book, context.instance, now)
+        if request is None:
+            late = book.requests.overdue(now, within=names.DUE_SOON, stuck_after=names.STUCK_AFTER)
+            return dg.SkipReason(f"no erasure request to run; {len(late)} requests overdue, due within {names.DUE_SOON.days} days "
+                                 "or stuck (erasure-pipeline status --overdue)")
+        return [request]
+
+    @dg.run_failure_sensor(
+        name=names.FAILURE_SENSOR,
+        monitored_jobs=list(jobs.values()),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A failed run of the project's jobs: its requests become failed (retried by the next ticks), its batch released.",
+    )
+    def erasure_failure_sensor(context: dg.RunFailureSensorContext, pipeline: PipelineResource):
+        run = context.dagster_run
+        pipeline.book().runs.fail_run(run.run_id, safe_failure_line(run.run_id, context.get_step_failure_events()) or "run failed")
+
+    return [erasure_sensor, erasure_failure_sensor]

@@ -1,0 +1,223 @@
+"""The ops every job is made of: a claim, one shard step per touched shard, a merge (and certify) step.
+
+- The **claim** is the run's first act (``erasure.plan``): it takes its requests or landing files in the
+  ledger (ticks only read, so a preview or a repeated tick changes nothing), sweeps runs whose process
+  died, scrubs or stages landing, and plans which nodes each shard must run.
+- A **shard step** runs the shard's nodes in dependency order. A node runs when the plan forces it
+  (the erased subject's provenance, new landing rows) or the ledger's record of it is stale
+  (``Graph.stale_reason``: missing, made under other policy values, or built from inputs whose
+  recorded versions have changed since); the rest of the shard is untouched. A node's record is
+  written only after its objects, so a run that died half-way leaves stale records and the next run
+  redoes exactly what the dead one did not finish. Each node run is reported as Dagster reports an
+  asset step (``defs.events``).
+- The **merge** step recomputes each unpartitioned merge that is stale, once, then (erasure) verifies
+  every claim and issues the certificates in the same step, so no other writer can change a shard
+  between the merge and the proof.
+
+Every step that writes a store (landing, staging, lake, vectors) runs in the pool ``names.POOL``
+(limit 1, set by the claim step): runs never write stores concurrently, whichever executor, daemon or
+CLI runs them. The ledger's own writes are transactions of their own (``ledger.db``) and need no pool.
+"""
+
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+
+from erasure_pipeline.core import names
+from erasure_pipeline.core.graph import Graph
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.defs import events, runtime
+from erasure_pipeline.defs.assets import on_time_check
+from erasure_pipeline.defs.resources import PipelineResource
+from erasure_pipeline.erasure.certificate import to_markdown
+from erasure_pipeline.erasure.certify import certify_batch
+from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan, ShardWork, as_of_time, claim_erasure, claim_landing, outcome_of
+from erasure_pipeline.kinds.base import Env, NodeRun, compute_node
+from erasure_pipeline.ledger import utcnow
+from erasure_pipeline.stores.landing import drop_staging
+
+ANCHOR_SEQ, ANCHOR_HASH = "audit_anchor_seq", "audit_anchor_hash"
+MAX_CERTIFICATES_IN_METADATA = 10
+
+
+class ErasureRunConfig(dg.Config):
+    batch_id: str
+    request_ids: list[str]
+
+
+class IngestRunConfig(dg.Config):
+    batch_id: str
+    kind: str = "cycle"
+    """``cycle``: the named new landing files; ``full``: every landing file into every shard."""
+    landing_files: list[str] | None = None
+    as_of: str | None = None
+    """The cycle's time (ISO 8601, UTC); rows older than ``as_of - retention_days`` leave the lake."""
+
+
+class RebuildRunConfig(dg.Config):
+    batch_id: str
+    partitions: dict[str, list[str]]
+    """Node -> partitions to rebuild (``all`` for an unpartitioned merge): the stale ones of a policy change."""
+
+
+@dataclass(frozen=True)
+class Ops:
+    claim_requests: dg.OpDefinition
+    claim_landing_files: dg.OpDefinition
+    claim_rebuild: dg.OpDefinition
+    shard_step: dg.OpDefinition
+    merge: dg.OpDefinition
+    merge_and_certify: dg.OpDefinition
+
+
+PLAN_OUTS = {"shards": dg.DynamicOut(ShardWork), "plan": dg.Out(RunPlan)}
+
+
+def _start(context, pipeline: PipelineResource, policy: Policy) -> tuple[Env, dict]:
+    """Every claim step begins here: set the pool's limit, sweep runs whose process died."""
+    env = pipeline.env(policy)
+    runtime.ensure_pool(context.instance)
+    runtime.sweep_interrupted(context.instance, env.ledger, context.log.warning)
+    return env, {"is_live": runtime.run_is_live(context.instance, env.ledger), "host": runtime.HOST, "pid": os.getpid()}
+
+
+def _emit(context, plan: RunPlan) -> Iterator[dg.Output | dg.DynamicOutput]:
+    if not plan.claimed:
+        context.log.info(f"batch {plan.batch_id} is held by run {plan.holder} or already finished: nothing to do")
+        context.instance.add_run_tags(context.run_id, {names.OUTCOME: "skipped: batch held elsewhere"})
+    for work in plan.works if plan.claimed else ():
+        yield dg.DynamicOutput(work, mapping_key=work.partition, output_name="shards")
+    yield dg.Output(plan, output_name="plan")
+
+
+def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpDefinition]:
+    @dg.op(name=names.CLAIM_REQUESTS_OP, out=PLAN_OUTS, pool=names.POOL,
+           description="Claims the batch's requests in the ledger, scrubs their landing copies, plans which nodes each shard must run.")
+    def claim_requests(context: dg.OpExecutionContext, config: ErasureRunConfig, pipeline: PipelineResource):
+        env, who = _start(context, pipeline, policy)
+        plan = claim_erasure(env, config.batch_id, config.request_ids, context.run_id, **who)
+        if plan.resumed:
+            context.log.info(f"resumed {len(plan.resumed)} requests from runs that ended without finishing them")
+        yield from _emit(context, plan)
+
+    @dg.op(name=names.CLAIM_LANDING_OP, out=PLAN_OUTS, pool=names.POOL,
+           description="Takes the run's landing files in the ledger, stages them in one pass, plans which nodes each shard must run.")
+    def claim_landing_files(context: dg.OpExecutionContext, config: IngestRunConfig, pipeline: PipelineResource):
+        env, who = _start(context, pipeline, policy)
+        yield from _emit(context, claim_landing(env, config.batch_id, config.kind, config.landing_files, as_of_time(config.as_of),
+                                                context.run_id, **who))
+
+    @dg.op(name=names.CLAIM_REBUILD_OP, out=PLAN_OUTS, pool=names.POOL,
+           description="Takes every landing file and plans the stale partitions a policy change left.")
+    def claim_rebuild(context: dg.OpExecutionContext, config: RebuildRunConfig, pipeline: PipelineResource):
+        env, who = _start(context, pipeline, policy)
+        stale = {n: {None if p == "all" else p for p in parts} for n, parts in config.partitions.items()}
+        yield from _emit(context, claim_landing(env, config.batch_id, "rebuild", None, as_of_time(None), context.run_id, stale, **who))
+
+    return claim_requests, claim_landing_files, claim_rebuild
+
+
+def _run_node(context, env: Env, node, partition: str | None, mode: str, work: ShardWork | None = None):
+    """Compute one node partition; yields its Dagster events, returns its outcome and the checks that block."""
+    started = time.perf_counter()
+    run = NodeRun(env, node, partition, mode, context.run_id, log=context.log.info)
+    if work is not None:
+        run.landing_files = list(work.landing_files) if work.landing_files is not None else None
+        run.as_of, run.staged = as_of_time(work.as_of) if work.as_of else None, work.staged
+        run.subjects = frozenset(work.subjects) if work.subjects is not None else None
+    result = events.timed(compute_node(run), time.perf_counter() - started)
+    yield from events.node_events(context.instance, env.policy, env.graph, node, partition, result)
+    return outcome_of(node.name, partition, result), [f"{node.name}{f'[{partition}]' if partition else ''} {c.name}"
+                                                      for c in result.checks if c.blocks]
+
+
+def _shard_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
+    @dg.op(name=names.SHARD_STEP_OP, pool=names.POOL,
+           description="Runs one shard's nodes that the plan forces or whose inputs changed, in dependency order.")
+    def shard_step(context: dg.OpExecutionContext, work: ShardWork, pipeline: PipelineResource):
+        env = pipeline.env(policy)
+        outcomes: list[NodeOutcome] = []
+        for node in graph.shard_nodes:
+            # Read the records afresh for each node: the ones computed before it in this step changed them.
+            records = env.ledger.nodes.records(work.partition, [node.name, *node.parents])
+            if node.name not in work.forced and graph.stale_reason(policy, node.name, work.partition, records) is None:
+                continue
+            outcome, blocking = yield from _run_node(context, env, node, work.partition, work.mode, work)
+            outcomes.append(outcome)
+            if blocking:
+                raise runtime.blocked(blocking)
+        runtime.report_progress(f"{work.partition}: {len(outcomes)} nodes run, {sum(o.changed for o in outcomes)} changed")
+        yield dg.Output(tuple(outcomes))
+
+    return shard_step
+
+
+def _merges(context, env: Env, plan: RunPlan):
+    """Each stale (or forced) merge, once, in graph order; returns their outcomes."""
+    outcomes = []
+    for node in env.graph.merge_nodes:
+        records = env.ledger.nodes.records(assets=[node.name, *node.parents])
+        if node.name not in plan.forced_merges and env.graph.stale_reason(env.policy, node.name, None, records) is None:
+            continue
+        outcome, blocking = yield from _run_node(context, env, node, None, "erasure" if plan.kind == "erasure" else "ingest")
+        outcomes.append(outcome)
+        if blocking:
+            raise runtime.blocked(blocking)
+    return outcomes
+
+
+def _certified(context, env: Env, plan: RunPlan, outcomes: list[NodeOutcome]):
+    """Certify the batch (``erasure.certify``) and report the certificates to Dagster."""
+    done = certify_batch(env, plan, outcomes, context.run_id)
+    context.log.info(f"batch {plan.batch_id}: {len(done.certificates)} certificates issued, {len(done.unproven)} requests not proven")
+    shown = "\n\n---\n\n".join(to_markdown(c) for c in done.certificates[:MAX_CERTIFICATES_IN_METADATA])
+    yield dg.AssetMaterialization(asset_key=env.graph.certificate_node, metadata={
+        "batch": plan.batch_id, "certificates_issued": len(done.certificates), "requests_not_proven": len(done.unproven),
+        "request_ids": ", ".join(c["request_id"] for c in done.certificates[:50]),
+        "requests_resumed_from_interrupted_runs": len(plan.resumed),
+        "shards": ", ".join(w.partition for w in plan.works) or "none (no data)",
+        "certificates": dg.MetadataValue.md(shown or "_(none)_"),
+        # A copy of the audit log's head outside the ledger's database (erasure-pipeline audit-log verify).
+        ANCHOR_SEQ: done.anchor[0], ANCHOR_HASH: done.anchor[1],
+        "ledger_ids": dg.MetadataValue.md("Print one: `erasure-pipeline certificate REQUEST_ID`; re-check: `erasure-pipeline verify REQUEST_ID`."),
+    })
+    check = on_time_check(env.ledger.requests.overdue(utcnow(), within=names.DUE_SOON, stuck_after=names.STUCK_AFTER))
+    yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey(env.graph.certificate_node), check_name=names.ON_TIME_CHECK,
+                                  passed=check.passed, metadata=check.metadata, severity=check.severity)
+    if done.unproven:
+        raise dg.Failure("erasure not proven for " + "; ".join(str(e) for e in done.unproven[:5]))
+
+
+def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
+    @dg.op(name=names.MERGE_OP, pool=names.POOL, out={},
+           description="Recomputes each merge whose inputs changed, once; marks the landing batch done.")
+    def merge(context: dg.OpExecutionContext, plan: RunPlan, shards: list, pipeline: PipelineResource):
+        if not plan.claimed:
+            return
+        env = pipeline.env(policy)
+        yield from _merges(context, env, plan)
+        env.ledger.runs.finish_landing(plan.batch_id, [w.shard for w in plan.works])
+        drop_staging(env.lake, plan.batch_id)
+        env.ledger.runs.finish_job_run(context.run_id, "success")
+        runtime.report_progress(f"merges done; landing batch {plan.batch_id} finished")
+
+    @dg.op(name=names.MERGE_AND_CERTIFY_OP, pool=names.POOL, out={},
+           description=("Recomputes each merge whose inputs changed, once, then verifies every claim of every request of the "
+                        "batch and issues their certificates (in one step: nothing else writes between the merge and the proof)."))
+    def merge_and_certify(context: dg.OpExecutionContext, plan: RunPlan, shards: list, pipeline: PipelineResource):
+        if not plan.claimed:
+            return
+        env = pipeline.env(policy)
+        merged = yield from _merges(context, env, plan)
+        yield from _certified(context, env, plan, [o for group in shards for o in group] + merged)
+        env.ledger.runs.finish_job_run(context.run_id, "success")
+
+    return merge, merge_and_certify
+
+
+def build_ops(policy: Policy, graph: Graph) -> Ops:
+    return Ops(*_claim_ops(policy), _shard_op(policy, graph), *_merge_ops(policy))

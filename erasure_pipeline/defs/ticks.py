@@ -1,0 +1,87 @@
+"""What a tick asks for: pure reads of the ledger, the landing listing and Dagster's runs.
+
+Dagster evaluates sensors and schedules speculatively (the UI's "Preview tick result", a retried
+tick, a daemon restart), so nothing here writes. A tick returns at most one RunRequest whose config
+names exactly what the run will claim (request ids; landing files and cycle time), and whose run key
+is fresh for that set: a repeated tick asks for the same run, which Dagster launches once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+from collections.abc import Callable
+
+import dagster as dg
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+from erasure_pipeline.core import names
+from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core.graph import Graph
+from erasure_pipeline.core.names import MAX_AUTO_ATTEMPTS, MAX_REQUESTS_PER_RUN, retry_backoff
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.defs import runtime
+from erasure_pipeline.kinds.staleness import expired_partitions
+from erasure_pipeline.ledger import Ledger
+from erasure_pipeline.ledger.requests import CLAIMABLE
+from erasure_pipeline.stores.lake import Lake
+from erasure_pipeline.stores.landing import landing_files
+
+
+def fresh_run_key(instance: dg.DagsterInstance, base: str) -> str:
+    """``base-N`` for the first N no run has used: a set that was run before (and failed) gets a new run."""
+    n = 0
+    while instance.get_runs(filters=dg.RunsFilter(tags={names.RUN_KEY: f"{base}-{n}"}), limit=1):
+        n += 1
+    return f"{base}-{n}"
+
+
+def live_runs(instance: dg.DagsterInstance, job_name: str, live: Callable[[str], bool]) -> list[dg.DagsterRun]:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=list(NOT_FINISHED_STATUSES)))
+    return [r for r in runs if live(r.run_id)]
+
+
+def _config_of(run: dg.DagsterRun, op: str) -> dict:
+    return (run.run_config.get("ops", {}).get(op, {}) or {}).get("config", {})
+
+
+def eligible_requests(book: Ledger, instance: dg.DagsterInstance, now: dt.datetime) -> list[str]:
+    """Requests a run should claim now: pending ones; and, while automatic attempts remain and their
+    backoff has passed, failed ones and ones held by a run that is gone. Requests a live (queued or
+    running) erasure run already names are left to it."""
+    live = functools.cache(runtime.run_is_live(instance, book))
+    covered = {rid for run in live_runs(instance, names.ERASURE_JOB, live) for rid in _config_of(run, names.CLAIM_REQUESTS_OP).get("request_ids", [])}
+    def ready(r: dict) -> bool:
+        if r["status"] == "pending":
+            return True
+        retry_due = r["attempts"] < MAX_AUTO_ATTEMPTS and r["updated_at"] <= now - retry_backoff(r["attempts"])
+        return retry_due and (r["status"] == "failed" or not r["run_id"] or not live(r["run_id"]))
+
+    ready_ids = [r["request_id"] for r in book.requests.list(status=CLAIMABLE) if r["request_id"] not in covered and ready(r)]
+    return ready_ids[:MAX_REQUESTS_PER_RUN]
+
+
+def erasure_request(book: Ledger, instance: dg.DagsterInstance, now: dt.datetime) -> dg.RunRequest | None:
+    ids = eligible_requests(book, instance, now)
+    if not ids:
+        return None
+    batch = fresh_run_key(instance, "eb-" + hashlib.sha256("|".join(sorted(ids)).encode()).hexdigest()[:16])
+    return dg.RunRequest(run_key=batch, job_name=names.ERASURE_JOB, tags=names.erasure_run_tags(batch, ids),
+                         run_config={"ops": {names.CLAIM_REQUESTS_OP: {"config": {"batch_id": batch, "request_ids": ids}}}})
+
+
+def cycle_request(book: Ledger, instance: dg.DagsterInstance, landing: Lake, graph: Graph, policy: Policy,
+                  as_of: dt.datetime) -> dg.RunRequest | None:
+    """New landing files (not taken by a finished batch or a live run) and rows past retention: one cycle run."""
+    taken = book.runs.landing_files_taken(runtime.run_is_live(instance, book))
+    new = sorted(f.name for f in landing_files(landing, contracts_for(policy)) if f.name not in taken)
+    if not new and not expired_partitions(book, policy, graph, as_of):
+        return None
+    seed = "\n".join(new) if new else f"retention:{as_of.date().isoformat()}"
+    batch = fresh_run_key(instance, "lb-" + hashlib.sha256(seed.encode()).hexdigest()[:16])
+    return dg.RunRequest(
+        run_key=batch, job_name=names.CYCLE_JOB, tags={names.BATCH: batch, names.KIND: "cycle"},
+        run_config={"ops": {names.CLAIM_LANDING_OP: {"config": {"batch_id": batch, "kind": "cycle", "landing_files": new,
+                                                               "as_of": as_of.isoformat()}}}},
+    )

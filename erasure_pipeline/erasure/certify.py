@@ -1,0 +1,131 @@
+"""Certifying a batch at the end of its run: every claim verified, actions recorded, certificates signed and issued.
+
+No Dagster import: the erasure job's last step calls ``certify_batch`` and reports what it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from erasure_pipeline.core import identity
+from erasure_pipeline.erasure.certificate import build_certificate
+from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan
+from erasure_pipeline.erasure.verify import verify_subject
+from erasure_pipeline.kinds.base import Env
+from erasure_pipeline.ledger import utcnow
+
+Footprint = Mapping[str, Mapping[str, int]]
+"""Node -> partition -> rows of one subject there (provenance when the run claimed it)."""
+Outcomes = Mapping[tuple[str, str | None], NodeOutcome]
+
+
+class ErasureNotProven(RuntimeError):
+    def __init__(self, request_id: str, failed_claims: list[str]):
+        self.request_id, self.failed_claims = request_id, failed_claims
+        super().__init__(f"erasure of {request_id} not proven: " + "; ".join(failed_claims))
+
+
+def affected_nodes(env: Env, footprint: Footprint, outcomes: Outcomes, part: str) -> set[str]:
+    """Nodes that held the subject in partition ``part`` (provenance) or changed in this run below one that did."""
+    affected: set[str] = set()
+    for node in env.graph.nodes:
+        o = outcomes.get((node.name, part if node.partitioned else None))
+        held = part in footprint.get(node.name, {}) if node.partitioned else node.name in footprint
+        if held or (o is not None and o.changed and affected.intersection(node.parents)):
+            affected.add(node.name)
+    return affected
+
+
+def _detail(env: Env, node, partition: str | None, own: str, footprint: Footprint, details: Mapping) -> str:
+    """What a certificate row says was there and what was done: rows (or points, or mentions), purges."""
+    detail = []
+    held = footprint.get(node.name, {})
+    rows = held.get(partition, 0) if partition else sum(held.values())
+    if rows:
+        unit = env.kinds.get(node.kind).unit if partition in (own, None) else "mentions in text"
+        detail.append(f"{rows} {unit}")
+    if details.get("noncurrent_versions_purged"):
+        detail.append(f"{details['noncurrent_versions_purged']} old object versions purged")
+    if details.get("points_deleted_by_subject_filter"):
+        detail.append(f"{details['points_deleted_by_subject_filter']} points deleted by subject_key filter (batch); store compacted")
+    return "; ".join(detail)
+
+
+def actions_for(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes, run_id: str | None,
+                landing_scrubbed: int = 0) -> list[dict]:
+    """One row per node of the subject's own shard (NO_DATA where it held nothing); another shard's row where
+    it held the subject (their e-mail in someone's text) and below that; landing, when scrubbed."""
+    own = identity.partition_key(identity.shard_of(request["subject_key"], env.policy.shards))
+    elsewhere = sorted({p for parts in footprint.values() for p in parts if p != own})
+    affected = {p: affected_nodes(env, footprint, outcomes, p) for p in [own, *elsewhere]}
+    actions, scrubbed = [], landing_scrubbed
+    for node in env.graph.nodes:
+        for partition in ([own, *elsewhere] if node.partitioned else [None]):
+            present = node.name in (affected[partition] if partition else set().union(*affected.values()))
+            if partition not in (own, None) and not present:
+                continue
+            o = outcomes.get((node.name, partition))
+            details = o.details if o is not None else {}
+            scrubbed += int(details.get("landing_files_scrubbed", 0) or 0)
+            actions.append({
+                "asset": node.name, "partition": partition, "action": node.action if present else "NO_DATA", "data_present": present,
+                "before_hash": o.before if o is not None else None, "after_hash": o.after if o is not None else None,
+                "detail": _detail(env, node, partition, own, footprint, details), "run_id": run_id,
+            })
+    if scrubbed and any(n.table is not None and n.name in footprint for n in env.graph.nodes):
+        actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True, "before_hash": None,
+                        "after_hash": None, "detail": f"{scrubbed} landing files rewritten without tombstoned subjects", "run_id": run_id})
+    return actions
+
+
+def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes, *, run_id: str | None, batch_id: str | None,
+            cache: dict | None = None, landing_scrubbed: int = 0) -> dict:
+    """Verify the subject is gone everywhere, then record actions and issue the signed certificate.
+    Raises ``ErasureNotProven`` (naming request id and claims only) if any claim fails."""
+    findings = [f.as_dict() for f in verify_subject(request["subject_key"], env, cache)]
+    failed = [f for f in findings if not f["ok"]]
+    if failed:
+        raise ErasureNotProven(request["request_id"], [f"{f['claim']} ({f['target']}: {f['detail']})" for f in failed])
+    actions = actions_for(env, request, footprint, outcomes, run_id, landing_scrubbed)
+    env.ledger.certificates.record_actions(request["request_id"], actions)
+    present = {a["asset"] for a in actions if a["data_present"]}
+    risks = [env.kinds.get(n.kind).residual_risk for n in env.graph.nodes if n.name in present]
+    cert = build_certificate(request, actions, completed_at=utcnow(), findings=findings, run_id=run_id, batch_id=batch_id,
+                             audit_anchor=env.ledger.audit.head(), kind_risks=[r for r in risks if r])
+    if env.signer is not None:
+        cert = env.signer.sign_document(cert)
+    return env.ledger.certificates.complete(request["request_id"], cert)
+
+
+@dataclass
+class BatchCertified:
+    """What certifying a batch did: the certificates issued, the requests not proven, the audit log's head after."""
+
+    certificates: list[dict] = field(default_factory=list)
+    unproven: list[ErasureNotProven] = field(default_factory=list)
+    anchor: tuple[int, str] = (0, "")
+
+
+def certify_batch(env: Env, plan: RunPlan, outcomes: list[NodeOutcome], run_id: str) -> BatchCertified:
+    """Certify each request of the batch. A request whose claims do not all hold is failed with the claims
+    that did not (a later tick retries it); the others are certified."""
+    by_key = {(o.node, o.partition): o for o in outcomes}
+    book, out, cache = env.ledger, BatchCertified(), {}
+    requests = [r for r in book.requests.by_ids(plan.request_ids) if r["status"] != "completed"]
+    with contextlib.ExitStack() as open_shards:
+        # Each subject's proof counts its points in its shard's vector store: open each shard once for the
+        # batch, not once per subject (an Edge shard's load was 4.6 s of 100 subjects' 15.8 s of proofs).
+        for shard in sorted({identity.shard_of(r["subject_key"], env.policy.shards) for r in requests}):
+            open_shards.enter_context(env.vectors.session(shard))
+        for request in requests:
+            try:
+                out.certificates.append(certify(env, request, plan.footprints.get(request["request_id"], {}), by_key, run_id=run_id,
+                                                batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed))
+            except ErasureNotProven as exc:
+                out.unproven.append(exc)
+                book.runs.fail_requests([exc.request_id], str(exc), run_id)
+    book.runs.finish_batch(plan.batch_id, "failed" if out.unproven else "certified", run_id)
+    out.anchor = book.audit.head()
+    return out

@@ -1,0 +1,162 @@
+"""What a run claims and which nodes each of its shards runs: its plan. No Dagster import.
+
+Every job has the same three stages: a claim, one step per touched shard, one merge step. The claim is
+the run's first act: it takes its requests (an erasure) or its landing files (a cycle, a full build, a
+rebuild) in one ledger transaction, then plans. Whether another run holding them is alive is the
+Dagster layer's judgement, passed in as ``is_live``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from erasure_pipeline.core import identity
+from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core.tombstones import Tombstones
+from erasure_pipeline.kinds.base import Env, NodeResult
+from erasure_pipeline.kinds.staleness import expired_partitions
+from erasure_pipeline.ml.labels import check_labels
+from erasure_pipeline.stores.lake import content_hash
+from erasure_pipeline.stores.landing import Staged, landing_files, scrub_staging, scrub_subjects, stage
+
+IsLive = Callable[[str, dict | None], bool]
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    shard: int
+    forced: tuple[str, ...]
+    mode: str
+    landing_files: tuple[str, ...] | None = None
+    as_of: str | None = None
+    staged: str | None = None
+    """The batch whose staging area holds this shard's new rows (one pass over landing wrote it)."""
+    subjects: tuple[str, ...] | None = None
+    """An erasure's subject keys (of every shard: text naming them may live in another)."""
+
+    @property
+    def partition(self) -> str:
+        return identity.partition_key(self.shard)
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    node: str
+    partition: str | None
+    before: str | None
+    after: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    kind: str
+    batch_id: str
+    claimed: bool
+    holder: str | None = None
+    works: tuple[ShardWork, ...] = ()
+    forced_merges: tuple[str, ...] = ()
+    request_ids: tuple[str, ...] = ()
+    footprints: dict = field(default_factory=dict)
+    """Erasure: request id -> {node: {partition: rows}} of the subject when the run claimed it (provenance)."""
+    resumed: tuple[str, ...] = ()
+    landing_scrubbed: int = 0
+    """Erasure: landing files rewritten without the batch's subjects when it was claimed."""
+
+
+CERTIFICATE_DETAILS = ("noncurrent_versions_purged", "landing_files_scrubbed", "points_deleted_by_subject_filter", "rows")
+
+
+def outcome_of(node: str, partition: str | None, result: NodeResult) -> NodeOutcome:
+    return NodeOutcome(node, partition, result.previous, result.data_version,
+                       {k: result.metadata[k] for k in CERTIFICATE_DETAILS if k in result.metadata})
+
+
+def as_of_time(value: str | None) -> dt.datetime:
+    """A cycle's time from its run config (ISO 8601; naive means UTC); now when absent."""
+    if not value:
+        return dt.datetime.now(dt.UTC)
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, *, is_live: IsLive, host: str, pid: int,
+                  plan: bool = True) -> RunPlan:
+    """Claim the requests for ``run_id`` and (``plan``) scrub landing and plan the shards. The CLI's
+    pre-claim passes ``plan=False``: the run's claim step, same run id, claims again and does the work."""
+    book = env.ledger
+    claim = book.runs.claim_erasure(batch_id, request_ids, run_id, is_live=is_live, host=host, pid=pid)
+    if claim.outcome != "claimed" or not plan:
+        return RunPlan("erasure", batch_id, claim.outcome == "claimed", claim.holder if claim.outcome != "claimed" else run_id)
+    requests = {r["request_id"]: r for r in book.requests.by_ids(claim.request_ids)}
+    by_key: dict[str, dict[str, dict[str, int]]] = {}
+    forced: dict[int, set[str]] = {}
+    for row in book.nodes.provenance_for([r["subject_key"] for r in requests.values()]):
+        # the partitions that hold the subject: their own shard's, and text naming them elsewhere
+        by_key.setdefault(row["subject_key"], {}).setdefault(row["asset"], {})[row["partition"]] = int(row["rows"])
+        forced.setdefault(identity.shard_from_partition(row["partition"]), set()).add(row["asset"])
+    footprints = {rid: by_key.get(r["subject_key"], {}) for rid, r in requests.items()}
+    keys = tuple(sorted(r["subject_key"] for r in requests.values()))
+    # Landing copies first, each file rewritten once for the whole batch; and any staged copy of an
+    # ingest that has not finished.
+    stones = Tombstones.load(book, env.keyer)
+    scrubbed = scrub_subjects(env.lake, env.landing, contracts_for(env.policy), stones, keys, env.policy.lake.buckets)
+    scrub_staging(env.lake, set(keys))
+    works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure", subjects=keys) for s, nodes in sorted(forced.items()))
+    return RunPlan("erasure", batch_id, True, run_id, works, (), claim.request_ids, footprints, claim.resumed, len(scrubbed))
+
+
+def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, as_of: dt.datetime, run_id: str,
+                  stale: dict[str, set[str | None]] | None = None, *, is_live: IsLive, host: str, pid: int, plan: bool = True) -> RunPlan:
+    """Take the landing files of an ingest (``cycle``: the new ones; ``full``/``rebuild``: every file)
+    and (``plan``) stage them in one pass and plan each shard: raw nodes that receive rows or hold rows
+    past retention, plus stale nodes. ``plan=False``: the CLI's pre-claim, as in ``claim_erasure``."""
+    graph, policy = env.graph, env.policy
+    present = [f for f in landing_files(env.landing, contracts_for(policy)) if files is None or f.name in files]
+    entries = [(f.name, f.table, content_hash(env.landing.read_bytes(f.name) or b"")) for f in present]
+    claim = env.ledger.runs.claim_landing(batch_id, kind, entries, as_of, run_id, is_live=is_live, host=host, pid=pid)
+    if claim.outcome != "claimed" or not plan:
+        return RunPlan(kind, batch_id, claim.outcome == "claimed", claim.holder if claim.outcome != "claimed" else run_id)
+    staged = None
+    if kind != "rebuild" or any(graph.node(n).table is not None for n in (stale or {})):
+        # One pass over the batch's landing files: each read once, its rows staged per shard, indexed.
+        def check(frame, f) -> None:
+            if f.table == policy.features.dataset:
+                check_labels(frame, f.name, policy)
+
+        staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check)
+    forced = _forced(env, kind, staged, as_of, stale or {})
+    mode = "rebuild" if kind == "rebuild" else "ingest"
+    names = None if files is None else tuple(f.name for f in present)
+    works = tuple(ShardWork(s, tuple(graph.ordered(nodes)), mode, names, as_of.isoformat(), staged.batch if staged else None)
+                  for s, nodes in sorted(forced.items()) if nodes or kind == "full")
+    merges = tuple(n for n in (stale or {}) if not graph.node(n).partitioned)
+    return RunPlan(kind, batch_id, True, run_id, works, merges)
+
+
+def _forced(env: Env, kind: str, staged: Staged | None, as_of: dt.datetime, stale: dict[str, set[str | None]]) -> dict[int, set[str]]:
+    """Shard -> nodes an ingest must run there: raw nodes that receive rows or hold rows past retention (a
+    cycle), every raw node (a full build), and the stale partitions (a rebuild)."""
+    graph = env.graph
+    raw_of = {n.table: n.name for n in graph.raw_nodes}
+    forced: dict[int, set[str]] = {}
+    if kind == "cycle":
+        for table, shards in staged.shards.items():
+            for shard in shards:
+                forced.setdefault(shard, set()).add(raw_of[table])
+        for shard, names in expired_partitions(env.ledger, env.policy, graph, as_of).items():
+            forced.setdefault(shard, set()).update(names)
+    elif kind == "full":  # every shard from every landing file; the rest of each shard wherever it is stale
+        for shard in range(env.policy.shards):
+            forced[shard] = set(raw_of.values())
+    for name, partitions in stale.items():
+        if graph.node(name).partitioned:
+            for p in partitions:
+                forced.setdefault(identity.shard_from_partition(p), set()).add(name)
+    return forced

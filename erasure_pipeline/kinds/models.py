@@ -1,0 +1,247 @@
+"""Models: one SISA constituent per shard and declared model, and the ensemble of them with its holdout metrics.
+
+One implementation of sharding, seeding and aggregation: ``ml.sisa``. A ``shard_models`` partition is one
+SISA constituent; ``ensemble_model`` is their aggregate, published only at or above its quality floor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from erasure_pipeline.core.graph import CheckSpec, Node
+from erasure_pipeline.core.identity import shard_from_partition
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.kinds import training
+from erasure_pipeline.kinds.base import (
+    CheckOutcome,
+    Env,
+    Finding,
+    Kind,
+    Markdown,
+    NodeResult,
+    NodeRun,
+    finish,
+    input_key,
+    md_table,
+    purge,
+    versions_before_tombstone,
+)
+from erasure_pipeline.ml import features as ft
+from erasure_pipeline.ml.labels import class_counts, require_learnable
+from erasure_pipeline.ml.shard_training import matches_retrain, n_classes, train_shard_model
+from erasure_pipeline.ml.sisa import SISAClassifier, SISARegressor, shard_seed
+from erasure_pipeline.stores import lake as lk
+
+CANDIDATE = "candidate"
+
+
+def shard_models_name(model: str) -> str:
+    return f"shard_models{training.model_suffix(model)}"
+
+
+def ensemble_name(model: str) -> str:
+    return f"ensemble_model{training.model_suffix(model)}"
+
+
+class ShardModel(Kind):
+    name = "shard_model"
+    action = "SISA_RETRAIN"
+    residual_risk = training.SISA_RISK
+
+    def nodes(self, policy: Policy) -> list[Node]:
+        return [Node(
+            shard_models_name(model), self.name, "models", True, (training.node_name(model),),
+            (f"models.{model}.estimator", f"models.{model}.params", "seed"), self.action, kinds=("scikitlearn",), model=model,
+            checks=(CheckSpec("matches_independent_retrain",
+                              "The stored shard model equals, bit for bit on a probe set, an independent retrain from the shard's current rows."),),
+            description=f"One SISA constituent of `{model}`: `{spec.estimator}` trained on one shard's rows with a seed from (policy seed, shard).")
+            for model, spec in policy.models.items()]
+
+    def compute(self, run: NodeRun) -> NodeResult:
+        policy, store, p, node = run.env.policy, run.env.lake, run.partition, run.node
+        rows = lk.read_table(store, node.parents[0], p)
+        if rows is None:
+            raise lk.not_materialised(store, node.parents[0], p)
+        fitted, n_train = train_shard_model(policy, node.model, rows, run.shard)
+        saved = {"model": fitted, "features": ft.feature_names(policy), "classes": training.declared_classes(policy, node.model),
+                 "task": policy.models[node.model].task, "train_rows": n_train}
+        name = lk.model_name(node.name, p)
+        store.write_bytes(name, lk.dumps_model(saved))
+        digest = lk.model_fingerprint(saved)
+        finish(run, digest)
+        # The proof the erasure rests on: what is stored equals an independent retrain from the rows.
+        stored = lk.loads_model(store.read_bytes(name))["model"]
+        equal, diff, probes = matches_retrain(policy, node.model, stored, rows, run.shard)
+        return NodeResult(digest, None, {
+            "model": node.model, "train_rows": n_train, "estimator": policy.models[node.model].estimator,
+            "constituent": type(fitted).__name__ if fitted is not None else "none (empty shard)",
+            "seed": shard_seed(policy.seed, run.shard), "content_hash": digest, "noncurrent_versions_purged": purge(run, name),
+        }, (CheckOutcome("matches_independent_retrain", equal, {"probe_rows": probes, "max_abs_difference": diff}),))
+
+    def object_name(self, node: Node, partition: str | None) -> str:
+        return lk.model_name(node.name, partition)
+
+    def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:
+        blob = env.lake.read_bytes(self.object_name(node, partition))
+        return None if blob is None else lk.model_fingerprint(lk.loads_model(blob))
+
+    def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
+        """The shard model equals an independent retrain from the shard's rows now (once per shard and batch)."""
+        if (node.name, partition) not in cache:
+            cache[(node.name, partition)] = self._retrain_claim(env, node, partition)
+        return [cache[(node.name, partition)], versions_before_tombstone(env, self.object_name(node, partition), subject_key)]
+
+    def _retrain_claim(self, env: Env, node: Node, partition: str) -> Finding:
+        claim, target = "shard model equals an independent retrain without the subject", f"{node.name}[{partition}]"
+        rows = lk.read_table(env.lake, node.parents[0], partition)
+        blob = env.lake.read_bytes(self.object_name(node, partition))
+        if rows is None or blob is None:
+            return Finding(claim, target, False, "not materialised")
+        shard = shard_from_partition(partition)
+        equal, diff, probes = matches_retrain(env.policy, node.model, lk.loads_model(blob)["model"], rows, shard)
+        return Finding(claim, target, equal, f"max |Δ| = {diff:.3g} over {probes} probe rows")
+
+
+def publish_ensemble(store, name: str, blob: bytes, passed: bool) -> str:
+    """Write the ensemble as the candidate; make it the published one only if it met the quality floor.
+
+    Below the floor the previously published model is withdrawn rather than kept: it was built from
+    shard models that no longer exist (after an erasure, one of them held the erased subject).
+    """
+    store.write_bytes(lk.model_name(name, CANDIDATE), blob)
+    if passed:
+        store.write_bytes(lk.model_name(name), blob)
+        return "yes"
+    store.delete(lk.model_name(name))
+    return f"no: below the quality floor (candidate kept at {name}/{CANDIDATE}.pkl)"
+
+
+def holdout_metrics(task: str, ensemble, X: np.ndarray, y: np.ndarray, k: int | None) -> dict[str, float]:
+    """Every holdout metric of the task (the floor applies to one of them, ``policy.METRICS``)."""
+    # scikit-learn is imported when an ensemble is evaluated, not when the kinds load (the CLI's quick paths).
+    from sklearn import metrics as skm
+
+    if len(y) == 0:
+        return {}
+    if task == "regression":
+        pred = ensemble.predict(X)
+        out = {"holdout_mae": float(skm.mean_absolute_error(y, pred)), "holdout_rmse": float(np.sqrt(skm.mean_squared_error(y, pred)))}
+        if len(np.unique(y)) > 1:
+            out["holdout_r2"] = float(skm.r2_score(y, pred))
+        return out
+    proba = ensemble.predict_proba(X)
+    pred = proba.argmax(axis=1)
+    out = {"holdout_accuracy": float(skm.accuracy_score(y, pred)),
+           "holdout_log_loss": float(skm.log_loss(y, proba, labels=list(range(k))))}
+    if task == "binary" and len(np.unique(y)) == 2:
+        out["holdout_roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
+    if task == "multiclass":
+        out["holdout_macro_f1"] = float(skm.f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0))
+    return out
+
+
+@dataclass
+class _Shards:
+    """What an ensemble reads of every shard: the constituents, the holdout rows, the inputs' hashes."""
+
+    constituents: list = field(default_factory=list)
+    holdouts: list = field(default_factory=list)
+    trained: list = field(default_factory=list)
+    per_shard: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+
+
+def _read_shards(run: NodeRun) -> _Shards:
+    store, (models_node, rows_node) = run.env.lake, run.node.parents
+    out = _Shards()
+    for p in run.env.partitions:
+        blob = store.read_bytes(lk.model_name(models_node, p))
+        if blob is None:
+            raise lk.not_materialised(store, models_node, p)
+        data = store.read_bytes(lk.table_name(rows_node, p))
+        if data is None:
+            raise lk.not_materialised(store, rows_node, p)
+        out.inputs[input_key(models_node, p)] = lk.content_hash(blob)
+        out.inputs[input_key(rows_node, p)] = lk.content_hash(data)
+        saved = lk.loads_model(blob)
+        out.constituents.append(saved["model"])
+        rows = lk.table_from_bytes(data)
+        is_holdout = rows[ft.HOLDOUT].astype(bool)
+        out.holdouts.append(rows[is_holdout])
+        out.trained.append(rows.loc[~is_holdout, ft.LABEL].to_numpy())
+        out.per_shard.append({"shard": p, "train_rows": saved["train_rows"], "model": type(saved["model"]).__name__})
+    return out
+
+
+class Ensemble(Kind):
+    name = "ensemble"
+    action = "SISA_RETRAIN"
+    residual_risk = training.SISA_RISK
+
+    def nodes(self, policy: Policy) -> list[Node]:
+        return [Node(
+            ensemble_name(model), self.name, "models", False, (shard_models_name(model), training.node_name(model)),
+            (f"models.{model}.aggregation", f"models.{model}.quality"), self.action, kinds=("scikitlearn",), model=model,
+            checks=(CheckSpec("meets_quality_floor",
+                              f"Holdout {spec.metric} at or above models.{model}.quality.min. Below it the model is kept only as a "
+                              "candidate, the published model is withdrawn (it was built from shard models that changed) and "
+                              "the run fails; in an erasure run the check fails as a warning so the erasure still completes."),),
+            description=f"The SISA aggregate of every shard model of `{model}`, evaluated on the key-derived holdout of every shard.")
+            for model, spec in policy.models.items()]
+
+    def compute(self, run: NodeRun) -> NodeResult:
+        policy, store, node = run.env.policy, run.env.lake, run.node
+        spec, names, k = policy.models[node.model], ft.feature_names(policy), n_classes(policy, node.model)
+        shards = _read_shards(run)
+        require_learnable(ft.model_label(policy, node.model), np.concatenate(shards.trained), where=f"{node.parents[1]} (every shard)")
+        params = {"n_shards": policy.shards, "random_state": policy.seed, "hash_groups": False}
+        ensemble = (SISARegressor.from_constituents(shards.constituents, len(names), **params) if k is None else
+                    SISAClassifier.from_constituents(shards.constituents, np.arange(k), len(names), aggregation=spec.aggregation, **params))
+        holdout = pd.concat(shards.holdouts, ignore_index=True)
+        y = holdout[ft.LABEL].to_numpy()
+        metrics: dict = {"holdout_rows": len(holdout), **({f"holdout_class_{c}": n for c, n in class_counts(y, k).items()} if k else {})}
+        metrics.update(holdout_metrics(spec.task, ensemble, holdout[names].to_numpy(dtype="float64"), y, k))
+        saved = {"model": ensemble, "features": names, "classes": training.declared_classes(policy, node.model), "task": spec.task,
+                 "metrics": metrics, "inputs": shards.inputs}
+        value = metrics.get(f"holdout_{spec.metric}")
+        passed = value is not None and value >= spec.quality.min
+        publication = publish_ensemble(store, node.name, lk.dumps_model(saved), passed)
+        digest = lk.model_fingerprint(saved)
+        finish(run, digest)
+        return NodeResult(digest, None, {
+            **metrics, "model": node.model, "task": spec.task, "published": publication,
+            "shards_with_model": sum(m is not None for m in shards.constituents),
+            "aggregation": spec.aggregation if k is not None else "mean prediction",
+            "metrics": Markdown(md_table([metrics])), "shards": Markdown(md_table(shards.per_shard)), "content_hash": digest,
+            "noncurrent_versions_purged": purge(run, lk.model_name(node.name), lk.model_name(node.name, CANDIDATE)),
+        }, (CheckOutcome(
+            "meets_quality_floor", passed,
+            {"metric": spec.metric, "holdout_value": value if value is not None else -1.0, "floor": spec.quality.min,
+             **{k_: v for k_, v in metrics.items() if k_.startswith("holdout_class_")}, "published": publication},
+            # In an erasure run a failure must not stop the certificate: the model that held the
+            # subject is withdrawn either way, and the failure is reported as a warning.
+            severity="WARN" if run.mode == "erasure" else "ERROR",
+        ),))
+
+    def object_name(self, node: Node, partition: str | None) -> str:
+        return lk.model_name(node.name, partition)
+
+    def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:
+        """The candidate's fingerprint: it is written on every build; the published copy only above the floor."""
+        blob = env.lake.read_bytes(lk.model_name(node.name, CANDIDATE))
+        return None if blob is None else lk.model_fingerprint(lk.loads_model(blob))
+
+    def recorded_inputs(self, env: Env, node: Node) -> list[tuple[str, dict | None]]:
+        """The published model (when there is one) and the candidate, each with the inputs it recorded."""
+        names, out = [lk.model_name(node.name), lk.model_name(node.name, CANDIDATE)], []
+        for obj in names:
+            blob = env.lake.read_bytes(obj)
+            if blob is not None or obj == names[-1]:
+                out.append((obj, lk.loads_model(blob).get("inputs") if blob else None))
+        return out
+
+    def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
+        return [versions_before_tombstone(env, name, subject_key) for name in (lk.model_name(node.name), lk.model_name(node.name, CANDIDATE))]

@@ -1,0 +1,359 @@
+"""Raw lake partitions: one dataset's rows of one shard, keyed by ``subject_key``, in bucket files.
+
+Ingest: the buckets that receive rows (from the batch's staging area, or landing when materialised
+by hand) are upserted, minus tombstoned subjects; buckets holding rows past retention lose them.
+Erasure: only the buckets holding the erased subjects (and, for text, the buckets whose text names
+them) are rewritten without them, and nothing new comes in. Rebuild: every bucket made afresh.
+Each rewritten bucket is read back and checked; provenance changes for the subjects in those buckets
+only; old object versions are purged when an erasure or retention removed rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from erasure_pipeline.core import contracts
+from erasure_pipeline.core.graph import Node
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
+from erasure_pipeline.kinds.base import (
+    TOMBSTONE_CHECK,
+    Env,
+    Finding,
+    Kind,
+    NodeResult,
+    NodeRun,
+    finish,
+    old_versions_holding,
+    rows_of_subject,
+    tombstone_check,
+    versions_before_tombstone,
+)
+from erasure_pipeline.ml.features import consenting
+from erasure_pipeline.ml.labels import check_labels
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline.stores.landing import read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
+
+
+def node_name(dataset: str) -> str:
+    """The raw node of a declared dataset (what other kinds name as their parents)."""
+    return f"raw_{dataset}"
+
+
+def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:
+    """The latest of this run's cutoff and every earlier cycle's (cutoffs only move forward)."""
+    times = [b["as_of"] for b in book.runs.landing_batches() if b["kind"] == "cycle"]
+    if as_of:
+        times.append(as_of)
+    if not times:
+        return None
+    latest = max(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in times)
+    return latest - dt.timedelta(days=policy.retention_days)
+
+
+def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff: dt.datetime | None) -> tuple[pd.DataFrame, int]:
+    """Drop rows whose timestamp is older than ``cutoff`` (datasets without a timestamp are kept)."""
+    cols = contract.timestamps
+    if cutoff is None or not cols or df.empty or cols[0] not in df:
+        return df, 0
+    old = (pd.to_datetime(df[cols[0]], utc=True) < pd.Timestamp(cutoff)).to_numpy()
+    return df[~old].reset_index(drop=True), int(old.sum())
+
+
+def consent_changes(existing: pd.DataFrame | None, written: pd.DataFrame, policy: Policy) -> dict[str, bool]:
+    """Subjects whose training consent flipped between the old and the new rows."""
+    if existing is None or existing.empty or written.empty or policy.consent.column is None or policy.consent.column not in written:
+        return {}
+    before = pd.Series(consenting(existing, policy).to_numpy(), index=existing["subject_key"].to_numpy())
+    after = pd.Series(consenting(written, policy).to_numpy(), index=written["subject_key"].to_numpy())
+    both = before.index.intersection(after.index)
+    flipped = both[before.loc[both].to_numpy() != after.loc[both].to_numpy()]
+    return {k: bool(after.loc[k]) for k in flipped}
+
+
+def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | None, id_column: str, tombstoned: set[str]) -> tuple[pd.DataFrame, int]:
+    """Upsert ``incoming`` into ``existing`` by id, drop tombstoned subjects, sort by id."""
+    frames = [f for f in (existing, incoming) if f is not None and not f.empty]
+    if not frames:
+        return (existing if existing is not None else pd.DataFrame()), 0
+    both = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[id_column], keep="last") if len(frames) > 1 else frames[0]
+    keep = ~both["subject_key"].isin(tombstoned)
+    out = both[keep].sort_values(id_column, kind="stable").reset_index(drop=True)
+    return out, int((~keep).sum())
+
+
+@dataclass
+class _Step:
+    """One raw step's state, phase by phase: what it reads, rewrites and records."""
+
+    run: NodeRun
+    contract: contracts.TableContract
+    stones: Tombstones
+    everyone: Tombstones
+    previous: bk.Manifest | None
+    whole: bool
+    """Every bucket laid out afresh: a rebuild, a first build, or a relayout after lake.buckets changed."""
+    relayout: bool
+    cutoff: dt.datetime | None
+    incoming: pd.DataFrame | None
+    touched: set[int] = field(default_factory=set)
+    erasing: set[str] = field(default_factory=set)
+    old: pd.DataFrame | None = None
+    new: pd.DataFrame | None = None
+    frames: dict[int, pd.DataFrame] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    consent: dict[str, bool] = field(default_factory=dict)
+    mentions: dict[int, list[str]] = field(default_factory=dict)
+    named: set[str] = field(default_factory=set)
+    manifest: bk.Manifest | None = None
+    changed: list[int] = field(default_factory=list)
+
+    @property
+    def buckets(self) -> int:
+        return self.run.env.policy.lake.buckets
+
+    @property
+    def timestamp(self) -> str | None:
+        return self.contract.timestamps[0] if self.contract.timestamps else None
+
+
+def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
+    """This shard's new rows: from the batch's staging area (one pass over landing), else from landing."""
+    if run.mode == "erasure":
+        return None
+    policy = run.env.policy
+    check = (lambda frame, name: check_labels(frame, name, policy)) if contract.name == policy.features.dataset else None
+    if run.staged is not None:
+        return read_staged(run.env.lake, run.staged, contract, run.shard)
+    rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
+    return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
+
+
+def _erasing(run: NodeRun, manifest: bk.Manifest | None, contract) -> tuple[set[str], set[int]]:
+    """(keys this erasure removes here, buckets to rewrite): the run's subjects this partition holds, by
+    the ledger's provenance; their buckets; and the buckets whose text names a tombstoned subject."""
+    book, keyer, B = run.env.ledger, run.env.keyer, run.env.policy.lake.buckets
+    keys = book.nodes.tombstoned_in(run.node.name, run.partition)
+    if run.subjects is not None:
+        keys &= set(run.subjects)
+    touched = {bk.bucket_of(k, B) for k in keys if keyer.shard(k) == run.shard}
+    if contract.texts and manifest is not None:
+        for k in keys:
+            touched.update(manifest.mentioning(k))
+    return keys, touched & set(manifest.buckets) if manifest is not None else set()
+
+
+def _plan(run: NodeRun) -> _Step:
+    """What this step reads and which buckets it rewrites, decided once from the mode."""
+    env, node = run.env, run.node
+    contract = contracts.contracts_for(env.policy)[node.table]
+    B = env.policy.lake.buckets
+    # Tombstones are read at materialisation time, after any intake that committed before: of this
+    # shard under the current identity rule, and of any shard under an earlier rule.
+    previous = bk.read_manifest(env.lake, node.name, run.partition)
+    # Laid out with another bucket count than the policy now gives (lake.buckets changed, no rebuild
+    # yet): a subject's bucket is not where the new count puts it, so read it whole and lay it out anew.
+    relayout = previous is not None and run.mode != "rebuild" and (previous.of not in (0, B) or any(b >= B for b in previous.buckets))
+    incoming = _incoming(run, contract)
+    if incoming is not None and not incoming.empty:
+        incoming = incoming.assign(_b=bk.buckets_of(incoming["subject_key"], B))
+    step = _Step(run, contract, Tombstones.load(env.ledger, env.keyer, run.shard), Tombstones.load(env.ledger, env.keyer), previous,
+                 run.mode == "rebuild" or previous is None or relayout, relayout,
+                 retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None, incoming)
+    if step.whole:
+        step.touched = set(range(B))
+        if relayout and run.mode == "erasure":
+            step.erasing = _erasing(run, previous, contract)[0]
+    elif run.mode == "erasure":
+        step.erasing, step.touched = _erasing(run, previous, contract)
+    else:
+        step.touched = set() if incoming is None else set(np.unique(incoming["_b"]).tolist())
+        if step.cutoff is not None and step.timestamp:
+            step.touched |= {b for b, i in previous.buckets.items() if i.oldest and pd.Timestamp(i.oldest) < pd.Timestamp(step.cutoff)}
+    return step
+
+
+def _rewrite(step: _Step) -> None:
+    """Every touched bucket at once (one read, one pass of pandas), split by bucket only to write."""
+    run, contract, lake = step.run, step.contract, step.run.env.lake
+    if run.mode != "rebuild" and step.previous is not None and step.touched:
+        step.old = bk.read_buckets(lake, run.node.name, run.partition, None if step.relayout else sorted(step.touched), step.previous)
+    incoming = step.incoming
+    new = None if incoming is None or incoming.empty else incoming[incoming["_b"].isin(list(step.touched))].drop(columns=["_b"])
+    step.new = None if new is not None and new.empty else new
+    result, step.counts["dropped"] = rewrite_partition(step.old, step.new, contract.id_column,
+                                                       step.stones.keys_in([step.old, step.new], contract.subject_column))
+    # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
+    result, step.counts["redacted"] = step.everyone.redact(result, contract.texts)
+    result, step.counts["expired"] = apply_retention(result, contract, step.cutoff)
+    if contract.name == run.env.policy.features.dataset:
+        step.consent = consent_changes(step.old, result, run.env.policy)
+    in_bucket = bk.buckets_of(result["subject_key"], step.buckets) if len(result) else np.zeros(0, dtype=np.int64)
+    rows_of = pd.Series(np.arange(len(in_bucket))).groupby(in_bucket).indices if len(in_bucket) else {}
+    step.frames = {b: result.take(rows_of[b]).reset_index(drop=True) if b in rows_of else result.iloc[0:0] for b in sorted(step.touched)}
+    if contract.texts:  # every subject a rewritten bucket's text names, before or after
+        keyer = run.env.keyer
+        for b, keys in zip(in_bucket.tolist(), mentions_by_row(result, contract.texts, keyer), strict=True):
+            step.mentions.setdefault(b, []).extend(k[: bk.PREFIX_CHARS] for k in keys)
+            step.named.update(keys)
+        step.named.update(k for ks in mentions_by_row(step.old, contract.texts, keyer) for k in ks)
+    if not step.whole:
+        step.mentions = {**{b: i.mentions for b, i in step.previous.buckets.items() if b not in step.frames}, **step.mentions}
+    step.manifest, step.changed = bk.write_buckets(lake, run.node.name, run.partition, step.frames, step.previous, timestamp=step.timestamp,
+                                                   of=step.buckets, mentions=step.mentions, replace_all=step.whole)
+
+
+def _late_tombstones(step: _Step) -> None:
+    """A request filed while this step ran: its tombstone committed after we read the list. Re-read after
+    the write and rewrite until no late tombstone is in what was written."""
+    run = step.run
+    for _ in range(5):
+        late = Tombstones.load(run.env.ledger, run.env.keyer, run.shard).current - step.stones.current
+        hit = {b for b, df in step.frames.items() if not df.empty and df["subject_key"].isin(late).any()}
+        if not hit:
+            return
+        step.stones = Tombstones.load(run.env.ledger, run.env.keyer, run.shard)
+        for b in hit:
+            step.frames[b], more = rewrite_partition(step.frames[b], None, step.contract.id_column, set(late))
+            step.counts["dropped"] += more
+        step.manifest, more_changed = bk.write_buckets(run.env.lake, run.node.name, run.partition, {b: step.frames[b] for b in hit},
+                                                       step.manifest, of=step.buckets, timestamp=step.timestamp, mentions=step.mentions)
+        step.changed = sorted(set(step.changed) | set(more_changed))
+
+
+def _clean_up(step: _Step) -> None:
+    """Old object versions of what an erasure or retention removed; landing copies of erased subjects."""
+    run, env, name = step.run, step.run.env, step.run.node.name
+    purged = []
+    if run.purges_versions or step.counts["expired"]:
+        for b in step.changed:
+            purged += env.lake.purge_noncurrent(bk.object_name(name, run.partition, b))
+        purged += env.lake.purge_noncurrent(bk.manifest_name(name, run.partition))
+    scrubbed = []
+    if run.mode == "erasure" and step.erasing and run.subjects is None:  # by hand: an erasure run scrubs landing when it claims
+        scrubbed = scrub_subjects(env.lake, env.landing, {step.contract.name: step.contract}, step.everyone, step.erasing, step.buckets)
+        scrub_staging(env.lake, step.erasing, step.contract.name, run.shard)
+    elif step.incoming is not None and (step.counts["dropped"] or step.counts["redacted"]) and run.landing_files is not None:
+        # A source sent an erased subject (or their id in a text) again: the landing copy loses them too.
+        scrubbed = scrub_landing(env.landing, step.contract, step.everyone, run.landing_files)
+    step.counts["purged"], step.counts["scrubbed"] = len(purged), len(scrubbed)
+    # Read back: each bucket stored now is byte for byte what was written from these frames.
+    for b in step.frames:
+        stored = env.lake.read_bytes(bk.object_name(name, run.partition, b)) or b""
+        if b in step.manifest.buckets and lk.content_hash(stored) != step.manifest.buckets[b].hash:
+            raise RuntimeError(f"{name}[{run.partition}] bucket {b} changed while it was written: run it again")
+
+
+def _awaiting_erasure(book, existing: pd.DataFrame | None, incoming: pd.DataFrame | None, tombstoned: set[str]) -> dict[str, int]:
+    """Subjects an ingest dropped because their erasure request is still live.
+
+    Their provenance is kept, so the erasure run still visits this partition (and scrubs the
+    landing copies, retrains, certifies what it did) instead of finding "no data".
+    """
+    frames = [f[["subject_key"]] for f in (existing, incoming) if f is not None and not f.empty]
+    if not frames or not tombstoned:
+        return {}
+    counts = pd.concat(frames)["subject_key"].value_counts()
+    counts = counts[counts.index.isin(tombstoned)]
+    return {k: int(n) for k, n in counts.items() if book.requests.live_for(k) is not None}
+
+
+def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str, int], set[str] | None]:
+    """(rows per subject in the rewritten buckets, the subjects that covers; None: the whole partition).
+
+    A subject's count is their own rows; a subject only named in texts here counts the buckets naming them."""
+    run, keyer = step.run, step.run.env.keyer
+    # including tombstones that arrived while this step ran
+    awaiting = _awaiting_erasure(run.env.ledger, step.old, step.new, step.stones.current) if run.mode != "erasure" else {}
+    # a subject named in a rewritten text whose own rows sit in a bucket not read here keeps its record
+    named = {k for k in step.named if keyer.shard(k) != run.shard or bk.bucket_of(k, step.buckets) in step.frames}
+    counts: dict[str, int] = {}
+    for df in written.values():
+        if df is not None and len(df):
+            counts.update({k: int(n) for k, n in df["subject_key"].value_counts().items()})
+    scope: set[str] = set(counts) | set(step.erasing) | named | set(awaiting)
+    if step.old is not None and len(step.old):
+        scope.update(step.old["subject_key"].unique().tolist())
+    for key in named - set(counts):
+        n = len(step.manifest.mentioning(key))
+        if n:
+            counts[key] = n
+    counts.update({k: n for k, n in awaiting.items() if k not in counts})
+    return counts, None if step.whole else scope
+
+
+def _result(step: _Step, present: pd.Series) -> NodeResult:
+    run, manifest, c = step.run, step.manifest, step.counts
+    return NodeResult(manifest.version, None, {
+        "mode": run.mode,
+        "rows": manifest.rows,
+        "subjects": manifest.subjects,
+        "buckets": len(manifest.buckets),
+        "buckets_rewritten": len(step.changed),
+        "rows_added": 0 if step.incoming is None else len(step.incoming),
+        "tombstoned_rows_dropped": c["dropped"],
+        "tombstoned_ids_redacted_in_text": c["redacted"],
+        "rows_past_retention": c["expired"],
+        "retention_cutoff": step.cutoff.isoformat() if step.cutoff else "",
+        "consent_changes": len(step.consent),
+        "noncurrent_versions_purged": c["purged"],
+        "landing_files_scrubbed": c["scrubbed"],
+        "content_hash": manifest.version,
+        "previous_content_hash": step.previous.version if step.previous is not None else "",
+        "lake": run.env.lake.describe(),
+    }, (tombstone_check(present, step.stones.current | (step.everyone.current & set(step.erasing))),))
+
+
+class Raw(Kind):
+    name = "raw"
+    action = "RAW_REWRITE"
+
+    def nodes(self, policy: Policy) -> list[Node]:
+        return [Node(node_name(name), self.name, "raw", True, reads=("shards", "identity", "lake", f"datasets.{name}"), action=self.action,
+                     subject_rows=True, table=name, expires=spec.timestamp is not None, checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
+                     description=f"Landing `{name}` rows of one shard, keyed by `subject_key` (from `{spec.subject}`), minus tombstoned subjects.")
+                for name, spec in policy.datasets.items()]
+
+    def compute(self, run: NodeRun) -> NodeResult:
+        step = _plan(run)
+        _rewrite(step)
+        _late_tombstones(step)
+        _clean_up(step)
+        written = {b: step.frames[b] for b in step.frames if b in step.manifest.buckets}
+        footprint, scope = _provenance(step, written)
+        manifest, c = step.manifest, step.counts
+        oldest = pd.Timestamp(manifest.oldest).to_pydatetime() if manifest.oldest else None
+        finish(run, manifest.version, provenance=footprint, provenance_scope=scope, stats=(manifest.rows, oldest),
+               consent=(run.shard, step.consent), retention={"rows": c["expired"], "cutoff": step.cutoff.isoformat(),
+                                                             "noncurrent_versions_purged": c["purged"]} if c["expired"] else None)
+        run.log(f"{run.node.name}[{run.partition}] {run.mode}: {len(step.frames)} of {step.buckets} buckets read, {len(step.changed)} "
+                f"rewritten; {c['dropped']} tombstoned rows dropped, {c['expired']} rows past retention, {len(step.consent)} consent changes")
+        present = pd.concat([df["subject_key"] for df in written.values() if df is not None and len(df)] or [pd.Series(dtype=str)])
+        return _result(step, present)
+
+    def object_name(self, node: Node, partition: str | None) -> str:
+        return bk.manifest_name(node.name, partition)
+
+    def read_rows(self, env: Env, node: Node, partition: str, *, buckets: Iterable[int] | None = None,
+                  columns: list[str] | None = None, cache: bool = False) -> pd.DataFrame | None:
+        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache)
+
+    def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:
+        return bk.stored_version(env.lake, node.name, partition)
+
+    def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
+        """No rows of the subject in their bucket; no old version of that bucket (in the current layout and the
+        policy's) holds them; no version of the manifest predates the erasure request."""
+        target, B = f"{node.name}[{partition}]", env.policy.lake.buckets
+        manifest = bk.read_manifest(env.lake, node.name, partition)
+        rows = self.read_rows(env, node, partition, buckets=[manifest.bucket_of(subject_key, B)] if manifest is not None else None)
+        layouts = {B, *((manifest.of,) if manifest is not None and manifest.of else ())}
+        names = [bk.object_name(node.name, partition, b) for b in sorted({bk.bucket_of(subject_key, n) for n in layouts})]
+        return [rows_of_subject(rows, subject_key, target), old_versions_holding(env, names, subject_key, target),
+                versions_before_tombstone(env, self.object_name(node, partition), subject_key)]

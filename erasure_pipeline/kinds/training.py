@@ -1,0 +1,164 @@
+"""Training sets: per shard and declared model, the consenting subjects' feature rows, in a stable order.
+
+Each subject's features come from their own rows only (``ml.features``), so a shard's training set,
+and hence its SISA constituent, is a function of that shard's rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from erasure_pipeline.core.graph import Node
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.kinds import raw
+from erasure_pipeline.kinds.base import (
+    TOMBSTONE_CHECK,
+    Env,
+    Finding,
+    Kind,
+    NodeResult,
+    NodeRun,
+    Table,
+    finish,
+    old_versions_holding,
+    purge,
+    rows_of_subject,
+    tombstone_check,
+)
+from erasure_pipeline.ml import features as ft
+from erasure_pipeline.ml.labels import class_counts
+from erasure_pipeline.ml.shard_training import n_classes
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores import lake as lk
+
+SISA_RISK = ("The subject's shard model was retrained from rows without the subject and equals an independent "
+             "retrain bit for bit; other shard models never saw the subject. Model copies exported before the "
+             "completion date are out of scope of this certificate.")
+
+
+def model_suffix(model: str) -> str:
+    """A model named ``model`` (the one-model form) keeps the plain names; others are suffixed."""
+    return "" if model == "model" else f"_{model}"
+
+
+def node_name(model: str) -> str:
+    return f"training_shards{model_suffix(model)}"
+
+
+def class_table(counts: dict[int, int], classes: list | None = None) -> Table:
+    total = sum(counts.values()) or 1
+    return Table([{"class": c, "value": str(classes[c]) if classes else str(c), "rows": n, "share": round(n / total, 4)}
+                  for c, n in counts.items()],
+                 [("class", "int"), ("value", "string"), ("rows", "int"), ("share", "float")])
+
+
+def declared_classes(policy: Policy, model: str) -> list | None:
+    """What class index i means, when the declaration says (multiclass); None for binary (0/1) and regression."""
+    spec = policy.models[model]
+    return [str(c) for c in spec.classes] if spec.task == "multiclass" else None
+
+
+def _bucket_hashes(env: Env, parent: str, partition: str) -> dict[str, str] | None:
+    """The parent partition's bucket hashes; None when it is laid out with another bucket count than
+    the policy gives (lake.buckets changed and the raw partition not yet rewritten)."""
+    manifest = bk.read_manifest(env.lake, parent, partition)
+    if manifest is not None and manifest.of not in (0, env.policy.lake.buckets):
+        return None
+    return {} if manifest is None else {bk.bucket_name(b): i.hash for b, i in manifest.buckets.items()}
+
+
+def _changed_buckets(run: NodeRun, inputs: dict, previous: pd.DataFrame | None, tombstoned: set[str]) -> set[int] | None:
+    """The raw buckets whose subjects must be computed again (None: all of them). Diffed bucket by bucket only
+    when this build and the recorded one both read every parent in the policy's layout (a parent awaiting
+    relayout after a lake.buckets change records None)."""
+    env, p, node = run.env, run.partition, run.node
+    recorded = lk.table_inputs(env.lake, node.name, p) if previous is not None else None
+    record = env.ledger.nodes.records(p, [node.name]).get((node.name, p))
+    if recorded is None or record is None or record["code_version"] != run.code_version or set(recorded) != set(inputs) \
+            or any(h is None for h in (*inputs.values(), *recorded.values())):
+        return None
+    changed = {int(b[2:]) for parent in inputs for b in set(inputs[parent]) | set(recorded[parent])
+               if inputs[parent].get(b) != recorded[parent].get(b)}
+    return changed | set(bk.buckets_of(previous.loc[previous[ft.KEY].isin(tombstoned), ft.KEY], env.policy.lake.buckets).tolist())
+
+
+def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, frames: dict, changed: set[int] | None) -> dict:
+    policy, model = run.env.policy, run.node.model
+    names = ft.feature_names(policy)
+    k = n_classes(policy, model)
+    target = written[ft.LABEL].to_numpy()
+    shape = ({"class_balance": class_table(class_counts(target, k), declared_classes(policy, model))} if k is not None else
+             {"target_mean": float(target.mean()) if len(target) else 0.0, "target_std": float(target.std()) if len(target) else 0.0})
+    return {
+        "model": model,
+        "rows": len(written),
+        "train_rows": int((~written[ft.HOLDOUT]).sum()),
+        "holdout_rows": int(written[ft.HOLDOUT].sum()),
+        "subjects_without_consent": int(frames[policy.features.dataset][ft.KEY].nunique() - written[ft.KEY].nunique()),
+        **shape,
+        "label_encoding": training.label_encoding,
+        "features": len(names),
+        "constant_features": ft.constant_features(written, names),
+        "subjects_recomputed": "all" if changed is None else f"{len(training.rows)} rows in {len(changed)} changed buckets",
+    }
+
+
+class TrainingSet(Kind):
+    name = "training_set"
+    action = "SISA_RETRAIN"
+    residual_risk = SISA_RISK
+
+    def nodes(self, policy: Policy) -> list[Node]:
+        f = policy.features
+        tables = list(dict.fromkeys([f.dataset, *(a.dataset for a in f.aggregates), *(d for fn in f.functions for d in fn.datasets)]))
+        out = []
+        for model, spec in policy.models.items():
+            reads = ("consent", "features", *(f"models.{model}.{k}" for k in ("label", "task", "positive_class", "classes", "holdout_fraction")))
+            out.append(Node(
+                node_name(model), self.name, "training", True, tuple(raw.node_name(t) for t in tables), reads, self.action,
+                subject_rows=True, checks=(TOMBSTONE_CHECK,), kinds=("parquet",), model=model,
+                description=f"Feature rows of one shard's consenting subjects for model `{model}` ({spec.task}, label "
+                            f"`{spec.label}`), sorted by subject_key; a key-derived holdout flag."))
+        return out
+
+    def compute(self, run: NodeRun) -> NodeResult:
+        """A shard's training rows. When the raw buckets it was built from are known (recorded in the table),
+        only the subjects of the buckets that changed since are computed again; the rest are kept as they
+        are: the same rows a full build makes."""
+        env, p, node = run.env, run.partition, run.node
+        store, policy = env.lake, env.policy
+        # A subject tombstoned after its raw partition was last written (an erasure filed mid-cycle) is
+        # still there until its erasure run: a derived partition leaves them out itself.
+        tombstoned = env.ledger.tombstones.active(run.shard)
+        base = raw.node_name(policy.features.dataset)
+        inputs = {parent: _bucket_hashes(env, parent, p) for parent in node.parents}
+        previous = lk.read_table(store, node.name, p)
+        changed = _changed_buckets(run, inputs, previous, tombstoned)
+        frames = {}
+        for parent in node.parents:
+            rows = env.read_rows(parent, p, buckets=changed, cache=True)
+            if rows is None and parent == base:
+                raise lk.not_materialised(store, parent, p)
+            rows = rows if rows is not None else pd.DataFrame({ft.KEY: pd.Series(dtype=str)})
+            frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned)] if len(rows) else rows
+        training = ft.training_rows(frames, policy, node.model, where=f"{base}[{p}]")
+        rows = training.rows
+        if changed is not None:
+            kept = previous[~np.isin(bk.buckets_of(previous[ft.KEY], policy.lake.buckets), list(changed))]
+            rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
+                if len(rows) else kept.reset_index(drop=True)
+            rows = rows.astype(training.rows.dtypes.to_dict())
+        digest = lk.write_table(store, node.name, p, rows, inputs=inputs)
+        written = lk.read_table(store, node.name, p)
+        finish(run, digest, provenance=written[ft.KEY].value_counts().to_dict())
+        return NodeResult(digest, None, {
+            **_metadata(run, written, training, frames, changed), "content_hash": digest,
+            "noncurrent_versions_purged": purge(run, lk.table_name(node.name, p)),
+        }, (tombstone_check(written[ft.KEY], tombstoned),))
+
+    def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
+        """No rows of the subject, and no old version of the table holds them."""
+        target = f"{node.name}[{partition}]"
+        return [rows_of_subject(self.read_rows(env, node, partition), subject_key, target),
+                old_versions_holding(env, [lk.table_name(node.name, partition)], subject_key, target)]

@@ -1,0 +1,179 @@
+"""The ledger's database: one engine, one way a write starts, one lock for the audit chain, migrations.
+
+Pure Python + SQLAlchemy, any SQLAlchemy URL (SQLite file by default, Postgres in production). Every
+write is one transaction (``Database.tx``); on SQLite they are ``BEGIN IMMEDIATE`` and on Postgres
+the audit chain takes a transaction-scoped advisory lock (``Database.lock_chain``), so two processes
+filing, claiming and logging at once never interleave a chain or claim one request twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.ledger import schema as t
+
+AUDIT_LOCK = 0x45524153  # "ERAS"
+CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
+CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 120
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+class LedgerError(PipelineError):
+    """A ledger operation that cannot be done (unknown request, wrong state...)."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached, or did not answer in time: nothing was written."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def chunks(items: Iterable, size: int = CHUNK) -> Iterator[list]:
+    items = list(items)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def describe_url(url: str) -> str:
+    """Where a ledger lives, for messages: host:port/database, or the SQLite file; never a password."""
+    u = sa.engine.make_url(url)
+    if u.drivername.startswith("sqlite"):
+        return u.database or ":memory:"
+    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # take transaction control from pysqlite
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA secure_delete=ON")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):  # writers serialise at BEGIN, not at their first write
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    """An engine whose every wait is bounded, and whose connection failures read as one line:
+    ``LedgerUnavailable("ledger unavailable: host:port/db (...), retry later")``."""
+    if url.startswith("sqlite"):
+        engine = _sqlite_engine(url)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_timeout=CONNECT_TIMEOUT_S, connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"})
+    where = describe_url(url)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _unavailable(ctx):
+        if _is_outage(ctx):
+            raise LedgerUnavailable(
+                f"ledger unavailable: {where} ({type(ctx.original_exception).__name__}), retry later") from None
+
+    return engine
+
+
+def _is_outage(ctx) -> bool:
+    """The database cannot be reached or did not answer in time (not: a constraint, a bug in a query)."""
+    error = ctx.original_exception
+    if getattr(ctx, "is_pre_ping", False):
+        return False  # a pooled connection the outage cut: SQLAlchemy discards it and connects afresh
+    if ctx.is_disconnect:
+        return True
+    name = type(error).__module__ + "." + type(error).__name__
+    if name.startswith("psycopg2") and type(error).__name__ in ("OperationalError", "QueryCanceled", "InterfaceError"):
+        return True
+    if name == "sqlite3.OperationalError":
+        message = str(error)
+        return "unable to open" in message or "disk I/O" in message or "database is locked" in message
+    return False
+
+
+def _add_columns(conn: Connection, columns: list[tuple[sa.Table, str]], schema: str | None) -> None:
+    """ALTER TABLE ... ADD COLUMN for columns an older ledger lacks (names come from the schema module)."""
+    insp = sa.inspect(conn)
+    prep = conn.dialect.identifier_preparer
+    for table, name in columns:
+        if name in {c["name"] for c in insp.get_columns(table.name, schema=schema)}:
+            continue
+        column = table.c[name]
+        target = (prep.quote_schema(schema) + "." if schema else "") + prep.quote(table.name)
+        spec = prep.quote(column.name) + " " + column.type.compile(conn.dialect)
+        if column.server_default is not None:
+            spec += " NOT NULL DEFAULT '" + str(column.server_default.arg) + "'"
+        conn.execute(sa.DDL("ALTER TABLE " + target + " ADD COLUMN " + spec))
+
+
+class Database:
+    """The engine every ledger store shares (on Postgres, in its own schema)."""
+
+    def __init__(self, url: str, schema: str = "erasure_ledger"):
+        self.url = url
+        base = make_engine(url)
+        self.dialect = base.dialect.name
+        self.schema = schema if self.dialect == "postgresql" else None
+        self.engine = base.execution_options(schema_translate_map={None: self.schema}) if self.schema else base
+        self._base_engine = base
+
+    def tx(self):
+        """The one way a write starts: a transaction (BEGIN IMMEDIATE on SQLite).
+
+        Every write of every ledger store goes through here, so a test can fail or kill the process at the
+        n-th write (``erasure_pipeline_tests/crash.py``) and show that any crash point is recoverable.
+        """
+        return self.engine.begin()
+
+    def connect(self):
+        return self.engine.connect()
+
+    def lock_chain(self, conn: Connection) -> None:
+        """Serialise this transaction with every other writer of the chain (SQLite: BEGIN IMMEDIATE does)."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+
+    def migrate(self) -> int:
+        """Create or upgrade the ledger's tables; safe to call at every start."""
+        with self._base_engine.begin() as conn:
+            if self.schema:
+                conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK + 1})
+            t.metadata.create_all(conn)  # new tables (and their indexes); migrations only add
+            current = conn.execute(sa.select(sa.func.max(t.schema_version.c.version))).scalar()
+            if current is not None and current < 2:
+                for index in t.erasure_requests.indexes:  # create_all skips indexes of existing tables
+                    index.create(conn, checkfirst=True)
+            if current is not None:
+                for version, columns in t.ADDED_COLUMNS.items():
+                    if current < version:
+                        _add_columns(conn, columns, self.schema)
+            if current is None or current < t.CURRENT_VERSION:
+                conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
+                current = t.CURRENT_VERSION
+        return int(current)
+
+    def dispose(self) -> None:
+        self._base_engine.dispose()

@@ -1,0 +1,142 @@
+"""What each node partition holds and was built from, whose rows it holds (provenance), and what left it.
+
+Every node computation ends with one ``NodeRecords.record`` transaction, after its objects are
+written: its data version, code version and the recorded versions of its inputs (what staleness
+compares), and, as the node has them, its provenance, row statistics, consent changes and rows that
+left it for retention. A crash before it leaves the old record, so the next run redoes the node.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from erasure_pipeline.core.signing import canonical_json
+from erasure_pipeline.ledger import schema as t
+from erasure_pipeline.ledger.audit import AuditLog
+from erasure_pipeline.ledger.db import Database, as_utc, chunks, utcnow
+
+P = t.provenance.c
+
+
+class NodeRecords:
+    def __init__(self, db: Database, audit: AuditLog):
+        self.db, self.audit = db, audit
+
+    def record(
+        self, asset: str, partition: str | None, *, data_version: str, code_version: str, inputs: Mapping[str, str], run_id: str,
+        provenance: Mapping[str, int] | None = None, provenance_scope: Iterable[str] | None = None,
+        stats: tuple[int, dt.datetime | None] | None = None,
+        consent: tuple[int, Mapping[str, bool]] | None = None, retention: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Everything the ledger learns from one node partition's computation, in one transaction.
+
+        ``provenance`` is what the partition holds per subject; with ``provenance_scope`` it covers only
+        those subjects (the buckets a computation rewrote) and the others' rows are left as they are.
+        Either way only rows that differ are written, so an erasure changes its subjects' rows only."""
+        part = partition or "all"
+        now = utcnow()
+        with self.db.tx() as conn:
+            conn.execute(t.node_versions.delete().where(t.node_versions.c.asset == asset, t.node_versions.c.partition == part))
+            conn.execute(t.node_versions.insert().values(asset=asset, partition=part, data_version=data_version, code_version=code_version,
+                                                         inputs=canonical_json(dict(inputs)), run_id=run_id, recorded_at=now))
+            if provenance is not None:
+                _update_provenance(conn, asset, part, provenance, provenance_scope, data_version, run_id)
+            if stats is not None:
+                conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == part))
+                conn.execute(t.partition_stats.insert().values(asset=asset, partition=part, rows=stats[0], oldest=stats[1], recorded_at=now))
+            if consent is not None and consent[1]:
+                self._consent(conn, consent, run_id, now)
+            if retention:
+                self.audit.append(conn, [("retention", None, {"asset": asset, "partition": part, "run_id": run_id, **retention})])
+
+    def _consent(self, conn: Connection, consent: tuple[int, Mapping[str, bool]], run_id: str, now: dt.datetime) -> None:
+        shard, changes = consent
+        ordered = sorted(changes.items())
+        conn.execute(t.consent_changes.insert(), [
+            {"subject_key": key, "shard": shard, "consent": bool(c), "run_id": run_id, "at": now} for key, c in ordered])
+        self.audit.append(conn, [("consent_granted" if c else "consent_withdrawn", None, {"subject_key": key, "shard": shard, "run_id": run_id})
+                                 for key, c in ordered])
+
+    def records(self, partition: str | None = ..., assets: Iterable[str] | None = None) -> dict[tuple[str, str], dict]:
+        """(asset, partition) -> the node's record; ``partition`` limits to one (None: the merges' ``all``)."""
+        q = sa.select(t.node_versions)
+        if partition is not ...:
+            q = q.where(t.node_versions.c.partition == (partition or "all"))
+        if assets is not None:
+            q = q.where(t.node_versions.c.asset.in_(list(assets)))
+        with self.db.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        for r in rows:
+            r["inputs"] = json.loads(r["inputs"])
+        return {(r["asset"], r["partition"]): r for r in rows}
+
+    def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
+        """Make what the ledger knows of one asset partition's subjects what it now holds."""
+        with self.db.tx() as conn:
+            _update_provenance(conn, asset, partition, rows_by_key, None, content_hash, run_id)
+
+    def tombstoned_in(self, asset: str, partition: str) -> set[str]:
+        """Tombstoned subjects the ledger still records in an asset partition: what an erasure there must remove."""
+        held = sa.select(t.erasure_requests.c.subject_key).where(t.erasure_requests.c.status == "on_hold")
+        q = (sa.select(P.subject_key).join(t.tombstones, t.tombstones.c.subject_key == P.subject_key)
+             .where(P.asset == asset, P.partition == partition, P.subject_key.not_in(held)))
+        with self.db.connect() as conn:
+            return {r.subject_key for r in conn.execute(q)}
+
+    def provenance_for(self, subject_keys: Iterable[str]) -> list[dict]:
+        out: list[dict] = []
+        with self.db.connect() as conn:
+            for chunk in chunks(subject_keys):
+                out += [dict(r._mapping) for r in conn.execute(sa.select(t.provenance).where(P.subject_key.in_(chunk)))]
+        return out
+
+    def forget_provenance(self, subject_keys: Iterable[str]) -> None:
+        with self.db.tx() as conn:
+            for chunk in chunks(subject_keys):
+                conn.execute(t.provenance.delete().where(P.subject_key.in_(chunk)))
+
+    def consent_changes(self, subject_key: str | None = None) -> list[dict]:
+        q = sa.select(t.consent_changes).order_by(t.consent_changes.c.id)
+        if subject_key:
+            q = q.where(t.consent_changes.c.subject_key == subject_key)
+        with self.db.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def partition_stats(self) -> list[dict]:
+        with self.db.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(t.partition_stats))]
+        for r in rows:
+            r["oldest"] = as_utc(r["oldest"])
+        return rows
+
+
+def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int],
+                       scope: Iterable[str] | None, content_hash: str, run_id: str) -> None:
+    """Make the partition's provenance (of the subjects in ``scope``; None: all) equal ``rows_by_key``,
+    writing only the rows that differ."""
+    where = (P.asset == asset, P.partition == partition)
+    if scope is None:
+        existing = {r.subject_key: r.rows for r in conn.execute(sa.select(P.subject_key, P.rows).where(*where))}
+    else:
+        existing = {}
+        for chunk in chunks(scope):
+            existing.update({r.subject_key: r.rows for r in conn.execute(sa.select(P.subject_key, P.rows).where(*where, P.subject_key.in_(chunk)))})
+    wanted = {k: int(n) for k, n in rows_by_key.items() if n}
+    for chunk in chunks(k for k in existing if k not in wanted):
+        conn.execute(t.provenance.delete().where(*where, P.subject_key.in_(chunk)))
+    now = utcnow()
+    changed = [{"k": k, "n": n, "h": content_hash, "r": run_id, "at": now} for k, n in wanted.items() if k in existing and existing[k] != n]
+    if changed:
+        conn.execute(t.provenance.update().where(*where, P.subject_key == sa.bindparam("k"))
+                     .values(rows=sa.bindparam("n"), content_hash=sa.bindparam("h"), run_id=sa.bindparam("r"), recorded_at=sa.bindparam("at")),
+                     changed)
+    batch = [{"subject_key": k, "asset": asset, "partition": partition, "rows": n, "content_hash": content_hash, "run_id": run_id,
+              "recorded_at": now} for k, n in wanted.items() if k not in existing]
+    for chunk in chunks(batch, 5000):
+        conn.execute(t.provenance.insert(), chunk)

@@ -1,0 +1,217 @@
+"""The landing location: where source systems drop the declared datasets' files.
+
+Reading a landing file validates it and hashes each distinct subject id once into ``subject_key``
+(with ``shard``). An ingest reads each landing file once (``stage``): it writes the file's rows of
+each shard into the lake's staging area, where the shard steps read them, and records in the landing
+index which subjects each file holds (``landing_index``), so an erasure rewrites only the landing
+files that hold its subjects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from erasure_pipeline.core import contracts, identity
+from erasure_pipeline.core.contracts import TableContract
+from erasure_pipeline.core.identity import Keyer
+from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
+from erasure_pipeline.stores import lake as lk
+from erasure_pipeline.stores import landing_index
+from erasure_pipeline.stores.lake import Lake
+
+STAGING = "_staging"
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    name: str
+    contract: TableContract
+
+    @property
+    def table(self) -> str:
+        return self.contract.name
+
+
+def landing_files(lake: Lake, tables: Mapping[str, TableContract], table: str | None = None) -> list[LandingFile]:
+    """Files of the declared datasets (``contracts.contracts_for``), of one of them if ``table`` is given."""
+    out = []
+    for name in lake.list():
+        t = contracts.table_of(name, tables)
+        if t is not None and (table is None or t == table):
+            out.append(LandingFile(name, tables[t]))
+    return out
+
+
+def key_frame(df: pd.DataFrame, subject_column: str, keyer: Keyer) -> pd.DataFrame:
+    """``df`` with ``subject_key`` (of the normalised id) and ``shard``: each distinct id hashed once."""
+    codes, uniques = pd.factorize(df[subject_column], sort=False)
+    keys = pd.Series(keyer.keys(list(uniques)), dtype=object).to_numpy()
+    df["subject_key"] = keys[codes] if len(codes) else pd.Series(dtype=str)
+    df["shard"] = identity.shards_of(pd.Series(keys), keyer.shards)[codes] if len(codes) else pd.Series(dtype="int64")
+    return df
+
+
+def read_landing(lake: Lake, file: LandingFile, keyer: Keyer) -> pd.DataFrame:
+    """One landing file, validated, with ``subject_key`` (of the normalised id) and ``shard`` columns added."""
+    data = lake.read_bytes(file.name)
+    if data is None:
+        raise FileNotFoundError(f"landing file {file.name} disappeared while reading")
+    df = contracts.validate(contracts.read_landing_bytes(data, file.name, file.contract), file.contract, file.name)
+    return key_frame(df, file.contract.subject_column, keyer)
+
+
+def read_landing_table(
+    lake: Lake, contract: TableContract, keyer: Keyer, names: list[str] | None = None,
+    check: Callable[[pd.DataFrame, str], None] | None = None,
+) -> pd.DataFrame:
+    """All landing files of one table (or the named subset), concatenated; later files win on id.
+
+    ``check(frame, file name)`` runs on each file before they are combined, so its errors can name the file.
+    """
+    files = [f for f in landing_files(lake, {contract.name: contract}) if names is None or f.name in names]
+    frames = []
+    for f in files:
+        frames.append(read_landing(lake, f, keyer))
+        if check is not None:
+            check(frames[-1], f.name)
+    if not frames:
+        return pd.DataFrame()
+    both = pd.concat(frames, ignore_index=True)
+    return both.drop_duplicates(subset=[contract.id_column], keep="last")
+
+
+# ---------------------------------------------------------------- one pass: staging and the index
+def staged_name(batch: str, table: str, shard: int, number: int) -> str:
+    return f"{STAGING}/{batch}/{table}/{identity.partition_key(shard)}/{number:05d}.parquet"
+
+
+@dataclass
+class Staged:
+    """What one pass over a batch's landing files wrote: which shards got rows of which table."""
+
+    batch: str
+    shards: dict[str, set[int]] = field(default_factory=dict)
+    rows: int = 0
+    index_entries: int = 0
+
+
+def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
+          check: Callable[[pd.DataFrame, LandingFile], None] | None = None) -> Staged:
+    """Read each landing file once: write its rows of each shard to the staging area, index which
+    subjects (and which ids inside its texts) it holds. Files are numbered in the batch's order, so a
+    shard reading its staged files in name order sees later files last (later files win on id)."""
+    out = Staged(batch)
+    drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
+    landing_index.delete_batch(lake, batch)
+    index = landing_index.IndexBuilder(batch, keyer.shards, buckets)
+    for number, f in enumerate(files):
+        df = read_landing(landing, f, keyer)
+        if check is not None:
+            check(df, f)
+        out.rows += len(df)
+        for shard, rows in df.groupby("shard", sort=True):
+            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.table_to_bytes(rows.drop(columns=["shard"])))
+            out.shards.setdefault(f.table, set()).add(int(shard))
+        index.add(f.name, df["subject_key"], landing_index.ROWS)
+        if f.contract.texts:
+            index.add(f.name, (k for ks in mentions_by_row(df, f.contract.texts, keyer) for k in ks), landing_index.MENTION)
+    out.index_entries = index.write(lake)
+    return out
+
+
+def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int) -> pd.DataFrame | None:
+    """A shard's rows of one table from a batch's staging area, later files winning on id (None: no rows)."""
+    names = lake.list(f"{STAGING}/{batch}/{contract.name}/{identity.partition_key(shard)}/")
+    if not names:
+        return None
+    frames = [lk.table_from_bytes(lake.read_bytes(n)) for n in names]
+    both = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return both.drop_duplicates(subset=[contract.id_column], keep="last")
+
+
+def drop_staging(lake: Lake, batch: str) -> None:
+    """Delete a finished batch's staging area, old object versions included (they hold subjects' rows)."""
+    for name in lake.list(f"{STAGING}/{batch}/"):
+        lake.delete(name)
+        lake.purge_noncurrent(name)
+
+
+def staged_files(lake: Lake, table: str | None = None, shard: int | None = None) -> list[str]:
+    """Staged files (of one table and shard) of every batch whose staging area is still there."""
+    part = None if shard is None else identity.partition_key(shard)
+    return [n for n in lake.list(f"{STAGING}/")
+            if (table is None or n.split("/")[2] == table) and (part is None or n.split("/")[3] == part)]
+
+
+def scrub_staging(lake: Lake, keys: set[str], table: str | None = None, shard: int | None = None) -> int:
+    """Rewrite staged files of a batch still running (or interrupted) without ``keys``; returns how many."""
+    rewritten = 0
+    for name in staged_files(lake, table, shard):
+        df = lk.table_from_bytes(lake.read_bytes(name))
+        hit = df["subject_key"].isin(keys).to_numpy()
+        if hit.any():
+            lake.write_bytes(name, lk.table_to_bytes(df[~hit].reset_index(drop=True)))
+            lake.purge_noncurrent(name)
+            rewritten += 1
+    return rewritten
+
+
+# ---------------------------------------------------------------- landing copies of erased subjects
+def scrub_landing(lake: Lake, contract: TableContract, tombstones: Tombstones, names: Iterable[str] | None = None) -> list[str]:
+    """Rewrite the landing files of ``contract``'s table (those ``names``, else every one) that hold a
+    tombstoned subject, or a tombstoned id inside their text columns, without those rows and with those
+    ids redacted.
+
+    Landing copies are data the company holds too. Files are rewritten in their own format and, on a
+    versioned bucket, their old versions are purged. Returns the rewritten names.
+    """
+    rewritten = []
+    if not tombstones:
+        return rewritten
+    wanted = None if names is None else set(names)
+    texts = contract.texts
+    for f in landing_files(lake, {contract.name: contract}):
+        if wanted is not None and f.name not in wanted:
+            continue
+        data = lake.read_bytes(f.name)
+        if data is None:
+            continue  # gone since it was listed: nothing left to scrub
+        original = contracts.read_landing_bytes(data, f.name, contract)  # parsed once; validate copies it
+        keyed = key_frame(contracts.validate(original, contract, f.name), contract.subject_column, tombstones.keyer)
+        drop = keyed["subject_key"].isin(tombstones.keys_in([keyed], contract.subject_column)).to_numpy()
+        kept_keyed, redacted = tombstones.redact(keyed[~drop], texts)
+        if not drop.any() and not redacted:
+            continue
+        kept = original[~drop].copy()
+        for col in texts:
+            kept[col] = kept_keyed[col].to_numpy()
+        out = lk.table_to_bytes(kept) if f.name.lower().endswith(".parquet") else kept.to_csv(index=False).encode()
+        lake.write_bytes(f.name, out)
+        lake.purge_noncurrent(f.name)
+        rewritten.append(f.name)
+    return rewritten
+
+
+def scrub_subjects(store: Lake, landing: Lake, tables: Mapping[str, TableContract], tombstones: Tombstones, keys: Iterable[str],
+                   buckets: int) -> list[str]:
+    """Erase ``keys`` from landing, each file rewritten at most once: only the files the landing index says
+    hold them (rows, or an id in a text), and every file no ingest has indexed yet. Their index entries go
+    too. Returns the rewritten names."""
+    keys = list(keys)
+    if not keys:
+        return []
+    batches = landing_index.batches(store)
+    holding = landing_index.files_holding(store, keys, tombstones.keyer.shards, buckets, batches)
+    indexed = landing_index.indexed_files(store, batches)
+    rewritten: list[str] = []
+    present: set[str] = set()
+    for name, contract in tables.items():
+        ours = {f.name for f in landing_files(landing, {name: contract})}
+        present |= ours
+        names = {n for n in holding if n in ours} | (ours - indexed)
+        rewritten += scrub_landing(landing, contract, tombstones, sorted(names)) if names else []
+    landing_index.forget(store, keys, set(holding) & present, tombstones.keyer.shards, buckets, batches)
+    return rewritten

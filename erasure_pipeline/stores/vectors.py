@@ -1,0 +1,205 @@
+"""The vector store: chunks of the declared text columns in Qdrant, one shard at a time.
+
+Two back-ends behind one interface (``VectorStore``), both Qdrant:
+
+- ``EdgeStore`` (the embedded default): Qdrant Edge (``qdrant-edge-py``, Qdrant's own storage engine
+  in-process, the server's segment format), one Edge shard per data shard under ``<home>/qdrant``.
+  Created without a write-ahead log (every write is flushed before the node records it) and with a
+  vacuum that rewrites a segment as soon as it holds one deleted point, so after an erasure the
+  subject's payload and vector bytes are gone from disk, which a byte scan of the directory proves.
+- ``ClientStore`` (``stores.qdrant``): ``qdrant-client`` against a server (``url``); all shards share one collection
+  whose ``shard`` payload field is indexed, and every operation is filtered by it. The same class in
+  qdrant-client's local mode (``root``) is how the server's code path is tested here, where no
+  server runs; local mode keeps payloads in SQLite and is VACUUMed after a delete.
+
+Point ids are ``uuid5`` of (dataset, column, record id, chunk index, chunk text hash): content-
+addressed, so rebuilding is a sync (delete what is gone, upsert only what is new), and a shard's
+content hash is the hash of its sorted ids. Each point's ``group`` (``dataset/b_NNN``, the raw bucket
+it came from) lets a node sync just the buckets that changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+COLLECTION = "tickets"
+"""The collection name, from the demo's first shape: renaming it would orphan existing points outside every erasure."""
+_BATCH = 256
+VECTOR = "text"
+
+
+@dataclass(frozen=True)
+class PointData:
+    id: str
+    vector: np.ndarray
+    payload: dict
+
+
+class VectorStore(Protocol):
+    def session(self, shard: int, dimensions: int | None = None) -> contextlib.AbstractContextManager[None]: ...
+    def group_ids(self, shard: int, group: str | None = None) -> set[str]: ...
+    def apply(self, shard: int, delete: list[str], upsert: list[PointData], dimensions: int) -> None: ...
+    def delete_subjects(self, shard: int, keys: list[str]) -> tuple[int, int]: ...
+    def count_subjects(self, shard: int, keys: list[str]) -> int: ...
+    def point_ids(self, shard: int) -> set[str]: ...
+    def search(self, vector: np.ndarray, shards: list[int], limit: int = 5) -> list[tuple[float, dict]]: ...
+    def describe(self) -> str: ...
+
+
+def hash_ids(ids: set[str] | list[str]) -> str:
+    """A shard's content hash: its sorted point ids (content-addressed, so equal ids mean equal points)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def _edge():
+    import qdrant_edge
+
+    return qdrant_edge
+
+
+@dataclass
+class EdgeStore:
+    """Qdrant Edge, embedded: one Edge shard per data shard under ``root``."""
+
+    root: Path
+    _open: dict = field(default_factory=dict, repr=False)
+
+    def _path(self, shard: int) -> Path:
+        return self.root / f"shard_{shard:02d}"
+
+    @contextlib.contextmanager
+    def session(self, shard: int, dimensions: int | None = None) -> Iterator[None]:
+        """Keep the shard's Edge store open across several calls (loading one costs ~20 ms)."""
+        if shard in self._open:
+            yield
+            return
+        with self.shard(shard, dimensions) as store:
+            if store is None:
+                yield
+                return
+            self._open[shard] = store
+            try:
+                yield
+            finally:
+                self._open.pop(shard, None)
+
+    def describe(self) -> str:
+        return f"qdrant edge {self.root}"
+
+    @staticmethod
+    def _config(dimensions: int):
+        q = _edge()
+        # No HNSW index (a shard's points are few: exact search is milliseconds), a vacuum as soon as a
+        # segment holds one deleted point, no write-ahead log (it would keep deleted payloads).
+        optimizers = q.EdgeOptimizersConfig(deleted_threshold=0.0, vacuum_min_vector_number=0, indexing_threshold=0)
+        return q.EdgeConfig(vectors={VECTOR: q.EdgeVectorParams(size=dimensions, distance=q.Distance.Cosine)},
+                            wal_enabled=False, optimizers=optimizers)
+
+    @contextlib.contextmanager
+    def shard(self, shard: int, dimensions: int | None = None) -> Iterator[object | None]:
+        """The shard's Edge store, open for the duration (created when ``dimensions`` is given); None when
+        it does not exist and is not to be created."""
+        q = _edge()
+        if shard in self._open:  # inside a session
+            yield self._open[shard]
+            return
+        path = self._path(shard)
+        if (path / "edge_config.json").exists():
+            store = q.EdgeShard.load(str(path))
+        elif dimensions is None:
+            yield None
+            return
+        else:
+            store = q.EdgeShard.create(str(path), self._config(dimensions))
+            for field in ("subject_key", "group"):
+                store.update(q.UpdateOperation.create_field_index(field, q.PayloadSchemaType.Keyword))
+        try:
+            yield store
+        finally:
+            store.close()
+
+    @staticmethod
+    def _filter(field: str, values: list[str]):
+        q = _edge()
+        match = q.MatchValue(value=values[0]) if len(values) == 1 else q.MatchAny(any=values)
+        return q.Filter(must=[q.FieldCondition(key=field, match=match)])
+
+    @staticmethod
+    def _scroll_ids(store, flt=None) -> set[str]:
+        q = _edge()
+        ids: set[str] = set()
+        offset = None
+        while True:
+            records, offset = store.scroll(q.ScrollRequest(limit=4096, offset=offset, filter=flt, with_payload=False, with_vector=False))
+            ids.update(str(r.id) for r in records)
+            if offset is None:
+                return ids
+
+    def group_ids(self, shard: int, group: str | None = None) -> set[str]:
+        with self.shard(shard) as store:
+            return set() if store is None else self._scroll_ids(store, self._filter("group", [group]) if group else None)
+
+    def point_ids(self, shard: int) -> set[str]:
+        return self.group_ids(shard)
+
+    @staticmethod
+    def _vacuum(store) -> None:
+        """Rewrite the segments that hold deleted points: their bytes leave the disk (no WAL keeps them)."""
+        store.optimize()
+        store.flush()
+
+    def apply(self, shard: int, delete: list[str], upsert: list[PointData], dimensions: int) -> None:
+        q = _edge()
+        if not delete and not upsert:
+            return
+        with self.shard(shard, dimensions) as store:
+            if delete:
+                store.update(q.UpdateOperation.delete_points(list(delete)))
+            for start in range(0, len(upsert), 1024):
+                store.update(q.UpdateOperation.upsert_points([
+                    q.Point(id=p.id, vector={VECTOR: p.vector.tolist()}, payload=p.payload) for p in upsert[start : start + 1024]]))
+            store.flush()
+            if delete:
+                self._vacuum(store)
+
+    def count_subjects(self, shard: int, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        q = _edge()
+        with self.shard(shard) as store:
+            return 0 if store is None else store.count(q.CountRequest(filter=self._filter("subject_key", list(keys)), exact=True))
+
+    def delete_subjects(self, shard: int, keys: list[str]) -> tuple[int, int]:
+        """Delete every point of these subjects by ``subject_key`` filter, then vacuum; (deleted, left)."""
+        if not keys:
+            return 0, 0
+        q = _edge()
+        flt = self._filter("subject_key", list(keys))
+        with self.shard(shard) as store:
+            if store is None:
+                return 0, 0
+            before = store.count(q.CountRequest(filter=flt, exact=True))
+            if before:
+                store.update(q.UpdateOperation.delete_points_by_filter(flt))
+                store.flush()
+                self._vacuum(store)
+            return before, store.count(q.CountRequest(filter=flt, exact=True))
+
+    def search(self, vector: np.ndarray, shards: list[int], limit: int = 5) -> list[tuple[float, dict]]:
+        q = _edge()
+        hits: list[tuple[float, dict]] = []
+        for shard in shards:
+            with self.shard(shard) as store:
+                if store is None:
+                    continue
+                res = store.query(q.QueryRequest(limit=limit, query=q.Query.Nearest(vector.tolist(), using=VECTOR), with_payload=True))
+                hits += [(p.score, dict(p.payload or {})) for p in res]
+        hits.sort(key=lambda h: -h[0])
+        return hits[:limit]
