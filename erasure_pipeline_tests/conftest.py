@@ -30,8 +30,18 @@ DEMO_SUBJECTS = 400
 ENV_KEYS = (
     "ERASURE_PIPELINE_HOME", "DAGSTER_HOME", "ERASURE_PIPELINE_PEPPER", "ERASURE_PIPELINE_POLICY",
     "ERASURE_PIPELINE_LAKE_URL", "ERASURE_PIPELINE_LANDING_URL", "ERASURE_PIPELINE_QDRANT_URL", "ERASURE_PIPELINE_LEDGER_URL",
-    "ERASURE_PIPELINE_SIGNING_KEY",
+    "ERASURE_PIPELINE_SIGNING_KEY", "ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY", "ERASURE_PIPELINE_EXECUTOR",
 )
+SHARED = ("ERASURE_PIPELINE_LEDGER_URL", "ERASURE_PIPELINE_LAKE_URL", "ERASURE_PIPELINE_LANDING_URL")
+
+
+def signing_key_pem() -> str:
+    """A fresh Ed25519 private key (PEM): what a deployment keeps in its secret store."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()).decode()
 
 warnings.filterwarnings("ignore", message=".*preview.*")
 
@@ -47,7 +57,9 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 
 @contextlib.contextmanager
 def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> Iterator[Path]:
-    """Point every project setting at ``home`` for the duration (restores the environment after)."""
+    """Point every project setting at ``home`` for the duration (restores the environment after). A shared
+    back-end (a ledger server, an S3 lake or landing) comes with a signing key from the environment, as a
+    deployment's does (a key generated beside a shared ledger is refused)."""
     saved = {k: os.environ.get(k) for k in (*ENV_KEYS, *extra)}
     home.mkdir(parents=True, exist_ok=True)
     (home / "policy.yaml").write_text(policy_text)
@@ -60,6 +72,11 @@ def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> It
         "ERASURE_PIPELINE_POLICY": str(home / "policy.yaml"),
         **extra,
     })
+    if any(extra.get(k) for k in SHARED) and "ERASURE_PIPELINE_SIGNING_KEY" not in extra:
+        key_file = home / "deployment-signing-key.pem"  # stands for the secret store: kept across re-entries of one home
+        if not key_file.exists():
+            key_file.write_text(signing_key_pem())
+        os.environ["ERASURE_PIPELINE_SIGNING_KEY"] = key_file.read_text()
     from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
 
     (home / "dagster").mkdir(exist_ok=True)

@@ -28,7 +28,7 @@ def test_valid_files_are_normalised():
     [
         ("events/e.csv", "event_id,subject_id\ne1,a@x\n", "ts", None, "missing"),
         ("events/e.csv", "event_id,subject_id,ts\ne1,a@x,2026-01-01\ne2,b@x,not-a-date\n", "ts", 2, "timestamp"),
-        ("subjects/s.csv", "subject_id,consent_training,converted\na@x,true,1\n,false,0\n", "subject_id", 2, "empty id"),
+        ("subjects/s.csv", "subject_id,consent_training,converted\na@x,true,1\n,false,0\n", "subject_id", 2, "empty subject id in 1 row; declare datasets.subjects.missing_subject"),
         ("subjects/s.csv", "subject_id,consent_training,converted\na@x,true,1\nb@x,maybe,0\n", "consent_training", 2, "boolean"),
         ("subjects/s.csv", "subject_id,consent_training\na@x,true\n", "converted", None, "column named by models.model.label is missing"),
         ("tickets/t.csv", "ticket_id,subject_id,created_at,text\nt1,a@x,2026-01-01,hi\nt1,b@x,2026-01-02,yo\n", "ticket_id", 2, "duplicate"),

@@ -165,3 +165,35 @@ def test_no_raw_identifier_columns(book):
     assert "subject_id" not in cols
     insp = sa.inspect(book.db.engine)
     assert "erasure_requests" in insp.get_table_names()
+
+
+def make_version_3_ledger(url: str, schema: str | None = None) -> None:
+    """A ledger as version 3 left it: every table, without the look-alike and blocked columns, one provenance row."""
+    engine = sa.create_engine(url)
+    v4 = {(table.name, name) for table, name in t.ADDED_COLUMNS[4]}
+    old = sa.MetaData(schema=schema)
+    with engine.begin() as conn:
+        if schema:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))  # a fixed test name, not input
+        for table in t.metadata.sorted_tables:
+            columns = [c.copy() for c in table.columns if (table.name, c.name) not in v4]
+            sa.Table(table.name, old, *columns).create(conn)
+        prefix = f'"{schema}".' if schema else ""
+        conn.execute(sa.text(f"INSERT INTO {prefix}provenance (subject_key, asset, partition, rows, content_hash, run_id, recorded_at) "
+                             "VALUES (:k, 'raw_subjects', 'shard_00', 1, 'h', 'r', :at)"), {"k": KEY_A, "at": dt.datetime(2026, 1, 1)})
+        conn.execute(sa.text(f"INSERT INTO {prefix}ledger_schema_version VALUES (3, :at)"), {"at": dt.datetime(2026, 1, 1)})
+    engine.dispose()
+
+
+def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
+    make_version_3_ledger(url)
+    book = Ledger(url)
+    assert book.migrate() == t.CURRENT_VERSION == 4
+    insp = sa.inspect(book.db.engine)
+    assert {"skeleton_key", "blocked_by", "review"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
+    assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance")}
+    assert book.nodes.provenance_for([KEY_A])[0]["skeleton_key"] is None  # rows kept; their skeleton comes with the next ingest
+    rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
+    assert book.requests.get(rid)["skeleton_key"] == "s" * 64
+    assert book.migrate() == 4  # idempotent

@@ -110,7 +110,8 @@ def test_landing_contract_error_surfaces_in_the_cli(demo_home):
     assert out.exit_code == 1 and (out.exception is None or isinstance(out.exception, SystemExit))
     assert "Traceback" not in out.output
     assert out.output.strip().splitlines()[-1] == (
-        "error: claim_landing_files: events/bad.csv, column 'subject_id', row 1 (line 2): empty id")  # the run's one pass
+        "error: claim_landing_files: events/bad.csv, column 'subject_id', row 1 (line 2): empty subject id in 1 row; declare "
+        "datasets.events.missing_subject: drop or keep to accept such rows")  # the run's one pass
 
 
 def test_search_shows_ticket_ids_not_subject_ids(demo_home):

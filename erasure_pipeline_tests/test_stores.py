@@ -33,7 +33,7 @@ def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):
     landing.write_bytes("tickets/t.csv", b"ticket_id,subject_id,created_at,text\nt1,a@x,2026-01-01,hi a@x\nt2,b@x,2026-01-01,hi b@x\n")
     pepper = b"p"
     keyer = Keyer(pepper, 4)
-    assert scrub_landing(landing, TICKETS, Tombstones(keyer, frozenset({keyer.key("a@x")}))) == ["tickets/t.csv"]
+    assert list(scrub_landing(landing, TICKETS, Tombstones(keyer, frozenset({keyer.key("a@x")})))) == ["tickets/t.csv"]
     text = landing.read_bytes("tickets/t.csv").decode()
     assert "a@x" not in text and "b@x" in text
     assert read_landing_table(landing, TICKETS, keyer)["ticket_id"].tolist() == ["t2"]

@@ -24,7 +24,7 @@ from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.policy import Policy, load_policy
 from erasure_pipeline.core.settings import Settings, use_dagster_home
 from erasure_pipeline.defs import runtime
-from erasure_pipeline.defs.failures import safe_failure_line
+from erasure_pipeline.defs.failures import failure_of
 from erasure_pipeline.defs.resources import resolve
 from erasure_pipeline.defs.steps import ANCHOR_HASH, ANCHOR_SEQ
 from erasure_pipeline.erasure.plan import claim_erasure, claim_landing
@@ -84,6 +84,8 @@ class RunSummary:
     failed_checks: tuple[FailedCheck, ...]
     error: str | None
     """None when the run succeeded or failed only because a blocking check failed."""
+    blocked: bool = False
+    """The failure's cause is outside the run's requests (``BlockingError``): it uses up no attempt."""
 
     @classmethod
     def of(cls, result: dg.ExecuteInProcessResult) -> RunSummary:
@@ -91,8 +93,8 @@ class RunSummary:
             FailedCheck(e.asset_key.to_user_string(), e.check_name, e.partition, e.severity.value, _check_detail(e.metadata))
             for e in result.get_asset_check_evaluations() if not e.passed
         )
-        failures = result.get_step_failure_events()
-        return cls(result.run_id, result.success, failed, safe_failure_line(result.run_id, failures) if failures else None)
+        line, blocked = failure_of(result.run_id, result.get_step_failure_events())
+        return cls(result.run_id, result.success, failed, line, blocked)
 
     def line(self) -> str:
         if self.success:
@@ -154,9 +156,30 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRe
     finally:
         runtime.set_progress(None)
     if not summary.success:
-        env.ledger.runs.fail_run(run_id, summary.error or "checks failed: " + ", ".join(c.check for c in summary.failed_checks))
+        env.ledger.runs.fail_run(run_id, summary.error or "checks failed: " + ", ".join(c.check for c in summary.failed_checks),
+                                 blocked=summary.blocked)
     progress(f"{job_name} {config['batch_id']}: {summary.line()}")
+    if job_name == names.ERASURE_JOB:
+        for line in erasure_outcomes(env.ledger, config["request_ids"]):
+            progress(line)
     return summary
+
+
+def erasure_outcomes(book, request_ids: list[str]) -> list[str]:
+    """What a person must know of an erasure run's requests beyond "ok": those that found no data at all
+    (the id may be wrong), and those that wait for review (no data under the id, data under a look-alike)."""
+    out = []
+    for r in book.requests.by_ids(request_ids):
+        if r["status"] == "needs_review":
+            out.append(f"{r['request_id']}: needs review: no data under the id as filed, but data under a look-alike id "
+                       f"(a confusable character or a blank); decide with erasure-pipeline review {r['request_id']} "
+                       "--same-subject | --different-subject --reason ...")
+        elif r["status"] == "completed":
+            found = book.certificates.get(r["request_id"])
+            if found is not None and not found[0].get("data_present"):
+                out.append(f"{r['request_id']}: completed: no data of this subject was found in any store "
+                           "(if data was expected, check the id that was filed)")
+    return out
 
 
 def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Callable[[str], None] = lambda _m: None) -> RunSummary:

@@ -19,7 +19,7 @@ from pathlib import PurePath
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.errors import BlockingError
 
 SUFFIXES = (".parquet", ".csv")
 
@@ -34,6 +34,8 @@ class TableContract:
     texts: tuple[str, ...] = ()
     named_by: Mapping[str, str] = field(default_factory=dict)
     """Column -> the declaration field that names it: every one is required."""
+    missing_subject: str = "reject"
+    """``reject`` | ``drop`` | ``keep`` rows whose subject column is empty (``datasets.<d>.missing_subject``)."""
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -71,7 +73,7 @@ def contracts_for(policy) -> dict[str, TableContract]:
         bools = tuple(dict.fromkeys(col for col in (spec.consent, policy.consent.column if f.dataset == name else None)
                                     if col and all(isinstance(v, bool) for v in policy.consent.allowed_values)))
         out[name] = TableContract(name, spec.id, spec.subject, (spec.timestamp,) if spec.timestamp else (), bools,
-                                  tuple(spec.text), named)
+                                  tuple(spec.text), named, spec.missing_subject)
     return out
 
 
@@ -79,7 +81,7 @@ _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
 
-class LandingContractError(PipelineError):
+class LandingContractError(BlockingError):
     """A landing file that breaks the contract."""
 
     def __init__(self, file: str, column: str | None, row: int | None, problem: str, csv: bool = False):
@@ -119,6 +121,14 @@ def read_landing_bytes(data: bytes, name: str, contract: TableContract | None = 
         raise LandingContractError(name, None, None, f"cannot be read as {suffix[1:]} ({type(exc).__name__})") from None
 
 
+def without_subject(df: pd.DataFrame, contract: TableContract) -> np.ndarray:
+    """Rows whose subject column is empty (missing, or blank)."""
+    if contract.subject_column not in df:
+        return np.zeros(len(df), dtype=bool)
+    values = df[contract.subject_column]
+    return values.isna().to_numpy() | (values.astype("string").str.strip().fillna("") == "").to_numpy()
+
+
 def validate(df: pd.DataFrame, contract: TableContract, file: str) -> pd.DataFrame:
     """Check one landing table against its contract and return it with normalised types."""
     csv = file.lower().endswith(".csv")
@@ -133,11 +143,22 @@ def validate(df: pd.DataFrame, contract: TableContract, file: str) -> pd.DataFra
             fail(col, None, f"column named by {by} is missing" if by else
                  f"required column is missing (a {contract.name} file needs {', '.join(contract.required)})")
     out = df.copy()
+    missing = without_subject(out, contract)
+    if missing.any() and contract.missing_subject == "reject":
+        n = int(missing.sum())
+        fail(contract.subject_column, missing, f"empty subject id in {n:,} row{'s' if n != 1 else ''}; declare "
+             f"datasets.{contract.name}.missing_subject: drop or keep to accept such rows")
+    if missing.any() and contract.missing_subject == "drop":
+        out = out[~missing]  # the file's row labels kept: a scrub rewrites the file by them
+    elif missing.any():  # keep: rows of nobody
+        out[contract.subject_column] = out[contract.subject_column].astype(object).where(~missing, "")
     for col in dict.fromkeys((contract.subject_column, contract.id_column)):
         values = out[col]
         if not (pd.api.types.is_string_dtype(values) or values.dtype == object):
             fail(col, None, f"must hold strings, found {values.dtype}")
         empty = values.isna().to_numpy() | (values.astype("string").str.strip().fillna("") == "").to_numpy()
+        if col == contract.subject_column and contract.missing_subject == "keep":
+            empty = np.zeros(len(values), dtype=bool)
         if empty.any():
             fail(col, empty, "empty id")
         if not pd.api.types.is_string_dtype(values):  # an object column: every value must be a string

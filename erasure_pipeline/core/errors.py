@@ -12,11 +12,31 @@ class PipelineError(ValueError):
     """A failure the user can act on, with a message that repeats no data value."""
 
 
-def safe_error_names() -> frozenset[str]:
-    """Class names of every :class:`PipelineError` subclass imported so far (and its own)."""
-    names, todo = {PipelineError.__name__}, list(PipelineError.__subclasses__())
+class BlockingError(PipelineError):
+    """A cause outside the requests a run was working on (a malformed landing file, a damaged object, an
+    outage): every request would fail the same way until someone fixes it. A run that fails with one does
+    not use up its requests' attempts; they are retried, with backoff, until the cause is gone, and
+    ``status --overdue`` names the cause."""
+
+
+class DamagedObject(BlockingError):
+    """A stored object that cannot be read as what it should be (a corrupted file, a truncated write)."""
+
+
+def _names(root: type) -> frozenset[str]:
+    names, todo = {root.__name__}, list(root.__subclasses__())
     while todo:
         cls = todo.pop()
         names.add(cls.__name__)
         todo.extend(cls.__subclasses__())
     return frozenset(names)
+
+
+def safe_error_names() -> frozenset[str]:
+    """Class names of every :class:`PipelineError` subclass imported so far (and its own)."""
+    return _names(PipelineError)
+
+
+def blocking_error_names() -> frozenset[str]:
+    """Class names of every :class:`BlockingError` subclass imported so far (and its own)."""
+    return _names(BlockingError)

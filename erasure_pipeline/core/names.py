@@ -56,6 +56,8 @@ STUCK_AFTER = dt.timedelta(hours=6)
 MAX_REQUESTS_PER_RUN = 5000
 MAX_AUTO_ATTEMPTS = 3
 """A request whose runs failed this many times waits for an operator (``erasure-pipeline retry``)."""
+BLOCKED_RETRY = dt.timedelta(minutes=1)
+"""A request blocked by a cause outside it (``core.errors.BlockingError``) is retried this often, without limit."""
 
 
 def retry_backoff(attempts: int) -> dt.timedelta:

@@ -14,12 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from erasure_pipeline.core.errors import PipelineError
-from erasure_pipeline.core.identity import Keyer, partition_keys
+from erasure_pipeline.core.errors import BlockingError
+from erasure_pipeline.core.identity import DEFAULT_NORMALISE, NORMALISERS, Keyer, partition_keys
 from erasure_pipeline.core.settings import Settings
 
 
-class PolicyError(PipelineError):
+class PolicyError(BlockingError):
     """A policy file that cannot be used; the message names the file and the field."""
 
 
@@ -41,6 +41,10 @@ class DatasetSpec(_Strict):
     consent: str | None = None
     """A per-row consent column of a dataset features aggregate: rows whose value is not in
     consent.allowed_values feed no feature. (The features' own dataset uses consent.column.)"""
+    missing_subject: Literal["reject", "drop", "keep"] = "reject"
+    """Rows whose subject column is empty: ``reject`` the file (the error counts them), ``drop`` them, or
+    ``keep`` them as rows of nobody (never linked to a person: no provenance, no training row, no cohort);
+    ``drop`` and ``keep`` are counted in each ingest's metadata."""
 
 
 def _demo_datasets() -> dict[str, DatasetSpec]:
@@ -182,11 +186,20 @@ class EmbedderPolicy(_Strict):
 
 
 class IdentityPolicy(_Strict):
-    normalise: list[Literal["strip", "nfkc", "lowercase", "casefold", "email"]] = Field(
-        default_factory=lambda: ["strip", "nfkc", "email"])
-    """Applied, in order, to every subject id before it is hashed, at intake and at ingest: ``strip``
+    normalise: list[str] = Field(default_factory=lambda: list(DEFAULT_NORMALISE))
+    """Applied, in order, to every subject id before it is hashed, at intake and at ingest: ``format``
+    removes invisible format characters (a byte-order mark, zero-width spaces and joiners), ``strip``
     surrounding blanks, Unicode ``nfkc``, ``lowercase``/``casefold`` every id, or case-fold only ids that
-    look like e-mails (``email``). Changing it changes every subject_key: a reshard."""
+    look like e-mails (``email``). Changing it changes every subject_key: a reshard (tombstones keep
+    matching under the rule each was filed with)."""
+
+    @field_validator("normalise")
+    @classmethod
+    def _known_steps(cls, v: list[str]) -> list[str]:
+        unknown = [step for step in v if step not in NORMALISERS]
+        if unknown:
+            raise ValueError(f"unknown step '{unknown[0]}' (use {', '.join(NORMALISERS)})")
+        return v
 
 
 class CyclePolicy(_Strict):

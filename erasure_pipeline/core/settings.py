@@ -15,6 +15,7 @@ which import no Dagster, read the same table here.
 | ``ERASURE_PIPELINE_QDRANT_URL`` (+ ``_QDRANT_API_KEY``) | Qdrant Edge under ``<home>/qdrant`` | ``https://qdrant:6333`` |
 | ``ERASURE_PIPELINE_PEPPER`` | a key generated once in ``<home>/pepper.key`` | a secret |
 | ``ERASURE_PIPELINE_SIGNING_KEY`` | a key generated once in ``<home>/signing.key`` | a secret (never beside the ledger) |
+| ``ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY`` | unset | ``1`` only to accept a key generated beside a shared ledger |
 | ``ERASURE_PIPELINE_EXECUTOR`` | ``in_process`` | ``multiprocess[:N]`` or ``k8s`` |
 | ``DAGSTER_HOME`` | ``<home>/dagster`` | the instance's folder |
 
@@ -44,6 +45,7 @@ VARIABLES: dict[str, str] = {
     "signing_key": "ERASURE_PIPELINE_SIGNING_KEY",
     "executor": "ERASURE_PIPELINE_EXECUTOR",
     "dagster_home": "DAGSTER_HOME",
+    "allow_local_signing_key": "ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY",
 }
 """Each setting and the environment variable it comes from: the one list of them."""
 
@@ -70,6 +72,8 @@ class Settings:
     """Where Qdrant Edge keeps its shards (no variable: ``<home>/qdrant``; a resource may say otherwise)."""
     ledger_schema: str = "erasure_ledger"
     """The ledger's schema on Postgres (no variable; a resource may say otherwise)."""
+    allow_local_signing_key: bool = False
+    """Accept a signing key generated in the home even where the ledger, lake or landing is shared."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,13 +81,14 @@ class Settings:
         values = {name: (env.get(var) or None) for name, var in VARIABLES.items()}
         home = Path(values.pop("home") or DEFAULT_HOME).expanduser()
         policy, dagster = values.pop("policy"), values.pop("dagster_home")
+        values["allow_local_signing_key"] = (values["allow_local_signing_key"] or "").strip().lower() in ("1", "true", "yes")
         return cls(home=(home if home.is_absolute() else Path.cwd() / home).resolve(),
                    policy=Path(policy).expanduser().resolve() if policy else None,
                    dagster_home=Path(dagster) if dagster else None, **values)
 
     def is_set(self, name: str) -> bool:
         """Whether the setting came from the environment (not an embedded default)."""
-        return name == "home" or getattr(self, name) is not None
+        return name == "home" or getattr(self, name) not in (None, False)
 
     @property
     def lake(self) -> str:
@@ -124,7 +129,9 @@ class Settings:
             if f.name not in VARIABLES:
                 continue
             value = getattr(self, f.name)
-            if f.name in SECRETS:
+            if f.name == "allow_local_signing_key":
+                out[f.name] = str(value).lower()
+            elif f.name in SECRETS:
                 out[f.name] = f"set (${VARIABLES[f.name]})" if value else "not set"
             else:
                 out[f.name] = str(value) if value is not None else "default"

@@ -28,7 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.errors import BlockingError
+from erasure_pipeline.core.settings import Settings
 
 KEY_ENV = "ERASURE_PIPELINE_SIGNING_KEY"
 """Named in messages only: the value reaches this module through ``load_signer(value, home)``."""
@@ -38,7 +39,7 @@ ALGORITHM = "Ed25519"
 log = logging.getLogger(__name__)
 
 
-class SigningKeyError(PipelineError):
+class SigningKeyError(BlockingError):
     """A signing or public key that cannot be read; the message never repeats key material."""
 
 
@@ -127,6 +128,18 @@ def verify_document(public: Ed25519PublicKey, document: Mapping[str, Any]) -> tu
     if not verify_signature(public, canonical(body), signature.get("value")):
         return False, "the signature does not match its contents"
     return True, ""
+
+
+def signer_for(settings: Settings) -> Signer:
+    """The evidence key the settings name. Where the ledger, lake or landing is shared (a production shape),
+    a key generated in the home beside the ledger would let whoever writes the home re-sign a rewritten
+    audit row: that is refused unless ``ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY`` accepts it."""
+    if not settings.signing_key and settings.is_production and not settings.allow_local_signing_key:
+        raise SigningKeyError(
+            f"{KEY_ENV} is not set while the ledger, lake or landing is shared: a key generated in the project home, "
+            "beside the ledger, would let whoever writes the home re-sign rewritten audit rows. Set it from a secret store "
+            "(an Ed25519 private key, PEM or base64), or set ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY=1 to accept a local key")
+    return load_signer(settings.signing_key, settings.home)
 
 
 def load_signer(value: str | None, home: Path) -> Signer:

@@ -11,7 +11,6 @@ certificate says so under residual risk.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,22 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.core.freetext import candidates
 from erasure_pipeline.core.identity import Keyer, rule_name
 
 REDACTED = "[erased]"
-# Broad on purpose: a candidate is any run of non-separator characters around an @ (full-width too);
-# normalisation and the keyed hash decide whether it is a tombstoned id.
-_CANDIDATE = re.compile(r"[^\s<>()\[\]{},;:\"'`]+[@\uFF20][^\s<>()\[\]{},;:\"'`]+")
-_TRAILING = ".!?"
-
-
-def candidates(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, token) of every e-mail-like token in ``text``, trailing sentence punctuation left out."""
-    out = []
-    for m in _CANDIDATE.finditer(text):
-        token = m.group(0).rstrip(_TRAILING)
-        out.append((m.start(), m.start() + len(token), token))
-    return out
 
 
 def mentions_by_row(frame: pd.DataFrame | None, columns: Sequence[str], keyer: Keyer) -> list[list[str]]:

@@ -54,11 +54,13 @@ def _node_asset(node: Node, policy: Policy, graph: Graph, partitions: dg.Partiti
 
 
 def on_time_check(late: list[dict]) -> dg.AssetCheckResult:
+    """Fails while any live request is overdue (ERROR), or due soon, stuck, blocked or waiting for review (WARN)."""
     overdue = [r for r in late if "overdue" in r["why"]]
     return dg.AssetCheckResult(
         check_name=names.ON_TIME_CHECK, passed=not late,
         severity=dg.AssetCheckSeverity.ERROR if overdue else dg.AssetCheckSeverity.WARN,
         metadata={"overdue": len(overdue), "due_soon_or_stuck": len(late) - len(overdue),
+                  "needs_review": sum(r["status"] == "needs_review" for r in late), "blocked": sum(bool(r["blocked_by"]) for r in late),
                   "requests": dg.MetadataValue.md("\n".join(f"- `{r['request_id']}` ({r['status']}): {r['why']}" for r in late[:50])
                                                    or "_(none)_")},
     )
@@ -76,8 +78,9 @@ def build_assets(policy: Policy, graph: Graph) -> list:
     )
 
     @dg.asset_check(asset=graph.certificate_node, name=names.ON_TIME_CHECK, blocking=False,
-                    description=f"No live erasure request is past its due date, due within {names.DUE_SOON.days} days, or stuck "
-                                f"in a non-final state for more than {names.STUCK_AFTER.seconds // 3600} hours.")
+                    description=f"No live erasure request is past its due date, due within {names.DUE_SOON.days} days, stuck "
+                                f"in a non-final state for more than {names.STUCK_AFTER.seconds // 3600} hours, blocked by a "
+                                "cause outside it, or waiting for a person's review (look-alike ids).")
     def requests_on_time(pipeline: PipelineResource) -> dg.AssetCheckResult:
         return on_time_check(pipeline.book().requests.overdue(dt.datetime.now(dt.UTC), within=names.DUE_SOON, stuck_after=names.STUCK_AFTER))
 

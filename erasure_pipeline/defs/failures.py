@@ -6,14 +6,16 @@ value) are repeated; any other exception is named by its type only, since its me
 
 from __future__ import annotations
 
-from erasure_pipeline.core.errors import safe_error_names
+from erasure_pipeline.core.errors import blocking_error_names, safe_error_names
 from erasure_pipeline.defs.runtime import BLOCKED
 
 
-def safe_failure_line(run_id: str, step_failures) -> str | None:
-    """One line for a run's failed steps, or None if the only failure is a blocking check (reported by
-    name through the check itself)."""
+def failure_of(run_id: str, step_failures) -> tuple[str | None, bool]:
+    """(one safe line for a run's failed steps, whether its cause is outside the run's requests: a
+    ``BlockingError`` such as a malformed landing file or an outage, which uses up no attempt). The line is
+    None when the only failure is a blocking check (reported by name through the check itself)."""
     safe = safe_error_names() | {"Failure"}  # dg.Failure messages in this package name checks and request ids only
+    blocking = blocking_error_names()
     for event in step_failures:
         error, chain = event.step_failure_data.error, []
         while error is not None:
@@ -23,6 +25,7 @@ def safe_failure_line(run_id: str, step_failures) -> str | None:
             continue
         for e in chain:
             if e.cls_name in safe:  # SerializableErrorInfo.message is "module.Class: message"
-                return f"{event.step_key}: " + e.message.strip().split(f"{e.cls_name}: ", 1)[-1].splitlines()[0]
-        return f"step {event.step_key} failed with {chain[-1].cls_name if chain else 'an error'}; see run {run_id} in the Dagster UI"
-    return None
+                line = f"{event.step_key}: " + e.message.strip().split(f"{e.cls_name}: ", 1)[-1].splitlines()[0]
+                return line, e.cls_name in blocking
+        return f"step {event.step_key} failed with {chain[-1].cls_name if chain else 'an error'}; see run {run_id} in the Dagster UI", False
+    return None, False

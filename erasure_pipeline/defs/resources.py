@@ -58,6 +58,7 @@ class SecretsResource(dg.ConfigurableResource):
     pepper: str | None = Field(None, description="Unset: a local pepper generated once in local_dir.", json_schema_extra=SECRET)
     signing_key: str | None = Field(None, description="Unset: a local key generated once in local_dir.", json_schema_extra=SECRET)
     local_dir: str = Field(description="Where local default keys live when the variables are unset (the project home).")
+    allow_local_signing_key: bool = Field(False, description="Accept a signing key generated in local_dir where the ledger is shared.")
 
 
 class PipelineResource(dg.ConfigurableResource):
@@ -77,7 +78,8 @@ class PipelineResource(dg.ConfigurableResource):
             raise RuntimeError(f"pipeline resource used unresolved ({', '.join(unresolved)}): use defs.resources.resolve()")
         return Settings(home=Path(self.home), lake_url=self.lake.url, landing_url=self.landing.url, ledger_url=self.ledger.url,
                         ledger_schema=self.ledger.db_schema, qdrant_url=self.vectors.url or None, qdrant_api_key=self.vectors.api_key,
-                        qdrant_dir=Path(self.vectors.path), pepper=self.secrets.pepper, signing_key=self.secrets.signing_key)
+                        qdrant_dir=Path(self.vectors.path), pepper=self.secrets.pepper, signing_key=self.secrets.signing_key,
+                        allow_local_signing_key=self.secrets.allow_local_signing_key)
 
     def env(self, policy: Policy) -> Env:
         """The stores, the ledger and the keys a node computation uses."""
@@ -90,7 +92,7 @@ class PipelineResource(dg.ConfigurableResource):
 
 def _value(settings: Settings, name: str, default: str | None):
     """The setting as a ``dg.EnvVar`` when the environment sets it, else its embedded default."""
-    return dg.EnvVar(VARIABLES[name]) if settings.is_set(name) and name != "home" else default
+    return dg.EnvVar(VARIABLES[name]) if settings.is_set(name) and name not in ("home", "allow_local_signing_key") else default
 
 
 def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -102,7 +104,7 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     vectors = VectorsResource(url=_value(settings, "qdrant_url", None), api_key=_value(settings, "qdrant_api_key", None),
                               path=str(settings.qdrant_path))
     secrets = SecretsResource(pepper=_value(settings, "pepper", None), signing_key=_value(settings, "signing_key", None),
-                              local_dir=str(home))
+                              local_dir=str(home), allow_local_signing_key=settings.allow_local_signing_key)
     pipeline = PipelineResource(home=str(home), lake=lake, landing=landing, ledger=ledger, vectors=vectors, secrets=secrets)
     return {"pipeline": pipeline, "lake": lake, "landing": landing, "ledger": ledger, "vectors": vectors, "secrets": secrets}
 

@@ -7,7 +7,7 @@ import dagster as dg
 
 from erasure_pipeline.core import names
 from erasure_pipeline.defs import ticks
-from erasure_pipeline.defs.failures import safe_failure_line
+from erasure_pipeline.defs.failures import failure_of
 from erasure_pipeline.defs.resources import PipelineResource
 
 
@@ -25,9 +25,7 @@ def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition
         now = dt.datetime.now(dt.UTC)
         request = ticks.erasure_request(book, context.instance, now)
         if request is None:
-            late = book.requests.overdue(now, within=names.DUE_SOON, stuck_after=names.STUCK_AFTER)
-            return dg.SkipReason(f"no erasure request to run; {len(late)} requests overdue, due within {names.DUE_SOON.days} days "
-                                 "or stuck (erasure-pipeline status --overdue)")
+            return dg.SkipReason(ticks.why_nothing_to_run(book, now))
         return [request]
 
     @dg.run_failure_sensor(
@@ -38,6 +36,7 @@ def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition
     )
     def erasure_failure_sensor(context: dg.RunFailureSensorContext, pipeline: PipelineResource):
         run = context.dagster_run
-        pipeline.book().runs.fail_run(run.run_id, safe_failure_line(run.run_id, context.get_step_failure_events()) or "run failed")
+        line, blocked = failure_of(run.run_id, context.get_step_failure_events())
+        pipeline.book().runs.fail_run(run.run_id, line or "checks failed", blocked=blocked)
 
     return [erasure_sensor, erasure_failure_sensor]

@@ -91,7 +91,11 @@ def _emit(context, plan: RunPlan) -> Iterator[dg.Output | dg.DynamicOutput]:
         context.instance.add_run_tags(context.run_id, {names.OUTCOME: "skipped: batch held elsewhere"})
     for work in plan.works if plan.claimed else ():
         yield dg.DynamicOutput(work, mapping_key=work.partition, output_name="shards")
-    yield dg.Output(plan, output_name="plan")
+    yield dg.Output(plan, output_name="plan", metadata={
+        "batch": plan.batch_id, "claimed": plan.claimed, "shards": len(plan.works),
+        "landing_files_scrubbed": plan.landing_scrubbed, "requests": len(plan.request_ids),
+        "requests_in_review": len(plan.in_review), "requests_skipped": len(plan.skipped),
+        **{f"rows_without_subject_{table}": n for table, n in plan.without_subject.items()}})
 
 
 def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpDefinition]:

@@ -55,6 +55,8 @@ def eligible_requests(book: Ledger, instance: dg.DagsterInstance, now: dt.dateti
     def ready(r: dict) -> bool:
         if r["status"] == "pending":
             return True
+        if r["blocked_by"]:  # a cause outside the request: retried until it is gone, every BLOCKED_RETRY
+            return r["status"] == "failed" and r["updated_at"] <= now - names.BLOCKED_RETRY
         retry_due = r["attempts"] < MAX_AUTO_ATTEMPTS and r["updated_at"] <= now - retry_backoff(r["attempts"])
         return retry_due and (r["status"] == "failed" or not r["run_id"] or not live(r["run_id"]))
 
@@ -85,3 +87,16 @@ def cycle_request(book: Ledger, instance: dg.DagsterInstance, landing: Lake, gra
         run_config={"ops": {names.CLAIM_LANDING_OP: {"config": {"batch_id": batch, "kind": "cycle", "landing_files": new,
                                                                "as_of": as_of.isoformat()}}}},
     )
+
+
+def why_nothing_to_run(book: Ledger, now: dt.datetime) -> str:
+    """A tick's skip reason: what holds requests back, when something does (a blocking cause, a review)."""
+    late = book.requests.overdue(now, within=names.DUE_SOON, stuck_after=names.STUCK_AFTER)
+    blocked = [r for r in book.requests.list(status=["failed"]) if r["blocked_by"]]
+    review = [r for r in late if r["status"] == "needs_review"]
+    parts = [f"no erasure request to run; {len(late)} requests overdue, due within {names.DUE_SOON.days} days or stuck"]
+    if blocked:
+        parts.append(f"{len(blocked)} blocked by {blocked[0]['blocked_by']} (retried every {int(names.BLOCKED_RETRY.total_seconds())} s)")
+    if review:
+        parts.append(f"{len(review)} waiting for review (erasure-pipeline review)")
+    return "; ".join(parts) + " (erasure-pipeline status --overdue)"

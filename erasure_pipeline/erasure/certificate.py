@@ -46,6 +46,8 @@ def build_certificate(
     exception: str | None = None,
     kind_risks: Sequence[str] = (),
 ) -> dict:
+    """The certificate of one request (``request``: its ledger row), from what its run did (``actions``) and
+    every claim checked (``findings``). A request a person reviewed carries their decision."""
     datasets = [
         {
             "dataset": a["asset"] if a.get("partition") in (None, "") else f"{a['asset']}[{a['partition']}]",
@@ -70,6 +72,7 @@ def build_certificate(
         "completion_date": completed_at.isoformat(),
         "residual_risk": residual_risk(actions, kind_risks),
         "exception": exception,
+        "operator_review": request.get("review"),
         "verification": list(findings),
         "run_id": run_id,
         "batch_id": batch_id,
@@ -92,6 +95,7 @@ def to_markdown(cert: Mapping[str, Any]) -> str:
         f"| data present | {'yes' if cert['data_present'] else 'no'} |",
         f"| completion date | {cert['completion_date']} |",
         f"| exception (Art.17(3)) | {cert['exception'] or 'none'} |",
+        *([f"| operator review | {cert['operator_review']} |"] if cert.get("operator_review") else []),
         f"| run | {cert.get('run_id') or 'none (no data)'} |",
         "",
         "| dataset | data present | action | version before | version after |",

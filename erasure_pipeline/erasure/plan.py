@@ -67,7 +67,13 @@ class RunPlan:
     """Erasure: request id -> {node: {partition: rows}} of the subject when the run claimed it (provenance)."""
     resumed: tuple[str, ...] = ()
     landing_scrubbed: int = 0
-    """Erasure: landing files rewritten without the batch's subjects when it was claimed."""
+    """Erasure: landing files rewritten without the batch's subjects when it was claimed (an ingest: by its staging)."""
+    in_review: tuple[str, ...] = ()
+    """Erasure: requests with no data under their own id while look-alike ids hold data: they wait for a person."""
+    skipped: tuple[str, ...] = ()
+    """Requests the batch named that the claim did not take (held, completed, or another live run's)."""
+    without_subject: dict = field(default_factory=dict)
+    """An ingest: rows whose subject column was empty, by dataset (dropped or kept, as each declares)."""
 
 
 CERTIFICATE_DETAILS = ("noncurrent_versions_purged", "landing_files_scrubbed", "points_deleted_by_subject_filter", "rows")
@@ -102,14 +108,31 @@ def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, 
         by_key.setdefault(row["subject_key"], {}).setdefault(row["asset"], {})[row["partition"]] = int(row["rows"])
         forced.setdefault(identity.shard_from_partition(row["partition"]), set()).add(row["asset"])
     footprints = {rid: by_key.get(r["subject_key"], {}) for rid, r in requests.items()}
+    in_review = _look_alikes(env, [r for rid, r in requests.items() if not footprints[rid]], run_id)
+    requests = {rid: r for rid, r in requests.items() if rid not in in_review}
     keys = tuple(sorted(r["subject_key"] for r in requests.values()))
     # Landing copies first, each file rewritten once for the whole batch; and any staged copy of an
     # ingest that has not finished.
     stones = Tombstones.load(book, env.keyer)
     scrubbed = scrub_subjects(env.lake, env.landing, contracts_for(env.policy), stones, keys, env.policy.lake.buckets)
     scrub_staging(env.lake, set(keys))
+    book.runs.record_landing_hashes(scrubbed)
     works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure", subjects=keys) for s, nodes in sorted(forced.items()))
-    return RunPlan("erasure", batch_id, True, run_id, works, (), claim.request_ids, footprints, claim.resumed, len(scrubbed))
+    skipped = tuple(rid for rid in dict.fromkeys(request_ids) if rid not in claim.request_ids)
+    return RunPlan("erasure", batch_id, True, run_id, works, (), tuple(requests), {rid: footprints[rid] for rid in requests},
+                   claim.resumed, len(scrubbed), tuple(in_review), skipped)
+
+
+def _look_alikes(env: Env, no_data: list[dict], run_id: str) -> list[str]:
+    """Of requests that find no data under their own key, those whose id's look-alikes (same skeleton) hold data
+    and that no person has reviewed yet: moved to ``needs_review`` rather than certified as having no data."""
+    found = {}
+    for r in no_data:
+        if r["skeleton_key"] and not r["review"]:
+            alikes = env.ledger.nodes.look_alikes(r["skeleton_key"], r["subject_key"])
+            if alikes:
+                found[r["request_id"]] = len(alikes)
+    return env.ledger.requests.to_review(list(found), run_id, found) if found else []
 
 
 def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, as_of: dt.datetime, run_id: str,
@@ -130,14 +153,16 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
             if f.table == policy.features.dataset:
                 check_labels(frame, f.name, policy)
 
-        staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check)
+        staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer))
+        env.ledger.runs.record_landing_hashes(staged.scrubbed)
     forced = _forced(env, kind, staged, as_of, stale or {})
     mode = "rebuild" if kind == "rebuild" else "ingest"
     names = None if files is None else tuple(f.name for f in present)
     works = tuple(ShardWork(s, tuple(graph.ordered(nodes)), mode, names, as_of.isoformat(), staged.batch if staged else None)
                   for s, nodes in sorted(forced.items()) if nodes or kind == "full")
     merges = tuple(n for n in (stale or {}) if not graph.node(n).partitioned)
-    return RunPlan(kind, batch_id, True, run_id, works, merges)
+    return RunPlan(kind, batch_id, True, run_id, works, merges, landing_scrubbed=len(staged.scrubbed) if staged else 0,
+                   without_subject=dict(staged.without_subject) if staged else {})
 
 
 def _forced(env: Env, kind: str, staged: Staged | None, as_of: dt.datetime, stale: dict[str, set[str | None]]) -> dict[int, set[str]]:

@@ -8,7 +8,10 @@ inputs, every partition against its recorded version, and the provenance index. 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from erasure_pipeline.core import contracts, identity
+from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.tombstones import mentioned_keys
 from erasure_pipeline.kinds.base import Env, Finding, input_key
 from erasure_pipeline.stores import buckets as bk
@@ -18,6 +21,17 @@ from erasure_pipeline.stores.landing import landing_files, read_landing, staged_
 
 MERGE_INPUTS_CLAIM = "published merge was built from the current shard partitions"
 STORED_CLAIM = "stored partition is what its last materialisation recorded"
+READABLE_CLAIM = "stored objects can be read"
+
+
+def _guarded(target: str, check: Callable[[], list[Finding]]) -> list[Finding]:
+    """The findings of ``check``; a store that cannot be read is one finding naming it, never a traceback."""
+    try:
+        return check()
+    except PipelineError as exc:  # names the object, never a value
+        return [Finding(READABLE_CLAIM, target, False, str(exc))]
+    except Exception as exc:  # noqa: BLE001 (a damaged object fails in the reader's own way; its message may quote data)
+        return [Finding(READABLE_CLAIM, target, False, f"cannot be read ({type(exc).__name__})")]
 
 
 def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> list[Finding]:
@@ -33,8 +47,9 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
                    subject_key in env.ledger.tombstones.active(identity.shard_from_partition(part)),
                    "on hold" if held and held["status"] == "on_hold" else "")]
     for node in env.graph.nodes:
-        out += env.kinds.get(node.kind).prove(env, node, subject_key, part if node.partitioned else None, cache)
-    out += _sources(env, subject_key, part, cache)
+        p = part if node.partitioned else None
+        out += _guarded(f"{node.name}[{p}]" if p else node.name, lambda n=node, p=p: env.kinds.get(n.kind).prove(env, n, subject_key, p, cache))
+    out += _guarded("landing", lambda: _sources(env, subject_key, part, cache))
     if "merges" not in cache:
         cache["merges"] = merge_input_claims(env) + recorded_version_claims(env, None)
     if ("recorded", part) not in cache:
@@ -58,23 +73,36 @@ def _sources(env: Env, subject_key: str, part: str, cache: dict) -> list[Finding
             Finding("no text column of the lake or landing holds the subject's id", "text columns", mentions == 0, f"{mentions} mentions")]
 
 
+def _untrusted_landing(env: Env, cache: dict) -> set[str]:
+    """Landing files the index cannot speak for: never indexed, or whose bytes are not what the pipeline last
+    left there (the hash it recorded when an ingest took the file or a scrub rewrote it): a file restored
+    from a backup, edited, or re-delivered under a used name. Every file's bytes are hashed once per batch."""
+    if "untrusted_landing" not in cache:
+        indexed = landing_index.indexed_files(env.lake, cache["landing_batches"])
+        recorded = env.ledger.runs.landing_hashes()
+        cache["untrusted_landing"] = {f.name for f in landing_files(env.landing, contracts.contracts_for(env.policy))
+                                      if f.name not in indexed or recorded.get(f.name) != lk.object_hash(env.landing, f.name)}
+    return cache["untrusted_landing"]
+
+
 def _landing_holding(env: Env, subject_key: str, rule: tuple[str, ...], cache: dict) -> tuple[int, int]:
     """(rows of the subject, mentions of their id in texts) in landing: the files the landing index names
-    for them, and every file no ingest has indexed, read now."""
-    tables = contracts.contracts_for(env.policy)
+    for them, and every file the index cannot speak for (``_untrusted_landing``), read now."""
     if "landing_batches" not in cache:
         cache["landing_batches"] = landing_index.batches(env.lake)
-    batches = cache["landing_batches"]
-    indexed = landing_index.indexed_files(env.lake, batches)
-    holding = landing_index.files_holding(env.lake, [subject_key], env.policy.shards, env.policy.lake.buckets, batches)
+    holding = landing_index.files_holding(env.lake, [subject_key], env.policy.shards, env.policy.lake.buckets, cache["landing_batches"])
+    untrusted = _untrusted_landing(env, cache)
     rows = named = 0
     keyer = env.keyer.under(rule)
-    for f in landing_files(env.landing, tables):
-        if f.name not in holding and f.name in indexed and rule == env.keyer.rule:
+    for f in landing_files(env.landing, contracts.contracts_for(env.policy)):
+        if f.name not in holding and f.name not in untrusted and rule == env.keyer.rule:
             continue
-        df = read_landing(env.landing, f, env.keyer)
-        rows += int((df["subject_key"] == subject_key).sum())
-        named += mentioned_keys(df, f.contract.texts, keyer).get(subject_key, 0)
+        if ("landing", f.name) not in cache:  # parsed once per batch: the subjects' rows and the keys its texts name
+            df = read_landing(env.landing, f, env.keyer)
+            cache[("landing", f.name)] = (df["subject_key"].value_counts().to_dict(), df[list(f.contract.texts)] if f.contract.texts else None)
+        counts, texts = cache[("landing", f.name)]
+        rows += int(counts.get(subject_key, 0))
+        named += mentioned_keys(texts, f.contract.texts, keyer).get(subject_key, 0) if texts is not None else 0
     return rows, named
 
 
@@ -120,14 +148,20 @@ def merge_input_claims(env: Env) -> list[Finding]:
     stored now. A merge restored from before an erasure (or built while a shard changed) fails here."""
     out = []
     for node in env.graph.merge_nodes:
-        current = current_inputs(env, node.name)
-        for obj, recorded in env.kind_of(node.name).recorded_inputs(env, node):
-            if recorded is None:
-                out.append(Finding(MERGE_INPUTS_CLAIM, obj, False, "not materialised, or written without its inputs"))
-                continue
-            stale = sorted(k for k in current if recorded.get(k) != current[k])
-            out.append(Finding(MERGE_INPUTS_CLAIM, obj, not stale,
-                               f"{len(current)} inputs match" if not stale else f"differs from: {', '.join(stale[:5])}"))
+        out += _guarded(node.name, lambda n=node: _merge_inputs(env, n))
+    return out
+
+
+def _merge_inputs(env: Env, node) -> list[Finding]:
+    out = []
+    current = current_inputs(env, node.name)
+    for obj, recorded in env.kind_of(node.name).recorded_inputs(env, node):
+        if recorded is None:
+            out.append(Finding(MERGE_INPUTS_CLAIM, obj, False, "not materialised, or written without its inputs"))
+            continue
+        stale = sorted(k for k in current if recorded.get(k) != current[k])
+        out.append(Finding(MERGE_INPUTS_CLAIM, obj, not stale,
+                           f"{len(current)} inputs match" if not stale else f"differs from: {', '.join(stale[:5])}"))
     return out
 
 
@@ -139,8 +173,12 @@ def recorded_version_claims(env: Env, partition: str | None) -> list[Finding]:
     out = []
     for node in nodes:
         record = records.get((node.name, partition or "all"))
-        stored = env.kind_of(node.name).stored_version(env, node, partition)
         target = f"{node.name}[{partition}]" if partition else node.name
+        try:
+            stored = env.kind_of(node.name).stored_version(env, node, partition)
+        except Exception as exc:  # noqa: BLE001 (damage: one finding naming the object, never a traceback)
+            out.append(Finding(STORED_CLAIM, target, False, str(exc) if isinstance(exc, PipelineError) else f"cannot be read ({type(exc).__name__})"))
+            continue
         if record is None:
             out.append(Finding(STORED_CLAIM, target, stored is None, "no record" + ("" if stored is None else ", yet an object is stored")))
         else:

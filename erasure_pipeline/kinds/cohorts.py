@@ -15,6 +15,7 @@ import pandas as pd
 from erasure_pipeline.core import identity
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.graph import CheckSpec, Node
+from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds import raw
 from erasure_pipeline.kinds.base import (
@@ -77,7 +78,7 @@ class CohortPartial(Kind):
         subjects = run.env.read_rows(source, run.partition)
         if subjects is None:
             raise lk.not_materialised(store, source, run.partition)
-        subjects = subjects[~subjects["subject_key"].isin(run.env.ledger.tombstones.active(run.shard))]
+        subjects = subjects[~subjects["subject_key"].isin(run.env.ledger.tombstones.active(run.shard) | {NO_SUBJECT})]
         repeated = int(subjects["subject_key"].duplicated().sum()) if len(subjects) else 0
         if repeated:
             raise PipelineError(f"{source}[{run.partition}]: {repeated:,} rows repeat a subject; cohorts.dataset needs one row "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from erasure_pipeline.core.identity import load_pepper
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.settings import Settings
-from erasure_pipeline.core.signing import load_signer
+from erasure_pipeline.core.signing import signer_for
 from erasure_pipeline.kinds.base import Env, Registry
 from erasure_pipeline.kinds.registry import REGISTRY, graph_for
 from erasure_pipeline.ledger import ledger_for
@@ -17,7 +17,7 @@ from erasure_pipeline.stores.factory import lake_at, vector_store
 
 
 def open_env(policy: Policy, settings: Settings, registry: Registry = REGISTRY) -> Env:
-    signer = load_signer(settings.signing_key, settings.home)
+    signer = signer_for(settings)
     return Env(policy=policy, graph=graph_for(policy, registry), lake=lake_at(settings.lake), landing=lake_at(settings.landing),
                vectors=vector_store(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_path),
                ledger=ledger_for(settings, signer), pepper=load_pepper(settings.pepper, settings.home), kinds=registry, signer=signer)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from erasure_pipeline.core import contracts
 from erasure_pipeline.core.graph import Node
+from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
 from erasure_pipeline.kinds.base import (
@@ -235,13 +236,16 @@ def _clean_up(step: _Step) -> None:
         for b in step.changed:
             purged += env.lake.purge_noncurrent(bk.object_name(name, run.partition, b))
         purged += env.lake.purge_noncurrent(bk.manifest_name(name, run.partition))
-    scrubbed = []
+    scrubbed: dict[str, str] = {}
     if run.mode == "erasure" and step.erasing and run.subjects is None:  # by hand: an erasure run scrubs landing when it claims
         scrubbed = scrub_subjects(env.lake, env.landing, {step.contract.name: step.contract}, step.everyone, step.erasing, step.buckets)
+        env.ledger.runs.record_landing_hashes(scrubbed)
         scrub_staging(env.lake, step.erasing, step.contract.name, run.shard)
-    elif step.incoming is not None and (step.counts["dropped"] or step.counts["redacted"]) and run.landing_files is not None:
-        # A source sent an erased subject (or their id in a text) again: the landing copy loses them too.
-        scrubbed = scrub_landing(env.landing, step.contract, step.everyone, run.landing_files)
+    elif step.incoming is not None and (step.counts["dropped"] or step.counts["redacted"]) and run.staged is None:
+        # Materialised by hand from landing (a run's claim stages and scrubs): a source sent an erased subject
+        # (or their id in a text) again, so the landing files read lose them too.
+        scrubbed = scrub_landing(env.landing, step.contract, step.everyone, run.landing_files if run.mode == "ingest" else None)
+        env.ledger.runs.record_landing_hashes(scrubbed)
     step.counts["purged"], step.counts["scrubbed"] = len(purged), len(scrubbed)
     # Read back: each bucket stored now is byte for byte what was written from these frames.
     for b in step.frames:
@@ -276,7 +280,7 @@ def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str
     counts: dict[str, int] = {}
     for df in written.values():
         if df is not None and len(df):
-            counts.update({k: int(n) for k, n in df["subject_key"].value_counts().items()})
+            counts.update({k: int(n) for k, n in df["subject_key"].value_counts().items() if k != NO_SUBJECT})
     scope: set[str] = set(counts) | set(step.erasing) | named | set(awaiting)
     if step.old is not None and len(step.old):
         scope.update(step.old["subject_key"].unique().tolist())
@@ -288,6 +292,15 @@ def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str
     return counts, None if step.whole else scope
 
 
+def _skeletons(step: _Step) -> dict[str, str]:
+    """The keyed skeleton (look-alike key) of each subject that arrived in this step, by subject key."""
+    new = step.new
+    if new is None or new.empty or step.contract.subject_column not in new:
+        return {}
+    pairs = new.loc[new["subject_key"] != NO_SUBJECT, ["subject_key", step.contract.subject_column]].drop_duplicates("subject_key")
+    return dict(zip(pairs["subject_key"], step.run.env.keyer.skeleton_keys(pairs[step.contract.subject_column].astype(str)), strict=True))
+
+
 def _result(step: _Step, present: pd.Series) -> NodeResult:
     run, manifest, c = step.run, step.manifest, step.counts
     return NodeResult(manifest.version, None, {
@@ -297,6 +310,7 @@ def _result(step: _Step, present: pd.Series) -> NodeResult:
         "buckets": len(manifest.buckets),
         "buckets_rewritten": len(step.changed),
         "rows_added": 0 if step.incoming is None else len(step.incoming),
+        "rows_without_subject_added": 0 if step.incoming is None else int((step.incoming["subject_key"] == NO_SUBJECT).sum()),
         "tombstoned_rows_dropped": c["dropped"],
         "tombstoned_ids_redacted_in_text": c["redacted"],
         "rows_past_retention": c["expired"],
@@ -329,7 +343,7 @@ class Raw(Kind):
         footprint, scope = _provenance(step, written)
         manifest, c = step.manifest, step.counts
         oldest = pd.Timestamp(manifest.oldest).to_pydatetime() if manifest.oldest else None
-        finish(run, manifest.version, provenance=footprint, provenance_scope=scope, stats=(manifest.rows, oldest),
+        finish(run, manifest.version, provenance=footprint, provenance_scope=scope, skeletons=_skeletons(step), stats=(manifest.rows, oldest),
                consent=(run.shard, step.consent), retention={"rows": c["expired"], "cutoff": step.cutoff.isoformat(),
                                                              "noncurrent_versions_purged": c["purged"]} if c["expired"] else None)
         run.log(f"{run.node.name}[{run.partition}] {run.mode}: {len(step.frames)} of {step.buckets} buckets read, {len(step.changed)} "

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from erasure_pipeline.core.graph import Node
+from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds import raw
 from erasure_pipeline.kinds.base import (
@@ -141,7 +142,8 @@ class TrainingSet(Kind):
             if rows is None and parent == base:
                 raise lk.not_materialised(store, parent, p)
             rows = rows if rows is not None else pd.DataFrame({ft.KEY: pd.Series(dtype=str)})
-            frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned)] if len(rows) else rows
+            # rows of nobody (missing_subject: keep) and of tombstoned subjects feed no training row
+            frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned | {NO_SUBJECT})] if len(rows) else rows
         training = ft.training_rows(frames, policy, node.model, where=f"{base}[{p}]")
         rows = training.rows
         if changed is not None:

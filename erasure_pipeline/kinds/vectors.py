@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from erasure_pipeline.core.graph import CheckSpec, Node
-from erasure_pipeline.core.identity import shard_from_partition
+from erasure_pipeline.core.identity import NO_SUBJECT, shard_from_partition
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds import raw
 from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish
@@ -91,7 +91,7 @@ def _provenance(env: Env, node: Node, partition: str, manifests: dict, tombstone
     for parent in node.parents:
         subjects = bk.read_buckets(env.lake, parent, partition, columns=["subject_key"]) if manifests[parent] else None
         if subjects is not None and len(subjects):
-            for k, n in subjects.loc[~subjects["subject_key"].isin(tombstoned), "subject_key"].value_counts().items():
+            for k, n in subjects.loc[~subjects["subject_key"].isin([*tombstoned, NO_SUBJECT]), "subject_key"].value_counts().items():
                 points_by_key[k] = points_by_key.get(k, 0) + int(n)
     return points_by_key
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from erasure_pipeline.core.settings import Settings
-from erasure_pipeline.core.signing import Signer, load_signer
+from erasure_pipeline.core.signing import Signer, signer_for
 from erasure_pipeline.ledger.audit import Anchor, AuditLog, AuditReport
 from erasure_pipeline.ledger.certificates import Certificates
 from erasure_pipeline.ledger.db import Database, LedgerError, LedgerUnavailable, utcnow
@@ -74,5 +74,5 @@ def forget_open() -> None:
 def ledger_for(settings: Settings, signer: Signer | None = None) -> Ledger:
     """The ledger the settings point at, its audit rows signed with the evidence key (``signer``, else the
     key the settings name: ``$ERASURE_PIPELINE_SIGNING_KEY`` or the local default)."""
-    signer = signer or load_signer(settings.signing_key, settings.home)
+    signer = signer or signer_for(settings)
     return open_ledger(settings.ledger, settings.ledger_schema, sign=signer.sign, key_id=signer.key_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.errors import BlockingError, PipelineError
 from erasure_pipeline.ledger import schema as t
 
 AUDIT_LOCK = 0x45524153  # "ERAS"
@@ -29,7 +29,7 @@ class LedgerError(PipelineError):
     """A ledger operation that cannot be done (unknown request, wrong state...)."""
 
 
-class LedgerUnavailable(LedgerError):
+class LedgerUnavailable(LedgerError, BlockingError):
     """The ledger's database cannot be reached, or did not answer in time: nothing was written."""
 
 
@@ -170,6 +170,10 @@ class Database:
                 for version, columns in t.ADDED_COLUMNS.items():
                     if current < version:
                         _add_columns(conn, columns, self.schema)
+                for version, names in t.ADDED_INDEXES.items():  # create_all skips indexes of tables that exist
+                    if current < version:
+                        for index in (i for table in t.metadata.tables.values() for i in table.indexes if i.name in names):
+                            index.create(conn, checkfirst=True)
             if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION

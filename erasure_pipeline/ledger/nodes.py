@@ -31,14 +31,15 @@ class NodeRecords:
     def record(
         self, asset: str, partition: str | None, *, data_version: str, code_version: str, inputs: Mapping[str, str], run_id: str,
         provenance: Mapping[str, int] | None = None, provenance_scope: Iterable[str] | None = None,
-        stats: tuple[int, dt.datetime | None] | None = None,
+        skeletons: Mapping[str, str] | None = None, stats: tuple[int, dt.datetime | None] | None = None,
         consent: tuple[int, Mapping[str, bool]] | None = None, retention: Mapping[str, Any] | None = None,
     ) -> None:
         """Everything the ledger learns from one node partition's computation, in one transaction.
 
         ``provenance`` is what the partition holds per subject; with ``provenance_scope`` it covers only
         those subjects (the buckets a computation rewrote) and the others' rows are left as they are.
-        Either way only rows that differ are written, so an erasure changes its subjects' rows only."""
+        Either way only rows that differ are written, so an erasure changes its subjects' rows only.
+        ``skeletons``: subject key -> the keyed skeleton of their id, kept with the rows it inserts (look-alikes)."""
         part = partition or "all"
         now = utcnow()
         with self.db.tx() as conn:
@@ -46,7 +47,7 @@ class NodeRecords:
             conn.execute(t.node_versions.insert().values(asset=asset, partition=part, data_version=data_version, code_version=code_version,
                                                          inputs=canonical_json(dict(inputs)), run_id=run_id, recorded_at=now))
             if provenance is not None:
-                _update_provenance(conn, asset, part, provenance, provenance_scope, data_version, run_id)
+                _update_provenance(conn, asset, part, provenance, provenance_scope, data_version, run_id, skeletons)
             if stats is not None:
                 conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == part))
                 conn.execute(t.partition_stats.insert().values(asset=asset, partition=part, rows=stats[0], oldest=stats[1], recorded_at=now))
@@ -89,6 +90,12 @@ class NodeRecords:
         with self.db.connect() as conn:
             return {r.subject_key for r in conn.execute(q)}
 
+    def look_alikes(self, skeleton_key: str, subject_key: str) -> set[str]:
+        """Subjects other than ``subject_key`` whose id has this skeleton and who hold data somewhere."""
+        q = sa.select(P.subject_key).where(P.skeleton_key == skeleton_key, P.subject_key != subject_key).distinct()
+        with self.db.connect() as conn:
+            return set(conn.execute(q).scalars())
+
     def provenance_for(self, subject_keys: Iterable[str]) -> list[dict]:
         out: list[dict] = []
         with self.db.connect() as conn:
@@ -117,7 +124,7 @@ class NodeRecords:
 
 
 def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int],
-                       scope: Iterable[str] | None, content_hash: str, run_id: str) -> None:
+                       scope: Iterable[str] | None, content_hash: str, run_id: str, skeletons: Mapping[str, str] | None = None) -> None:
     """Make the partition's provenance (of the subjects in ``scope``; None: all) equal ``rows_by_key``,
     writing only the rows that differ."""
     where = (P.asset == asset, P.partition == partition)
@@ -137,6 +144,6 @@ def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key
                      .values(rows=sa.bindparam("n"), content_hash=sa.bindparam("h"), run_id=sa.bindparam("r"), recorded_at=sa.bindparam("at")),
                      changed)
     batch = [{"subject_key": k, "asset": asset, "partition": partition, "rows": n, "content_hash": content_hash, "run_id": run_id,
-              "recorded_at": now} for k, n in wanted.items() if k not in existing]
+              "recorded_at": now, "skeleton_key": (skeletons or {}).get(k)} for k, n in wanted.items() if k not in existing]
     for chunk in chunks(batch, 5000):
         conn.execute(t.provenance.insert(), chunk)

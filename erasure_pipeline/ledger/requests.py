@@ -1,6 +1,7 @@
 """Erasure requests and their lifecycle, and the tombstones that keep erased subjects out.
 
-Lifecycle: received → pending → in_progress → completed | failed | on_hold. Every identity column holds
+Lifecycle: received → pending → in_progress → completed | failed | on_hold | needs_review (no data under
+the id as filed, but data under a look-alike id: a person decides, ``review``). Every identity column holds
 a keyed hash (``subject_key``), never a raw subject id. Intake writes the tombstone before the
 request, in the same transaction, so an ingest running at the same time already drops the subject.
 """
@@ -19,7 +20,7 @@ from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
 from erasure_pipeline.ledger.db import CHUNK, Database, LedgerError, as_utc, chunks, utcnow
 
-LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed")
+LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed", "needs_review")
 CLAIMABLE = ("pending", "scheduled", "in_progress", "failed")
 """States a run may claim a request from (``scheduled`` only exists in ledgers older than claims by runs)."""
 TERMINAL = ("completed",)
@@ -51,18 +52,18 @@ class Requests:
 
     # ------------------------------------------------------------------ intake
     def file(self, subject_key: str, shard: int, *, due_days: int, reason: str | None = None, kind: str = "erasure",
-             rule: str = "") -> tuple[str, bool]:
+             rule: str = "", skeleton_key: str | None = None) -> tuple[str, bool]:
         """Tombstone first, then the request. Returns (request id, created); a live one is reused."""
-        return self.file_many([(subject_key, shard)], due_days=due_days, reason=reason, kind=kind, rule=rule)[0]
+        return self.file_many([(subject_key, shard, skeleton_key)], due_days=due_days, reason=reason, kind=kind, rule=rule)[0]
 
-    def file_many(self, subjects: Iterable[tuple[str, int]], *, due_days: int, reason: str | None = None, kind: str = "erasure",
+    def file_many(self, subjects: Iterable[tuple], *, due_days: int, reason: str | None = None, kind: str = "erasure",
                   rule: str = "") -> list[tuple[str, bool]]:
-        """Bulk intake: (request id, created) per (subject key, shard), in input order.
+        """Bulk intake: (request id, created) per (subject key, shard[, skeleton key]), in input order.
 
         One transaction per chunk writes the tombstones before the requests (an ingest running at
         the same time already drops the subjects); a subject with a live request gets that request.
         """
-        items = list(subjects)
+        items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in subjects]
         out: dict[str, tuple[str, bool]] = {}
         for chunk in chunks(items):
             chunk = list(dict.fromkeys(chunk))
@@ -71,18 +72,19 @@ class Requests:
             except sa.exc.IntegrityError:  # another process filed for one of these subjects first
                 for item in chunk:
                     out.update(self._file_chunk([item], due_days, reason, kind, rule))
-        return [out[key] for key, _ in items]
+        return [out[key] for key, _shard, _skeleton in items]
 
-    def _file_chunk(self, chunk: list[tuple[str, int]], due_days: int, reason: str | None, kind: str,
+    def _file_chunk(self, chunk: list[tuple[str, int, str | None]], due_days: int, reason: str | None, kind: str,
                     rule: str) -> dict[str, tuple[str, bool]]:
-        keys = [k for k, _ in chunk]
+        keys = [k for k, _, _ in chunk]
         now = utcnow()
         with self.db.tx() as conn:
             self.db.lock_chain(conn)
             live = {r.subject_key: r.request_id for r in conn.execute(
                 sa.select(R.subject_key, R.request_id).where(R.subject_key.in_(keys), R.status.in_(LIVE)))}
             stoned = set(conn.execute(sa.select(t.tombstones.c.subject_key).where(t.tombstones.c.subject_key.in_(keys))).scalars())
-            new = [(k, shard, new_request_id()) for k, shard in chunk if k not in live]
+            skeletons = {k: sk for k, _shard, sk in chunk}
+            new = [(k, shard, new_request_id()) for k, shard, _sk in chunk if k not in live]
             out = {k: (rid, False) for k, rid in live.items()}
             if not new:
                 return out
@@ -95,7 +97,7 @@ class Requests:
                                              for r in stones])
             conn.execute(t.erasure_requests.insert(), [
                 {"request_id": rid, "subject_key": k, "kind": kind, "status": "pending", "reason": reason, "received_at": now,
-                 "due_at": now + dt.timedelta(days=due_days), "updated_at": now} for k, _shard, rid in new])
+                 "due_at": now + dt.timedelta(days=due_days), "updated_at": now, "skeleton_key": skeletons.get(k)} for k, _shard, rid in new])
             self.audit.append(conn, [entry for k, _shard, rid in new for entry in (
                 ("received", rid, {"subject_key": k, "kind": kind, "due_days": due_days}), ("pending", rid, {}))])
         return {**out, **{k: (rid, True) for k, _shard, rid in new}}
@@ -142,6 +144,11 @@ class Requests:
                 why.append(f"due {r['due_at']:%Y-%m-%d %H:%M} UTC")
             if r["updated_at"] <= now - stuck_after:
                 why.append(f"{r['status']} since {r['updated_at']:%Y-%m-%d %H:%M} UTC (attempts {r['attempts']})")
+            if r["status"] == "needs_review":
+                why.insert(0, "needs review: no data under the id as filed, but data under a look-alike id "
+                              "(erasure-pipeline review --same-subject | --different-subject)")
+            if r["blocked_by"]:
+                why.append(f"blocked: {r['blocked_by']}")
             if why:
                 out.append({**r, "why": "; ".join(why)})
         return out
@@ -157,6 +164,22 @@ class Requests:
                     raise LedgerError(f"no erasure request {request_id!r}")
                 raise LedgerError(f"request {request_id} is {current}; cannot move it to {to}")
             self.audit.append(conn, [(event, request_id, detail)])
+
+    def to_review(self, request_ids: Iterable[str], run_id: str, look_alikes: dict[str, int]) -> list[str]:
+        """Requests the run found no data for, while look-alike ids hold data: they wait for a person."""
+        with self.db.tx() as conn:
+            moved = self.move_many(conn, request_ids, ["in_progress"], status="needs_review", run_id=None, blocked_by=None,
+                                   error="no data under the id as filed, but data under a look-alike id")
+            self.audit.append(conn, [("needs_review", rid, {"run_id": run_id, "look_alike_subjects": look_alikes.get(rid, 0)})
+                                     for rid in moved])
+        return moved
+
+    def review(self, request_id: str, decision: str, reason: str) -> None:
+        """An operator's decision on a request in review: it is processed again, and completes under the id as filed."""
+        if not reason.strip():
+            raise LedgerError("a review needs a reason (who checked, and how)")
+        self._transition(request_id, ["needs_review"], "pending", "reviewed", {"decision": decision, "reason": reason},
+                         review=f"{decision}: {reason}", attempts=0, error=None)
 
     def retry(self, request_id: str) -> None:
         """An operator's retry: failed -> pending, with the automatic attempts counted afresh."""

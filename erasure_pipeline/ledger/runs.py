@@ -114,7 +114,8 @@ class Runs:
             now = utcnow()
             for chunk in chunks(fresh):
                 conn.execute(t.erasure_requests.update().where(R.request_id.in_(chunk)).values(
-                    status="in_progress", batch_id=batch_id, run_id=run_id, error=None, updated_at=now, attempts=R.attempts + 1))
+                    status="in_progress", batch_id=batch_id, run_id=run_id, error=None, blocked_by=None, updated_at=now,
+                    attempts=R.attempts + 1))
             plan = canonical_json({"requests": won})
             if batch is None:
                 conn.execute(t.batches.insert().values(batch_id=batch_id, plan=plan, status="running", run_id=run_id, created_at=now))
@@ -168,15 +169,21 @@ class Runs:
             self.audit.append(conn, [("failed", rid, {"run_id": run_id, "error": error[:500]}) for rid in failed])
         return failed
 
-    def fail_run(self, run_id: str, error: str) -> list[str]:
+    def fail_run(self, run_id: str, error: str, *, blocked: bool = False) -> list[str]:
         """A run ended without finishing: its requests become ``failed`` (retried by the next tick while
-        attempts remain), its batches ``failed``, its job-run record closed. Safe to call twice."""
+        attempts remain), its batches ``failed``, its job-run record closed. Safe to call twice.
+
+        ``blocked``: the cause is outside the requests (a malformed landing file, an outage): the attempt does
+        not count, and the requests are retried, with backoff, until the cause is gone."""
         now = utcnow()
+        values = {"status": "failed", "error": error[:2000], "updated_at": now, "blocked_by": error[:500] if blocked else None}
+        if blocked:
+            values["attempts"] = sa.func.max(R.attempts - 1, 0) if self.db.dialect == "sqlite" else sa.func.greatest(R.attempts - 1, 0)
         with self.db.tx() as conn:
             self.db.lock_chain(conn)
             failed = list(conn.execute(
                 t.erasure_requests.update().where(R.run_id == run_id, R.status.in_(["scheduled", "in_progress"]))
-                .values(status="failed", error=error[:2000], updated_at=now).returning(R.request_id)).scalars())
+                .values(**values).returning(R.request_id)).scalars())
             conn.execute(t.batches.update().where(t.batches.c.run_id == run_id, t.batches.c.status == "running")
                          .values(status="failed", finished_at=now))
             conn.execute(t.landing_batches.update().where(t.landing_batches.c.run_id == run_id, t.landing_batches.c.status == "running")
@@ -204,7 +211,21 @@ class Runs:
         with self.db.tx() as conn:
             conn.execute(t.job_runs.update().where(t.job_runs.c.run_id == run_id).values(finished_at=utcnow(), outcome=outcome))
 
+    def record_landing_hashes(self, hashes: dict[str, str]) -> None:
+        """The content of landing files as the pipeline last left them (after a scrub rewrote them): what ``verify``
+        compares each file with, so a file restored from a backup, or edited, is read again in full."""
+        if not hashes:
+            return
+        with self.db.tx() as conn:
+            conn.execute(t.landing_files.update().where(t.landing_files.c.name == sa.bindparam("n")).values(content_hash=sa.bindparam("h")),
+                         [{"n": n, "h": h} for n, h in hashes.items()])
+
     # ------------------------------------------------------------------ reads
+    def landing_hashes(self) -> dict[str, str]:
+        """Landing file -> the content hash the pipeline recorded for it (taken by an ingest, or rewritten by a scrub)."""
+        with self.db.connect() as conn:
+            return {r.name: r.content_hash for r in conn.execute(sa.select(t.landing_files.c.name, t.landing_files.c.content_hash))}
+
     def landing_files_taken(self, is_live: IsLive) -> set[str]:
         """Landing files an ingest batch has taken: one that finished, or one a live run is working on."""
         q = sa.select(t.landing_files.c.name, t.landing_batches.c.status, t.landing_batches.c.run_id).join(

@@ -38,6 +38,13 @@ erasure_requests = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("completed_at", sa.DateTime(timezone=True)),
+    # The keyed skeleton of the id as filed (identity.skeleton): finds look-alike ids that hold data.
+    sa.Column("skeleton_key", sa.String(64)),
+    # Why the last run could not proceed, when the cause is outside the request (a malformed landing file, an
+    # outage): such a failure does not use up an attempt; the request is retried until the cause is gone.
+    sa.Column("blocked_by", sa.Text),
+    # An operator's decision on a request that waited for review (look-alike ids hold data).
+    sa.Column("review", sa.Text),
 )
 
 # At most one live (not completed) request per subject, enforced by the database itself so
@@ -71,7 +78,10 @@ provenance = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    # The keyed skeleton of the subject's id in a raw dataset (identity.skeleton), when first recorded there.
+    sa.Column("skeleton_key", sa.String(64)),
     sa.Index("ix_provenance_asset_partition", "asset", "partition"),
+    sa.Index("ix_provenance_skeleton", "skeleton_key"),
 )
 
 batches = sa.Table(
@@ -209,8 +219,13 @@ node_versions = sa.Table(
 )
 
 # Versions: 1 is create_all. 2: landing_files, landing_batches, consent_changes, partition_stats and
-# the live-request index (new tables; the index is created by ``Ledger.migrate``). 3: claims by runs:
+# the live-request index (new tables; the index is created by ``Database.migrate``). 3: claims by runs:
 # erasure_requests.run_id, landing_batches.status and .run_id, job_runs, node_versions, audit_log.signature.
-CURRENT_VERSION = 3
+# 4: look-alike ids and blocked requests: erasure_requests.skeleton_key, .blocked_by, .review;
+# provenance.skeleton_key and its index.
+CURRENT_VERSION = 4
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
-                    (audit_log, "signature"), (tombstones, "rule")]}
+                    (audit_log, "signature"), (tombstones, "rule")],
+                 4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),
+                     (provenance, "skeleton_key")]}
+ADDED_INDEXES = {4: ["ix_provenance_skeleton"]}

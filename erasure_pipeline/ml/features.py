@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from erasure_pipeline.core.declared import load
-from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.errors import BlockingError
 from erasure_pipeline.core.policy import Aggregate, FunctionFeature, Policy
 from erasure_pipeline.ml.labels import Label, label_encoder
 
@@ -29,7 +29,7 @@ CATEGORY_BUCKETS = 8
 KEY, LABEL, HOLDOUT = "subject_key", "label", "holdout"
 
 
-class FeatureError(PipelineError):
+class FeatureError(BlockingError):
     """A feature the declaration names cannot be computed from the rows; the message names no value."""
 
 

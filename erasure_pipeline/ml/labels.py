@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.errors import BlockingError
 
 POSITIVE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
 NEGATIVE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
 
 
-class LabelError(PipelineError):
+class LabelError(BlockingError):
     """A label column this pipeline cannot read as classes. The message names no value."""
 
 

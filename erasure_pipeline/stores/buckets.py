@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.core.identity import hex_digits
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.lake import Lake
@@ -123,7 +124,12 @@ class Manifest:
 
 def read_manifest(store: Lake, asset: str, partition: str) -> Manifest | None:
     data = store.read_bytes(manifest_name(asset, partition))
-    return None if data is None else Manifest.from_bytes(data)
+    if data is None:
+        return None
+    try:
+        return Manifest.from_bytes(data)
+    except (ValueError, KeyError, TypeError):
+        raise DamagedObject(f"{manifest_name(asset, partition)}: cannot be read as a manifest (damaged)") from None
 
 
 def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int] | None = None,
@@ -141,10 +147,14 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
         return _RECENT[key].copy()
     tables = []
     for b in wanted:
-        data = store.read_bytes(object_name(asset, partition, b))
+        name = object_name(asset, partition, b)
+        data = store.read_bytes(name)
         if data is None:
-            raise FileNotFoundError(f"{asset}[{partition}] bucket {b} is in its manifest but not in the lake")
-        tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+            raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
+        try:
+            tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+        except (pa.ArrowException, OSError, ValueError):
+            raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
     if not tables:
         return pd.DataFrame(columns=columns) if columns else pd.DataFrame({"subject_key": pd.Series(dtype=str)})
     # One conversion to pandas for all buckets: most of a small file's read is that conversion. Buckets

@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from erasure_pipeline.core.errors import DamagedObject
+
 
 @dataclass(frozen=True)
 class ObjectVersion:
@@ -234,14 +236,17 @@ def table_inputs(lake: Lake, asset: str, partition: str) -> dict[str, str] | Non
     return json.loads(meta[INPUTS_KEY]) if INPUTS_KEY in meta else None
 
 
-def table_from_bytes(data: bytes, columns: list[str] | None = None) -> pd.DataFrame:
-    return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
+def table_from_bytes(data: bytes, columns: list[str] | None = None, name: str = "a lake object") -> pd.DataFrame:
+    try:
+        return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
+    except (pa.ArrowException, OSError):
+        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
 
 
 def read_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame | None:
     """A table partition stored as one object (None: never written). Bucketed partitions: ``buckets.read_buckets``."""
     data = lake.read_bytes(table_name(asset, partition))
-    return None if data is None else table_from_bytes(data)
+    return None if data is None else table_from_bytes(data, name=table_name(asset, partition))
 
 
 def not_materialised(lake: Lake, asset: str, partition: str | None) -> FileNotFoundError:
@@ -265,8 +270,11 @@ def dumps_model(obj) -> bytes:
     return pickle.dumps(obj, protocol=5)
 
 
-def loads_model(data: bytes):
-    return pickle.loads(data)  # only objects this pipeline wrote to its own lake
+def loads_model(data: bytes, name: str = "a model"):
+    try:
+        return pickle.loads(data)  # only objects this pipeline wrote to its own lake
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError):
+        raise DamagedObject(f"{name}: cannot be read as a model (damaged or not what was written)") from None
 
 
 def model_fingerprint(obj) -> str:

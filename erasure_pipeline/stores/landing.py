@@ -46,9 +46,11 @@ def landing_files(lake: Lake, tables: Mapping[str, TableContract], table: str | 
 
 
 def key_frame(df: pd.DataFrame, subject_column: str, keyer: Keyer) -> pd.DataFrame:
-    """``df`` with ``subject_key`` (of the normalised id) and ``shard``: each distinct id hashed once."""
+    """``df`` with ``subject_key`` (of the normalised id) and ``shard``: each distinct id hashed once. A row
+    kept without a subject (an empty id, ``missing_subject: keep``) gets ``identity.NO_SUBJECT``."""
     codes, uniques = pd.factorize(df[subject_column], sort=False)
-    keys = pd.Series(keyer.keys(list(uniques)), dtype=object).to_numpy()
+    keys = pd.Series([identity.NO_SUBJECT if not str(u).strip() else k for u, k in zip(uniques, keyer.keys(list(uniques)), strict=True)],
+                     dtype=object).to_numpy()
     df["subject_key"] = keys[codes] if len(codes) else pd.Series(dtype=str)
     df["shard"] = identity.shards_of(pd.Series(keys), keyer.shards)[codes] if len(codes) else pd.Series(dtype="int64")
     return df
@@ -56,11 +58,38 @@ def key_frame(df: pd.DataFrame, subject_column: str, keyer: Keyer) -> pd.DataFra
 
 def read_landing(lake: Lake, file: LandingFile, keyer: Keyer) -> pd.DataFrame:
     """One landing file, validated, with ``subject_key`` (of the normalised id) and ``shard`` columns added."""
+    return _parse(lake, file, keyer)[2]
+
+
+def _parse(lake: Lake, file: LandingFile, keyer: Keyer) -> tuple[bytes, pd.DataFrame, pd.DataFrame]:
+    """(the file's bytes, its rows as written, its rows validated and keyed): one read, one parse."""
     data = lake.read_bytes(file.name)
     if data is None:
         raise FileNotFoundError(f"landing file {file.name} disappeared while reading")
-    df = contracts.validate(contracts.read_landing_bytes(data, file.name, file.contract), file.contract, file.name)
-    return key_frame(df, file.contract.subject_column, keyer)
+    original = contracts.read_landing_bytes(data, file.name, file.contract)
+    return data, original, key_frame(contracts.validate(original, file.contract, file.name), file.contract.subject_column, keyer)
+
+
+def _without_tombstoned(file: LandingFile, original: pd.DataFrame, keyed: pd.DataFrame, tombstones: Tombstones) -> bytes | None:
+    """The file rewritten in its own format without tombstoned subjects' rows and with tombstoned ids in its
+    texts redacted; None when it holds neither."""
+    drop = keyed["subject_key"].isin(tombstones.keys_in([keyed], file.contract.subject_column)).to_numpy()
+    kept_keyed, redacted = tombstones.redact(keyed[~drop], file.contract.texts)
+    if not drop.any() and not redacted:
+        return None
+    # ``keyed`` carries the file's row labels (rows a declaration drops for having no subject are absent from
+    # it, and stay in the file): remove and redact by label.
+    kept = original.drop(index=keyed.index[drop])
+    for col in file.contract.texts:
+        kept.loc[kept_keyed.index, col] = kept_keyed[col].to_numpy()
+    return lk.table_to_bytes(kept) if file.name.lower().endswith(".parquet") else kept.to_csv(index=False).encode()
+
+
+def _rewrite(lake: Lake, name: str, data: bytes) -> str:
+    """Replace a landing file (its old versions purged: they hold the subjects); its new content hash."""
+    lake.write_bytes(name, data)
+    lake.purge_noncurrent(name)
+    return lk.content_hash(data)
 
 
 def read_landing_table(
@@ -96,21 +125,34 @@ class Staged:
     shards: dict[str, set[int]] = field(default_factory=dict)
     rows: int = 0
     index_entries: int = 0
+    without_subject: dict[str, int] = field(default_factory=dict)
+    """Rows whose subject column was empty, by dataset (dropped or kept, as each dataset declares)."""
+    scrubbed: dict[str, str] = field(default_factory=dict)
+    """Landing files rewritten without tombstoned subjects (a source sent them again): name -> new content hash."""
 
 
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
-          check: Callable[[pd.DataFrame, LandingFile], None] | None = None) -> Staged:
+          check: Callable[[pd.DataFrame, LandingFile], None] | None = None, tombstones: Tombstones | None = None) -> Staged:
     """Read each landing file once: write its rows of each shard to the staging area, index which
-    subjects (and which ids inside its texts) it holds. Files are numbered in the batch's order, so a
-    shard reading its staged files in name order sees later files last (later files win on id)."""
+    subjects (and which ids inside its texts) it holds, and rewrite it without ``tombstones``' subjects
+    when a source sent them again (every ingest path stages, so every ingest path scrubs landing). Files
+    are numbered in the batch's order, so a shard reading its staged files in name order sees later files
+    last (later files win on id). The staged rows are as read: the raw step drops tombstoned subjects and
+    keeps the provenance of those whose erasure is still to run."""
     out = Staged(batch)
     drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
     landing_index.delete_batch(lake, batch)
     index = landing_index.IndexBuilder(batch, keyer.shards, buckets)
     for number, f in enumerate(files):
-        df = read_landing(landing, f, keyer)
+        _data, original, df = _parse(landing, f, keyer)
+        missing = int(contracts.without_subject(original, f.contract).sum())
+        if missing:
+            out.without_subject[f.table] = out.without_subject.get(f.table, 0) + missing
         if check is not None:
             check(df, f)
+        scrubbed = _without_tombstoned(f, original, df, tombstones) if tombstones else None
+        if scrubbed is not None:
+            out.scrubbed[f.name] = _rewrite(landing, f.name, scrubbed)
         out.rows += len(df)
         for shard, rows in df.groupby("shard", sort=True):
             lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.table_to_bytes(rows.drop(columns=["shard"])))
@@ -160,58 +202,48 @@ def scrub_staging(lake: Lake, keys: set[str], table: str | None = None, shard: i
 
 
 # ---------------------------------------------------------------- landing copies of erased subjects
-def scrub_landing(lake: Lake, contract: TableContract, tombstones: Tombstones, names: Iterable[str] | None = None) -> list[str]:
+def scrub_landing(lake: Lake, contract: TableContract, tombstones: Tombstones, names: Iterable[str] | None = None) -> dict[str, str]:
     """Rewrite the landing files of ``contract``'s table (those ``names``, else every one) that hold a
     tombstoned subject, or a tombstoned id inside their text columns, without those rows and with those
     ids redacted.
 
     Landing copies are data the company holds too. Files are rewritten in their own format and, on a
-    versioned bucket, their old versions are purged. Returns the rewritten names.
+    versioned bucket, their old versions are purged. Returns the rewritten names and their new content hashes.
     """
-    rewritten = []
     if not tombstones:
-        return rewritten
+        return {}
     wanted = None if names is None else set(names)
-    texts = contract.texts
+    rewritten = {}
     for f in landing_files(lake, {contract.name: contract}):
         if wanted is not None and f.name not in wanted:
             continue
-        data = lake.read_bytes(f.name)
-        if data is None:
+        try:
+            _data, original, keyed = _parse(lake, f, tombstones.keyer)
+        except FileNotFoundError:
             continue  # gone since it was listed: nothing left to scrub
-        original = contracts.read_landing_bytes(data, f.name, contract)  # parsed once; validate copies it
-        keyed = key_frame(contracts.validate(original, contract, f.name), contract.subject_column, tombstones.keyer)
-        drop = keyed["subject_key"].isin(tombstones.keys_in([keyed], contract.subject_column)).to_numpy()
-        kept_keyed, redacted = tombstones.redact(keyed[~drop], texts)
-        if not drop.any() and not redacted:
-            continue
-        kept = original[~drop].copy()
-        for col in texts:
-            kept[col] = kept_keyed[col].to_numpy()
-        out = lk.table_to_bytes(kept) if f.name.lower().endswith(".parquet") else kept.to_csv(index=False).encode()
-        lake.write_bytes(f.name, out)
-        lake.purge_noncurrent(f.name)
-        rewritten.append(f.name)
+        scrubbed = _without_tombstoned(f, original, keyed, tombstones)
+        if scrubbed is not None:
+            rewritten[f.name] = _rewrite(lake, f.name, scrubbed)
     return rewritten
 
 
 def scrub_subjects(store: Lake, landing: Lake, tables: Mapping[str, TableContract], tombstones: Tombstones, keys: Iterable[str],
-                   buckets: int) -> list[str]:
+                   buckets: int) -> dict[str, str]:
     """Erase ``keys`` from landing, each file rewritten at most once: only the files the landing index says
     hold them (rows, or an id in a text), and every file no ingest has indexed yet. Their index entries go
-    too. Returns the rewritten names."""
+    too. Returns the rewritten names and their new content hashes."""
     keys = list(keys)
     if not keys:
-        return []
+        return {}
     batches = landing_index.batches(store)
     holding = landing_index.files_holding(store, keys, tombstones.keyer.shards, buckets, batches)
     indexed = landing_index.indexed_files(store, batches)
-    rewritten: list[str] = []
+    rewritten: dict[str, str] = {}
     present: set[str] = set()
     for name, contract in tables.items():
         ours = {f.name for f in landing_files(landing, {name: contract})}
         present |= ours
         names = {n for n in holding if n in ours} | (ours - indexed)
-        rewritten += scrub_landing(landing, contract, tombstones, sorted(names)) if names else []
+        rewritten |= scrub_landing(landing, contract, tombstones, sorted(names)) if names else {}
     landing_index.forget(store, keys, set(holding) & present, tombstones.keyer.shards, buckets, batches)
     return rewritten

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from erasure_pipeline.app.cli.common import Fail, guard, ledger, main, settings
-from erasure_pipeline.core.signing import key_id, load_public_key, load_signer, public_pem
+from erasure_pipeline.core.signing import key_id, load_public_key, public_pem, signer_for
 from erasure_pipeline.erasure.certificate import to_markdown
 from erasure_pipeline.ledger import Anchor
 
@@ -17,8 +17,7 @@ def _public_key(path: Path | None):
     """The public key given, else the public half of the configured evidence key."""
     if path:
         return load_public_key(path)
-    s = settings()
-    return load_signer(s.signing_key, s.home).public
+    return signer_for(settings()).public
 
 
 def _dagster_anchors() -> list[Anchor]:

@@ -1,5 +1,6 @@
-"""Intake and a request's lifecycle: erase, status, hold, release, extend, retry. They read and write the
-ledger only: no Dagster, no pandas."""
+"""Intake and a request's lifecycle: erase, status, hold, release, extend, retry, review. They read and write
+the ledger only: no Dagster, no pandas. Free text given with them is stored only after every identifier in
+it is replaced (the operator is told when that happened)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import click
 
 from erasure_pipeline.app.cli.common import Fail, guard, ledger, main, settings
 from erasure_pipeline.core.identity import InvalidSubjectId, validate_subject_id
-from erasure_pipeline.core.policy import load_policy
-from erasure_pipeline.erasure.intake import erase_many
+from erasure_pipeline.erasure import intake
+from erasure_pipeline.erasure.intake import Desk, erase_many
 
 ERASE_USAGE = ("erase takes one SUBJECT_ID (and --reason): an id that starts with '-' goes after '--' "
                "(erasure-pipeline erase -- ID), and many ids go in a file, one per line (erase --from-file FILE)")
@@ -39,13 +40,16 @@ def erase(subject_id: str | None, from_file, reason: str | None) -> None:
     """File an erasure request for SUBJECT_ID; prints the request id."""
     if (subject_id is None) == (from_file is None):
         raise Fail(ERASE_USAGE)
+    ids = [validate_subject_id(subject_id)] if subject_id is not None else read_ids(from_file)  # checked before anything keys them
+    desk = Desk.open(settings=settings())
+    reason = _cleaned(desk, reason, desk.keyer.keys(ids), ids)
     if subject_id is not None:
-        ((request_id, created),) = erase_many([subject_id], reason, settings=settings())
+        ((request_id, created),) = erase_many(ids, reason, policy=desk.policy, ledger=desk.ledger, settings=settings())
         click.echo(request_id)
         if not created:
             click.echo("(a live request for this subject already exists; that is its id)", err=True)
         return
-    results = erase_many(read_ids(from_file), reason, settings=settings())
+    results = erase_many(ids, reason, policy=desk.policy, ledger=desk.ledger, settings=settings())
     for request_id, _created in results:
         click.echo(request_id)
     existing = sum(not created for _rid, created in results)
@@ -53,10 +57,19 @@ def erase(subject_id: str | None, from_file, reason: str | None) -> None:
                "(one request id per input line, in order)", err=True)
 
 
+def _cleaned(desk: Desk, text: str | None, keys, ids=()) -> str | None:
+    """The text as it will be stored, saying so on stderr when identifiers were taken out of it."""
+    clean, replaced = desk.clean(text, keys, ids)
+    if replaced:
+        click.echo(f"note: the reason quoted {replaced} identifier(s); it is stored as: {clean}", err=True)
+    return clean
+
+
 def read_ids(stream) -> list[str]:
-    """Ids from a file, one per line: each line checked, errors named by line number only, nothing filed on error."""
+    """Ids from a file, one per line: each line checked, errors named by line number only, nothing filed on error.
+    A byte-order mark at the start (what spreadsheet tools write) is not part of the first id."""
     ids, problems = [], []
-    for number, raw in enumerate(stream.read().split(b"\n"), 1):
+    for number, raw in enumerate(stream.read().removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
         raw = raw.removesuffix(b"\r")
         if not raw.strip():
             continue
@@ -132,7 +145,8 @@ def status(request_id: str | None, as_json: bool, overdue: bool, within_days: fl
 @guard
 def hold(request_id: str, reason: str) -> None:
     """Put a request on hold (Art.17(3) exception or legal hold)."""
-    ledger().requests.hold(request_id, reason)
+    desk = Desk.open(settings=settings())
+    intake.hold(desk, request_id, _cleaned(desk, reason, [desk.subject_key(request_id)]))
     click.echo(f"{request_id}: on_hold")
 
 
@@ -151,7 +165,8 @@ def release(request_id: str) -> None:
 @guard
 def extend(request_id: str, reason: str) -> None:
     """Extend the due date once, by policy erasure_extension_days (Art.12(3): up to two months)."""
-    due = ledger().requests.extend(request_id, reason, days=load_policy(settings=settings()).erasure_extension_days)
+    desk = Desk.open(settings=settings())
+    due, _clean, _replaced = intake.extend(desk, request_id, _cleaned(desk, reason, [desk.subject_key(request_id)]))
     click.echo(f"{request_id}: due {due.isoformat()}")
 
 
@@ -162,3 +177,24 @@ def retry(request_id: str) -> None:
     """Return a failed request to pending (its automatic attempts start again)."""
     ledger().requests.retry(request_id)
     click.echo(f"{request_id}: pending")
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--same-subject", "decision", flag_value="same", help="The look-alike ids are this subject: erase them too.")
+@click.option("--different-subject", "decision", flag_value="different",
+              help="The look-alike ids are other people: complete this request as having no data.")
+@click.option("--reason", required=True, help="Who checked, and how (stored without identifiers).")
+@guard
+def review(request_id: str, decision: str | None, reason: str) -> None:
+    """Decide a request in review: no data under the id as filed, but data under a look-alike id (a confusable
+    character, an inner blank). Either the look-alikes are the same subject (each is erased by its own
+    request), or other people (this request completes as no data)."""
+    if decision is None:
+        raise Fail("review takes --same-subject or --different-subject (and --reason)")
+    desk = Desk.open(settings=settings())
+    reason = _cleaned(desk, reason, [desk.subject_key(request_id)])
+    filed, _replaced = intake.review(desk, request_id, same_subject=decision == "same", reason=reason)
+    click.echo(f"{request_id}: pending (reviewed: {decision} subject)")
+    for rid in filed:
+        click.echo(rid)
