@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks._common import landing, ledger, machine, project_home, table
+from erasure_pipeline.app.demo import DEMO_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=2000)
     args = ap.parse_args(argv)
-    with project_home((REPO / "policy.yaml").read_text()) as home:
+    with project_home(DEMO_POLICY.read_text()) as home:
         import dagster as dg
 
         from erasure_pipeline.app import demo

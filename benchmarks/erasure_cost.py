@@ -9,7 +9,7 @@
 3. files ``--batch`` requests at once (spread over shards as they fall) and times the drain: one tick,
    one run, each merge once.
 Then breaks each operation down by step and by node, from the runs' event logs. Uses the repository's
-policy.yaml (S = 16, logistic regression) unless --shards says otherwise.
+the demo's declaration, erasure_pipeline/app/demo_policy.yaml (S = 16, logistic regression), unless --shards says otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
+from erasure_pipeline.app.demo import DEMO_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 MERGES = ("anonymised_cohorts", "cohort_model", "ensemble_model")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep", default=None, help="keep the project home here (default: a temporary directory)")
     args = ap.parse_args(argv)
 
-    policy_text = (REPO / "policy.yaml").read_text().replace("shards: 16 ", f"shards: {args.shards} ")
+    policy_text = DEMO_POLICY.read_text().replace("shards: 16 ", f"shards: {args.shards} ")
     with project_home(policy_text, args.keep):
         from erasure_pipeline.app import demo
         from erasure_pipeline.app.cli.common import quiet_dagster as _quiet_dagster

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks._common import PEPPER, lake, landing, machine, project_home, table
+from erasure_pipeline.app.demo import DEMO_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 ESTIMATORS = {
@@ -27,7 +28,7 @@ ESTIMATORS = {
 
 
 def _policy(estimator: str) -> str:
-    text = (REPO / "policy.yaml").read_text()
+    text = DEMO_POLICY.read_text()
     text = re.sub(r"estimator: \w+", f"estimator: {estimator}", text)
     return re.sub(r"params: \{[^}]*\}", f"params: {ESTIMATORS[estimator]}", text)
 

@@ -18,7 +18,7 @@ import os
 
 from benchmarks._common import Timer, env, ledger, machine, project_home, table
 
-POLICY = "shards: 16\nseed: 1\n"
+POLICY = "shards: 16\nseed: 1\ndatasets:\n  subjects: {id: subject_id, subject: subject_id}\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,14 +17,32 @@ shards: 4
 seed: 11
 k_min: 3
 retention_days: 1500  # the demo spans 2024-01 .. 2026-11: nothing expires unless a test says so
+datasets:
+  subjects: {id: subject_id, subject: subject_id}
+  events: {id: event_id, subject: subject_id, timestamp: ts}
+  tickets: {id: ticket_id, subject: subject_id, timestamp: created_at, text: [text]}
+consent:
+  column: consent_training
 cohorts:
+  dataset: subjects
   quasi_identifiers: [region, segment]
-  generalise: {}
   measures: [lifetime_value]
   label: converted
-model:
-  estimator: logistic_regression
-  min_holdout_auc: 0.5
+features:
+  dataset: subjects
+  numeric: [age, tenure_days, lifetime_value]
+  categorical: [region, segment]
+  aggregates:
+    - {name: events_email_open, dataset: events, agg: count, where: {event_type: email_open}, transform: log1p}
+    - {name: events_email_click, dataset: events, agg: count, where: {event_type: email_click}, transform: log1p}
+    - {name: events_web_visit, dataset: events, agg: count, where: {event_type: web_visit}, transform: log1p}
+    - {name: events_purchase, dataset: events, agg: count, where: {event_type: purchase}, transform: log1p}
+models:
+  model:
+    label: converted
+    task: binary
+    estimator: logistic_regression
+    quality: {metric: roc_auc, min: 0.5}
 """
 DEMO_SUBJECTS = 400
 ENV_KEYS = (

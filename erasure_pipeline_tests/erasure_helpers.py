@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from erasure_pipeline.app.demo import demo_policy
 from erasure_pipeline.core.contracts import contracts_for
 from erasure_pipeline.core.identity import Keyer
-from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.stores.landing import read_landing_table
 from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import PEPPER
@@ -18,7 +18,7 @@ from erasure_pipeline_tests.conftest import PEPPER
 def landing_frames(n_shards: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     landing = stores.landing()
     keyer = Keyer(PEPPER.encode(), n_shards)
-    tables = contracts_for(Policy())
+    tables = contracts_for(demo_policy())
     return read_landing_table(landing, tables["subjects"], keyer), read_landing_table(landing, tables["tickets"], keyer)
 
 

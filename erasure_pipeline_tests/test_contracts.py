@@ -1,13 +1,18 @@
 import pandas as pd
 import pytest
 
+from erasure_pipeline.app.demo import demo_policy
 from erasure_pipeline.core import contracts
 from erasure_pipeline.core.contracts import LandingContractError
 from erasure_pipeline.core.policy import parse_policy
 
 # A declaration that reads nothing from the demo's tables but their contract columns.
-POLICY = parse_policy({"cohorts": None, "features": {"numeric": [], "categorical": [], "aggregates": []},
-                       "models": {"model": {"label": "converted"}}})
+POLICY = parse_policy({
+    "datasets": {"subjects": {"id": "subject_id", "subject": "subject_id"},
+                 "events": {"id": "event_id", "subject": "subject_id", "timestamp": "ts"},
+                 "tickets": {"id": "ticket_id", "subject": "subject_id", "timestamp": "created_at", "text": ["text"]}},
+    "consent": {"column": "consent_training"}, "features": {"dataset": "subjects"},
+    "models": {"model": {"label": "converted", "task": "binary"}}})
 TABLES = contracts.contracts_for(POLICY)
 
 
@@ -63,7 +68,7 @@ def test_table_of():
 
 
 def test_every_column_the_declaration_reads_is_required_and_named_by_its_field():
-    demo = contracts.contracts_for(parse_policy({}))
+    demo = contracts.contracts_for(demo_policy())
     assert demo["events"].named_by["event_type"].startswith("features.aggregates.")
     assert demo["subjects"].named_by["region"] == "features.categorical"
     assert demo["subjects"].named_by["converted"] == "models.model.label"

@@ -3,22 +3,36 @@
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
+from erasure_pipeline.app.demo import demo_graph, demo_policy
 from erasure_pipeline.core import names
-from erasure_pipeline.core.policy import Policy, parse_policy
+from erasure_pipeline.core.policy import parse_policy
 from erasure_pipeline.core.settings import Settings
 from erasure_pipeline.defs.pipeline import build_definitions
-from erasure_pipeline.kinds.registry import demo_graph
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SHARD_ASSETS = [n.name for n in demo_graph().shard_nodes]
 MERGE_ASSETS = [n.name for n in demo_graph().merge_nodes]
 
 
-def test_module_level_defs_load_with_16_shards_by_default():
+def test_module_level_defs_load_the_declaration_in_effect_and_none_is_one_clear_error(tmp_path, monkeypatch):
+    from erasure_pipeline.app.demo import DEMO_POLICY
+    from erasure_pipeline.core.policy import NO_POLICY
     from erasure_pipeline.definitions import defs
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ERASURE_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ERASURE_PIPELINE_POLICY", raising=False)
+    with pytest.raises(Exception) as err:  # no built-in declaration: the code location says what to do
+        defs()
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any(NO_POLICY in text for text in chain), chain  # what the UI shows under the loading error
+    monkeypatch.setenv("ERASURE_PIPELINE_POLICY", str(DEMO_POLICY))
     graph = defs().resolve_asset_graph()
     for name in SHARD_ASSETS:
         keys = graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys()
@@ -68,7 +82,7 @@ def _deps(job: dg.JobDefinition) -> dict[str, list[str]]:
 def test_definitions_match_their_snapshot(snapshot, tmp_path):
     """Run ``pytest --snapshot-update`` after an intended change of shape and review the diff of __snapshots__."""
     settings = Settings(home=tmp_path / "home")
-    assert _shape(build_definitions(Policy(shards=4), settings=settings)) == snapshot
+    assert _shape(build_definitions(demo_policy(shards=4), settings=settings)) == snapshot
 
 
 def test_five_table_declaration_matches_its_snapshot(snapshot, tmp_path):
@@ -79,7 +93,7 @@ def test_five_table_declaration_matches_its_snapshot(snapshot, tmp_path):
 
 
 def test_no_edge_crosses_shards():
-    graph = build_definitions(Policy(shards=4)).resolve_asset_graph()
+    graph = build_definitions(demo_policy(shards=4)).resolve_asset_graph()
     for name in SHARD_ASSETS:
         child = dg.AssetKey(name)
         for parent in graph.get(child).parent_keys:
@@ -92,7 +106,7 @@ def test_no_edge_crosses_shards():
 
 
 def test_sensors_are_running_by_default():
-    defs = build_definitions(Policy(shards=4))
+    defs = build_definitions(demo_policy(shards=4))
     sensors = {s.name: s for s in defs.sensors}
     assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor"}
     assert sensors["erasure_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
@@ -101,7 +115,7 @@ def test_sensors_are_running_by_default():
 
 
 def test_named_jobs_and_every_writing_step_in_the_pool():
-    defs = build_definitions(Policy(shards=4))
+    defs = build_definitions(demo_policy(shards=4))
     jobs = {j.name: j for j in defs.jobs}
     assert set(jobs) == {names.ERASURE_JOB, names.CYCLE_JOB, names.INGEST_JOB, names.REBUILD_JOB}
     for job in jobs.values():

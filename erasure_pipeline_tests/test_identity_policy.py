@@ -3,9 +3,11 @@ import hmac
 import logging
 
 import pytest
+import yaml
 
+from erasure_pipeline.app.demo import demo_graph, demo_policy
 from erasure_pipeline.core import identity
-from erasure_pipeline.core.policy import Policy, PolicyError, load_policy, parse_policy
+from erasure_pipeline.core.policy import PolicyError, load_policy, parse_policy
 
 
 def test_subject_key_is_hmac_sha256_and_shard_rule():
@@ -35,38 +37,56 @@ def test_pepper_env_wins_and_local_default_is_generated_once_with_warning(tmp_pa
     assert (tmp_path / "pepper.key").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_policy_file_named_but_missing_is_an_error_not_the_defaults(tmp_path, monkeypatch):
+MINIMAL = {"datasets": {"people": {"id": "person_id", "subject": "email"}}}
+"""The least a declaration says: one dataset, its id and its subject column."""
+
+
+def _with_model(**model) -> dict:
+    return {**MINIMAL, "features": {"dataset": "people", "numeric": ["age"]},
+            "models": {"model": {"label": "churned", "task": "binary", **model}}}
+
+
+def test_a_policy_file_named_but_missing_is_an_error_and_none_found_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASURE_PIPELINE_POLICY", str(tmp_path / "typo.yaml"))
     with pytest.raises(PolicyError, match=r"typo.yaml: the policy file \(\$ERASURE_PIPELINE_POLICY\) does not exist"):
         load_policy()
     with pytest.raises(PolicyError, match="missing.yaml: the policy file does not exist"):
         load_policy(tmp_path / "missing.yaml")
     monkeypatch.delenv("ERASURE_PIPELINE_POLICY")
+    monkeypatch.setenv("ERASURE_PIPELINE_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    assert load_policy() == Policy()  # no policy.yaml where you run it, and none named: the defaults
+    with pytest.raises(PolicyError, match="no policy file: write policy.yaml here"):  # no built-in declaration to fall back on
+        load_policy()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "policy.yaml").write_text(yaml.safe_dump(MINIMAL))
+    assert load_policy().datasets["people"].subject == "email"  # the project home's
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({**MINIMAL, "shards": 2}))
+    assert load_policy().shards == 2  # the working directory's comes first
 
 
 def test_policy_defaults_and_errors_name_the_field(tmp_path):
-    assert Policy().shards == 16
-    assert Policy().shards == 16 and Policy().k_min == 10
+    assert parse_policy(MINIMAL).shards == 16 and parse_policy(MINIMAL).k_min == 10
+    with pytest.raises(PolicyError, match=r"field 'datasets'"):
+        parse_policy({})
     with pytest.raises(PolicyError, match=r"field 'k_min'"):
-        parse_policy({"k_min": 1})
+        parse_policy({**MINIMAL, "k_min": 1})
     from erasure_pipeline.ml.declared import check_declared
 
     with pytest.raises(PolicyError, match=r"field 'models.model.estimator': 'deep_net' is not an import path"):
-        check_declared(parse_policy({"model": {"estimator": "deep_net"}}))
+        check_declared(parse_policy(_with_model(estimator="deep_net")))
     with pytest.raises(PolicyError, match=r"field 'models.model.estimator': cannot import module 'no_such_pkg'"):
-        check_declared(parse_policy({"model": {"estimator": "no_such_pkg:Model"}}))
+        check_declared(parse_policy(_with_model(estimator="no_such_pkg:Model")))
     with pytest.raises(PolicyError, match=r"field 'models.model.estimator': ridge is a regressor; a binary model needs a classifier"):
-        check_declared(parse_policy({"model": {"estimator": "ridge"}}))
+        check_declared(parse_policy(_with_model(estimator="ridge")))
     with pytest.raises(PolicyError, match=r"field 'models.model.params': .* does not take these params"):
-        check_declared(parse_policy({"model": {"estimator": "sklearn.svm.LinearSVC", "params": {"depth": 3}}}))
+        check_declared(parse_policy(_with_model(estimator="sklearn.svm.LinearSVC", params={"depth": 3})))
     with pytest.raises(PolicyError, match=r"field 'features.aggregates.0.dataset': no dataset 'orders' is declared"):
-        parse_policy({"features": {"aggregates": [{"name": "n_orders", "dataset": "orders", "agg": "count"}]}})
+        parse_policy({**MINIMAL, "features": {"dataset": "people", "aggregates": [{"name": "n_orders", "dataset": "orders", "agg": "count"}]}})
     with pytest.raises(PolicyError, match=r"field 'models.m.quality.min'|field 'models.m': .*quality.metric 'rmse'"):
-        parse_policy({"models": {"m": {"label": "y", "task": "regression", "quality": {"metric": "rmse"}}}})
+        parse_policy({**MINIMAL, "features": {"dataset": "people"},
+                      "models": {"m": {"label": "y", "task": "regression", "quality": {"metric": "rmse"}}}})
     with pytest.raises(PolicyError, match=r"field 'shardz'"):
-        parse_policy({"shardz": 4})
+        parse_policy({**MINIMAL, "shardz": 4})
     path = tmp_path / "policy.yaml"
     path.write_text("k_min: [oops")
     with pytest.raises(PolicyError, match="not valid YAML"):
@@ -74,22 +94,22 @@ def test_policy_defaults_and_errors_name_the_field(tmp_path):
 
 
 def test_code_versions_fold_in_exactly_the_fields_each_asset_reads():
-    from erasure_pipeline.kinds.registry import demo_graph
     graph = demo_graph()
     POLICY_FIELDS = graph.names
 
     def code_version(policy, asset):
         return graph.code_version(policy, asset)
 
-    base = Policy()
+    base = demo_policy()
+    model = base.models["model"].model_dump()
     changes = {
         "k_min": ({"k_min": 25}, {"anonymised_cohorts", "cohort_model"}),
         "consent": ({"consent": {"column": "consent_training", "allowed_values": ["yes"]}},
                     {"training_shards", "shard_models", "ensemble_model"}),
-        "estimator": ({"model": {"estimator": "random_forest"}}, {"shard_models", "ensemble_model"}),
+        "estimator": ({"models": {"model": {**model, "estimator": "random_forest"}}}, {"shard_models", "ensemble_model"}),
         "shards": ({"shards": 8}, set(POLICY_FIELDS)),
     }
     for name, (patch, expected) in changes.items():
-        changed = parse_policy(patch)
+        changed = demo_policy(**patch)
         stale = {a for a in POLICY_FIELDS if code_version(base, a) != code_version(changed, a)}
         assert stale == expected, name

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.demo import demo_policy
 from erasure_pipeline.app.process import drain
 from erasure_pipeline.core.graph import Node
 from erasure_pipeline.core.policy import Policy
@@ -50,7 +51,7 @@ class ToyFeatureStore(Kind):
 
 def test_a_kind_registered_from_the_tests_is_in_the_graph_assets_plan_verify_and_certificate(empty_home):
     with registered(ToyFeatureStore()):
-        graph = graph_for(Policy(shards=4))
+        graph = graph_for(demo_policy(shards=4))
         assert graph.node("toy_features").kind == "toy_feature_store" and graph.node("toy_features").partitioned
         build_demo(empty_home, n_subjects=160)
         defs, policy = defs_and_policy()
@@ -85,7 +86,7 @@ def test_an_unknown_kind_fails_loudly_naming_the_known_ones():
             return [Node("stray_node", "no_such_kind", "raw", True)]
 
     registry = Registry([*REGISTRY, Stray()])
-    with pytest.raises(UnknownKind, match="no node kind 'no_such_kind' is registered \\(known: raw, cohort_partial"):
-        graph_for(Policy(shards=2), registry)
+    with pytest.raises(UnknownKind, match="no node kind 'no_such_kind' is registered \\(known: lookup, raw, cohort_partial"):
+        graph_for(demo_policy(shards=2), registry)
     with pytest.raises(ValueError, match="registered already"):
         registry.register(Stray())

@@ -15,17 +15,24 @@ CUSTOMER_POLICY = """\
 shards: 2
 seed: 5
 k_min: 3
+datasets:
+  subjects: {id: subject_id, subject: subject_id}
+consent:
+  column: consent_training
 cohorts:
+  dataset: subjects
   quasi_identifiers: [region]
-  generalise: {}
   measures: [monthly_charges]
   label: Churn
-model:
-  label: Churn
-  numeric_features: [tenure, monthly_charges]
-  categorical_features: [region]
-  event_features: []
-  min_holdout_auc: 0.6
+features:
+  dataset: subjects
+  numeric: [tenure, monthly_charges]
+  categorical: [region]
+models:
+  model:
+    label: Churn
+    task: binary
+    quality: {metric: roc_auc, min: 0.6}
 """
 
 
@@ -163,7 +170,7 @@ def test_missed_quality_floor_fails_the_command_names_the_check_and_publishes_no
     from erasure_pipeline.stores import lake as lk
     from erasure_pipeline_tests import stores
 
-    (customer_home / "policy.yaml").write_text(CUSTOMER_POLICY.replace("min_holdout_auc: 0.6", "min_holdout_auc: 0.999"))
+    (customer_home / "policy.yaml").write_text(CUSTOMER_POLICY.replace("min: 0.6", "min: 0.999"))
     _land(customer_home, customers())
     out = _cli("materialize")
     assert out.exit_code == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -166,10 +167,10 @@ def test_damage_is_one_finding_never_a_traceback(demo_home):
 
 def _landing_files():
     from erasure_pipeline.core.contracts import contracts_for
-    from erasure_pipeline.core.policy import Policy
+    from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.stores.landing import landing_files
 
-    return landing_files(stores.landing(), contracts_for(Policy()))
+    return landing_files(stores.landing(), contracts_for(load_policy()))
 
 
 def test_a_request_blocked_by_a_bad_landing_file_uses_no_attempt_and_completes_once_it_is_fixed(demo_home, monkeypatch):
@@ -196,11 +197,9 @@ def test_a_request_blocked_by_a_bad_landing_file_uses_no_attempt_and_completes_o
 
 @pytest.mark.parametrize("declared", ["reject", "drop", "keep"])
 def test_rows_without_a_subject_are_rejected_dropped_or_kept_as_declared(tmp_path, declared):
-    policy = SMALL_POLICY + f"""datasets:
-  subjects: {{id: subject_id}}
-  events: {{id: event_id, timestamp: ts, missing_subject: {declared}}}
-  tickets: {{id: ticket_id, timestamp: created_at, text: [text]}}
-"""
+    old = "events: {id: event_id, subject: subject_id, timestamp: ts}"
+    assert old in SMALL_POLICY
+    policy = SMALL_POLICY.replace(old, f"events: {{id: event_id, subject: subject_id, timestamp: ts, missing_subject: {declared}}}")
     with project_env(tmp_path / "home", policy):
         from erasure_pipeline.app import demo
 
@@ -226,6 +225,10 @@ def test_rows_without_a_subject_are_rejected_dropped_or_kept_as_declared(tmp_pat
         assert not book.nodes.provenance_for([identity.NO_SUBJECT])  # nobody's rows are linked to nobody
         claim = _claim_output_metadata()
         assert claim["rows_without_subject_events"] == 3
+        line = next(line for line in out.output.splitlines() if line.startswith("events: "))
+        read, written = (int(n.replace(",", "")) for n in re.fullmatch(r"events: ([\d,]+) rows read.*; ([\d,]+) rows in the partitions written", line).groups())
+        assert f", 3 without a subject ({'dropped' if declared == 'drop' else 'kept as rows of nobody'})" in line
+        assert written == read - (3 if declared == "drop" else 0)  # every row read is written or counted out
 
 
 def _claim_output_metadata() -> dict:

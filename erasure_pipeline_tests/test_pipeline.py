@@ -4,8 +4,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.app.demo import demo_graph
 from erasure_pipeline.core import identity
-from erasure_pipeline.kinds.registry import demo_graph
 from erasure_pipeline.ml import features as ft
 from erasure_pipeline.ml.shard_training import constituent_output, probe_set, train_shard_model
 from erasure_pipeline.stores import lake as lk

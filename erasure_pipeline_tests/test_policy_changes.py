@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from erasure_pipeline.app.cli import main
+from erasure_pipeline.app.demo import demo_policy
 from erasure_pipeline.app.policy_changes import field_differences
-from erasure_pipeline.core.policy import Policy
 from erasure_pipeline_tests.conftest import SMALL_POLICY
 
 
@@ -25,7 +25,7 @@ def _stale_assets(output: str) -> dict[str, str]:
     ("change", "expected"),
     [
         (("k_min: 3", "k_min: 6"), {"anonymised_cohorts", "cohort_model"}),
-        (("  label: converted\nmodel:", "  label: converted\nconsent:\n  allowed_values: [true, 'yes']\nmodel:"),
+        (("consent:\n  column: consent_training\n", "consent:\n  column: consent_training\n  allowed_values: [true, 'yes']\n"),
          {"training_shards", "shard_models", "ensemble_model"}),
         (("estimator: logistic_regression", "estimator: random_forest"), {"shard_models", "ensemble_model"}),
         (("shards: 4", "shards: 8"), {"raw_subjects", "raw_events", "raw_tickets", "cohort_partials", "anonymised_cohorts",
@@ -50,8 +50,8 @@ def test_policy_diff_lists_exactly_the_assets_a_change_makes_stale(demo_home, tm
 
 
 def test_field_differences_names_dotted_fields():
-    a = Policy()
-    b = Policy.model_validate({"k_min": 25, "model": {"estimator": "sgd"}})
+    a = demo_policy()
+    b = demo_policy(k_min=25, models={"model": {**a.models["model"].model_dump(), "estimator": "sgd"}})
     assert field_differences(a, b) == [("k_min", 10, 25), ("models.model.estimator", "logistic_regression", "sgd")]
 
 

@@ -4,16 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from erasure_pipeline.app.demo import demo_graph, demo_policy
 from erasure_pipeline.core.contracts import contracts_for
 from erasure_pipeline.core.identity import Keyer
-from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones
-from erasure_pipeline.kinds.registry import demo_graph
 from erasure_pipeline.ml.embed import chunk_text, embed, point_id
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.landing import read_landing_table, scrub_landing
 
-TICKETS = contracts_for(Policy())["tickets"]
+TICKETS = contracts_for(demo_policy())["tickets"]
 
 
 def test_local_lake_is_atomic_and_refuses_path_tricks(tmp_path):
@@ -136,7 +135,7 @@ def test_model_fingerprint_survives_a_pickle_round_trip_for_every_estimator(name
     X = rng.normal(size=(120, 3))
     task = "regression" if name in ("ridge", "random_forest_regressor") else "binary"
     y = X[:, 0] + rng.normal(size=120) if task == "regression" else (X[:, 0] > 0).astype(int)
-    model = build_estimator(ModelSpec(task=task, estimator=name, params={"random_state": 0} if "forest" in name else {}))
+    model = build_estimator(ModelSpec(label="y", task=task, estimator=name, params={"random_state": 0} if "forest" in name else {}))
     model.fit(X, y)
     saved = {"model": model, "features": ["a", "b", "c"]}
     assert lk.model_fingerprint(saved) == lk.model_fingerprint(lk.loads_model(lk.dumps_model(saved)))

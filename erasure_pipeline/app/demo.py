@@ -8,11 +8,16 @@ and support tickets whose free text carries names, emails and phone numbers.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from erasure_pipeline.core.graph import Graph
+from erasure_pipeline.core.policy import Policy, parse_policy, policy_path
 from erasure_pipeline.core.settings import Settings
+from erasure_pipeline.kinds.registry import graph_for
 from erasure_pipeline.stores.factory import lake_at
 from erasure_pipeline.stores.lake import Lake, table_to_bytes
 
@@ -35,6 +40,8 @@ TICKET_TEMPLATES = [
     "The mobile app crashes when I open my profile. Tested on two phones. Contact {email}. {name}",
     "Please delete my payment card from the account {email}. Call {phone} if you need to verify. {name}",
 ]
+DEMO_POLICY = Path(__file__).with_name("demo_policy.yaml")
+"""The demo's declaration: the only place its datasets, cohorts, features and model are written down."""
 START = pd.Timestamp("2024-01-01", tz="UTC")
 END = pd.Timestamp("2026-11-01", tz="UTC")
 
@@ -158,3 +165,25 @@ def example_main(generate, doc: str) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(land(generate(args.customers, args.seed), batch="export-2026-11"))
+
+
+def demo_policy(**overrides) -> Policy:
+    """The demo's declaration, with top-level fields replaced (``demo_policy(shards=4)``)."""
+    return parse_policy({**yaml.safe_load(DEMO_POLICY.read_text()), **overrides}, source=str(DEMO_POLICY))
+
+
+def demo_graph(**overrides) -> Graph:
+    """The demo's shape: the demo declaration's graph."""
+    return graph_for(demo_policy(**overrides))
+
+
+def ensure_policy(settings: Settings) -> tuple[Path, bool]:
+    """(the policy file in effect, whether it was just written): where no policy file is found, the demo's
+    declaration is written to ``<project home>/policy.yaml``, so every later command finds it."""
+    path, _named = policy_path(settings)
+    if path is not None:
+        return path, False
+    target = settings.home / "policy.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(DEMO_POLICY.read_text())
+    return target, True

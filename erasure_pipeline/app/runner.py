@@ -27,25 +27,27 @@ from erasure_pipeline.defs import runtime
 from erasure_pipeline.defs.failures import failure_of
 from erasure_pipeline.defs.resources import resolve
 from erasure_pipeline.defs.steps import ANCHOR_HASH, ANCHOR_SEQ
-from erasure_pipeline.erasure.plan import claim_erasure, claim_landing
+from erasure_pipeline.erasure.plan import claim_erasure, claim_landing, unmatched_files
 from erasure_pipeline.kinds.base import Env
 from erasure_pipeline.ledger import Anchor
-from erasure_pipeline.ml.features import model_label, training_labels
+from erasure_pipeline.ml.features import model_label, require_numbers, training_labels
 from erasure_pipeline.ml.labels import check_labels, require_learnable
-from erasure_pipeline.stores.landing import read_landing_table
+from erasure_pipeline.stores.landing import landing_files, read_landing_table
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("instance.yaml")
 
 
 def ensure_dagster_home(settings: Settings | None = None) -> Path:
-    """``$DAGSTER_HOME`` if set, else ``<project home>/dagster`` (created with the project's instance config)."""
+    """``$DAGSTER_HOME`` if set, else ``<project home>/dagster``. Where it has no ``dagster.yaml`` the project's
+    instance config is written (SQLite storage, as Dagster's defaults, with telemetry off and run
+    monitoring on): without one Dagster warns on every command and prints its telemetry banner into the
+    CLI's output. An instance with its own ``dagster.yaml`` is used as it is."""
     settings = settings or Settings.from_environ()
     path = use_dagster_home(settings)
-    if settings.dagster_home is None:
-        path.mkdir(parents=True, exist_ok=True)
-        config = path / "dagster.yaml"
-        if not config.exists():
-            config.write_text(INSTANCE_TEMPLATE.read_text())
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_TEMPLATE.read_text())
     return path
 
 
@@ -159,10 +161,88 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRe
         env.ledger.runs.fail_run(run_id, summary.error or "checks failed: " + ", ".join(c.check for c in summary.failed_checks),
                                  blocked=summary.blocked)
     progress(f"{job_name} {config['batch_id']}: {summary.line()}")
-    if job_name == names.ERASURE_JOB:
-        for line in erasure_outcomes(env.ledger, config["request_ids"]):
-            progress(line)
+    lines = erasure_outcomes(env.ledger, config["request_ids"]) if job_name == names.ERASURE_JOB else ingest_accounts(instance, run_id, env)
+    for line in lines:
+        progress(line)
     return summary
+
+
+def _metadata(instance: dg.DagsterInstance, run_id: str) -> tuple[list[tuple[str, dict]], dict]:
+    """(every materialisation of the run as (asset, metadata), the claim step's plan output metadata)."""
+    materialised = [(e.dagster_event.asset_key.to_user_string(), {k: v.value for k, v in e.dagster_event.materialization.metadata.items()})
+                    for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)]
+    plan: dict = {}
+    for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        data = e.dagster_event.event_specific_data
+        if data.step_output_handle.output_name == "plan":
+            plan = {k: v.value for k, v in (data.metadata or {}).items()}
+    return materialised, plan
+
+
+def ingest_accounts(instance: dg.DagsterInstance, run_id: str, env: Env) -> list[str]:
+    """Every row accounted for, one line per dataset the run ingested: rows read, past retention (and why), of
+    erased subjects, without a subject; then training rows a declaration could not make, and landing files
+    that belong to no dataset."""
+    materialised, plan = _metadata(instance, run_id)
+    totals: dict[str, dict] = {}
+    for asset, meta in materialised:
+        node = env.graph.by_name.get(asset)
+        if node is None:
+            continue
+        t = totals.setdefault(asset, {})
+        for k, v in meta.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                t[k] = t.get(k, 0) + v
+            elif k == "retention_cutoff" and v:
+                t[k] = max(t.get(k, ""), v)
+    lines = [_dataset_line(env, node, totals[node.name], plan) for node in env.graph.raw_nodes if node.name in totals]
+    for node in (n for n in env.graph.shard_nodes if n.kind == "training_set" and n.name in totals):
+        t = totals[node.name]
+        if t.get("subjects_without_features_row"):
+            lines.append(f"{node.name}: {t['subjects_without_features_row']:,} subjects have rows in an aggregated dataset but none in "
+                         f"'{env.policy.features.dataset}' (features.dataset): they feed no training row")
+        for k in sorted(k for k in t if k.startswith("filled_")):
+            c = k.removeprefix("filled_")
+            lines.append(f"{node.name}: '{c}' had no value in {t[k]:,} training rows, filled as declared ({env.policy.features.fill_of(c)})")
+    if plan.get("landing_files_matching_no_dataset"):
+        lines.append(unmatched_line(env))
+    return lines
+
+
+def _dataset_line(env: Env, node, t: dict, plan: dict) -> str:
+    missing = plan.get(f"rows_without_subject_{node.table}", 0)
+    rule = env.policy.datasets[node.table].missing_subject
+    parts = [f"{t.get('rows_added', 0) + (missing if rule == 'drop' else 0):,} rows read"]
+    if t.get("rows_past_retention"):
+        parts.append(f"{t['rows_past_retention']:,} past retention (retention_days {env.policy.retention_days}: "
+                     f"older than {t.get('retention_cutoff', '')[:10]})")
+    if t.get("tombstoned_rows_dropped"):
+        parts.append(f"{t['tombstoned_rows_dropped']:,} of erased subjects dropped")
+    if missing:
+        parts.append(f"{missing:,} without a subject ({ {'drop': 'dropped', 'keep': 'kept as rows of nobody'}.get(rule)})")
+    return f"{node.table}: " + ", ".join(parts) + f"; {t.get('rows', 0):,} rows in the partitions written"
+
+
+def unmatched_line(env: Env) -> str:
+    files = unmatched_files(env)
+    return (f"{len(files)} file{'s' if len(files) != 1 else ''} in landing match no dataset and were not read: {', '.join(files[:5])}"
+            f"{' …' if len(files) > 5 else ''} (a dataset's files sit in landing/<name>/ or start with <name>_, e.g. "
+            f"{next(iter(env.policy.datasets))}/export.csv)")
+
+
+def check_landing(env: Env) -> None:
+    """Before a full build: every declared dataset has a landing file or data in the lake already; say which
+    files belong to no dataset when one has none."""
+    tables = contracts_for(env.policy)
+    recorded = {a for a, _p in env.ledger.nodes.records()}
+    empty = [name for name, contract in tables.items() if not landing_files(env.landing, {name: contract})
+             and not any(n.table == name and n.name in recorded for n in env.graph.nodes)]
+    if empty:
+        unmatched = unmatched_files(env)
+        raise RunFailed(f"dataset{'s' if len(empty) > 1 else ''} {', '.join(repr(e) for e in empty)} "
+                        f"{'have' if len(empty) > 1 else 'has'} no file in landing ({env.landing.describe()}); a dataset's files sit in "
+                        f"landing/<name>/ or start with <name>_ (CSV or Parquet)"
+                        + (f"; {len(unmatched)} files there match no dataset: {', '.join(unmatched[:5])}" if unmatched else ""))
 
 
 def erasure_outcomes(book, request_ids: list[str]) -> list[str]:
@@ -187,7 +267,9 @@ def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, *, progr
 
     Raises :class:`RunFailed` with one safe line when the run fails for a reason other than a
     failed check; failed checks are in the summary for the caller to report."""
-    check_training_labels(env_of(defs))
+    env = env_of(defs)
+    check_landing(env)
+    check_training_labels(env)
     batch = "full-" + secrets.token_hex(8)
     request = dg.RunRequest(run_key=batch, job_name=names.INGEST_JOB, tags={names.BATCH: batch, names.KIND: "ingest"},
                             run_config={"ops": {names.CLAIM_LANDING_OP: {"config": {"batch_id": batch, "kind": "full"}}}})
@@ -235,11 +317,14 @@ def check_training_labels(env: Env) -> None:
     declaration, and each model's training set (consenting, not tombstoned, not held out) can teach it
     something (two classes; a target that varies)."""
     policy = env.policy
+    if policy.features is None or not policy.models:
+        return
     dataset = policy.features.dataset
     rows = read_landing_table(env.landing, contracts_for(policy)[dataset], env.keyer, check=lambda frame, name: check_labels(frame, name, policy))
     if rows.empty:
         return
     rows = rows[~rows["subject_key"].isin(env.ledger.tombstones.active())]
     where = f"{dataset} (every landing file)"
+    require_numbers(rows, policy, where=where)
     for name in policy.models:
         require_learnable(model_label(policy, name), training_labels(rows, policy, name, where=where), where=where)

@@ -28,7 +28,8 @@ SUFFIXES = (".parquet", ".csv")
 class TableContract:
     name: str
     id_column: str
-    subject_column: str = "subject_id"
+    subject_column: str | None = "subject_id"
+    """None: a lookup table (``subject: null``), no person's data."""
     timestamps: tuple[str, ...] = ()
     booleans: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()
@@ -39,7 +40,33 @@ class TableContract:
 
     @property
     def required(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys([self.id_column, self.subject_column, *self.named_by]))
+        return tuple(c for c in dict.fromkeys([self.id_column, self.subject_column, *self.named_by]) if c)
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.subject_column is None
+
+
+def _features_read(policy, name: str, need) -> None:
+    """Columns of dataset ``name`` the features (and the models' labels, the consent rule) read."""
+    f = policy.features
+    if f is None:
+        return
+    if f.dataset == name:
+        need([policy.consent.column if policy.consent else None], "consent.column")
+        joined = {c for j in f.joins for c in j.columns}  # the lookup's columns, required of the lookup
+        need([c for c in f.numeric_columns if c not in joined], "features.numeric")
+        need([c for c in f.categorical if c not in joined], "features.categorical")
+        need([j.on for j in f.joins], "features.joins")
+        for model_name, model in policy.models.items():
+            need([model.label], f"models.{model_name}.label")
+    for i, agg in enumerate(f.aggregates):
+        if agg.dataset == name:
+            need([agg.column], f"features.aggregates.{i}.column")
+            need(agg.where, f"features.aggregates.{i}.where")
+    for i, join in enumerate(f.joins):
+        if join.dataset == name:
+            need([join.key or join.on, *join.columns], f"features.joins.{i}")
 
 
 def contracts_for(policy) -> dict[str, TableContract]:
@@ -56,22 +83,13 @@ def contracts_for(policy) -> dict[str, TableContract]:
         need([spec.timestamp], f"datasets.{name}.timestamp")
         need(spec.text, f"datasets.{name}.text")
         need([spec.consent], f"datasets.{name}.consent")
-        f = policy.features
-        if f.dataset == name:
-            need([policy.consent.column], "consent.column")
-            need(f.numeric, "features.numeric")
-            need(f.categorical, "features.categorical")
-            for model_name, model in policy.models.items():
-                need([model.label], f"models.{model_name}.label")
-        for i, agg in enumerate(f.aggregates):
-            if agg.dataset == name:
-                need([agg.column], f"features.aggregates.{i}.column")
-                need(agg.where, f"features.aggregates.{i}.where")
+        _features_read(policy, name, need)
         c = policy.cohorts
         if c is not None and c.dataset == name:
             need([*c.quasi_identifiers, *c.measures, c.label], "cohorts")
-        bools = tuple(dict.fromkeys(col for col in (spec.consent, policy.consent.column if f.dataset == name else None)
-                                    if col and all(isinstance(v, bool) for v in policy.consent.allowed_values)))
+        base_consent = policy.consent.column if policy.consent and policy.features and policy.features.dataset == name else None
+        boolean_consent = policy.consent is None or all(isinstance(v, bool) for v in policy.consent.allowed_values)
+        bools = tuple(dict.fromkeys(col for col in (spec.consent, base_consent) if col and boolean_consent))
         out[name] = TableContract(name, spec.id, spec.subject, (spec.timestamp,) if spec.timestamp else (), bools,
                                   tuple(spec.text), named, spec.missing_subject)
     return out
@@ -121,9 +139,22 @@ def read_landing_bytes(data: bytes, name: str, contract: TableContract | None = 
         raise LandingContractError(name, None, None, f"cannot be read as {suffix[1:]} ({type(exc).__name__})") from None
 
 
+def _validated_lookup(out: pd.DataFrame, contract: TableContract, fail) -> pd.DataFrame:
+    """A lookup table's rows: ids present, unique, strings."""
+    ids = out[contract.id_column]
+    empty = ids.isna().to_numpy() | (ids.astype("string").str.strip().fillna("") == "").to_numpy()
+    if empty.any():
+        fail(contract.id_column, empty, "empty id")
+    out[contract.id_column] = ids.astype(str)
+    dup = out[contract.id_column].duplicated().to_numpy()
+    if dup.any():
+        fail(contract.id_column, dup, "duplicate id (each row needs a unique id)")
+    return out
+
+
 def without_subject(df: pd.DataFrame, contract: TableContract) -> np.ndarray:
     """Rows whose subject column is empty (missing, or blank)."""
-    if contract.subject_column not in df:
+    if contract.subject_column is None or contract.subject_column not in df:
         return np.zeros(len(df), dtype=bool)
     values = df[contract.subject_column]
     return values.isna().to_numpy() | (values.astype("string").str.strip().fillna("") == "").to_numpy()
@@ -143,6 +174,8 @@ def validate(df: pd.DataFrame, contract: TableContract, file: str) -> pd.DataFra
             fail(col, None, f"column named by {by} is missing" if by else
                  f"required column is missing (a {contract.name} file needs {', '.join(contract.required)})")
     out = df.copy()
+    if contract.is_lookup:
+        return _validated_lookup(out, contract, fail)
     missing = without_subject(out, contract)
     if missing.any() and contract.missing_subject == "reject":
         n = int(missing.sum())

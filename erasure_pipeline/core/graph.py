@@ -47,6 +47,8 @@ class Node:
     checks: tuple[CheckSpec, ...] = ()
     kinds: tuple[str, ...] = ()
     description: str = ""
+    prepare: bool = False
+    """Unpartitioned, and read by shard nodes (a lookup table): computed before the shard steps, not with the merges."""
 
 
 CODE_REVISION = "1"
@@ -89,11 +91,18 @@ class Graph:
 
     @property
     def merge_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if not n.partitioned]
+        """Unpartitioned nodes over every shard, computed after the shard steps."""
+        return [n for n in self.nodes if not n.partitioned and not n.prepare]
+
+    @property
+    def prepare_nodes(self) -> list[Node]:
+        """Unpartitioned nodes shard nodes read (lookup tables), computed before the shard steps."""
+        return [n for n in self.nodes if n.prepare]
 
     @property
     def raw_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if n.table is not None]
+        """The nodes that ingest a dataset of people from landing, one per dataset, partitioned by shard."""
+        return [n for n in self.nodes if n.table is not None and n.partitioned]
 
     @property
     def subject_nodes(self) -> list[Node]:

@@ -8,7 +8,7 @@ which import no Dagster, read the same table here.
 | variable | default | production |
 |---|---|---|
 | ``ERASURE_PIPELINE_HOME`` | ``./.erasure_home`` | a volume |
-| ``ERASURE_PIPELINE_POLICY`` | ``./policy.yaml`` (the built-in declaration if absent) | the declaration's path |
+| ``ERASURE_PIPELINE_POLICY`` | ``./policy.yaml``, else ``<home>/policy.yaml`` (none: an error) | the declaration's path |
 | ``ERASURE_PIPELINE_LAKE_URL`` | ``<home>/lake`` | ``s3://bucket/prefix`` |
 | ``ERASURE_PIPELINE_LANDING_URL`` | ``<home>/landing`` | ``s3://bucket/prefix`` |
 | ``ERASURE_PIPELINE_LEDGER_URL`` | ``sqlite:///<home>/ledger.sqlite`` | ``postgresql+psycopg2://…`` |
@@ -31,7 +31,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_HOME = ".erasure_home"
-DEFAULT_POLICY = "policy.yaml"
 
 VARIABLES: dict[str, str] = {
     "home": "ERASURE_PIPELINE_HOME",
@@ -110,11 +109,6 @@ class Settings:
     def instance_dir(self) -> Path:
         """Dagster's instance folder: ``$DAGSTER_HOME``, else ``<home>/dagster``."""
         return self.dagster_home or self.home / "dagster"
-
-    @property
-    def policy_file(self) -> tuple[Path, bool]:
-        """(the policy file, whether it was named explicitly: then it must exist)."""
-        return (self.policy, True) if self.policy else ((Path.cwd() / DEFAULT_POLICY).resolve(), False)
 
     @property
     def is_production(self) -> bool:

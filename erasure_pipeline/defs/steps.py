@@ -95,7 +95,23 @@ def _emit(context, plan: RunPlan) -> Iterator[dg.Output | dg.DynamicOutput]:
         "batch": plan.batch_id, "claimed": plan.claimed, "shards": len(plan.works),
         "landing_files_scrubbed": plan.landing_scrubbed, "requests": len(plan.request_ids),
         "requests_in_review": len(plan.in_review), "requests_skipped": len(plan.skipped),
+        "landing_files_matching_no_dataset": len(plan.unmatched),
         **{f"rows_without_subject_{table}": n for table, n in plan.without_subject.items()}})
+
+
+def _prepared(context, env: Env, plan: RunPlan):
+    """Lookup tables the shard steps will read, computed in the claim step when new files came or they are stale."""
+    if not plan.claimed:
+        return
+    for node in env.graph.prepare_nodes:
+        records = env.ledger.nodes.records(assets=[node.name])
+        if node.name in plan.prepares or env.graph.stale_reason(env.policy, node.name, None, records) is not None:
+            _outcome, blocking = yield from _run_node(context, env, node, None, "ingest")
+            if blocking:
+                raise runtime.blocked(blocking)
+    if plan.unmatched:
+        context.log.warning(f"{len(plan.unmatched)} landing files match no declared dataset and were not read: "
+                            f"{', '.join(plan.unmatched[:5])}")
 
 
 def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpDefinition]:
@@ -112,15 +128,18 @@ def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpD
            description="Takes the run's landing files in the ledger, stages them in one pass, plans which nodes each shard must run.")
     def claim_landing_files(context: dg.OpExecutionContext, config: IngestRunConfig, pipeline: PipelineResource):
         env, who = _start(context, pipeline, policy)
-        yield from _emit(context, claim_landing(env, config.batch_id, config.kind, config.landing_files, as_of_time(config.as_of),
-                                                context.run_id, **who))
+        plan = claim_landing(env, config.batch_id, config.kind, config.landing_files, as_of_time(config.as_of), context.run_id, **who)
+        yield from _prepared(context, env, plan)
+        yield from _emit(context, plan)
 
     @dg.op(name=names.CLAIM_REBUILD_OP, out=PLAN_OUTS, pool=names.POOL,
            description="Takes every landing file and plans the stale partitions a policy change left.")
     def claim_rebuild(context: dg.OpExecutionContext, config: RebuildRunConfig, pipeline: PipelineResource):
         env, who = _start(context, pipeline, policy)
         stale = {n: {None if p == "all" else p for p in parts} for n, parts in config.partitions.items()}
-        yield from _emit(context, claim_landing(env, config.batch_id, "rebuild", None, as_of_time(None), context.run_id, stale, **who))
+        plan = claim_landing(env, config.batch_id, "rebuild", None, as_of_time(None), context.run_id, stale, **who)
+        yield from _prepared(context, env, plan)
+        yield from _emit(context, plan)
 
     return claim_requests, claim_landing_files, claim_rebuild
 
@@ -161,16 +180,24 @@ def _shard_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
 
 
 def _merges(context, env: Env, plan: RunPlan):
-    """Each stale (or forced) merge, once, in graph order; returns their outcomes."""
-    outcomes = []
+    """Each stale (or forced) merge, once, in graph order; returns their outcomes. A merge whose blocking check
+    fails (a model below its quality floor) holds back only itself and the merges built from it: the others
+    are built, and the step fails afterwards naming each that missed."""
+    outcomes, blocked, held = [], [], set()
     for node in env.graph.merge_nodes:
+        if held.intersection(node.parents):
+            held.add(node.name)
+            continue
         records = env.ledger.nodes.records(assets=[node.name, *node.parents])
         if node.name not in plan.forced_merges and env.graph.stale_reason(env.policy, node.name, None, records) is None:
             continue
         outcome, blocking = yield from _run_node(context, env, node, None, "erasure" if plan.kind == "erasure" else "ingest")
         outcomes.append(outcome)
         if blocking:
-            raise runtime.blocked(blocking)
+            blocked += blocking
+            held.add(node.name)
+    if blocked:
+        raise runtime.blocked(blocked)
     return outcomes
 
 

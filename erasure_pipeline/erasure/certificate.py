@@ -98,13 +98,14 @@ def to_markdown(cert: Mapping[str, Any]) -> str:
         *([f"| operator review | {cert['operator_review']} |"] if cert.get("operator_review") else []),
         f"| run | {cert.get('run_id') or 'none (no data)'} |",
         "",
-        "| dataset | data present | action | version before | version after |",
-        "|---|---|---|---|---|",
+        "| dataset | data present | action | version before | version after | detail |",
+        "|---|---|---|---|---|---|",
     ]
     for d in cert["datasets"]:
         before = (d["version_before"] or "")[:12]
         after = (d["version_after"] or "")[:12]
-        lines.append(f"| {d['dataset']} | {d['data_present']} | {d['action']} | {before} | {after} |")
+        detail = str(d.get("detail") or "").replace("|", "/")
+        lines.append(f"| {d['dataset']} | {d['data_present']} | {d['action']} | {before} | {after} | {detail} |")
     lines += ["", "**Verification**", ""]
     for f in cert["verification"]:
         lines.append(f"- {'✅' if f['ok'] else '❌'} {f['claim']} — {f['target']} {f['detail']}".rstrip())

@@ -28,12 +28,16 @@ class ErasureNotProven(RuntimeError):
 
 
 def affected_nodes(env: Env, footprint: Footprint, outcomes: Outcomes, part: str) -> set[str]:
-    """Nodes that held the subject in partition ``part`` (provenance) or changed in this run below one that did."""
+    """Nodes that held the subject in partition ``part``: by provenance for nodes that keep a record per subject
+    (raw partitions, training sets, the vector index); else a node that changed in this run below one that did
+    (a shard model below the training set that held them, the merges). A training set that changed only for
+    other subjects of the batch did not hold this one: its certificate row says it was checked and held nothing."""
     affected: set[str] = set()
     for node in env.graph.nodes:
         o = outcomes.get((node.name, part if node.partitioned else None))
         held = part in footprint.get(node.name, {}) if node.partitioned else node.name in footprint
-        if held or (o is not None and o.changed and affected.intersection(node.parents)):
+        below = not node.subject_rows and o is not None and o.changed and affected.intersection(node.parents)
+        if held or below:
             affected.add(node.name)
     return affected
 
@@ -53,6 +57,9 @@ def _detail(env: Env, node, partition: str | None, own: str, footprint: Footprin
     return "; ".join(detail)
 
 
+HELD_NOTHING = "checked: held none of the subject's data"
+
+
 def actions_for(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes, run_id: str | None,
                 landing_scrubbed: int = 0) -> list[dict]:
     """One row per node of the subject's own shard (NO_DATA where it held nothing); another shard's row where
@@ -61,7 +68,7 @@ def actions_for(env: Env, request: Mapping, footprint: Footprint, outcomes: Outc
     elsewhere = sorted({p for parts in footprint.values() for p in parts if p != own})
     affected = {p: affected_nodes(env, footprint, outcomes, p) for p in [own, *elsewhere]}
     actions, scrubbed = [], landing_scrubbed
-    for node in env.graph.nodes:
+    for node in (n for n in env.graph.nodes if env.kinds.get(n.kind).personal):
         for partition in ([own, *elsewhere] if node.partitioned else [None]):
             present = node.name in (affected[partition] if partition else set().union(*affected.values()))
             if partition not in (own, None) and not present:
@@ -72,7 +79,7 @@ def actions_for(env: Env, request: Mapping, footprint: Footprint, outcomes: Outc
             actions.append({
                 "asset": node.name, "partition": partition, "action": node.action if present else "NO_DATA", "data_present": present,
                 "before_hash": o.before if o is not None else None, "after_hash": o.after if o is not None else None,
-                "detail": _detail(env, node, partition, own, footprint, details), "run_id": run_id,
+                "detail": _detail(env, node, partition, own, footprint, details) if present else HELD_NOTHING, "run_id": run_id,
             })
     if scrubbed and any(n.table is not None and n.name in footprint for n in env.graph.nodes):
         actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True, "before_hash": None,

@@ -74,6 +74,10 @@ class RunPlan:
     """Requests the batch named that the claim did not take (held, completed, or another live run's)."""
     without_subject: dict = field(default_factory=dict)
     """An ingest: rows whose subject column was empty, by dataset (dropped or kept, as each declares)."""
+    prepares: tuple[str, ...] = ()
+    """An ingest: the lookup tables its claim step computes before the shard steps (new files, a rebuild)."""
+    unmatched: tuple[str, ...] = ()
+    """An ingest: landing files that belong to no declared dataset (listed, never read)."""
 
 
 CERTIFICATE_DETAILS = ("noncurrent_versions_purged", "landing_files_scrubbed", "points_deleted_by_subject_filter", "rows")
@@ -150,7 +154,7 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
     if kind != "rebuild" or any(graph.node(n).table is not None for n in (stale or {})):
         # One pass over the batch's landing files: each read once, its rows staged per shard, indexed.
         def check(frame, f) -> None:
-            if f.table == policy.features.dataset:
+            if policy.features is not None and f.table == policy.features.dataset:
                 check_labels(frame, f.name, policy)
 
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer))
@@ -160,9 +164,18 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
     names = None if files is None else tuple(f.name for f in present)
     works = tuple(ShardWork(s, tuple(graph.ordered(nodes)), mode, names, as_of.isoformat(), staged.batch if staged else None)
                   for s, nodes in sorted(forced.items()) if nodes or kind == "full")
-    merges = tuple(n for n in (stale or {}) if not graph.node(n).partitioned)
+    merges = tuple(n for n in (stale or {}) if not graph.node(n).partitioned and not graph.node(n).prepare)
+    lookups = {f.table for f in present if f.contract.is_lookup}
+    prepares = tuple(n.name for n in graph.prepare_nodes if kind == "full" or n.table in lookups or n.name in (stale or {}))
     return RunPlan(kind, batch_id, True, run_id, works, merges, landing_scrubbed=len(staged.scrubbed) if staged else 0,
-                   without_subject=dict(staged.without_subject) if staged else {})
+                   without_subject=dict(staged.without_subject) if staged else {}, prepares=prepares,
+                   unmatched=tuple(unmatched_files(env)))
+
+
+def unmatched_files(env: Env) -> list[str]:
+    """Landing files that belong to no declared dataset (a folder or a name prefix no dataset has)."""
+    matched = {f.name for f in landing_files(env.landing, contracts_for(env.policy))}
+    return [n for n in env.landing.list() if n not in matched and not n.rsplit("/", 1)[-1].startswith(".")]
 
 
 def _forced(env: Env, kind: str, staged: Staged | None, as_of: dt.datetime, stale: dict[str, set[str | None]]) -> dict[int, set[str]]:

@@ -95,7 +95,7 @@ def _landing_holding(env: Env, subject_key: str, rule: tuple[str, ...], cache: d
     rows = named = 0
     keyer = env.keyer.under(rule)
     for f in landing_files(env.landing, contracts.contracts_for(env.policy)):
-        if f.name not in holding and f.name not in untrusted and rule == env.keyer.rule:
+        if f.contract.is_lookup or (f.name not in holding and f.name not in untrusted and rule == env.keyer.rule):
             continue
         if ("landing", f.name) not in cache:  # parsed once per batch: the subjects' rows and the keys its texts name
             df = read_landing(env.landing, f, env.keyer)
@@ -168,7 +168,7 @@ def _merge_inputs(env: Env, node) -> list[Finding]:
 def recorded_version_claims(env: Env, partition: str | None) -> list[Finding]:
     """Every node partition of one shard (or, with None, every merge) holds what the ledger recorded when
     it was last materialised: a corrupted object, or an old copy restored in its place, fails here."""
-    nodes = [n for n in env.graph.nodes if n.partitioned == (partition is not None)]
+    nodes = [n for n in env.graph.nodes if n.partitioned == (partition is not None) and env.kind_of(n.name).personal]
     records = env.ledger.nodes.records(partition, [n.name for n in nodes])
     out = []
     for node in nodes:

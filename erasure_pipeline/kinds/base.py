@@ -180,6 +180,8 @@ class Kind(ABC):
     """What its provenance counts for one subject (a certificate says "12 rows", "2 points")."""
     residual_risk: ClassVar[str | None] = None
     """What a certificate says remains, when this kind held the subject."""
+    personal: ClassVar[bool] = True
+    """Whether its nodes may hold a person's data: a certificate lists (and ``verify`` proves) only those."""
 
     @abstractmethod
     def nodes(self, policy: Policy) -> list[Node]:

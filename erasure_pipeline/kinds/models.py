@@ -31,7 +31,7 @@ from erasure_pipeline.kinds.base import (
 )
 from erasure_pipeline.ml import features as ft
 from erasure_pipeline.ml.labels import class_counts, require_learnable
-from erasure_pipeline.ml.shard_training import matches_retrain, n_classes, train_shard_model
+from erasure_pipeline.ml.shard_training import matches_retrain, n_classes, train_shard_model, train_unsharded
 from erasure_pipeline.ml.sisa import SISAClassifier, SISARegressor, shard_seed
 from erasure_pipeline.stores import lake as lk
 
@@ -150,6 +150,7 @@ class _Shards:
     constituents: list = field(default_factory=list)
     holdouts: list = field(default_factory=list)
     trained: list = field(default_factory=list)
+    train_rows: list = field(default_factory=list)
     per_shard: list = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
 
@@ -172,6 +173,7 @@ def _read_shards(run: NodeRun) -> _Shards:
         is_holdout = rows[ft.HOLDOUT].astype(bool)
         out.holdouts.append(rows[is_holdout])
         out.trained.append(rows.loc[~is_holdout, ft.LABEL].to_numpy())
+        out.train_rows.append(rows[~is_holdout])
         out.per_shard.append({"shard": p, "train_rows": saved["train_rows"], "model": type(saved["model"]).__name__})
     return out
 
@@ -188,8 +190,10 @@ class Ensemble(Kind):
             checks=(CheckSpec("meets_quality_floor",
                               f"Holdout {spec.metric} at or above models.{model}.quality.min. Below it the model is kept only as a "
                               "candidate, the published model is withdrawn (it was built from shard models that changed) and "
-                              "the run fails; in an erasure run the check fails as a warning so the erasure still completes."),),
-            description=f"The SISA aggregate of every shard model of `{model}`, evaluated on the key-derived holdout of every shard.")
+                              "the run fails; in an erasure run the check fails as a warning so the erasure still completes."),)
+            if spec.quality else (),
+            description=f"The SISA aggregate of every shard model of `{model}`, evaluated on the key-derived holdout of every shard, "
+                        "beside one unsharded model of the same estimator on the same split (what sharding costs).")
             for model, spec in policy.models.items()]
 
     def compute(self, run: NodeRun) -> NodeResult:
@@ -204,20 +208,28 @@ class Ensemble(Kind):
         y = holdout[ft.LABEL].to_numpy()
         metrics: dict = {"holdout_rows": len(holdout), **({f"holdout_class_{c}": n for c, n in class_counts(y, k).items()} if k else {})}
         metrics.update(holdout_metrics(spec.task, ensemble, holdout[names].to_numpy(dtype="float64"), y, k))
+        baseline = self._baseline(run, shards, holdout, names, k)
         saved = {"model": ensemble, "features": names, "classes": training.declared_classes(policy, node.model), "task": spec.task,
-                 "metrics": metrics, "inputs": shards.inputs}
+                 "metrics": metrics, "baseline": baseline, "inputs": shards.inputs}
         value = metrics.get(f"holdout_{spec.metric}")
-        passed = value is not None and value >= spec.quality.min
+        passed = spec.quality is None or (value is not None and value >= spec.quality.min)
         publication = publish_ensemble(store, node.name, lk.dumps_model(saved), passed)
+        if spec.quality is None:
+            publication += " (no quality floor declared)"
         digest = lk.model_fingerprint(saved)
         finish(run, digest)
+        unsharded = baseline.get(f"holdout_{spec.metric}")
         return NodeResult(digest, None, {
-            **metrics, "model": node.model, "task": spec.task, "published": publication,
+            **metrics, "model": node.model, "task": spec.task, "estimator": spec.estimator, "published": publication,
             "shards_with_model": sum(m is not None for m in shards.constituents),
             "aggregation": spec.aggregation if k is not None else "mean prediction",
+            **({f"unsharded_{spec.metric}": unsharded, f"sharding_cost_{spec.metric}": unsharded - value}
+               if unsharded is not None and value is not None else {}),
+            "unsharded_measured": (baseline.get("measured", "not measured")
+                                   + (" (carried over: an erasure does not retrain it)" if baseline.get("carried_over") else "")),
             "metrics": Markdown(md_table([metrics])), "shards": Markdown(md_table(shards.per_shard)), "content_hash": digest,
             "noncurrent_versions_purged": purge(run, lk.model_name(node.name), lk.model_name(node.name, CANDIDATE)),
-        }, (CheckOutcome(
+        }, () if spec.quality is None else (CheckOutcome(
             "meets_quality_floor", passed,
             {"metric": spec.metric, "holdout_value": value if value is not None else -1.0, "floor": spec.quality.min,
              **{k_: v for k_, v in metrics.items() if k_.startswith("holdout_class_")}, "published": publication},
@@ -225,6 +237,25 @@ class Ensemble(Kind):
             # subject is withdrawn either way, and the failure is reported as a warning.
             severity="WARN" if run.mode == "erasure" else "ERROR",
         ),))
+
+    @staticmethod
+    def _baseline(run: NodeRun, shards: _Shards, holdout: pd.DataFrame, names: list[str], k: int | None) -> dict:
+        """The unsharded model's holdout metrics. An erasure run carries over the last ones measured (one
+        model on every row costs what the whole rebuild saves); every other run measures them anew."""
+        policy, node = run.env.policy, run.node
+        if run.mode == "erasure":
+            blob = run.env.lake.read_bytes(lk.model_name(node.name, CANDIDATE))
+            before = (lk.loads_model(blob).get("baseline") if blob else None) or {}
+            return {**before, "carried_over": True} if before else {}
+        train = pd.concat(shards.train_rows, ignore_index=True)
+        fitted = train_unsharded(policy, node.model, train)
+        if fitted is None:
+            return {}
+        one = (SISARegressor.from_constituents([fitted], len(names), n_shards=1, random_state=policy.seed, hash_groups=False) if k is None else
+               SISAClassifier.from_constituents([fitted], np.arange(k), len(names), n_shards=1, random_state=policy.seed, hash_groups=False))
+        metrics = holdout_metrics(policy.models[node.model].task, one, holdout[names].to_numpy(dtype="float64"),
+                                  holdout[ft.LABEL].to_numpy(), k)
+        return {**metrics, "measured": f"{run.mode} run, {len(train)} training rows", "carried_over": False}
 
     def object_name(self, node: Node, partition: str | None) -> str:
         return lk.model_name(node.name, partition)

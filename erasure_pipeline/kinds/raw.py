@@ -47,8 +47,14 @@ def node_name(dataset: str) -> str:
     return f"raw_{dataset}"
 
 
+def is_features_dataset(policy: Policy, dataset: str) -> bool:
+    return policy.features is not None and policy.features.dataset == dataset
+
+
 def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:
-    """The latest of this run's cutoff and every earlier cycle's (cutoffs only move forward)."""
+    """The latest of this run's cutoff and every earlier cycle's (cutoffs only move forward); None without retention."""
+    if policy.retention_days is None:
+        return None
     times = [b["as_of"] for b in book.runs.landing_batches() if b["kind"] == "cycle"]
     if as_of:
         times.append(as_of)
@@ -69,7 +75,7 @@ def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff:
 
 def consent_changes(existing: pd.DataFrame | None, written: pd.DataFrame, policy: Policy) -> dict[str, bool]:
     """Subjects whose training consent flipped between the old and the new rows."""
-    if existing is None or existing.empty or written.empty or policy.consent.column is None or policy.consent.column not in written:
+    if existing is None or existing.empty or written.empty or policy.consent is None or policy.consent.column not in written:
         return {}
     before = pd.Series(consenting(existing, policy).to_numpy(), index=existing["subject_key"].to_numpy())
     after = pd.Series(consenting(written, policy).to_numpy(), index=written["subject_key"].to_numpy())
@@ -129,7 +135,7 @@ def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
     if run.mode == "erasure":
         return None
     policy = run.env.policy
-    check = (lambda frame, name: check_labels(frame, name, policy)) if contract.name == policy.features.dataset else None
+    check = (lambda frame, name: check_labels(frame, name, policy)) if is_features_dataset(policy, contract.name) else None
     if run.staged is not None:
         return read_staged(run.env.lake, run.staged, contract, run.shard)
     rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
@@ -193,7 +199,7 @@ def _rewrite(step: _Step) -> None:
     # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
     result, step.counts["redacted"] = step.everyone.redact(result, contract.texts)
     result, step.counts["expired"] = apply_retention(result, contract, step.cutoff)
-    if contract.name == run.env.policy.features.dataset:
+    if is_features_dataset(run.env.policy, contract.name):
         step.consent = consent_changes(step.old, result, run.env.policy)
     in_bucket = bk.buckets_of(result["subject_key"], step.buckets) if len(result) else np.zeros(0, dtype=np.int64)
     rows_of = pd.Series(np.arange(len(in_bucket))).groupby(in_bucket).indices if len(in_bucket) else {}
@@ -332,7 +338,7 @@ class Raw(Kind):
         return [Node(node_name(name), self.name, "raw", True, reads=("shards", "identity", "lake", f"datasets.{name}"), action=self.action,
                      subject_rows=True, table=name, expires=spec.timestamp is not None, checks=(TOMBSTONE_CHECK,), kinds=("parquet",),
                      description=f"Landing `{name}` rows of one shard, keyed by `subject_key` (from `{spec.subject}`), minus tombstoned subjects.")
-                for name, spec in policy.datasets.items()]
+                for name, spec in policy.datasets.items() if not spec.is_lookup]
 
     def compute(self, run: NodeRun) -> NodeResult:
         step = _plan(run)

@@ -15,12 +15,14 @@ from erasure_pipeline.core.graph import Graph, Node
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds.base import Kind, Registry
 from erasure_pipeline.kinds.cohorts import CohortModel, CohortPartial, CohortTable
+from erasure_pipeline.kinds.lookup import Lookup
 from erasure_pipeline.kinds.models import Ensemble, ShardModel
 from erasure_pipeline.kinds.raw import Raw
 from erasure_pipeline.kinds.training import TrainingSet
 from erasure_pipeline.kinds.vectors import VectorIndex
 
-REGISTRY = Registry([Raw(), CohortPartial(), TrainingSet(), ShardModel(), VectorIndex(), CohortTable(), CohortModel(), Ensemble()])
+REGISTRY = Registry([Lookup(), Raw(), CohortPartial(), TrainingSet(), ShardModel(), VectorIndex(), CohortTable(), CohortModel(),
+                     Ensemble()])
 
 
 @contextlib.contextmanager
@@ -34,12 +36,13 @@ def registered(kind: Kind, registry: Registry = REGISTRY) -> Iterator[Kind]:
 
 
 def graph_for(policy: Policy, registry: Registry = REGISTRY) -> Graph:
-    """The graph a declaration describes: every kind's nodes, shard-partitioned ones first (in the
-    registry's order), then the unpartitioned merges over them."""
+    """The graph a declaration describes: every kind's nodes, the lookup tables shards read first, then the
+    shard-partitioned ones (in the registry's order), then the unpartitioned merges over them."""
     nodes: list[Node] = [n for kind in registry for n in kind.nodes(policy)]
     for n in nodes:
         registry.get(n.kind)  # a node of an unregistered kind fails here, by name
-    ordered = [n for n in nodes if n.partitioned] + [n for n in nodes if not n.partitioned]
+    ordered = [n for n in nodes if n.prepare] + [n for n in nodes if n.partitioned] + \
+        [n for n in nodes if not n.partitioned and not n.prepare]
     return Graph(tuple(_topological(ordered)), tuple(policy.partitions))
 
 
@@ -55,8 +58,3 @@ def _topological(nodes: list[Node]) -> list[Node]:
         placed.add(ready.name)
         todo.remove(ready)
     return out
-
-
-def demo_graph() -> Graph:
-    """The demo's shape: the default declaration's graph."""
-    return graph_for(Policy())

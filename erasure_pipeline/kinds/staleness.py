@@ -31,6 +31,8 @@ def stale_partitions(book: Ledger, policy: Policy, graph: Graph) -> dict[str, di
 
 def expired_partitions(book: Ledger, policy: Policy, graph: Graph, as_of: dt.datetime) -> dict[int, set[str]]:
     """Shard -> raw nodes holding rows older than ``as_of - retention_days`` (datasets with a timestamp)."""
+    if policy.retention_days is None:
+        return {}
     cutoff = as_of - dt.timedelta(days=policy.retention_days)
     out: dict[int, set[str]] = {}
     for stats in book.nodes.partition_stats():

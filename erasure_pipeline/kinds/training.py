@@ -12,7 +12,7 @@ import pandas as pd
 from erasure_pipeline.core.graph import Node
 from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.kinds import raw
+from erasure_pipeline.kinds import lookup, raw
 from erasure_pipeline.kinds.base import (
     TOMBSTONE_CHECK,
     Env,
@@ -33,6 +33,8 @@ from erasure_pipeline.ml.shard_training import n_classes
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 
+LOOKUP_INPUT = "table"
+"""How a lookup parent's one object is recorded among a training set's inputs (raw parents: ``b_NNN`` buckets)."""
 SISA_RISK = ("The subject's shard model was retrained from rows without the subject and equals an independent "
              "retrain bit for bit; other shard models never saw the subject. Model copies exported before the "
              "completion date are out of scope of this certificate.")
@@ -61,8 +63,10 @@ def declared_classes(policy: Policy, model: str) -> list | None:
 
 
 def _bucket_hashes(env: Env, parent: str, partition: str) -> dict[str, str] | None:
-    """The parent partition's bucket hashes; None when it is laid out with another bucket count than
-    the policy gives (lake.buckets changed and the raw partition not yet rewritten)."""
+    """The parent partition's bucket hashes (a lookup table: its one object's); None when it is laid out with
+    another bucket count than the policy gives (lake.buckets changed and the raw partition not yet rewritten)."""
+    if env.graph.node(parent).prepare:
+        return {LOOKUP_INPUT: lk.object_hash(env.lake, env.kind_of(parent).object_name(env.graph.node(parent), None)) or ""}
     manifest = bk.read_manifest(env.lake, parent, partition)
     if manifest is not None and manifest.of not in (0, env.policy.lake.buckets):
         return None
@@ -77,10 +81,11 @@ def _changed_buckets(run: NodeRun, inputs: dict, previous: pd.DataFrame | None, 
     recorded = lk.table_inputs(env.lake, node.name, p) if previous is not None else None
     record = env.ledger.nodes.records(p, [node.name]).get((node.name, p))
     if recorded is None or record is None or record["code_version"] != run.code_version or set(recorded) != set(inputs) \
-            or any(h is None for h in (*inputs.values(), *recorded.values())):
+            or any(h is None for h in (*inputs.values(), *recorded.values())) \
+            or any(LOOKUP_INPUT in inputs[parent] and inputs[parent] != recorded[parent] for parent in inputs):  # a lookup changed: all
         return None
     changed = {int(b[2:]) for parent in inputs for b in set(inputs[parent]) | set(recorded[parent])
-               if inputs[parent].get(b) != recorded[parent].get(b)}
+               if b != LOOKUP_INPUT and inputs[parent].get(b) != recorded[parent].get(b)}
     return changed | set(bk.buckets_of(previous.loc[previous[ft.KEY].isin(tombstoned), ft.KEY], env.policy.lake.buckets).tolist())
 
 
@@ -102,6 +107,8 @@ def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, fra
         "features": len(names),
         "constant_features": ft.constant_features(written, names),
         "subjects_recomputed": "all" if changed is None else f"{len(training.rows)} rows in {len(changed)} changed buckets",
+        "subjects_without_features_row": training.without_base_row,
+        **{f"filled_{c}": n for c, n in training.filled.items()},
     }
 
 
@@ -112,12 +119,16 @@ class TrainingSet(Kind):
 
     def nodes(self, policy: Policy) -> list[Node]:
         f = policy.features
-        tables = list(dict.fromkeys([f.dataset, *(a.dataset for a in f.aggregates), *(d for fn in f.functions for d in fn.datasets)]))
+        if f is None or not policy.models:
+            return []
+        tables = list(dict.fromkeys([f.dataset, *(a.dataset for a in f.aggregates), *(d for fn in f.functions for d in fn.datasets),
+                                     *(j.dataset for j in f.joins)]))
+        parents = tuple(lookup.node_name(t) if policy.datasets[t].is_lookup else raw.node_name(t) for t in tables)
         out = []
         for model, spec in policy.models.items():
             reads = ("consent", "features", *(f"models.{model}.{k}" for k in ("label", "task", "positive_class", "classes", "holdout_fraction")))
             out.append(Node(
-                node_name(model), self.name, "training", True, tuple(raw.node_name(t) for t in tables), reads, self.action,
+                node_name(model), self.name, "training", True, parents, reads, self.action,
                 subject_rows=True, checks=(TOMBSTONE_CHECK,), kinds=("parquet",), model=model,
                 description=f"Feature rows of one shard's consenting subjects for model `{model}` ({spec.task}, label "
                             f"`{spec.label}`), sorted by subject_key; a key-derived holdout flag."))
@@ -143,7 +154,8 @@ class TrainingSet(Kind):
                 raise lk.not_materialised(store, parent, p)
             rows = rows if rows is not None else pd.DataFrame({ft.KEY: pd.Series(dtype=str)})
             # rows of nobody (missing_subject: keep) and of tombstoned subjects feed no training row
-            frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned | {NO_SUBJECT})] if len(rows) else rows
+            keyed = ft.KEY in rows and len(rows)
+            frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned | {NO_SUBJECT})] if keyed else rows
         training = ft.training_rows(frames, policy, node.model, where=f"{base}[{p}]")
         rows = training.rows
         if changed is not None:

@@ -12,7 +12,7 @@ from erasure_pipeline.ml.estimators import build_estimator
 
 def check_declared(policy: Policy) -> None:
     """Import each feature function and the embedder, and build each model's estimator once."""
-    for i, fn in enumerate(policy.features.functions):
+    for i, fn in enumerate(policy.features.functions if policy.features else ()):
         if not callable(load(fn.function, f"features.functions.{i}.function", policy.code_dirs)):
             raise PolicyError(f"field 'features.functions.{i}.function': {fn.function} is not callable")
     if policy.embedder.function and not callable(load(policy.embedder.function, "embedder.function", policy.code_dirs)):

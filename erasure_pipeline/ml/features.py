@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from erasure_pipeline.core.declaration import Aggregate, FeaturesPolicy, FunctionFeature, Join
 from erasure_pipeline.core.declared import load
 from erasure_pipeline.core.errors import BlockingError
-from erasure_pipeline.core.policy import Aggregate, FunctionFeature, Policy
+from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.ml.labels import Label, label_encoder
 
 CATEGORY_BUCKETS = 8
@@ -40,7 +41,7 @@ def _bucket(column: str, value: str) -> int:
 def feature_names(policy: Policy) -> list[str]:
     """The model inputs, in order: the same for every model of the declaration."""
     f = policy.features
-    names = [f"num_{c}" for c in f.numeric]
+    names = [f"num_{c}" for c in f.numeric_columns]
     names += [f"cat_{c}_{b}" for c in f.categorical for b in range(CATEGORY_BUCKETS)]
     names += [a.name for a in f.aggregates]
     names += [o for fn in f.functions for o in fn.outputs]
@@ -54,10 +55,10 @@ def is_holdout(keys: pd.Series, fraction: float) -> np.ndarray:
 
 
 def consenting(rows: pd.DataFrame, policy: Policy) -> pd.Series:
-    """Rows of the features' dataset whose subject may reach training (``consent.column``)."""
-    col = policy.consent.column
-    if col is None:
+    """Rows of the features' dataset whose subject may reach training (``consent.column``; none: every row)."""
+    if policy.consent is None:
         return pd.Series(True, index=rows.index)
+    col = policy.consent.column
     if col not in rows.columns:
         raise FeatureError(f"raw_{policy.features.dataset}: consent column '{col}' (policy consent.column) is missing")
     return allowed(rows[col], policy)
@@ -84,6 +85,10 @@ class TrainingSet:
     """One row per consenting row of the features' dataset: key, holdout flag, label, features; sorted by key."""
     label_encoding: str
     """How the label's values became classes (or targets), for the materialisation's metadata."""
+    filled: Mapping[str, int] = field(default_factory=dict)
+    """Numeric feature -> rows whose missing value was filled (or dropped) as the declaration says."""
+    without_base_row: int = 0
+    """Subjects with rows in an aggregated dataset but none in the features' dataset: they feed no training row."""
 
 
 def _numbers(values: pd.Series) -> pd.Series:
@@ -139,26 +144,78 @@ def model_label(policy: Policy, model: str) -> Label:
     return label_encoder(policy.models[model], model)
 
 
+def joined(base: pd.DataFrame, frames: Mapping[str, pd.DataFrame], joins: list[Join], *, where: str) -> pd.DataFrame:
+    """``base`` with each join's lookup columns brought in by key (a key absent from the lookup gives no value)."""
+    for i, j in enumerate(joins):
+        table, key = frames[j.dataset], j.key or j.on
+        dup = int(table[key].duplicated().sum())
+        if dup:
+            raise FeatureError(f"features.joins.{i}: lookup '{j.dataset}' repeats {dup:,} keys in column '{key}' (a key must be unique)")
+        right = table[[key, *j.columns]].rename(columns={key: f"__join_{i}"})
+        base = base.merge(right, how="left", left_on=j.on, right_on=f"__join_{i}", sort=False).drop(columns=[f"__join_{i}"])
+    return base
+
+
+def _no_value(where: str, column: str, n: int) -> str:
+    return (f"{where}: features.numeric '{column}': {n:,} row{'s have' if n != 1 else ' has'} no numeric value; declare how to "
+            "fill it ({column: " + column + ", fill: zero | mean | drop}, or features.fill)")
+
+
+def require_numbers(rows: pd.DataFrame, policy: Policy, *, where: str) -> None:
+    """Before anything is trained: numeric features whose declaration says ``error`` have a value in every
+    consenting row of the features' dataset (columns a join brings are checked when the join is made)."""
+    f = policy.features
+    chosen = rows[consenting(rows, policy).to_numpy()]
+    for c in f.numeric_columns:
+        if c in chosen and f.fill_of(c) == "error":
+            n = int(_numbers(chosen[c]).isna().sum())
+            if n:
+                raise FeatureError(_no_value(where, c, n))
+
+
+def filled_numbers(rows: pd.DataFrame, f: FeaturesPolicy, *, where: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    """(numeric feature -> values with missing ones filled, rows to drop, feature -> how many were missing).
+    ``mean`` is the mean over this shard's rows: a shard's features stay a function of its own rows."""
+    values, drop, counts = {}, np.zeros(len(rows), dtype=bool), {}
+    for c in f.numeric_columns:
+        x = _numbers(rows[c]).to_numpy()
+        missing = np.isnan(x)
+        n = int(missing.sum())
+        if n:
+            fill = f.fill_of(c)
+            if fill == "error":
+                raise FeatureError(_no_value(where, c, n))
+            if fill == "drop":
+                drop |= missing
+            else:
+                x = np.where(missing, float(np.nanmean(x)) if fill == "mean" and n < len(x) else 0.0, x)
+            counts[c] = n
+        values[c] = x
+    return values, drop, counts
+
+
 def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str, *, where: str) -> TrainingSet:
     """The training set of one shard for one model. ``frames`` maps each dataset the features read to the
-    shard's rows (an empty frame for one without rows); ``where`` names the partition in a label error."""
+    shard's rows (an empty frame for one without rows; a lookup table whole); ``where`` names the partition."""
     f, spec = policy.features, policy.models[model]
-    base_spec = policy.datasets[f.dataset]
     names = feature_names(policy)
     label = model_label(policy, model)
     base = frames[f.dataset]
+    without_base = _without_base_row(frames, f)
     chosen = base[consenting(base, policy)] if not base.empty else base
     if chosen.empty:
         label_dtype = "float64" if label.n_classes is None else "int64"
         return TrainingSet(pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype=label_dtype),
-                                         **{n: pd.Series(dtype="float64") for n in names}}), "no rows")
-    chosen = chosen.sort_values([KEY, base_spec.id], kind="stable")
+                                         **{n: pd.Series(dtype="float64") for n in names}}), "no rows", {}, without_base)
+    chosen = joined(chosen.sort_values([KEY, policy.datasets[f.dataset].id], kind="stable"), frames, f.joins, where=where)
+    numbers, drop, filled = filled_numbers(chosen, f, where=where)
+    chosen, numbers = chosen[~drop], {c: v[~drop] for c, v in numbers.items()}
     keys = chosen[KEY].reset_index(drop=True)
     out = pd.DataFrame({KEY: keys.to_numpy()})
     out[HOLDOUT] = is_holdout(keys, spec.holdout_fraction)
     out[LABEL], encoding = label.encode(chosen[spec.label], where=where)
-    for c in f.numeric:
-        out[f"num_{c}"] = _numbers(chosen[c]).fillna(0.0).to_numpy()
+    for c in f.numeric_columns:
+        out[f"num_{c}"] = numbers[c]
     for c in f.categorical:
         buckets = np.fromiter((_bucket(c, str(v)) for v in chosen[c]), dtype=np.int64, count=len(chosen))
         for b in range(CATEGORY_BUCKETS):
@@ -169,7 +226,18 @@ def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str
         computed = function_features(fn, i, frames, keys, policy.code_dirs)
         for o in fn.outputs:
             out[o] = computed[o].to_numpy()
-    return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding)
+    return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding, filled, without_base)
+
+
+def _without_base_row(frames: Mapping[str, pd.DataFrame], f: FeaturesPolicy) -> int:
+    """Subjects that aggregated datasets hold rows of, with no row in the features' dataset."""
+    base = set(frames[f.dataset][KEY]) if len(frames[f.dataset]) else set()
+    others = set()
+    for agg in f.aggregates:
+        rows = frames[agg.dataset]
+        if len(rows):
+            others.update(rows[KEY].unique().tolist())
+    return len(others - base)
 
 
 def training_labels(rows: pd.DataFrame, policy: Policy, model: str, *, where: str) -> np.ndarray:

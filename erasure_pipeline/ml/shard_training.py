@@ -29,6 +29,17 @@ def train_shard_model(policy: Policy, model: str, rows: pd.DataFrame, shard: int
     return fitted, len(train)
 
 
+def train_unsharded(policy: Policy, model: str, train: pd.DataFrame):
+    """One model of the same estimator on every shard's training rows at once: the baseline the SISA
+    ensemble is compared with (what sharding costs), measured on the same holdout. Only its metrics are kept."""
+    X = train[ft.feature_names(policy)].to_numpy(dtype="float64")
+    k = n_classes(policy, model)
+    y = train[ft.LABEL].to_numpy(dtype="int64" if k is not None else "float64")
+    fitted, _ = fit_shard(build_estimator(policy.models[model], model, policy.code_dirs), X, y, n_classes=k,
+                          seed=identity.derive_seed(policy.seed, "unsharded", 0))
+    return fitted
+
+
 def probe_set(policy: Policy, rows: pd.DataFrame, shard: int) -> np.ndarray:
     """The shard's own rows plus a fixed random probe: where two models must agree bit for bit."""
     names = ft.feature_names(policy)

@@ -45,9 +45,12 @@ def landing_files(lake: Lake, tables: Mapping[str, TableContract], table: str | 
     return out
 
 
-def key_frame(df: pd.DataFrame, subject_column: str, keyer: Keyer) -> pd.DataFrame:
+def key_frame(df: pd.DataFrame, subject_column: str | None, keyer: Keyer) -> pd.DataFrame:
     """``df`` with ``subject_key`` (of the normalised id) and ``shard``: each distinct id hashed once. A row
     kept without a subject (an empty id, ``missing_subject: keep``) gets ``identity.NO_SUBJECT``."""
+    if subject_column is None:  # a lookup table: no person's rows
+        df["subject_key"], df["shard"] = identity.NO_SUBJECT, 0
+        return df
     codes, uniques = pd.factorize(df[subject_column], sort=False)
     keys = pd.Series([identity.NO_SUBJECT if not str(u).strip() else k for u, k in zip(uniques, keyer.keys(list(uniques)), strict=True)],
                      dtype=object).to_numpy()
@@ -145,6 +148,8 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     index = landing_index.IndexBuilder(batch, keyer.shards, buckets)
     for number, f in enumerate(files):
         _data, original, df = _parse(landing, f, keyer)
+        if f.contract.is_lookup:  # validated here like every file; its node reads landing itself
+            continue
         missing = int(contracts.without_subject(original, f.contract).sum())
         if missing:
             out.without_subject[f.table] = out.without_subject.get(f.table, 0) + missing
@@ -241,6 +246,8 @@ def scrub_subjects(store: Lake, landing: Lake, tables: Mapping[str, TableContrac
     rewritten: dict[str, str] = {}
     present: set[str] = set()
     for name, contract in tables.items():
+        if contract.is_lookup:
+            continue
         ours = {f.name for f in landing_files(landing, {name: contract})}
         present |= ours
         names = {n for n in holding if n in ours} | (ours - indexed)

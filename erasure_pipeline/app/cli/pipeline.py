@@ -62,6 +62,8 @@ def demo(n_subjects: int, seed: int, no_materialize: bool, allow_failed_checks: 
     from erasure_pipeline.app import demo as demo_data
 
     t0 = time.monotonic()
+    path, written = demo_data.ensure_policy(settings())
+    click.echo(f"policy: {'wrote the demo declaration to ' if written else ''}{path}")
     click.echo(demo_data.land(demo_data.generate(n_subjects, seed), settings=settings()))
     if not no_materialize:
         _materialize(t0, allow_failed_checks)
@@ -116,7 +118,19 @@ def cycle(as_of, allow_failed_checks: bool) -> None:
 
 @main.group()
 def policy() -> None:
-    """Policy changes: what they make stale before you apply them."""
+    """The declaration in effect, and what a change of it makes stale before you apply it."""
+
+
+@policy.command("show")
+@guard
+def policy_show() -> None:
+    """Print the declaration in effect (which file, then every field), each value the file left out marked ``# default``."""
+    from erasure_pipeline.core.policy import load_policy, policy_path, show
+
+    path, from_env = policy_path(settings())
+    pol = load_policy(settings=settings())
+    click.echo(f"# {path}{' ($ERASURE_PIPELINE_POLICY)' if from_env else ''}")
+    click.echo(show(pol))
 
 
 def _print_stale(plan) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from erasure_pipeline.app.cli.common import Fail, guard, main, settings
-from erasure_pipeline.core.policy import load_policy
+from erasure_pipeline.core.policy import load_policy, policy_path
 
 
 @main.command()
@@ -91,6 +91,77 @@ def audit(sample: int, seed: int, model_name: str | None, as_json: bool) -> None
                f"| {result.tpr_at_0_1pct_fpr:.3f} | {result.tpr_at_1pct_fpr:.3f} |")
 
 
+def _model_rows(policy, store) -> list[dict]:
+    from erasure_pipeline.kinds.models import CANDIDATE, ensemble_name
+    from erasure_pipeline.stores import lake as lk
+
+    rows = []
+    for name, spec in policy.models.items():
+        node = ensemble_name(name)
+        blob = store.read_bytes(lk.model_name(node, CANDIDATE))
+        saved = lk.loads_model(blob) if blob else {}
+        metrics, baseline = saved.get("metrics", {}), saved.get("baseline") or {}
+        value, unsharded = metrics.get(f"holdout_{spec.metric}"), baseline.get(f"holdout_{spec.metric}")
+        rows.append({
+            "model": name, "task": spec.task, "estimator": spec.estimator, "metric": spec.metric,
+            "ensemble": value, "unsharded": unsharded,
+            "sharding_cost": unsharded - value if value is not None and unsharded is not None else None,
+            "unsharded_measured": baseline.get("measured"), "floor": spec.quality.min if spec.quality else None,
+            "holdout_rows": metrics.get("holdout_rows"),
+            "holdout_classes": {_class_name(saved, k.removeprefix("holdout_class_")): v for k, v in metrics.items()
+                                if k.startswith("holdout_class_")},
+            "published": store.read_bytes(lk.model_name(node)) is not None, "built": blob is not None,
+        })
+    return rows
+
+
+def _class_name(saved: dict, index: str) -> str:
+    """A class by its declared name (multiclass), else its index (binary 0/1)."""
+    names = saved.get("classes")
+    return str(names[int(index)]) if names and index.isdigit() and int(index) < len(names) else index
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@guard
+def models(as_json: bool) -> None:
+    """How good each declared model is: its holdout metric beside one unsharded model on the same split (what
+    sharding costs), the holdout's class counts, the floor, whether it is published; and the estimator short names."""
+    from erasure_pipeline.core.declaration import ESTIMATORS
+    from erasure_pipeline.stores.factory import lake_at
+
+    s = settings()
+    policy = load_policy(settings=s)
+    rows = _model_rows(policy, lake_at(s.lake))
+    if as_json:
+        click.echo(json.dumps({"models": rows, "estimators": ESTIMATORS}, indent=2))
+        return
+    if not rows:
+        click.echo("no model is declared (models: in the policy file)")
+    else:
+        click.echo("| model | task | estimator | holdout metric | SISA ensemble | one unsharded model | sharding cost "
+                   "| floor | holdout rows (per class) | published |")
+        click.echo("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if not r["built"]:
+            click.echo(f"| {r['model']} | {r['task']} | {r['estimator']} | {r['metric']} | not built yet (erasure-pipeline "
+                       "materialize) | | | | | |")
+            continue
+        classes = ", ".join(f"{c}: {n}" for c, n in r["holdout_classes"].items())
+        click.echo(f"| {r['model']} | {r['task']} | {r['estimator']} | {r['metric']} | {_num(r['ensemble'])} | {_num(r['unsharded'])} "
+                   f"| {_num(r['sharding_cost'])} | {_num(r['floor'])} | {r['holdout_rows']}{f' ({classes})' if classes else ''} "
+                   f"| {'yes' if r['published'] else 'no'} |")
+    if any(r["built"] and r["unsharded_measured"] for r in rows):
+        click.echo("the unsharded model is measured by materialize, cycle and backfill runs (an erasure carries it over)")
+    click.echo("estimator short names (models.<name>.estimator; or an import path to any scikit-learn estimator class):")
+    for name, what in ESTIMATORS.items():
+        click.echo(f"  {name:<34} {what}")
+
+
 @main.command()
 @click.option("--compute-log-days", type=click.FloatRange(min=0), required=True,
               help="Delete compute logs (step stdout/stderr) last written more than this many days ago.")
@@ -118,7 +189,7 @@ def where() -> None:
     vectors = f"qdrant server ({'$ERASURE_PIPELINE_QDRANT_URL'})" if s.qdrant_url else f"qdrant edge {s.qdrant_path}"
     ledger_at = "set ($ERASURE_PIPELINE_LEDGER_URL)" if s.ledger_url else s.ledger
     click.echo(json.dumps({
-        "project_home": str(s.home), "policy": str(s.policy_file[0]), "lake": s.lake, "landing": s.landing, "ledger": ledger_at,
+        "project_home": str(s.home), "policy": str(policy_path(s)[0] or "none found"), "lake": s.lake, "landing": s.landing, "ledger": ledger_at,
         "vectors": vectors, "dagster_home": str(s.instance_dir), "executor": s.executor or "in_process",
         "pepper": "set ($ERASURE_PIPELINE_PEPPER)" if s.pepper else f"local file {s.home / 'pepper.key'}",
         "signing_key": "set ($ERASURE_PIPELINE_SIGNING_KEY)" if s.signing_key else f"local file {s.home / 'signing.key'}",

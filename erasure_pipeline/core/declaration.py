@@ -1,0 +1,258 @@
+"""The parts of a declaration (``policy.yaml``): datasets, consent, cohorts, features, models and the rules.
+
+A field left out means "none" (no consent column, no cohorts, no aggregates, no retention, no quality
+floor) unless a neutral default is documented beside it here and in the README; the demo's values live
+only in the demo's declaration (``app/demo_policy.yaml``). ``erasure-pipeline policy show`` prints the
+declaration in effect with every default marked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from erasure_pipeline.core.identity import DEFAULT_NORMALISE, NORMALISERS
+
+Fill = Literal["zero", "mean", "drop", "error"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(Strict):
+    """One table a source drops into landing (a folder, or files named after it)."""
+
+    id: str
+    """The column that identifies a row (later files win on it)."""
+    subject: str | None
+    """The column holding the subject's id: hashed into subject_key, the shard, every erasure. ``null``
+    declares a lookup table (carriers, airports): no person's data, not partitioned, joinable by features."""
+    timestamp: str | None = None
+    """A timestamp column: rows older than retention_days leave the lake; ``last`` aggregates order by it."""
+    text: list[str] = Field(default_factory=list)
+    """Free-text columns: chunked, embedded and indexed for retrieval (the vector index)."""
+    consent: str | None = None
+    """A per-row consent column of a dataset features aggregate: rows whose value is not in
+    consent.allowed_values feed no feature. (The features' own dataset uses consent.column.)"""
+    missing_subject: Literal["reject", "drop", "keep"] = "reject"
+    """Rows whose subject column is empty: ``reject`` the file (the error counts them), ``drop`` them, or
+    ``keep`` them as rows of nobody (never linked to a person: no provenance, no training row, no cohort);
+    ``drop`` and ``keep`` are counted in each ingest's metadata."""
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.subject is None
+
+    @model_validator(mode="after")
+    def _lookup_has_no_person(self) -> DatasetSpec:
+        if self.subject is None and (self.text or self.consent):
+            raise ValueError("a lookup table (subject: null) holds no person's data: it takes no text or consent columns")
+        return self
+
+
+class ConsentPolicy(Strict):
+    column: str
+    """Column of the features' dataset that says whether a subject may reach training."""
+    allowed_values: list[bool | str | int] = Field(default_factory=lambda: [True])
+    """Values that allow training (default: ``[true]``); compared as text, case aside."""
+
+
+class CohortPolicy(Strict):
+    dataset: str
+    """The dataset (one row per subject) whose quasi-identifiers make the cohorts."""
+    quasi_identifiers: list[str] = Field(min_length=1)
+    generalise: dict[str, int] = Field(default_factory=dict)
+    """Numeric quasi-identifiers floored to bands of this width before grouping."""
+    measures: list[str] = Field(default_factory=list)
+    label: str | None = None
+    """A label whose rate each cell publishes, and the cohort model learns (none: no cohort model)."""
+    positive_class: str | int | bool | None = None
+    """The label value that counts as positive; unset, only yes/no-like or boolean labels are read."""
+    measure_clip: float = Field(1000.0, gt=0)
+    """Per-subject clip of each measure: bounds what one subject can move a published sum (default 1000)."""
+    noise_epsilon: float = Field(2.0, gt=0)
+    """Laplace noise scale is clip/epsilon for sums, 1/epsilon for counts (default 2)."""
+
+
+class Aggregate(Strict):
+    """A per-subject feature from another dataset's rows: how many, the sum, the mean, or the latest value."""
+
+    name: str
+    dataset: str
+    agg: Literal["count", "sum", "mean", "last"]
+    column: str | None = None
+    """The column summed, averaged or taken last (not for count)."""
+    where: dict[str, Any] = Field(default_factory=dict)
+    """Only rows whose column equals the value (or is in the list) count."""
+    transform: Literal["none", "log1p"] = "none"
+
+    @model_validator(mode="after")
+    def _column_for_value_aggregates(self) -> Aggregate:
+        if self.agg != "count" and not self.column:
+            raise ValueError(f"agg '{self.agg}' needs a column")
+        return self
+
+
+class FunctionFeature(Strict):
+    """Features a function computes: ``function(frames) -> DataFrame`` with one row per ``subject_key``.
+
+    ``frames`` maps each dataset named in ``datasets`` to that shard's rows (with ``subject_key``), and a
+    lookup table to the whole table. It must use nothing but those rows (no other shard, no clock, no
+    randomness), so a shard's features, and its model, stay a function of its own rows."""
+
+    function: str
+    """An import path: ``package.module:name`` (the policy file's folder and the working directory are importable)."""
+    datasets: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(min_length=1)
+    """The feature columns it returns (known before any data is read: the models' inputs)."""
+
+
+class NumericFeature(Strict):
+    column: str
+    fill: Fill | None = None
+    """When the column has no value: ``zero``, the shard's ``mean``, ``drop`` the row, or ``error`` (with the
+    count). Unset: ``features.fill``."""
+
+
+class Join(Strict):
+    """Columns of a lookup table brought onto each row of the features' dataset, by key."""
+
+    dataset: str
+    """A lookup table (``datasets.<d>.subject: null``)."""
+    on: str
+    """The column of the features' dataset holding the key."""
+    key: str | None = None
+    """The lookup table's key column (default: ``on``); unique in the table."""
+    columns: list[str] = Field(min_length=1)
+    """The lookup's columns brought in; list them under numeric or categorical to use them."""
+
+
+class FeaturesPolicy(Strict):
+    dataset: str
+    """The dataset with one row per subject: its rows are the training rows (label, consent, columns)."""
+    numeric: list[str | NumericFeature] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    """One-hot encoded into hashed buckets: no vocabulary learnt across shards."""
+    aggregates: list[Aggregate] = Field(default_factory=list)
+    functions: list[FunctionFeature] = Field(default_factory=list)
+    joins: list[Join] = Field(default_factory=list)
+    fill: Fill = "error"
+    """What a missing numeric value becomes when its feature does not say: ``error`` (default, with the count)."""
+
+    @property
+    def numeric_features(self) -> list[NumericFeature]:
+        return [NumericFeature(column=n) if isinstance(n, str) else n for n in self.numeric]
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        return [n.column for n in self.numeric_features]
+
+    def fill_of(self, column: str) -> Fill:
+        return next((n.fill for n in self.numeric_features if n.column == column and n.fill), self.fill)
+
+
+ESTIMATORS = {
+    "logistic_regression": "classifier: StandardScaler + LogisticRegression (max_iter 1000)",
+    "sgd": "classifier: StandardScaler + SGDClassifier (loss log_loss)",
+    "random_forest": "classifier: RandomForestClassifier (100 trees)",
+    "hist_gradient_boosting": "classifier: HistGradientBoostingClassifier",
+    "ridge": "regressor: StandardScaler + Ridge",
+    "random_forest_regressor": "regressor: RandomForestRegressor (100 trees)",
+    "hist_gradient_boosting_regressor": "regressor: HistGradientBoostingRegressor",
+}
+"""The estimator short names (``ml.estimators`` builds them; ``erasure-pipeline models`` lists them); ``params`` override."""
+DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
+METRICS = {"binary": ("roc_auc", "accuracy"), "multiclass": ("accuracy", "macro_f1"), "regression": ("r2",)}
+"""Metrics a floor can apply to: higher is better for every one (losses are reported, not floored)."""
+
+
+class QualityPolicy(Strict):
+    metric: str | None = None
+    """Holdout metric the floor applies to (default: roc_auc, accuracy, r2 by task)."""
+    min: float
+    """Below it the ensemble is kept only as a candidate and the published model is withdrawn."""
+
+
+class ModelSpec(Strict):
+    label: str
+    task: Literal["binary", "multiclass", "regression"]
+    positive_class: str | int | bool | None = None
+    """Binary: the label value that is class 1 (case-insensitive). Unset: booleans, 0/1 and yes/no-like
+    strings are read as they are, anything else is an error naming the file and column."""
+    classes: list[str | int | bool] | None = None
+    """Multiclass: every class the label may take, in order (a value outside them is an error)."""
+    estimator: str = "logistic_regression"
+    """A short name (logistic_regression, sgd, random_forest, hist_gradient_boosting, ridge,
+    random_forest_regressor, hist_gradient_boosting_regressor) or an import path to any
+    scikit-learn-compatible estimator class (``sklearn.svm.LinearSVC``, ``package.module:Class``).
+    Default: ``logistic_regression``."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    aggregation: Literal["vote", "mean_proba"] = "mean_proba"
+    """How the SISA ensemble combines shard classifiers (regressors: the mean prediction). Default ``mean_proba``."""
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    """The share of subjects held out (by key) to evaluate the ensemble. Default 0.2."""
+    quality: QualityPolicy | None = None
+    """A floor under the holdout metric (none: the metric is reported, nothing is withheld)."""
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> ModelSpec:
+        if self.task == "multiclass" and not self.classes:
+            raise ValueError("a multiclass model needs its classes listed (classes: [...])")
+        if self.metric not in METRICS[self.task]:
+            raise ValueError(f"quality.metric '{self.metric}' does not fit a {self.task} model "
+                             f"(use one of {', '.join(METRICS[self.task])})")
+        return self
+
+    @property
+    def metric(self) -> str:
+        return (self.quality.metric if self.quality else None) or DEFAULT_METRIC[self.task]
+
+
+class LakePolicy(Strict):
+    buckets: int = Field(16, ge=1, le=1024)
+    """Files per shard partition of every raw dataset: an erasure rewrites the one holding the subject.
+    Changing it rewrites every raw partition (its code version changes), nothing else. Default 16."""
+
+
+class VectorPolicy(Strict):
+    chunk_chars: int = Field(400, ge=50, le=10_000)
+    dimensions: int = Field(256, ge=16, le=4096)
+
+
+class EmbedderPolicy(Strict):
+    function: str | None = None
+    """None: the stateless hashing embedder. Or an import path to ``embed(texts, dimensions) -> array``; it
+    must be stateless too (learnt from no data), or erasure could not reach what it learnt."""
+
+
+class IdentityPolicy(Strict):
+    normalise: list[str] = Field(default_factory=lambda: list(DEFAULT_NORMALISE))
+    """Applied, in order, to every subject id before it is hashed, at intake and at ingest: ``format``
+    removes invisible format characters (a byte-order mark, zero-width spaces and joiners), ``strip``
+    surrounding blanks, Unicode ``nfkc``, ``lowercase``/``casefold`` every id, or case-fold only ids that
+    look like e-mails (``email``). Changing it changes every subject_key: a reshard (tombstones keep
+    matching under the rule each was filed with)."""
+
+    @field_validator("normalise")
+    @classmethod
+    def _known_steps(cls, v: list[str]) -> list[str]:
+        unknown = [step for step in v if step not in NORMALISERS]
+        if unknown:
+            raise ValueError(f"unknown step '{unknown[0]}' (use {', '.join(NORMALISERS)})")
+        return v
+
+
+class CyclePolicy(Strict):
+    """The retraining cycle's schedule (no asset reads it: changing it makes nothing stale)."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("must be a cron expression with 5 fields, e.g. '0 3 * * *'")
+        return v
