@@ -189,11 +189,12 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
     make_version_3_ledger(url)
     book = Ledger(url)
-    assert book.migrate() == t.CURRENT_VERSION == 4
+    assert book.migrate() == t.CURRENT_VERSION == 5
     insp = sa.inspect(book.db.engine)
+    assert "policy_snapshots" in insp.get_table_names()
     assert {"skeleton_key", "blocked_by", "review"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
     assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance")}
     assert book.nodes.provenance_for([KEY_A])[0]["skeleton_key"] is None  # rows kept; their skeleton comes with the next ingest
     rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
     assert book.requests.get(rid)["skeleton_key"] == "s" * 64
-    assert book.migrate() == 4  # idempotent
+    assert book.migrate() == 5  # idempotent

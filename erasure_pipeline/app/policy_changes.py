@@ -17,7 +17,7 @@ import dagster as dg
 from erasure_pipeline.app.runner import launch
 from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
-from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.core.policy import Policy, differences
 from erasure_pipeline.kinds.registry import graph_for
 from erasure_pipeline.kinds.staleness import stale_partitions
 from erasure_pipeline.ledger import Ledger
@@ -64,17 +64,7 @@ def stale_under(policy: Policy, book: Ledger, graph: Graph | None = None) -> Sta
 
 def field_differences(old: Policy, new: Policy) -> list[tuple[str, object, object]]:
     """Dotted policy fields whose values differ: (field, old, new)."""
-    out = []
-
-    def walk(a, b, prefix: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-        elif a != b:
-            out.append((prefix, a, b))
-
-    walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
-    return out
+    return differences(old.model_dump(mode="json"), new.model_dump(mode="json"))
 
 
 def rebuild(defs: dg.Definitions, instance: dg.DagsterInstance, plan: StalePlan, *, progress: Callable[[str], None] = lambda _m: None):

@@ -160,7 +160,9 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRe
     if not summary.success:
         env.ledger.runs.fail_run(run_id, summary.error or "checks failed: " + ", ".join(c.check for c in summary.failed_checks),
                                  blocked=summary.blocked)
-    progress(f"{job_name} {config['batch_id']}: {summary.line()}")
+    run = instance.get_run_by_id(run_id)
+    outcome = (run.tags.get(names.OUTCOME) if run else None) if job_name == names.ERASURE_JOB else None
+    progress(f"{job_name} {config['batch_id']}: {summary.line()}" + (f": {outcome}" if outcome else ""))
     lines = erasure_outcomes(env.ledger, config["request_ids"]) if job_name == names.ERASURE_JOB else ingest_accounts(instance, run_id, env)
     for line in lines:
         progress(line)

@@ -51,6 +51,7 @@ class Node:
     """Unpartitioned, and read by shard nodes (a lookup table): computed before the shard steps, not with the merges."""
 
 
+POLICY_CHANGED = "policy fields it reads changed"
 CODE_REVISION = "1"
 """Bumped when a node's computation changes in a way its data should be rebuilt for."""
 
@@ -144,6 +145,11 @@ class Graph:
         """What changes when the node's code or any policy field it reads changes (Dagster's ``code_version``)."""
         return f"{CODE_REVISION}.{policy.fields_hash(*self.policy_fields(name))}"
 
+    def policy_values(self, policy, name: str) -> dict:
+        """The values of the policy fields the node's code version stands for (kept in the ledger, so a stale
+        partition can say which field changed and from what)."""
+        return policy.fields_values(*self.policy_fields(name))
+
     def input_keys(self, name: str, partition: str | None) -> list[tuple[str, str]]:
         """(parent, partition) pairs a node partition reads: the same shard of a shard parent; every shard
         of a shard parent for a merge; ``all`` of an unpartitioned parent."""
@@ -172,7 +178,7 @@ class Graph:
         if record is None:
             return "missing"
         if record["code_version"] != self.code_version(policy, name):
-            return "policy fields it reads changed"
+            return POLICY_CHANGED
         if record["inputs"] != self.recorded_inputs(name, partition, records):
             return "an input changed"
         return None

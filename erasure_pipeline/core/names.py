@@ -16,7 +16,8 @@ REQUESTS = "erasure_pipeline/requests"
 KIND = "erasure_pipeline/kind"
 """What a run does: ``erasure``, ``cycle``, ``ingest`` or ``rebuild``."""
 OUTCOME = "erasure_pipeline/outcome"
-"""Set when a run did something other than its plan (a batch held by another run)."""
+"""What a run did, in the run list: an erasure's ``erased 2, no data found 1`` or ``nothing erased: held (not
+erased) 1``; any run's ``skipped: batch held elsewhere`` (another run holds its batch, or it finished before)."""
 RUN_KEY = "dagster/run_key"
 MAX_IDS_IN_TAG = 20
 
@@ -30,11 +31,14 @@ ERASURE_JOB = "erasure_job"
 CYCLE_JOB = "cycle_job"
 INGEST_JOB = "ingest_job"
 REBUILD_JOB = "rebuild_job"
+STALENESS_JOB = "staleness_job"
+"""Reports the up_to_date check of every shard partition (reads only; not one of the pipeline's writing jobs)."""
 JOB_KINDS = {ERASURE_JOB: "erasure", CYCLE_JOB: "cycle", INGEST_JOB: "ingest", REBUILD_JOB: "rebuild"}
 
 CLAIM_REQUESTS_OP = "claim_requests"
 CLAIM_LANDING_OP = "claim_landing_files"
 CLAIM_REBUILD_OP = "claim_rebuild"
+REPORT_STALENESS_OP = "report_staleness"
 SHARD_STEP_OP = "shard_step"
 MERGE_OP = "merge"
 MERGE_AND_CERTIFY_OP = "merge_and_certify"
@@ -44,9 +48,12 @@ CLAIM_OP_OF_JOB = {ERASURE_JOB: CLAIM_REQUESTS_OP, CYCLE_JOB: CLAIM_LANDING_OP, 
 
 ERASURE_SENSOR = "erasure_sensor"
 FAILURE_SENSOR = "erasure_failure_sensor"
+STALENESS_SENSOR = "staleness_sensor"
 CYCLE_SCHEDULE = "retraining_cycle"
 CERTIFICATES_ASSET = "erasure_certificates"
 ON_TIME_CHECK = "requests_on_time"
+POLICY_CHECK = "up_to_date"
+"""Per shard partition: made under the policy in effect from its current inputs (fails, saying why, until rebuilt)."""
 
 # ---------------------------------------------------------------- thresholds
 DUE_SOON = dt.timedelta(days=7)

@@ -176,8 +176,8 @@ class Policy(Strict):
     def lookup_datasets(self) -> list[str]:
         return [name for name, d in self.datasets.items() if d.is_lookup]
 
-    def fields_hash(self, *fields: str) -> str:
-        """Hash of exactly the named (dotted) fields, e.g. ``fields_hash("k_min", "cohorts")``."""
+    def fields_values(self, *fields: str) -> dict[str, Any]:
+        """The values of exactly the named (dotted) fields, e.g. ``fields_values("k_min", "cohorts")``."""
         dumped = self.model_dump(mode="json")
         picked = {}
         for f in sorted(set(fields)):
@@ -185,8 +185,22 @@ class Policy(Strict):
             for part in f.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             picked[f] = node
-        blob = json.dumps(picked, sort_keys=True, separators=(",", ":"))
+        return picked
+
+    def fields_hash(self, *fields: str) -> str:
+        """Hash of exactly the named (dotted) fields (``fields_values``)."""
+        blob = json.dumps(self.fields_values(*fields), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted paths whose values differ between two JSON-like values: (path, old, new), deepest first reached."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if old == new else [(prefix, old, new)]
 
 
 def parse_policy(data: Any, *, source: str = "policy") -> Policy:

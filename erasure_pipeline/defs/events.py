@@ -49,7 +49,7 @@ def timed(result: NodeResult, seconds: float) -> NodeResult:
 
 def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed, metadata=dict(outcome.metadata),
-                               severity=dg.AssetCheckSeverity(outcome.severity))
+                               severity=dg.AssetCheckSeverity(outcome.severity), description=outcome.description)
 
 
 def provenance_tags(instance: dg.DagsterInstance, node: Node, code: str, data_version: str) -> dict[str, str]:
@@ -77,5 +77,5 @@ def node_events(instance: dg.DagsterInstance, policy: Policy, graph: Graph, node
     for outcome in result.checks:
         yield dg.AssetCheckEvaluation(
             asset_key=dg.AssetKey(node.name), check_name=outcome.name, passed=outcome.passed, partition=partition,
-            metadata=dict(outcome.metadata), severity=dg.AssetCheckSeverity(outcome.severity),
+            metadata=dict(outcome.metadata), severity=dg.AssetCheckSeverity(outcome.severity), description=outcome.description,
         )

@@ -15,13 +15,14 @@ import dagster as dg
 from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.defs.steps import build_ops
+from erasure_pipeline.defs.steps import build_ops, staleness_op
 
 DESCRIPTIONS = {
     names.ERASURE_JOB: "One erasure tick: the shards its requests touched, the merges once, then proof and certificates.",
     names.CYCLE_JOB: "One retraining cycle: new landing files and retention, only the shards they touch, the merges once.",
     names.INGEST_JOB: "A full build: every landing file into every shard (one pass per file), then the merges once.",
-    names.REBUILD_JOB: "A policy change: exactly the stale partitions, then the merges they feed, once.",
+    names.REBUILD_JOB: ("A policy change: exactly the stale partitions, then the merges they feed, once. Launch it from the "
+                        "Launchpad with no config to rebuild everything the up_to_date checks report stale."),
 }
 
 
@@ -41,4 +42,17 @@ def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
         _job(names.CYCLE_JOB, ops.claim_landing_files, ops.shard_step, ops.merge),
         _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_step, ops.merge),
         _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_step, ops.merge),
+        _staleness_job(policy, graph),
     ]
+
+
+def _staleness_job(policy: Policy, graph: Graph) -> dg.JobDefinition:
+    report = staleness_op(policy, graph)
+
+    @dg.job(name=names.STALENESS_JOB, tags={names.KIND: "staleness"},
+            description=("Reports the up_to_date check of every shard partition (the staleness_sensor asks for it when the "
+                         "set of stale partitions changes). Reads only."))
+    def _graph():
+        report()
+
+    return _graph

@@ -35,7 +35,7 @@ def build_definitions(policy: Policy | None = None, resources: dict | None = Non
         assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in built if isinstance(a, dg.AssetChecksDefinition)],
         jobs=list(jobs.values()),
-        sensors=build_sensors(jobs),
+        sensors=build_sensors(policy, graph, jobs),
         schedules=build_schedules(policy, graph, jobs),
         resources={**resources_for(settings), **(resources or {})},
         executor=executor_for(settings.executor),

@@ -1,4 +1,5 @@
-"""The erasure sensor (pending requests -> one run per tick) and the failure sensor of the project's jobs."""
+"""The erasure sensor (pending requests -> one run per tick), the failure sensor of the project's jobs, and the
+staleness sensor (the ``up_to_date`` check of every shard partition)."""
 
 
 import datetime as dt
@@ -6,12 +7,14 @@ import datetime as dt
 import dagster as dg
 
 from erasure_pipeline.core import names
+from erasure_pipeline.core.graph import Graph
+from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.defs import ticks
 from erasure_pipeline.defs.failures import failure_of
 from erasure_pipeline.defs.resources import PipelineResource
 
 
-def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition]:
+def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition]:
     @dg.sensor(
         name=names.ERASURE_SENSOR,
         job=jobs[names.ERASURE_JOB],
@@ -30,7 +33,7 @@ def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition
 
     @dg.run_failure_sensor(
         name=names.FAILURE_SENSOR,
-        monitored_jobs=list(jobs.values()),
+        monitored_jobs=[jobs[name] for name in names.JOB_KINDS],
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="A failed run of the project's jobs: its requests become failed (retried by the next ticks), its batch released.",
     )
@@ -39,4 +42,20 @@ def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition
         line, blocked = failure_of(run.run_id, context.get_step_failure_events())
         pipeline.book().runs.fail_run(run.run_id, line or "checks failed", blocked=blocked)
 
-    return [erasure_sensor, erasure_failure_sensor]
+    @dg.sensor(
+        name=names.STALENESS_SENSOR,
+        job=jobs[names.STALENESS_JOB],
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=("When the set of stale shard partitions changes (a policy change, a rebuild, an input rebuilt by hand), "
+                     "asks for one staleness_job run, which reports every shard partition's up_to_date check: failed, saying "
+                     "which policy fields changed from what, or passed. Dagster's UI shows no staleness for partitioned "
+                     "assets; these checks it does."),
+    )
+    def staleness_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+        request, cursor, summary = ticks.staleness_request(pipeline.book(), context.instance, policy, graph, context.cursor)
+        if request is None:
+            return dg.SkipReason(summary)
+        return dg.SensorResult(run_requests=[request], cursor=cursor)
+
+    return [erasure_sensor, erasure_failure_sensor, staleness_sensor]

@@ -26,17 +26,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
+from pydantic import Field
 
 from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.defs import events, runtime
+from erasure_pipeline.defs import events, runtime, ticks
 from erasure_pipeline.defs.assets import on_time_check
 from erasure_pipeline.defs.resources import PipelineResource
 from erasure_pipeline.erasure.certificate import to_markdown
-from erasure_pipeline.erasure.certify import certify_batch
+from erasure_pipeline.erasure.certify import certify_batch, run_outcome
 from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan, ShardWork, as_of_time, claim_erasure, claim_landing, outcome_of
 from erasure_pipeline.kinds.base import Env, NodeRun, compute_node
+from erasure_pipeline.kinds.staleness import stale_partitions
 from erasure_pipeline.ledger import utcnow
 from erasure_pipeline.stores.landing import drop_staging
 
@@ -59,9 +61,11 @@ class IngestRunConfig(dg.Config):
 
 
 class RebuildRunConfig(dg.Config):
-    batch_id: str
-    partitions: dict[str, list[str]]
-    """Node -> partitions to rebuild (``all`` for an unpartitioned merge): the stale ones of a policy change."""
+    batch_id: str = ""
+    """Empty: ``rebuild-`` and the run's id (a run launched from the UI's Launchpad needs no config)."""
+    partitions: dict[str, list[str]] = Field(default_factory=dict)
+    """Node -> partitions to rebuild (``all`` for an unpartitioned merge). Empty: every one stale now (after a
+    policy change: exactly what ``erasure-pipeline policy diff`` lists)."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +137,14 @@ def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpD
         yield from _emit(context, plan)
 
     @dg.op(name=names.CLAIM_REBUILD_OP, out=PLAN_OUTS, pool=names.POOL,
-           description="Takes every landing file and plans the stale partitions a policy change left.")
+           description="Takes every landing file and plans the stale partitions a policy change left (all of them when the "
+                       "run config names none: launch rebuild_job from the UI as it is).")
     def claim_rebuild(context: dg.OpExecutionContext, config: RebuildRunConfig, pipeline: PipelineResource):
         env, who = _start(context, pipeline, policy)
-        stale = {n: {None if p == "all" else p for p in parts} for n, parts in config.partitions.items()}
-        plan = claim_landing(env, config.batch_id, "rebuild", None, as_of_time(None), context.run_id, stale, **who)
+        stale = ({n: {None if p == "all" else p for p in parts} for n, parts in config.partitions.items()} if config.partitions
+                 else {n: set(parts) for n, parts in stale_partitions(env.ledger, env.policy, env.graph).items()})
+        batch = config.batch_id or f"rebuild-{context.run_id[:12]}"
+        plan = claim_landing(env, batch, "rebuild", None, as_of_time(None), context.run_id, stale, **who)
         yield from _prepared(context, env, plan)
         yield from _emit(context, plan)
 
@@ -167,7 +174,8 @@ def _shard_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
         for node in graph.shard_nodes:
             # Read the records afresh for each node: the ones computed before it in this step changed them.
             records = env.ledger.nodes.records(work.partition, [node.name, *node.parents])
-            if node.name not in work.forced and graph.stale_reason(policy, node.name, work.partition, records) is None:
+            if node.name not in work.forced and (graph.stale_reason(policy, node.name, work.partition, records) is None
+                                                 or (work.derived_only and node.table is not None)):
                 continue
             outcome, blocking = yield from _run_node(context, env, node, work.partition, work.mode, work)
             outcomes.append(outcome)
@@ -204,10 +212,13 @@ def _merges(context, env: Env, plan: RunPlan):
 def _certified(context, env: Env, plan: RunPlan, outcomes: list[NodeOutcome]):
     """Certify the batch (``erasure.certify``) and report the certificates to Dagster."""
     done = certify_batch(env, plan, outcomes, context.run_id)
-    context.log.info(f"batch {plan.batch_id}: {len(done.certificates)} certificates issued, {len(done.unproven)} requests not proven")
+    outcome = run_outcome(env.ledger, [*plan.request_ids, *plan.in_review, *plan.skipped], context.run_id, done.certificates)
+    context.instance.add_run_tags(context.run_id, {names.OUTCOME: outcome.line})
+    context.log.info(f"batch {plan.batch_id}: {outcome.line}")
     shown = "\n\n---\n\n".join(to_markdown(c) for c in done.certificates[:MAX_CERTIFICATES_IN_METADATA])
     yield dg.AssetMaterialization(asset_key=env.graph.certificate_node, metadata={
-        "batch": plan.batch_id, "certificates_issued": len(done.certificates), "requests_not_proven": len(done.unproven),
+        "batch": plan.batch_id, "outcome": outcome.line, **{f"requests_{k}": n for k, n in outcome.counts.items()},
+        "certificates_issued": len(done.certificates), "requests_not_proven": len(done.unproven),
         "request_ids": ", ".join(c["request_id"] for c in done.certificates[:50]),
         "requests_resumed_from_interrupted_runs": len(plan.resumed),
         "shards": ", ".join(w.partition for w in plan.works) or "none (no data)",
@@ -240,7 +251,7 @@ def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
            description=("Recomputes each merge whose inputs changed, once, then verifies every claim of every request of the "
                         "batch and issues their certificates (in one step: nothing else writes between the merge and the proof)."))
     def merge_and_certify(context: dg.OpExecutionContext, plan: RunPlan, shards: list, pipeline: PipelineResource):
-        if not plan.claimed:
+        if not plan.claimed:  # the claim step said so in the run's outcome tag
             return
         env = pipeline.env(policy)
         merged = yield from _merges(context, env, plan)
@@ -248,6 +259,27 @@ def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
         env.ledger.runs.finish_job_run(context.run_id, "success")
 
     return merge, merge_and_certify
+
+
+def staleness_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
+    @dg.op(name=names.REPORT_STALENESS_OP, out={},
+           description="Reports the up_to_date check of every materialised shard partition: failed (and why) or passed. Reads only.")
+    def report_staleness(context: dg.OpExecutionContext, pipeline: PipelineResource):
+        book = pipeline.book()
+        stale = ticks.stale_shard_partitions(book, policy, graph)
+        records = book.nodes.records()
+        for node in graph.shard_nodes:
+            for p in graph.partitions:
+                if (node.name, p) not in records:
+                    continue
+                why = stale.get((node.name, p))
+                yield dg.AssetCheckEvaluation(
+                    asset_key=dg.AssetKey(node.name), check_name=names.POLICY_CHECK, passed=why is None, partition=p,
+                    severity=dg.AssetCheckSeverity.WARN, description=f"{p}: {why or 'up to date'}",
+                    metadata={"why": why, "rebuild": ticks.REBUILD_HINT} if why else {"code_version": records[(node.name, p)]["code_version"]})
+        context.log.info(f"{len(stale)} shard partitions are not up to date" if stale else "every shard partition is up to date")
+
+    return report_staleness
 
 
 def build_ops(policy: Policy, graph: Graph) -> Ops:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import json
 from collections.abc import Callable
 
 import dagster as dg
@@ -22,7 +23,7 @@ from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.names import MAX_AUTO_ATTEMPTS, MAX_REQUESTS_PER_RUN, retry_backoff
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.defs import runtime
-from erasure_pipeline.kinds.staleness import expired_partitions
+from erasure_pipeline.kinds.staleness import expired_partitions, stale_partitions
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.ledger.requests import CLAIMABLE
 from erasure_pipeline.stores.lake import Lake
@@ -100,3 +101,29 @@ def why_nothing_to_run(book: Ledger, now: dt.datetime) -> str:
     if review:
         parts.append(f"{len(review)} waiting for review (erasure-pipeline review)")
     return "; ".join(parts) + " (erasure-pipeline status --overdue)"
+
+
+def stale_shard_partitions(book: Ledger, policy: Policy, graph: Graph) -> dict[tuple[str, str], str]:
+    """(node, partition) -> why, for every materialised shard partition that is not up to date."""
+    return {(name, p): why for name, parts in stale_partitions(book, policy, graph).items() if graph.node(name).partitioned
+            for p, why in parts.items() if why != "missing"}
+
+
+def staleness_request(book: Ledger, instance: dg.DagsterInstance, policy: Policy, graph: Graph,
+                      cursor: str | None) -> tuple[dg.RunRequest | None, str, str]:
+    """(a staleness_job run when the set of stale shard partitions differs from the one last reported, the new
+    cursor, a summary). The run reports every shard partition's ``up_to_date`` check, so the UI shows which
+    are stale and why, and which are current again (after a rebuild, or a policy change undone)."""
+    stale = stale_shard_partitions(book, policy, graph)
+    digest = hashlib.sha256(json.dumps(sorted((n, p, w) for (n, p), w in stale.items())).encode()).hexdigest()[:16]
+    assets = sorted({n for n, _p in stale})
+    summary = (f"{len(stale)} shard partitions are not up to date ({', '.join(assets)}): {REBUILD_HINT}" if stale
+               else "every materialised shard partition is up to date")
+    if digest == (cursor or EMPTY_DIGEST):
+        return None, digest, summary
+    key = fresh_run_key(instance, f"staleness-{digest}")
+    return dg.RunRequest(run_key=key, job_name=names.STALENESS_JOB, tags={names.KIND: "staleness"}), digest, summary
+
+
+REBUILD_HINT = "launch rebuild_job (no config needed) or run `erasure-pipeline backfill --stale`"
+EMPTY_DIGEST = hashlib.sha256(b"[]").hexdigest()[:16]

@@ -136,3 +136,46 @@ def certify_batch(env: Env, plan: RunPlan, outcomes: list[NodeOutcome], run_id: 
     book.runs.finish_batch(plan.batch_id, "failed" if out.unproven else "certified", run_id)
     out.anchor = book.audit.head()
     return out
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What an erasure run did with every request it named: the counts, and one line for the run list."""
+
+    counts: dict[str, int]
+
+    @property
+    def erased(self) -> int:
+        return self.counts.get("erased", 0)
+
+    @property
+    def line(self) -> str:
+        shown = ", ".join(f"{OUTCOME_WORDS[k]} {n}" for k, n in self.counts.items() if n)
+        if not self.erased and not self.counts.get("no_data"):
+            return f"nothing erased: {shown}" if shown else "nothing erased: no request"
+        return shown
+
+
+OUTCOME_WORDS = {"erased": "erased", "no_data": "no data found", "held": "held (not erased)", "in_review": "waiting for review",
+                 "not_proven": "not proven (retried)", "already_done": "already completed", "elsewhere": "in another run"}
+
+
+def run_outcome(book, request_ids: list[str], run_id: str, certificates: list[dict]) -> RunOutcome:
+    """Each request the run named, by what became of it: erased (certificate, data present), no data found,
+    held, waiting for review, not proven, completed before this run, or taken by another run."""
+    issued = {c["request_id"]: c for c in certificates}
+    counts = dict.fromkeys(OUTCOME_WORDS, 0)
+    for r in book.requests.by_ids(list(dict.fromkeys(request_ids))):
+        if r["request_id"] in issued:
+            counts["erased" if issued[r["request_id"]]["data_present"] else "no_data"] += 1
+        elif r["status"] == "on_hold":
+            counts["held"] += 1
+        elif r["status"] == "needs_review":
+            counts["in_review"] += 1
+        elif r["status"] == "completed":
+            counts["already_done"] += 1
+        elif r["run_id"] == run_id:
+            counts["not_proven"] += 1
+        else:
+            counts["elsewhere"] += 1
+    return RunOutcome(counts)

@@ -35,6 +35,9 @@ class ShardWork:
     """The batch whose staging area holds this shard's new rows (one pass over landing wrote it)."""
     subjects: tuple[str, ...] | None = None
     """An erasure's subject keys (of every shard: text naming them may live in another)."""
+    derived_only: bool = False
+    """A shard this run visits only because derived nodes there are stale (a policy change): the merges it
+    builds must not read them so. Its raw nodes are left to an ingest or a backfill (they need landing)."""
 
     @property
     def partition(self) -> str:
@@ -122,6 +125,7 @@ def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, 
     scrub_staging(env.lake, set(keys))
     book.runs.record_landing_hashes(scrubbed)
     works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure", subjects=keys) for s, nodes in sorted(forced.items()))
+    works += _stale_derived(env, {w.shard for w in works}, "rebuild")
     skipped = tuple(rid for rid in dict.fromkeys(request_ids) if rid not in claim.request_ids)
     return RunPlan("erasure", batch_id, True, run_id, works, (), tuple(requests), {rid: footprints[rid] for rid in requests},
                    claim.resumed, len(scrubbed), tuple(in_review), skipped)
@@ -164,12 +168,26 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
     names = None if files is None else tuple(f.name for f in present)
     works = tuple(ShardWork(s, tuple(graph.ordered(nodes)), mode, names, as_of.isoformat(), staged.batch if staged else None)
                   for s, nodes in sorted(forced.items()) if nodes or kind == "full")
+    works += _stale_derived(env, {w.shard for w in works}, mode)
     merges = tuple(n for n in (stale or {}) if not graph.node(n).partitioned and not graph.node(n).prepare)
     lookups = {f.table for f in present if f.contract.is_lookup}
     prepares = tuple(n.name for n in graph.prepare_nodes if kind == "full" or n.table in lookups or n.name in (stale or {}))
     return RunPlan(kind, batch_id, True, run_id, works, merges, landing_scrubbed=len(staged.scrubbed) if staged else 0,
                    without_subject=dict(staged.without_subject) if staged else {}, prepares=prepares,
                    unmatched=tuple(unmatched_files(env)))
+
+
+def _stale_derived(env: Env, visited: set[int], mode: str) -> tuple[ShardWork, ...]:
+    """A step for each shard the run does not otherwise visit whose derived nodes are stale (a policy change, a
+    run that died): the merges the run builds read every shard, and never a stale one (``refuse_stale_inputs``)."""
+    graph, records = env.graph, env.ledger.nodes.records()
+    stale: dict[int, list[str]] = {}
+    for node in graph.shard_nodes:
+        if node.table is None:
+            for p in graph.partitions:
+                if graph.stale_reason(env.policy, node.name, p, records) is not None:
+                    stale.setdefault(identity.shard_from_partition(p), []).append(node.name)
+    return tuple(ShardWork(s, tuple(nodes), mode, derived_only=True) for s, nodes in sorted(stale.items()) if s not in visited)
 
 
 def unmatched_files(env: Env) -> list[str]:

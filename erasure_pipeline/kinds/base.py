@@ -23,11 +23,12 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
-from erasure_pipeline.core import identity
-from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core import identity, names
+from erasure_pipeline.core.errors import BlockingError, PipelineError
 from erasure_pipeline.core.graph import CheckSpec, Graph, Node
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.signing import Signer
+from erasure_pipeline.kinds.staleness import explain
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.lake import Lake
@@ -69,6 +70,8 @@ class CheckOutcome:
     passed: bool
     metadata: Mapping[str, Any] = field(default_factory=dict)
     severity: Literal["ERROR", "WARN"] = "ERROR"
+    description: str | None = None
+    """One line for the check's history in the UI (which has no partition column: say it here)."""
 
     @property
     def blocks(self) -> bool:
@@ -251,8 +254,36 @@ class Registry:
 def compute_node(run: NodeRun) -> NodeResult:
     """Compute one node partition with its kind; ``previous`` is the version the ledger recorded before."""
     before = run.env.ledger.nodes.records(run.partition, [run.node.name]).get((run.node.name, run.partition or "all"))
+    if not run.node.partitioned and not run.node.prepare:
+        refuse_stale_inputs(run.env, run.node)
     result = run.env.kinds.get(run.node.kind).compute(run)
-    return NodeResult(result.data_version, before["data_version"] if before else None, result.metadata, result.checks)
+    checks = result.checks
+    if any(c.name == names.POLICY_CHECK for c in run.node.checks):
+        checks = (*checks, CheckOutcome(names.POLICY_CHECK, True, {"code_version": run.code_version}, "WARN",
+                                        f"{run.partition}: made under the policy in effect"))
+    return NodeResult(result.data_version, before["data_version"] if before else None, result.metadata, checks)
+
+
+class StaleInputs(BlockingError):
+    """A merge asked to build from shard partitions that are not current: it names them and how to rebuild them."""
+
+
+def refuse_stale_inputs(env: Env, node: Node) -> None:
+    """A merge never builds from shard partitions made under other policy values, from changed inputs, or
+    missing: it fails naming them (the jobs rebuild them in their shard steps first; a merge materialised
+    by hand in the UI does not)."""
+    parents = [p for p in node.parents if env.graph.node(p).partitioned]
+    records = env.ledger.nodes.records(assets=[*parents, *(a for p in parents for a in env.graph.node(p).parents)])
+    found: dict[str, dict[str | None, str]] = {}
+    for p in parents:
+        for part in env.graph.partitions:
+            if (why := env.graph.stale_reason(env.policy, p, part, records)) is not None:
+                found.setdefault(p, {})[part] = why
+    stale = [(p, part, why) for p, parts in explain(env.ledger, env.policy, env.graph, records, found).items() for part, why in parts.items()]
+    if stale:
+        shown = ", ".join(f"{p}[{part}]" for p, part, _why in stale[:6]) + (f" and {len(stale) - 6} more" if len(stale) > 6 else "")
+        raise StaleInputs(f"{node.name}: {len(stale)} shard partitions it reads are not current ({stale[0][2]}): {shown}; rebuild them "
+                          "first: launch rebuild_job (no config needed) or run `erasure-pipeline backfill --stale`")
 
 
 def finish(run: NodeRun, data_version: str, **recorded) -> None:
@@ -261,7 +292,7 @@ def finish(run: NodeRun, data_version: str, **recorded) -> None:
     book, graph = run.env.ledger, run.env.graph
     inputs = graph.recorded_inputs(run.node.name, run.partition, book.nodes.records(assets=run.node.parents))
     book.nodes.record(run.node.name, run.partition, data_version=data_version, code_version=run.code_version, inputs=inputs,
-                      run_id=run.run_id, **recorded)
+                      run_id=run.run_id, policy_values=graph.policy_values(run.env.policy, run.node.name), **recorded)
 
 
 def tombstone_check(keys_present, tombstoned: set[str], name: str = TOMBSTONE_CHECK.name) -> CheckOutcome:

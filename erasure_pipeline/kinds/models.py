@@ -240,13 +240,15 @@ class Ensemble(Kind):
 
     @staticmethod
     def _baseline(run: NodeRun, shards: _Shards, holdout: pd.DataFrame, names: list[str], k: int | None) -> dict:
-        """The unsharded model's holdout metrics. An erasure run carries over the last ones measured (one
-        model on every row costs what the whole rebuild saves); every other run measures them anew."""
+        """The unsharded model's holdout metrics. An erasure run carries over the last ones measured under the
+        same policy values (one model on every row costs what the whole rebuild saves); every other run, and
+        an erasure after a policy change, measures them anew."""
         policy, node = run.env.policy, run.node
         if run.mode == "erasure":
             blob = run.env.lake.read_bytes(lk.model_name(node.name, CANDIDATE))
             before = (lk.loads_model(blob).get("baseline") if blob else None) or {}
-            return {**before, "carried_over": True} if before else {}
+            if before.get("code_version") == run.code_version:  # measured under the same policy values
+                return {**before, "carried_over": True}
         train = pd.concat(shards.train_rows, ignore_index=True)
         fitted = train_unsharded(policy, node.model, train)
         if fitted is None:
@@ -255,7 +257,8 @@ class Ensemble(Kind):
                SISAClassifier.from_constituents([fitted], np.arange(k), len(names), n_shards=1, random_state=policy.seed, hash_groups=False))
         metrics = holdout_metrics(policy.models[node.model].task, one, holdout[names].to_numpy(dtype="float64"),
                                   holdout[ft.LABEL].to_numpy(), k)
-        return {**metrics, "measured": f"{run.mode} run, {len(train)} training rows", "carried_over": False}
+        return {**metrics, "measured": f"{run.mode} run, {len(train)} training rows", "carried_over": False,
+                "code_version": run.code_version}
 
     def object_name(self, node: Node, partition: str | None) -> str:
         return lk.model_name(node.name, partition)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 
-from erasure_pipeline.core.graph import Graph, Node
+from erasure_pipeline.core import names
+from erasure_pipeline.core.graph import CheckSpec, Graph, Node
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds.base import Kind, Registry
 from erasure_pipeline.kinds.cohorts import CohortModel, CohortPartial, CohortTable
@@ -23,6 +25,16 @@ from erasure_pipeline.kinds.vectors import VectorIndex
 
 REGISTRY = Registry([Lookup(), Raw(), CohortPartial(), TrainingSet(), ShardModel(), VectorIndex(), CohortTable(), CohortModel(),
                      Ensemble()])
+
+POLICY_CHECK = CheckSpec(
+    names.POLICY_CHECK,
+    "This partition was made under the policy in effect, from its current inputs. After a policy change (or an input "
+    "rebuilt by hand) the staleness_sensor reports it failed, saying which fields changed from what, until the "
+    "partition is rebuilt: launch rebuild_job (no config needed), or run `erasure-pipeline backfill --stale`. Every "
+    "materialisation reports it passed.",
+    blocking=False,
+)
+"""Every shard partition's: the UI shows no staleness for partitioned assets (Dagster 1.13), a failed check it does."""
 
 
 @contextlib.contextmanager
@@ -41,6 +53,7 @@ def graph_for(policy: Policy, registry: Registry = REGISTRY) -> Graph:
     nodes: list[Node] = [n for kind in registry for n in kind.nodes(policy)]
     for n in nodes:
         registry.get(n.kind)  # a node of an unregistered kind fails here, by name
+    nodes = [replace(n, checks=(*n.checks, POLICY_CHECK)) if n.partitioned else n for n in nodes]
     ordered = [n for n in nodes if n.prepare] + [n for n in nodes if n.partitioned] + \
         [n for n in nodes if not n.partitioned and not n.prepare]
     return Graph(tuple(_topological(ordered)), tuple(policy.partitions))

@@ -33,19 +33,25 @@ class NodeRecords:
         provenance: Mapping[str, int] | None = None, provenance_scope: Iterable[str] | None = None,
         skeletons: Mapping[str, str] | None = None, stats: tuple[int, dt.datetime | None] | None = None,
         consent: tuple[int, Mapping[str, bool]] | None = None, retention: Mapping[str, Any] | None = None,
+        policy_values: Mapping[str, Any] | None = None,
     ) -> None:
         """Everything the ledger learns from one node partition's computation, in one transaction.
 
         ``provenance`` is what the partition holds per subject; with ``provenance_scope`` it covers only
         those subjects (the buckets a computation rewrote) and the others' rows are left as they are.
         Either way only rows that differ are written, so an erasure changes its subjects' rows only.
-        ``skeletons``: subject key -> the keyed skeleton of their id, kept with the rows it inserts (look-alikes)."""
+        ``skeletons``: subject key -> the keyed skeleton of their id, kept with the rows it inserts (look-alikes).
+        ``policy_values``: the policy fields the code version stands for, kept once per code version."""
         part = partition or "all"
         now = utcnow()
         with self.db.tx() as conn:
             conn.execute(t.node_versions.delete().where(t.node_versions.c.asset == asset, t.node_versions.c.partition == part))
             conn.execute(t.node_versions.insert().values(asset=asset, partition=part, data_version=data_version, code_version=code_version,
                                                          inputs=canonical_json(dict(inputs)), run_id=run_id, recorded_at=now))
+            if policy_values is not None and conn.execute(sa.select(t.policy_snapshots.c.code_version).where(
+                    t.policy_snapshots.c.code_version == code_version)).first() is None:
+                conn.execute(t.policy_snapshots.insert().values(code_version=code_version, fields=canonical_json(dict(policy_values)),
+                                                                recorded_at=now))
             if provenance is not None:
                 _update_provenance(conn, asset, part, provenance, provenance_scope, data_version, run_id, skeletons)
             if stats is not None:
@@ -76,6 +82,15 @@ class NodeRecords:
         for r in rows:
             r["inputs"] = json.loads(r["inputs"])
         return {(r["asset"], r["partition"]): r for r in rows}
+
+    def policy_snapshots(self, code_versions: Iterable[str]) -> dict[str, dict]:
+        """Code version -> the policy values it was made under (those recorded since ledger version 5)."""
+        wanted = sorted(set(code_versions))
+        if not wanted:
+            return {}
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(t.policy_snapshots).where(t.policy_snapshots.c.code_version.in_(wanted))).all()
+        return {r.code_version: json.loads(r.fields) for r in rows}
 
     def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
         """Make what the ledger knows of one asset partition's subjects what it now holds."""

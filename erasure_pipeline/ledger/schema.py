@@ -218,12 +218,21 @@ node_versions = sa.Table(
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+policy_snapshots = sa.Table(
+    "policy_snapshots",
+    metadata,
+    sa.Column("code_version", sa.String(64), primary_key=True),
+    sa.Column("fields", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""The policy values a code version stands for (the fields one node reads): what a stale partition says changed."""
+
 # Versions: 1 is create_all. 2: landing_files, landing_batches, consent_changes, partition_stats and
 # the live-request index (new tables; the index is created by ``Database.migrate``). 3: claims by runs:
 # erasure_requests.run_id, landing_batches.status and .run_id, job_runs, node_versions, audit_log.signature.
 # 4: look-alike ids and blocked requests: erasure_requests.skeleton_key, .blocked_by, .review;
-# provenance.skeleton_key and its index.
-CURRENT_VERSION = 4
+# provenance.skeleton_key and its index. 5: policy_snapshots (a new table).
+CURRENT_VERSION = 5
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),

@@ -142,7 +142,7 @@ def _print_stale(plan) -> None:
     for a in plan.assets:
         parts = "(unpartitioned)" if a.partitions == [None] else (
             f"all {len(a.partitions)}" if len(a.partitions) > 3 else ", ".join(a.partitions))
-        why = a.reason + (f" (reads: {', '.join(a.fields)})" if a.fields and a.reason.startswith("policy") else "")
+        why = a.reason + (f" (reads: {', '.join(a.fields)})" if a.fields and a.reason.startswith("policy fields") else "")
         click.echo(f"| {a.asset} | {parts} | {why} |")
 
 
