@@ -26,9 +26,10 @@ check:
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
 
-# Dagster's own project tooling (pyproject.toml [tool.dg]): the UI and daemon on the demo's instance.
+# Dagster's own project tooling (pyproject.toml [tool.dg]): the UI and daemon on the demo's instance
+# (this folder's dagster.yaml: storage under .erasure_home/dagster, where the CLI keeps it too).
 dev:
-	DAGSTER_HOME=$(CURDIR)/.erasure_home/dagster dg dev
+	DAGSTER_HOME=$(CURDIR) dg dev
 
 # Each prints Markdown tables; benchmarks/RESULTS.md holds the latest with their commands (one sequential
 # pass, ~45 min here; the 1 000 000-subject erasure_cost alone needs ~9 GiB of RAM).

@@ -129,3 +129,15 @@ def test_named_jobs_and_every_writing_step_in_the_pool():
     for name in [*SHARD_ASSETS, *MERGE_ASSETS]:
         assert graph.get(dg.AssetKey(name)).pools == {names.POOL}
     assert defs.resolve_schedule_def("retraining_cycle").job_name == names.CYCLE_JOB
+
+
+def test_the_repo_root_instance_says_what_the_cli_instance_says_but_where_storage_is():
+    """``make dev`` uses the repo root's dagster.yaml, the CLI <home>/dagster/dagster.yaml: one instance, two files."""
+    root = yaml.safe_load((Path(__file__).resolve().parents[1] / "dagster.yaml").read_text())
+    from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
+
+    template = yaml.safe_load(INSTANCE_TEMPLATE.read_text())
+    storage = {"storage", "compute_logs", "local_artifact_storage"}
+    assert {k: v for k, v in root.items() if k not in storage} == template
+    assert root["storage"]["sqlite"]["base_dir"] == ".erasure_home/dagster"
+    assert root["compute_logs"]["config"]["base_dir"] == ".erasure_home/dagster/storage"

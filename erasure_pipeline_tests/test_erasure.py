@@ -248,7 +248,8 @@ def test_drain_and_the_jobs_use_the_ledger_resource_they_are_given(demo_home, tm
     ledger = LedgerResource(url=url)
     pipeline = configured["pipeline"]
     defs = build_definitions(resources={"ledger": ledger, "pipeline": type(pipeline)(
-        home=pipeline.home, lake=pipeline.lake, landing=pipeline.landing, ledger=ledger, vectors=pipeline.vectors, secrets=pipeline.secrets)})
+        home=pipeline.home, lake=pipeline.lake, landing=pipeline.landing, evidence=pipeline.evidence, ledger=ledger, vectors=pipeline.vectors,
+        secrets=pipeline.secrets)})
     _policy = defs_and_policy()[1]
     (sid, _shard), = pick_subjects(_policy.shards, with_tickets=1)
     from erasure_pipeline.defs.resources import resolve

@@ -159,3 +159,34 @@ def test_a_run_whose_request_was_held_before_it_started_says_nothing_was_erased(
     summary = launch(defs, inst, _erasure_request(defs, inst))
     assert inst.get_run_by_id(summary.run_id).tags[names.OUTCOME] == "erased 1"
     assert _certificates_metadata(inst, summary.run_id)["requests_erased"] == 1
+
+
+def test_each_certificate_is_one_click_away_as_json_and_markdown_with_its_findings_as_a_typed_table(demo_home):
+    import json
+    from pathlib import Path
+
+    from erasure_pipeline.app.runner import launch
+
+    defs, policy = defs_and_policy()
+    inst = instance()
+    chosen = pick_subjects(policy.shards, with_tickets=2)
+    rids = [erase(sid)[0] for sid, _shard in chosen]
+    summary = launch(defs, inst, _erasure_request(defs, inst))
+    meta = _certificates_metadata(inst, summary.run_id)
+    table = meta["certificate_table"]
+    assert [c.name for c in table.schema.columns] == ["request_id", "data_present", "nodes_with_data", "claims", "claims_holding",
+                                                      "json", "markdown"]
+    rows = {r.data["request_id"]: r.data for r in table.records}
+    assert set(rows) == set(rids) and all(r["data_present"] and r["claims"] == r["claims_holding"] > 0 for r in rows.values())
+    for rid in rids:
+        stored = json.loads(Path(rows[rid]["json"]).read_text())
+        assert stored == json.loads(_cli("certificate", rid, "--json").output)  # the evidence store's copy is the ledger's
+        assert Path(rows[rid]["markdown"]).read_text().startswith(f"### Erasure certificate `{rid}`")
+        assert _cli("verify", "--certificate", rows[rid]["json"]).exit_code == 0  # and checks offline as it is
+    findings = meta["findings"]
+    assert [c.name for c in findings.schema.columns] == ["request_id", "claim", "target", "holds", "detail"]
+    assert {r.data["request_id"] for r in findings.records} == set(rids) and all(r.data["holds"] for r in findings.records)
+    assert isinstance(meta["certificate_json"], str) and Path(meta["certificate_json"]).exists()  # a path the UI links
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("erasure_certificates")).parent_keys} == \
+        {"cohort_model", "ensemble_model", "vector_index"}  # the leaves: lineage without an edge from every asset

@@ -106,6 +106,12 @@ class Graph:
         return [n for n in self.nodes if n.table is not None and n.partitioned]
 
     @property
+    def leaves(self) -> list[str]:
+        """Nodes nothing reads: every other node flows into one of them (what the certificates depend on in the UI)."""
+        read = {p for n in self.nodes for p in n.parents}
+        return [n.name for n in self.nodes if n.name not in read]
+
+    @property
     def subject_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.subject_rows]
 

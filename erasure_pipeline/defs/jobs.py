@@ -26,8 +26,9 @@ DESCRIPTIONS = {
 }
 
 
-def _job(name: str, claim_op: dg.OpDefinition, shard_op: dg.OpDefinition, finish_op: dg.OpDefinition) -> dg.JobDefinition:
-    @dg.job(name=name, tags={names.KIND: names.JOB_KINDS[name]}, description=DESCRIPTIONS[name])
+def _job(name: str, claim_op: dg.OpDefinition, shard_op: dg.OpDefinition, finish_op: dg.OpDefinition,
+         owners: list[str]) -> dg.JobDefinition:
+    @dg.job(name=name, tags={names.KIND: names.JOB_KINDS[name]}, description=DESCRIPTIONS[name], owners=owners)
     def _graph():
         works, plan = claim_op()
         finish_op(plan, works.map(shard_op).collect())
@@ -38,10 +39,10 @@ def _job(name: str, claim_op: dg.OpDefinition, shard_op: dg.OpDefinition, finish
 def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
     ops = build_ops(policy, graph)
     return [
-        _job(names.ERASURE_JOB, ops.claim_requests, ops.shard_step, ops.merge_and_certify),
-        _job(names.CYCLE_JOB, ops.claim_landing_files, ops.shard_step, ops.merge),
-        _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_step, ops.merge),
-        _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_step, ops.merge),
+        _job(names.ERASURE_JOB, ops.claim_requests, ops.shard_step, ops.merge_and_certify, policy.owners),
+        _job(names.CYCLE_JOB, ops.claim_landing_files, ops.shard_step, ops.merge, policy.owners),
+        _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_step, ops.merge, policy.owners),
+        _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_step, ops.merge, policy.owners),
         _staleness_job(policy, graph),
     ]
 
@@ -49,7 +50,7 @@ def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
 def _staleness_job(policy: Policy, graph: Graph) -> dg.JobDefinition:
     report = staleness_op(policy, graph)
 
-    @dg.job(name=names.STALENESS_JOB, tags={names.KIND: "staleness"},
+    @dg.job(name=names.STALENESS_JOB, tags={names.KIND: "staleness"}, owners=policy.owners,
             description=("Reports the up_to_date check of every shard partition (the staleness_sensor asks for it when the "
                          "set of stale partitions changes). Reads only."))
     def _graph():

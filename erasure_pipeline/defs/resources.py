@@ -5,7 +5,7 @@ One resource, ``pipeline``, is what every op, asset, sensor and schedule takes; 
 
 | resource | field | from |
 |---|---|---|
-| ``lake``, ``landing`` | ``url`` | ``dg.EnvVar("ERASURE_PIPELINE_LAKE_URL")`` / ``…_LANDING_URL``, else ``<home>/lake``, ``<home>/landing`` |
+| ``lake``, ``landing``, ``evidence`` | ``url`` | ``dg.EnvVar("ERASURE_PIPELINE_LAKE_URL")`` / ``…_LANDING_URL`` / ``…_EVIDENCE_URL``, else ``<home>/lake``, ``<home>/landing``, ``<home>/evidence`` |
 | ``ledger`` | ``url`` (secret) | ``dg.EnvVar("ERASURE_PIPELINE_LEDGER_URL")``, else ``sqlite:///<home>/ledger.sqlite`` |
 | ``vectors`` | ``url``, ``api_key`` (secret), ``path`` | ``dg.EnvVar("ERASURE_PIPELINE_QDRANT_URL")`` / ``…_QDRANT_API_KEY``, else Qdrant Edge at ``<home>/qdrant`` |
 | ``secrets`` | ``pepper``, ``signing_key`` (secrets), ``local_dir`` | ``dg.EnvVar("ERASURE_PIPELINE_PEPPER")`` / ``…_SIGNING_KEY``, else local key files generated once in ``local_dir`` |
@@ -67,16 +67,18 @@ class PipelineResource(dg.ConfigurableResource):
     home: str = Field(description="The project home.")
     lake: LakeResource
     landing: LakeResource
+    evidence: LakeResource
     ledger: LedgerResource
     vectors: VectorsResource
     secrets: SecretsResource
 
     def settings(self) -> Settings:
-        unresolved = [f"{r}.{f}" for r in ("lake", "landing", "ledger", "vectors", "secrets")
+        unresolved = [f"{r}.{f}" for r in ("lake", "landing", "evidence", "ledger", "vectors", "secrets")
                       for f, v in getattr(self, r).__dict__.items() if isinstance(v, dg.EnvVar)]
         if unresolved:  # an EnvVar read before Dagster resolved it is the variable's name, not its value
             raise RuntimeError(f"pipeline resource used unresolved ({', '.join(unresolved)}): use defs.resources.resolve()")
-        return Settings(home=Path(self.home), lake_url=self.lake.url, landing_url=self.landing.url, ledger_url=self.ledger.url,
+        return Settings(home=Path(self.home), lake_url=self.lake.url, landing_url=self.landing.url, evidence_url=self.evidence.url,
+                        ledger_url=self.ledger.url,
                         ledger_schema=self.ledger.db_schema, qdrant_url=self.vectors.url or None, qdrant_api_key=self.vectors.api_key,
                         qdrant_dir=Path(self.vectors.path), pepper=self.secrets.pepper, signing_key=self.secrets.signing_key,
                         allow_local_signing_key=self.secrets.allow_local_signing_key)
@@ -100,13 +102,16 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     home = settings.home
     lake = LakeResource(url=_value(settings, "lake_url", str(home / "lake")))
     landing = LakeResource(url=_value(settings, "landing_url", str(home / "landing")))
+    evidence = LakeResource(url=_value(settings, "evidence_url", str(home / "evidence")))
     ledger = LedgerResource(url=_value(settings, "ledger_url", f"sqlite:///{home / 'ledger.sqlite'}"))
     vectors = VectorsResource(url=_value(settings, "qdrant_url", None), api_key=_value(settings, "qdrant_api_key", None),
                               path=str(settings.qdrant_path))
     secrets = SecretsResource(pepper=_value(settings, "pepper", None), signing_key=_value(settings, "signing_key", None),
                               local_dir=str(home), allow_local_signing_key=settings.allow_local_signing_key)
-    pipeline = PipelineResource(home=str(home), lake=lake, landing=landing, ledger=ledger, vectors=vectors, secrets=secrets)
-    return {"pipeline": pipeline, "lake": lake, "landing": landing, "ledger": ledger, "vectors": vectors, "secrets": secrets}
+    pipeline = PipelineResource(home=str(home), lake=lake, landing=landing, evidence=evidence, ledger=ledger, vectors=vectors,
+                                secrets=secrets)
+    return {"pipeline": pipeline, "lake": lake, "landing": landing, "evidence": evidence, "ledger": ledger, "vectors": vectors,
+            "secrets": secrets}
 
 
 def resolve(pipeline: PipelineResource) -> PipelineResource:

@@ -20,14 +20,18 @@ def build_schedules(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefiniti
         execution_timezone=policy.cycle.timezone,
         job=jobs[names.CYCLE_JOB],
         default_status=dg.DefaultScheduleStatus.STOPPED,
+        owners=policy.owners,
         description=(
             "Ingests landing files no finished batch has taken and drops rows past retention_days: one cycle_job run for "
             "every shard that received rows or holds expired rows, then the merges once; untouched shards are not run. "
-            "Reads only: the run takes its files when it starts."
+            "Reads only: the run takes its files when it starts. The request's tags name the files and the shards past "
+            "retention; a tick evaluated more than a day after its time (a preview of a past tick) runs as of now."
         ),
     )
     def retraining_cycle(context: dg.ScheduleEvaluationContext, pipeline: PipelineResource):
-        as_of = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        scheduled = context.scheduled_execution_time
+        as_of = now if scheduled is None or scheduled.astimezone(dt.UTC) < now - names.LATE_TICK else scheduled.astimezone(dt.UTC)
         request = ticks.cycle_request(pipeline.book(), context.instance, lake_at(pipeline.landing.url), graph, policy, as_of)
         if request is None:
             return dg.SkipReason("no new landing files and nothing past retention")

@@ -20,6 +20,7 @@ def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition
         job=jobs[names.ERASURE_JOB],
         minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        owners=policy.owners,
         description=("Asks for one erasure_job run per tick covering every request ready to run (run key = batch id, "
                      "tags = request ids). Reads only: the run claims its requests when it starts."),
     )
@@ -47,6 +48,7 @@ def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition
         job=jobs[names.STALENESS_JOB],
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        owners=policy.owners,
         description=("When the set of stale shard partitions changes (a policy change, a rebuild, an input rebuilt by hand), "
                      "asks for one staleness_job run, which reports every shard partition's up_to_date check: failed, saying "
                      "which policy fields changed from what, or passed. Dagster's UI shows no staleness for partitioned "

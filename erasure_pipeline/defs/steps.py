@@ -223,6 +223,8 @@ def _certified(context, env: Env, plan: RunPlan, outcomes: list[NodeOutcome]):
         "requests_resumed_from_interrupted_runs": len(plan.resumed),
         "shards": ", ".join(w.partition for w in plan.works) or "none (no data)",
         "certificates": dg.MetadataValue.md(shown or "_(none)_"),
+        **events.certificate_tables(done.certificates, done.evidence),
+        **({"evidence_store": events.link(env.evidence.locate("certificates"))} if env.evidence is not None else {}),
         # A copy of the audit log's head outside the ledger's database (erasure-pipeline audit-log verify).
         ANCHOR_SEQ: done.anchor[0], ANCHOR_HASH: done.anchor[1],
         "ledger_ids": dg.MetadataValue.md("Print one: `erasure-pipeline certificate REQUEST_ID`; re-check: `erasure-pipeline verify REQUEST_ID`."),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-from erasure_pipeline.core import names
+from erasure_pipeline.core import identity, names
 from erasure_pipeline.core.contracts import contracts_for
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.names import MAX_AUTO_ATTEMPTS, MAX_REQUESTS_PER_RUN, retry_backoff
@@ -79,12 +79,18 @@ def cycle_request(book: Ledger, instance: dg.DagsterInstance, landing: Lake, gra
     """New landing files (not taken by a finished batch or a live run) and rows past retention: one cycle run."""
     taken = book.runs.landing_files_taken(runtime.run_is_live(instance, book))
     new = sorted(f.name for f in landing_files(landing, contracts_for(policy)) if f.name not in taken)
-    if not new and not expired_partitions(book, policy, graph, as_of):
+    expired = expired_partitions(book, policy, graph, as_of)
+    if not new and not expired:
         return None
     seed = "\n".join(new) if new else f"retention:{as_of.date().isoformat()}"
     batch = fresh_run_key(instance, "lb-" + hashlib.sha256(seed.encode()).hexdigest()[:16])
+    # What the tick would take, where the UI's tick preview shows it: the files (their rows' shards are known
+    # once the run stages them) and the shards holding rows past retention.
+    what = {names.LANDING_FILES: f"{len(new)}: {', '.join(new[:3])}{' …' if len(new) > 3 else ''}" if new else "none",
+            names.RETENTION_SHARDS: ",".join(identity.partition_key(s) for s in sorted(expired)) or "none",
+            names.AS_OF: as_of.isoformat(timespec="seconds")}
     return dg.RunRequest(
-        run_key=batch, job_name=names.CYCLE_JOB, tags={names.BATCH: batch, names.KIND: "cycle"},
+        run_key=batch, job_name=names.CYCLE_JOB, tags={names.BATCH: batch, names.KIND: "cycle", **what},
         run_config={"ops": {names.CLAIM_LANDING_OP: {"config": {"batch_id": batch, "kind": "cycle", "landing_files": new,
                                                                "as_of": as_of.isoformat()}}}},
     )

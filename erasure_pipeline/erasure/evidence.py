@@ -1,21 +1,29 @@
 """Evidence an auditor can check: a certificate's signature and body hash, the audit log against every anchor,
-and a stored certificate's claims re-checked now. No Dagster import.
+and a stored certificate's claims re-checked now. No Dagster import; a certificate file is checked offline
+with the signing module alone (the stores load only for a check against them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from erasure_pipeline.core import identity
+from erasure_pipeline.core.findings import Finding
 from erasure_pipeline.core.signing import canonical_json, key_id, verify_document
-from erasure_pipeline.erasure.verify import verify_subject
-from erasure_pipeline.kinds.base import Env, Finding
-from erasure_pipeline.ledger import Anchor, Ledger
+
+if TYPE_CHECKING:
+    from erasure_pipeline.kinds.base import Env
+    from erasure_pipeline.ledger import Anchor, Ledger
 
 
 def certificate_anchors(book: Ledger) -> list[Anchor]:
     """The audit-log heads every stored certificate carries."""
+    from erasure_pipeline.ledger import Anchor
+
     out = []
     for request_id, body in book.certificates.all():
         anchor = body.get("audit_anchor") or {}
@@ -51,17 +59,35 @@ def verify_certificate_document(document: dict, public: Ed25519PublicKey) -> lis
 def verify_certificate(request_id: str, env: Env, anchors: list[Anchor] = ()) -> list[Finding]:
     """A stored certificate: its signature and body hash, the audit log against every anchor known
     (``anchors``: e.g. the runs' Dagster metadata), and every claim about the subject now."""
-    found = env.ledger.certificates.get(request_id)
-    if found is None:
-        return [Finding("a certificate exists", request_id, False, "no certificate")]
-    body, digest = found
+    return verify_certificates([request_id], env, anchors)[request_id]
+
+
+def verify_certificates(request_ids: list[str], env: Env, anchors: list[Anchor] = ()) -> dict[str, list[Finding]]:
+    """Many stored certificates in one pass: the audit log is checked once, each shard's vector store is
+    opened once, and the claims that do not depend on the subject (a shard model's retrain, what a merge
+    was built from, the partitions' recorded versions) are checked once per shard, not once per request."""
+    from erasure_pipeline.erasure.verify import verify_subject  # deferred: the stores (pandas); offline checks need none
+
     public = env.signer.public if env.signer else None
-    out = [Finding("certificate body matches its recorded sha256", request_id,
-                   hashlib.sha256(canonical_json(body).encode()).hexdigest() == digest),
-           certificate_signature_finding(body, public, request_id),
-           audit_log_finding(env.ledger, public, list(anchors))]
-    request = env.ledger.requests.get(request_id)
-    out.append(Finding("request is completed", request_id, request["status"] == "completed", request["status"]))
-    if body.get("data_present") or body.get("exception") is None:
-        out += verify_subject(request["subject_key"], env)
+    audit = audit_log_finding(env.ledger, public, list(anchors))
+    found = {rid: env.ledger.certificates.get(rid) for rid in dict.fromkeys(request_ids)}
+    requests = {r["request_id"]: r for r in env.ledger.requests.by_ids([rid for rid, f in found.items() if f is not None])}
+    out: dict[str, list[Finding]] = {}
+    cache: dict = {}
+    with contextlib.ExitStack() as shards:
+        for shard in sorted({identity.shard_of(r["subject_key"], env.policy.shards) for r in requests.values()}):
+            shards.enter_context(env.vectors.session(shard))
+        for rid, certificate in found.items():
+            if certificate is None:
+                out[rid] = [Finding("a certificate exists", rid, False, "no certificate")]
+                continue
+            body, digest = certificate
+            request = requests[rid]
+            findings = [Finding("certificate body matches its recorded sha256", rid,
+                                hashlib.sha256(canonical_json(body).encode()).hexdigest() == digest),
+                        certificate_signature_finding(body, public, rid), audit,
+                        Finding("request is completed", rid, request["status"] == "completed", request["status"])]
+            if body.get("data_present") or body.get("exception") is None:
+                findings += verify_subject(request["subject_key"], env, cache)
+            out[rid] = findings
     return out

@@ -18,13 +18,14 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
 from erasure_pipeline.core import identity, names
 from erasure_pipeline.core.errors import BlockingError, PipelineError
+from erasure_pipeline.core.findings import Finding
 from erasure_pipeline.core.graph import CheckSpec, Graph, Node
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.signing import Signer
@@ -91,19 +92,6 @@ class NodeResult:
         return self.data_version != self.previous
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One claim of a proof, checked against the stores as they are now."""
-
-    claim: str
-    target: str
-    ok: bool
-    detail: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 # ---------------------------------------------------------------- what a node computation may use
 @dataclass
 class Env:
@@ -119,6 +107,8 @@ class Env:
     kinds: Registry
     signer: Signer | None = None
     """The evidence key: signs certificates; its public half checks them."""
+    evidence: Lake | None = None
+    """Where certificates are kept as JSON and Markdown for auditors (``Settings.evidence``)."""
 
     @property
     def keyer(self) -> identity.Keyer:

@@ -20,4 +20,5 @@ def open_env(policy: Policy, settings: Settings, registry: Registry = REGISTRY) 
     signer = signer_for(settings)
     return Env(policy=policy, graph=graph_for(policy, registry), lake=lake_at(settings.lake), landing=lake_at(settings.landing),
                vectors=vector_store(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_path),
-               ledger=ledger_for(settings, signer), pepper=load_pepper(settings.pepper, settings.home), kinds=registry, signer=signer)
+               ledger=ledger_for(settings, signer), pepper=load_pepper(settings.pepper, settings.home), kinds=registry, signer=signer,
+               evidence=lake_at(settings.evidence))

@@ -45,6 +45,7 @@ class Lake(Protocol):
     def noncurrent_versions(self, name: str) -> list[ObjectVersion]: ...
     def read_version(self, name: str, version_id: str) -> bytes: ...
     def describe(self) -> str: ...
+    def locate(self, name: str) -> str: ...
 
 
 def _check_name(name: str) -> str:
@@ -109,6 +110,10 @@ class LocalLake:
 
     def describe(self) -> str:
         return f"local:{self.root}"
+
+    def locate(self, name: str) -> str:
+        """Where an object is, for a person or a link: its absolute path."""
+        return str(self._path(name).resolve())
 
 
 @dataclass
@@ -188,6 +193,10 @@ class S3Lake:
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}"
+
+    def locate(self, name: str) -> str:
+        """Where an object is, for a person or a link: its ``s3://`` URL."""
+        return f"s3://{self.bucket}/{self._key(name)}"
 
 
 def table_name(asset: str, partition: str) -> str:

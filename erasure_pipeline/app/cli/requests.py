@@ -44,12 +44,12 @@ def erase(subject_id: str | None, from_file, reason: str | None) -> None:
     desk = Desk.open(settings=settings())
     reason = _cleaned(desk, reason, desk.keyer.keys(ids), ids)
     if subject_id is not None:
-        ((request_id, created),) = erase_many(ids, reason, policy=desk.policy, ledger=desk.ledger, settings=settings())
+        ((request_id, created),) = erase_many(ids, reason, desk=desk)
         click.echo(request_id)
         if not created:
             click.echo("(a live request for this subject already exists; that is its id)", err=True)
         return
-    results = erase_many(ids, reason, policy=desk.policy, ledger=desk.ledger, settings=settings())
+    results = erase_many(ids, reason, desk=desk)
     for request_id, _created in results:
         click.echo(request_id)
     existing = sum(not created for _rid, created in results)

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from erasure_pipeline.app.cli.common import Fail, guard, main, settings
-from erasure_pipeline.core.policy import load_policy, policy_path
 
 
 @main.command()
@@ -17,7 +16,8 @@ from erasure_pipeline.core.policy import load_policy, policy_path
 @guard
 def search(text: str, limit: int) -> None:
     """Top text chunks for TEXT across every shard (score, shard, dataset.column, record id; no subject ids)."""
-    # Deferred: the embedder imports scikit-learn; the vector store, Qdrant.
+    # Deferred: the embedder imports scikit-learn; the vector store, Qdrant; the declaration, pydantic.
+    from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.ml.embed import embedder_for
     from erasure_pipeline.stores.factory import vector_store
 
@@ -62,6 +62,7 @@ def _members_and_references(lake, training: str, partitions, sample: int, seed: 
 def audit(sample: int, seed: int, model_name: str | None, as_json: bool) -> None:
     """Membership-inference audit of a model's current ensemble: members vs never-seen (holdout) subjects."""
     # Deferred: the attack reads training sets with pandas and scores with scikit-learn.
+    from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.kinds.models import ensemble_name
     from erasure_pipeline.kinds.training import node_name
     from erasure_pipeline.ml.audit import audit_rows
@@ -132,6 +133,7 @@ def models(as_json: bool) -> None:
     """How good each declared model is: its holdout metric beside one unsharded model on the same split (what
     sharding costs), the holdout's class counts, the floor, whether it is published; and the estimator short names."""
     from erasure_pipeline.core.declaration import ESTIMATORS
+    from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.stores.factory import lake_at
 
     s = settings()
@@ -185,11 +187,14 @@ def housekeeping(compute_log_days: float, dry_run: bool) -> None:
 @guard
 def where() -> None:
     """Print the project home and where each store lives (secrets only as set or not)."""
+    from erasure_pipeline.core.settings import policy_path
+
     s = settings()
     vectors = f"qdrant server ({'$ERASURE_PIPELINE_QDRANT_URL'})" if s.qdrant_url else f"qdrant edge {s.qdrant_path}"
     ledger_at = "set ($ERASURE_PIPELINE_LEDGER_URL)" if s.ledger_url else s.ledger
     click.echo(json.dumps({
-        "project_home": str(s.home), "policy": str(policy_path(s)[0] or "none found"), "lake": s.lake, "landing": s.landing, "ledger": ledger_at,
+        "project_home": str(s.home), "policy": str(policy_path(s)[0] or "none found"), "lake": s.lake, "landing": s.landing,
+        "evidence": s.evidence, "ledger": ledger_at,
         "vectors": vectors, "dagster_home": str(s.instance_dir), "executor": s.executor or "in_process",
         "pepper": "set ($ERASURE_PIPELINE_PEPPER)" if s.pepper else f"local file {s.home / 'pepper.key'}",
         "signing_key": "set ($ERASURE_PIPELINE_SIGNING_KEY)" if s.signing_key else f"local file {s.home / 'signing.key'}",
