@@ -44,3 +44,6 @@ bench:
 	$(PY) -m benchmarks.membership_audit
 	$(PY) -m benchmarks.daemon_latency
 	$(PY) -m benchmarks.run_mechanisms
+	$(PY) -m benchmarks.cli_startup --runs 7
+	$(PY) -m benchmarks.verify_batch
+	$(PY) -m benchmarks.recipients_delivery

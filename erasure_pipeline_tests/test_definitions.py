@@ -108,7 +108,7 @@ def test_no_edge_crosses_shards():
 def test_sensors_are_running_by_default():
     defs = build_definitions(demo_policy(shards=4))
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor", "staleness_sensor"}
+    assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor", "staleness_sensor", "notices_sensor"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     assert sensors["erasure_sensor"].minimum_interval_seconds == 5
     assert sensors["erasure_sensor"].job_name == names.ERASURE_JOB
@@ -117,9 +117,10 @@ def test_sensors_are_running_by_default():
 def test_named_jobs_and_every_writing_step_in_the_pool():
     defs = build_definitions(demo_policy(shards=4))
     jobs = {j.name: j for j in defs.jobs}
-    assert set(jobs) == {names.ERASURE_JOB, names.CYCLE_JOB, names.INGEST_JOB, names.REBUILD_JOB, names.STALENESS_JOB}
-    (report,) = jobs.pop(names.STALENESS_JOB).graph.node_defs
-    assert report.pool is None  # reads the ledger only: never waits behind a run that writes
+    assert set(jobs) == {names.ERASURE_JOB, names.CYCLE_JOB, names.INGEST_JOB, names.REBUILD_JOB, names.STALENESS_JOB, names.DELIVER_JOB}
+    for reader in (names.STALENESS_JOB, names.DELIVER_JOB):  # the ledger only (the outbox): never waits behind a run that writes
+        (op,) = jobs.pop(reader).graph.node_defs
+        assert op.pool is None
     for job in jobs.values():
         # every op writes a store (claims scrub and stage landing; shard and merge steps write the lake)
         assert all(n.pool == names.POOL for n in job.graph.node_defs), job.name

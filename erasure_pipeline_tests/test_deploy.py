@@ -15,7 +15,7 @@ from erasure_pipeline.defs.executors import executor_for
 EXECUTOR_ENV = VARIABLES["executor"]
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-APP_SERVICES = ("code_location", "webserver", "daemon")
+APP_SERVICES = ("code_location", "webserver", "daemon", "drp_intake")
 # Every setting the code reads in production, by the names the code uses.
 APP_ENV = {
     "DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_DIR", VARIABLES["ledger_url"], VARIABLES["lake_url"], VARIABLES["landing_url"],
@@ -133,3 +133,16 @@ def test_runbook_covers_what_operators_need():
         assert heading in text
     for var in APP_ENV:
         assert f"`{var}`" in text or var in text
+
+
+def test_the_drp_intake_runs_the_same_image_and_secrets_as_the_code_location():
+    compose = _load("docker-compose.yaml")["services"]["drp_intake"]
+    assert compose["command"][:2] == ["erasure-pipeline", "serve"]
+    (deployment, service) = list(yaml.safe_load_all((DEPLOY / "helm" / "drp-intake.yaml").read_text()))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    values = _load("helm/values.yaml")["dagster-user-deployments"]["deployments"][0]
+    assert container["image"] == f"{values['image']['repository']}:{values['image']['tag']}"
+    assert container["envFrom"] == [{"secretRef": {"name": values["envSecrets"][0]["name"]}}]
+    assert container["command"][:2] == ["erasure-pipeline", "serve"]
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["containerPort"]
+

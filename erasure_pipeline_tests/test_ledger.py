@@ -4,7 +4,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from erasure_pipeline.ledger import Ledger, LedgerError
+from erasure_pipeline.ledger import Ledger, LedgerError, utcnow
 from erasure_pipeline.ledger import schema as t
 
 KEY_A, KEY_B = "a" * 64, "b" * 64
@@ -60,7 +60,7 @@ def claim(book, batch, rids, run_id):
     return book.runs.claim_erasure(batch, rids, run_id, is_live=live, host="h", pid=1)
 
 
-def test_claims_are_exclusive_and_completion_writes_certificate_and_outbox(book):
+def test_claims_are_exclusive_and_completion_writes_certificate_and_notices(book):
     rid, _ = book.requests.file(KEY_A, 0, due_days=30)
     assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)
     busy = claim(book, "eb-1", [rid], "run-2")
@@ -69,13 +69,24 @@ def test_claims_are_exclusive_and_completion_writes_certificate_and_outbox(book)
     assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)  # the holder again (a retried step): reentrant
     req = book.requests.get(rid)
     assert req["status"] == "in_progress" and req["run_id"] == "run-1" and req["attempts"] == 1
-    book.certificates.complete(rid, {"request_id": rid, "anonymised_data_subject": KEY_A})
+    book.notices.queue_now([])  # nothing to queue is fine
+    with book.db.tx() as conn:
+        book.notices.seal(conn, [(rid, "crm", "c2VhbGVk"), (rid, "search", "c2VhbGVk")])
+    notice = {"notice_id": "n-1", "request_id": rid, "recipient": "crm", "kind": "erasure", "endpoint": "https://crm.example.com/e",
+              "body": '{"subject":{"sealed_id":"c2VhbGVk"}}', "body_sha256": "0" * 64, "signature": "ab"}
+    book.certificates.complete(rid, {"request_id": rid, "anonymised_data_subject": KEY_A}, [notice])
     book.runs.finish_batch("eb-1", "certified", "run-1")
     assert claim(book, "eb-1", [rid], "run-3").outcome == "done"
     assert book.requests.get(rid)["status"] == "completed"
     body, digest = book.certificates.get(rid)
     assert body["request_id"] == rid and len(digest) == 64
-    assert [o["request_id"] for o in book.certificates.outbox()] == [rid]
+    (queued,) = book.notices.for_request(rid)
+    assert queued["status"] == "pending" and queued["attempts"] == 0
+    assert book.notices.sealed(rid) == {"crm": "c2VhbGVk"}  # the id sealed to a recipient no notice goes to is destroyed
+    (leased,) = book.notices.lease_due(utcnow(), dt.timedelta(seconds=30))
+    assert leased["attempts"] == 1 and book.notices.lease_due(utcnow(), dt.timedelta(seconds=30)) == []  # leased: not taken twice
+    assert book.notices.settle(leased, "confirmed", at=utcnow()) and not book.notices.settle(leased, "confirmed", at=utcnow())
+    assert book.notices.sealed(rid) == {} and "c2VhbGVk" not in book.notices.for_request(rid)[0]["body"]
     # a new request for the same subject after completion is a new request
     rid2, created = book.requests.file(KEY_A, 0, due_days=30)
     assert created and rid2 != rid
@@ -189,12 +200,32 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
     make_version_3_ledger(url)
     book = Ledger(url)
-    assert book.migrate() == t.CURRENT_VERSION == 5
+    assert book.migrate() == t.CURRENT_VERSION == 6
     insp = sa.inspect(book.db.engine)
-    assert "policy_snapshots" in insp.get_table_names()
+    assert {"policy_snapshots", "notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names())
     assert {"skeleton_key", "blocked_by", "review"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
     assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance")}
     assert book.nodes.provenance_for([KEY_A])[0]["skeleton_key"] is None  # rows kept; their skeleton comes with the next ingest
     rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
     assert book.requests.get(rid)["skeleton_key"] == "s" * 64
-    assert book.migrate() == 5  # idempotent
+    assert book.migrate() == 6  # idempotent
+
+
+def test_a_request_is_revoked_only_before_anything_acted_on_it(book):
+    rid, _ = book.requests.file(KEY_A, 0, due_days=30)
+    with book.db.tx() as conn:
+        book.notices.seal(conn, [(rid, "crm", "c2VhbGVk")])
+    book.requests.revoke(rid, "changed their mind")
+    assert book.requests.get(rid)["status"] == "revoked"
+    assert KEY_A not in book.tombstones.active() and book.notices.sealed(rid) == {}
+    assert book.requests.live_for(KEY_A) is None
+    with pytest.raises(LedgerError, match="can no longer be revoked"):
+        book.requests.revoke(rid, None)  # revoked is final
+    claimed, _ = book.requests.file(KEY_B, 0, due_days=30)
+    claim(book, "eb-9", [claimed], "run-9")
+    with pytest.raises(LedgerError, match="in_progress: it can no longer be revoked"):
+        book.requests.revoke(claimed, None)
+    late, _ = book.requests.file(KEY_A, 0, due_days=30)
+    book.runs.claim_landing("lb-1", "cycle", [], utcnow(), "run-10", is_live=lambda _r: True, host="h", pid=1)
+    with pytest.raises(LedgerError, match="an ingest has run since"):
+        book.requests.revoke(late, None)  # that ingest may have dropped the subject's rows already

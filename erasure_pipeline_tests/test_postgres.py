@@ -180,10 +180,16 @@ def test_a_version_3_ledger_is_migrated_to_the_current_version_in_its_schema_on_
 
     make_version_3_ledger(pg_database, schema="erasure_ledger")
     book = Ledger(pg_database)
-    assert book.migrate() == t.CURRENT_VERSION == 5
+    assert book.migrate() == t.CURRENT_VERSION == 6
     insp = sa.inspect(book.db._base_engine)
     assert {"skeleton_key", "blocked_by", "review"} <= {c["name"] for c in insp.get_columns("erasure_requests", schema="erasure_ledger")}
     assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance", schema="erasure_ledger")}
     assert "policy_snapshots" in insp.get_table_names(schema="erasure_ledger")
     assert book.nodes.provenance_for([KEY_A])[0]["rows"] == 1
+    assert {"notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names(schema="erasure_ledger"))
+    # The live-subject index was re-created so that a revoked request is not live: the subject can file again.
+    rid, _ = book.requests.file("c" * 64, 0, due_days=30)
+    book.requests.revoke(rid, None)
+    again, created = book.requests.file("c" * 64, 0, due_days=30)
+    assert created and again != rid
     book.dispose()

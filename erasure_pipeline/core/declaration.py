@@ -256,3 +256,109 @@ class CyclePolicy(Strict):
         if len(v.split()) != 5:
             raise ValueError("must be a cron expression with 5 fields, e.g. '0 3 * * *'")
         return v
+
+
+def _key_bytes(value: str, field: str, what: str) -> str:
+    """A 32-byte key given as base64 (how libsodium tools print them)."""
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{field}: not base64 (a {what}: 32 bytes, base64)") from None
+    if len(raw) != 32:
+        raise ValueError(f"{field}: {len(raw)} bytes, a {what} has 32")
+    return value
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class RecipientSpec(Strict):
+    """A processor, service provider or third party our data went to (GDPR Art.17(2) and 19, CCPA
+    §1798.105(c)): told of each erasure of a subject whose data it received, until it confirms."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    role: Literal["processor", "service_provider", "third_party"] = "processor"
+    endpoint: str
+    """Where notices are POSTed: ``https://…`` (``http://`` only to this machine, for tests and sidecars)."""
+    received: list[str] = Field(min_length=1)
+    """What it received: dataset names, model names, or asset names (``vector_index``, ``cohort_stats``).
+    A request notifies it only when one of these held the subject's data."""
+    knows_subject_by: Literal["subject_id", "subject_key"] = "subject_id"
+    """``subject_id``: the id as filed, sealed to ``public_key`` at intake (we never hold it in the clear);
+    ``subject_key``: our keyed hash (a recipient of pseudonymised data)."""
+    public_key: str | None = None
+    """Its X25519 public key (libsodium ``crypto_box``, base64): the subject id travels as a sealed box only it opens."""
+    token_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    """The environment variable holding its bearer token (read through ``dg.EnvVar``; never in this file)."""
+    receipt_key: str | None = None
+    """Its Ed25519 verify key (base64): when given, an answer counts as a confirmation only with a receipt it signed."""
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        local = parts.scheme == "http" and (parts.hostname in ("127.0.0.1", "localhost", "::1"))
+        if not parts.hostname or not (parts.scheme == "https" or local):
+            raise ValueError(f"'{v}' is not an https:// URL (http:// only to 127.0.0.1 or localhost)")
+        return v
+
+    @field_validator("public_key")
+    @classmethod
+    def _public(cls, v: str | None) -> str | None:
+        return v if v is None else _key_bytes(v, "public_key", "X25519 public key")
+
+    @field_validator("receipt_key")
+    @classmethod
+    def _receipt(cls, v: str | None) -> str | None:
+        return v if v is None else _key_bytes(v, "receipt_key", "Ed25519 verify key")
+
+    @model_validator(mode="after")
+    def _sealable(self) -> RecipientSpec:
+        if self.knows_subject_by == "subject_id" and self.public_key is None:
+            raise ValueError("knows_subject_by: subject_id needs public_key (the id is sealed to it; we never keep it in the clear)")
+        return self
+
+
+class DeliveryPolicy(Strict):
+    """How notices to recipients (and DRP status callbacks) are retried (no asset reads it)."""
+
+    first_retry_seconds: float = Field(30.0, gt=0)
+    """The wait after a first failed attempt; each later one doubles it (with jitter: ×0.5–1.0)."""
+    max_retry_seconds: float = Field(3600.0, gt=0)
+    dead_letter_days: float = Field(7.0, gt=0)
+    """A notice not confirmed this long after it was queued is a dead letter: shown by ``status --overdue``,
+    a failing ``recipients_confirmed`` check and the certificate; its sealed subject id is destroyed."""
+    workers: int = Field(8, ge=1, le=64)
+    """Notices POSTed at once."""
+
+
+class DrpAgent(Strict):
+    """An Authorized Agent of the Data Rights Protocol, as the network's directory lists it."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    verify_key: str
+    """Its Ed25519 verify key (base64): requests it signs are checked with it."""
+    name: str | None = None
+
+    @field_validator("verify_key")
+    @classmethod
+    def _verify(cls, v: str) -> str:
+        return _key_bytes(v, "verify_key", "Ed25519 verify key")
+
+
+class DrpPolicy(Strict):
+    """Requests taken in over the Data Rights Protocol 1.0 (``erasure-pipeline serve``), as a covered business."""
+
+    business_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    identifier: str = "email"
+    """The identity claim (schema.org/Person, e.g. ``email``, ``phone_number``) that carries the subject id."""
+    agents: list[DrpAgent] = Field(default_factory=list)
+    max_body_bytes: int = Field(65536, ge=1024, le=1 << 20)
+    requests_per_minute: int = Field(60, ge=1)
+    """Per agent: more is answered ``429`` with the spec's error shape and files nothing."""

@@ -10,34 +10,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from erasure_pipeline.core.declaration import (
     CohortPolicy,
     ConsentPolicy,
     CyclePolicy,
     DatasetSpec,
+    DeliveryPolicy,
+    DrpPolicy,
     EmbedderPolicy,
     FeaturesPolicy,
     IdentityPolicy,
     LakePolicy,
     ModelSpec,
+    RecipientSpec,
     Strict,
     VectorPolicy,
 )
 from erasure_pipeline.core.errors import BlockingError
 from erasure_pipeline.core.identity import Keyer, partition_keys
-from erasure_pipeline.core.settings import Settings
+from erasure_pipeline.core.settings import Settings, policy_path
 
 
 class PolicyError(BlockingError):
     """A policy file that cannot be used; the message names the file and the field."""
 
 
+RECEIVABLE = ("vectors", "cohorts")
+"""What a recipient may have received besides datasets and models: the vector index's points, the cohort tables."""
 RESERVED = frozenset({"subject_key", "label", "holdout"})
 LEGACY_MODEL_KEYS = {"numeric_features": "numeric", "categorical_features": "categorical"}
 
@@ -65,6 +71,15 @@ class Policy(Strict):
     retention_days: int | None = Field(None, ge=1)
     """None: no retention. Else rows of datasets with a timestamp older than this leave the lake on the next cycle."""
     cycle: CyclePolicy = Field(default_factory=CyclePolicy)
+    owners: list[str] = Field(default_factory=list)
+    """Who answers for the pipeline: Dagster owners (``team:name`` or an e-mail) on every asset, job, sensor and
+    schedule, shown in the UI's catalog and filters. None: no owners. No asset reads it (no code version changes)."""
+    recipients: list[RecipientSpec] = Field(default_factory=list)
+    """Processors, service providers and third parties told of each erasure that reaches what they received.
+    None: nobody outside this pipeline holds the data. No asset reads it."""
+    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+    drp: DrpPolicy | None = None
+    """None: no Data Rights Protocol intake (``serve`` refuses to start)."""
     erasure_due_days: int = Field(30, ge=1, le=30)
     """Art.17 asks for erasure "without undue delay" and at the latest within one month."""
     erasure_extension_days: int = Field(60, ge=0, le=60)
@@ -116,7 +131,27 @@ class Policy(Strict):
         for name, model in self.models.items():
             if model.label in columns:
                 raise ValueError(f"models.{name}.label: '{model.label}' is also listed as a feature")
+        self._check_recipients()
         return self
+
+    def _check_recipients(self) -> None:
+        names = [r.name for r in self.recipients]
+        if len(set(names)) != len(names):
+            raise ValueError(f"recipients: '{next(n for n in names if names.count(n) > 1)}' is declared twice")
+        known = {*self.datasets, *self.models, *RECEIVABLE}
+        for r in self.recipients:
+            for what in r.received:
+                if what not in known:
+                    raise ValueError(f"recipients.{r.name}.received: '{what}' is neither a dataset, a model nor one of "
+                                     f"{', '.join(RECEIVABLE)} (datasets: {', '.join(self.datasets)}; models: {', '.join(self.models) or 'none'})")
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if not (re.fullmatch(r"team:[A-Za-z0-9_.-]+", o) or re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", o))]
+        if bad:
+            raise ValueError(f"'{bad[0]}' is neither team:<name> nor an e-mail address")
+        return v
 
     def _dataset(self, name: str, field: str, lookup_ok: bool = False) -> DatasetSpec:
         if name not in self.datasets:
@@ -224,16 +259,6 @@ def parse_policy(data: Any, *, source: str = "policy") -> Policy:
 
 NO_POLICY = ("no policy file: write policy.yaml here (README, \"Point it at your data\"), set $ERASURE_PIPELINE_POLICY, "
              "or run `erasure-pipeline demo`, which writes the demo's declaration into the project home")
-
-
-def policy_path(settings: Settings | None = None) -> tuple[Path | None, bool]:
-    """(the policy file in effect, whether the environment named it): ``$ERASURE_PIPELINE_POLICY``, else
-    ``policy.yaml`` in the working directory, else ``policy.yaml`` in the project home; None: there is none."""
-    settings = settings or Settings.from_environ()
-    if settings.policy:
-        return settings.policy, True
-    found = [p for p in (Path.cwd() / "policy.yaml", settings.home / "policy.yaml") if p.is_file()]
-    return (found[0].resolve() if found else None), False
 
 
 def load_policy(path: Path | None = None, *, settings: Settings | None = None) -> Policy:

@@ -88,6 +88,13 @@ class Settings:
                    policy=Path(policy).expanduser().resolve() if policy else None,
                    dagster_home=Path(dagster) if dagster else None, **values)
 
+    @staticmethod
+    def declared_secrets(names: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+        """Secrets a declaration names by variable (``who -> variable``), read where the CLI runs outside Dagster
+        (the jobs read the same variables through ``dg.EnvVar``)."""
+        env = os.environ if environ is None else environ
+        return {who: (env.get(var) or None) if var else None for who, var in names.items()}
+
     def is_set(self, name: str) -> bool:
         """Whether the setting came from the environment (not an embedded default)."""
         return name == "home" or getattr(self, name) not in (None, False)

@@ -68,6 +68,22 @@ def on_time_check(late: list[dict]) -> dg.AssetCheckResult:
     )
 
 
+def recipients_check(book, policy: Policy) -> dg.AssetCheckResult:
+    """Fails (ERROR) while a notice to a recipient is a dead letter; warns while notices wait for a confirmation."""
+    dead = book.notices.list(status=["dead"])
+    waiting = book.notices.list(status=["pending"])
+    lines = [f"- `{n['request_id']}` → {n['recipient']} ({n['kind']}): dead letter after {n['attempts']} attempts, last {n['last_error']}"
+             for n in dead[:50]]
+    lines += [f"- `{n['request_id']}` → {n['recipient']} ({n['kind']}): waiting, {n['attempts']} attempts" for n in waiting[:20]]
+    return dg.AssetCheckResult(
+        check_name=names.RECIPIENTS_CHECK, passed=not dead and not waiting,
+        severity=dg.AssetCheckSeverity.ERROR if dead else dg.AssetCheckSeverity.WARN,
+        description=(f"{len(dead)} notices never confirmed (dead letters): tell those recipients another way" if dead else
+                     f"{len(waiting)} notices waiting for confirmation" if waiting else "every recipient confirmed"),
+        metadata={"dead_letters": len(dead), "waiting": len(waiting), "recipients": len(policy.recipients),
+                  "notices": dg.MetadataValue.md("\n".join(lines) or "_(none)_")})
+
+
 def build_assets(policy: Policy, graph: Graph) -> list:
     partitions = shard_partitions(graph)
     certificates = dg.AssetSpec(
@@ -89,4 +105,10 @@ def build_assets(policy: Policy, graph: Graph) -> list:
     def requests_on_time(pipeline: PipelineResource) -> dg.AssetCheckResult:
         return on_time_check(pipeline.book().requests.overdue(dt.datetime.now(dt.UTC), within=names.DUE_SOON, stuck_after=names.STUCK_AFTER))
 
-    return [*(_node_asset(n, policy, graph, partitions) for n in graph.nodes), certificates, requests_on_time]
+    @dg.asset_check(asset=graph.certificate_node, name=names.RECIPIENTS_CHECK, blocking=False,
+                    description=("Every notice to a recipient (processor, service provider, third party) and every DRP status "
+                                 "callback was confirmed: fails while one is a dead letter, warns while one waits."))
+    def recipients_confirmed(pipeline: PipelineResource) -> dg.AssetCheckResult:
+        return recipients_check(pipeline.book(), policy)
+
+    return [*(_node_asset(n, policy, graph, partitions) for n in graph.nodes), certificates, requests_on_time, recipients_confirmed]

@@ -15,7 +15,7 @@ import dagster as dg
 from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.defs.steps import build_ops, staleness_op
+from erasure_pipeline.defs.steps import build_ops, deliver_op, staleness_op
 
 DESCRIPTIONS = {
     names.ERASURE_JOB: "One erasure tick: the shards its requests touched, the merges once, then proof and certificates.",
@@ -44,7 +44,20 @@ def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
         _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_step, ops.merge, policy.owners),
         _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_step, ops.merge, policy.owners),
         _staleness_job(policy, graph),
+        _deliver_job(policy, graph),
     ]
+
+
+def _deliver_job(policy: Policy, graph: Graph) -> dg.JobDefinition:
+    deliver = deliver_op(policy, graph)
+
+    @dg.job(name=names.DELIVER_JOB, tags={names.KIND: "deliver"}, owners=policy.owners,
+            description=("Tells recipients: POSTs the due notices (signed, idempotent, retried with backoff, dead-lettered) and "
+                         "DRP status callbacks; reports recipients_confirmed. The notices_sensor asks for it."))
+    def _graph():
+        deliver()
+
+    return _graph
 
 
 def _staleness_job(policy: Policy, graph: Graph) -> dg.JobDefinition:

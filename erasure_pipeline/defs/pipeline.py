@@ -15,7 +15,7 @@ from erasure_pipeline.core.settings import Settings
 from erasure_pipeline.defs.assets import build_assets
 from erasure_pipeline.defs.executors import executor_for
 from erasure_pipeline.defs.jobs import build_jobs
-from erasure_pipeline.defs.resources import resources_for
+from erasure_pipeline.defs.resources import recipients_resource, resources_for
 from erasure_pipeline.defs.schedules import build_schedules
 from erasure_pipeline.defs.sensors import build_sensors
 from erasure_pipeline.kinds.registry import graph_for
@@ -39,7 +39,7 @@ def build_definitions(policy: Policy | None = None, resources: dict | None = Non
         jobs=list(jobs.values()),
         sensors=build_sensors(policy, graph, jobs),
         schedules=build_schedules(policy, graph, jobs),
-        resources={**resources_for(settings), **(resources or {})},
+        resources={**resources_for(settings), "recipients": recipients_resource(policy), **(resources or {})},
         executor=executor_for(settings.executor),
     )
 

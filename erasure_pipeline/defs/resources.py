@@ -61,6 +61,24 @@ class SecretsResource(dg.ConfigurableResource):
     allow_local_signing_key: bool = Field(False, description="Accept a signing key generated in local_dir where the ledger is shared.")
 
 
+class RecipientToken(dg.Config):
+    name: str = Field(description="The recipient, as the declaration names it.")
+    token: str | None = Field(None, description="Its bearer token (dg.EnvVar of the declared token_env).", json_schema_extra=SECRET)
+
+
+class RecipientsResource(dg.ConfigurableResource):
+    """The recipients' bearer tokens, each read from the variable the declaration names (``token_env``)."""
+
+    tokens: list[RecipientToken] = Field(default_factory=list)
+
+    def by_name(self) -> dict[str, str | None]:
+        return {t.name: t.token for t in self.tokens}
+
+
+def recipients_resource(policy) -> RecipientsResource:
+    return RecipientsResource(tokens=[RecipientToken(name=r.name, token=dg.EnvVar(r.token_env)) for r in policy.recipients if r.token_env])
+
+
 class PipelineResource(dg.ConfigurableResource):
     """Every store the pipeline reads and writes, and its keys: what every op, asset and tick takes."""
 

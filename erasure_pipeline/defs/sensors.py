@@ -12,6 +12,7 @@ from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.defs import ticks
 from erasure_pipeline.defs.failures import failure_of
 from erasure_pipeline.defs.resources import PipelineResource
+from erasure_pipeline.ledger import utcnow
 
 
 def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition]:
@@ -60,4 +61,23 @@ def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition
             return dg.SkipReason(summary)
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
-    return [erasure_sensor, erasure_failure_sensor, staleness_sensor]
+    return [erasure_sensor, erasure_failure_sensor, staleness_sensor, notices_sensor(policy, jobs)]
+
+
+def notices_sensor(policy: Policy, jobs: dict[str, dg.JobDefinition]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=names.NOTICES_SENSOR,
+        job=jobs[names.DELIVER_JOB],
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        owners=policy.owners,
+        description=("When a notice to a recipient (or a DRP status callback) is due, asks for one deliver_notices_job run; "
+                     "never two at once. Retries wait out their backoff in the ledger, so a restart loses none."),
+    )
+    def notices_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
+        request, why = ticks.deliver_request(pipeline.book(), context.instance, utcnow())
+        if request is None:
+            return dg.SkipReason(why)
+        return [request]
+
+    return notices_sensor

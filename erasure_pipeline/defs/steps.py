@@ -32,11 +32,12 @@ from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.defs import events, runtime, ticks
-from erasure_pipeline.defs.assets import on_time_check
-from erasure_pipeline.defs.resources import PipelineResource
+from erasure_pipeline.defs.assets import on_time_check, recipients_check
+from erasure_pipeline.defs.resources import PipelineResource, RecipientsResource
 from erasure_pipeline.erasure.certificate import to_markdown
 from erasure_pipeline.erasure.certify import certify_batch, run_outcome
 from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan, ShardWork, as_of_time, claim_erasure, claim_landing, outcome_of
+from erasure_pipeline.erasure.recipients import deliver
 from erasure_pipeline.kinds.base import Env, NodeRun, compute_node
 from erasure_pipeline.kinds.staleness import stale_partitions
 from erasure_pipeline.ledger import utcnow
@@ -282,6 +283,24 @@ def staleness_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
         context.log.info(f"{len(stale)} shard partitions are not up to date" if stale else "every shard partition is up to date")
 
     return report_staleness
+
+
+def deliver_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
+    @dg.op(name=names.DELIVER_OP, out={},
+           description=("POSTs every due notice to its recipient (and every DRP status callback): signed, one idempotency key per "
+                        "notice, retried with backoff, dead-lettered after delivery.dead_letter_days; amends the certificates."))
+    def deliver_notices(context: dg.OpExecutionContext, pipeline: PipelineResource, recipients: RecipientsResource):
+        env = pipeline.env(policy)
+        report = deliver(env.ledger, policy, env.signer, recipients.by_name(), evidence=env.evidence)
+        context.log.info(report.line)  # request ids, recipient names and notice ids only
+        for n in report.retrying + report.dead:
+            context.log.warning(f"{n['request_id']} -> {n['recipient']}: {n['error']}")
+        check = recipients_check(env.ledger, policy)
+        yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey(graph.certificate_node), check_name=names.RECIPIENTS_CHECK,
+                                      passed=check.passed, severity=check.severity, description=check.description,
+                                      metadata=check.metadata)
+
+    return deliver_notices
 
 
 def build_ops(policy: Policy, graph: Graph) -> Ops:

@@ -131,5 +131,25 @@ def staleness_request(book: Ledger, instance: dg.DagsterInstance, policy: Policy
     return dg.RunRequest(run_key=key, job_name=names.STALENESS_JOB, tags={names.KIND: "staleness"}), digest, summary
 
 
+DELIVERY_RUN_GRACE = dt.timedelta(minutes=5)
+
+
+def deliver_request(book: Ledger, instance: dg.DagsterInstance, now: dt.datetime) -> tuple[dg.RunRequest | None, str]:
+    """(a deliver_notices_job run when a notice is due or a DRP agent has a status to hear, and none is running; why not)."""
+    from erasure_pipeline.erasure.drp import pending_callbacks
+
+    due, callbacks = book.notices.due_count(now), len(pending_callbacks(book))
+    if not due and not callbacks:
+        return None, "no notice due"
+    # A run started in the last few minutes is still delivering; an older one left STARTED by a killed process
+    # does not hold delivery back (leases keep two runs from sending one notice at once).
+    running = instance.get_runs(filters=dg.RunsFilter(job_name=names.DELIVER_JOB, statuses=list(NOT_FINISHED_STATUSES),
+                                                      created_after=now - DELIVERY_RUN_GRACE), limit=1)
+    if running:
+        return None, f"{due} notices due; a delivery run is under way ({running[0].run_id})"
+    key = fresh_run_key(instance, f"deliver-{now:%Y%m%dT%H%M%S}")
+    return dg.RunRequest(run_key=key, job_name=names.DELIVER_JOB, tags={names.KIND: "deliver"}), f"{due} notices due, {callbacks} callbacks"
+
+
 REBUILD_HINT = "launch rebuild_job (no config needed) or run `erasure-pipeline backfill --stale`"
 EMPTY_DIGEST = hashlib.sha256(b"[]").hexdigest()[:16]

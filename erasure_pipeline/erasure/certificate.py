@@ -8,8 +8,12 @@ date, residual risk, exception. Subjects appear only as their keyed hash.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from erasure_pipeline.core.signing import canonical_json
 
 REGULATION = "GDPR Art.17; CCPA Cal. Civ. Code §1798.105"
 
@@ -45,6 +49,7 @@ def build_certificate(
     audit_anchor: tuple[int, str] | None = None,
     exception: str | None = None,
     kind_risks: Sequence[str] = (),
+    recipients: Sequence[Mapping[str, Any]] = (),
 ) -> dict:
     """The certificate of one request (``request``: its ledger row), from what its run did (``actions``) and
     every claim checked (``findings``). A request a person reviewed carries their decision."""
@@ -79,6 +84,9 @@ def build_certificate(
         # The audit log's head when the certificate was issued: deleting or rewriting any row up to it
         # is detectable from any copy of this certificate (erasure-pipeline audit-log verify).
         "audit_anchor": {"seq": audit_anchor[0], "row_hash": audit_anchor[1]} if audit_anchor else None,
+        # Who else was told (GDPR Art.17(2), 19; CCPA §1798.105(c)): amended, as a new revision, as each confirms.
+        "recipients": [dict(r) for r in recipients],
+        "revision": 1,
     }
 
 
@@ -97,6 +105,7 @@ def to_markdown(cert: Mapping[str, Any]) -> str:
         f"| exception (Art.17(3)) | {cert['exception'] or 'none'} |",
         *([f"| operator review | {cert['operator_review']} |"] if cert.get("operator_review") else []),
         f"| run | {cert.get('run_id') or 'none (no data)'} |",
+        *([f"| revision | {cert['revision']} (amended as recipients answered) |"] if cert.get("revision", 1) > 1 else []),
         "",
         "| dataset | data present | action | version before | version after | detail |",
         "|---|---|---|---|---|---|",
@@ -109,6 +118,13 @@ def to_markdown(cert: Mapping[str, Any]) -> str:
     lines += ["", "**Verification**", ""]
     for f in cert["verification"]:
         lines.append(f"- {'✅' if f['ok'] else '❌'} {f['claim']} — {f['target']} {f['detail']}".rstrip())
+    if cert.get("recipients"):
+        lines += ["", "**Recipients** (processors, service providers, third parties)", "",
+                  "| recipient | erase | notified | status | confirmed / dead letter |", "|---|---|---|---|---|"]
+        for r in cert["recipients"]:
+            settled = r.get("confirmed_at") or r.get("dead_letter_at") or ""
+            lines.append(f"| {r['recipient']} ({r.get('role', 'processor')}) | {', '.join(r.get('erase', [])) or '—'} | "
+                         f"{r.get('notified_at') or '—'} | {r['status']} | {settled} |")
     lines += ["", "**Residual risk**", ""] + [f"- {r}" for r in cert["residual_risk"]]
     if cert.get("audit_anchor"):
         lines += ["", f"Audit log anchored at row {cert['audit_anchor']['seq']} (`{cert['audit_anchor']['row_hash'][:16]}…`)."]
@@ -116,3 +132,19 @@ def to_markdown(cert: Mapping[str, Any]) -> str:
         sig = cert["signature"]
         lines += [f"Signed {sig['algorithm']}, key `{sig['key_id']}`: check it with `erasure-pipeline verify --certificate FILE`."]
     return "\n".join(lines)
+
+
+def evidence_names(request_id: str) -> tuple[str, str]:
+    """The certificate's objects in the evidence store: ``certificates/<request id>.json`` and ``.md``."""
+    return f"certificates/{request_id}.json", f"certificates/{request_id}.md"
+
+
+def write_evidence(store, cert: Mapping[str, Any]) -> tuple[str, str]:
+    """Keep the certificate where an auditor reads it: the signed JSON as ``erasure-pipeline certificate --json``
+    prints it (with the sha256 of its canonical body, as the ledger stores it), and its Markdown. Returns
+    where each is (a path, or an ``s3://`` URL)."""
+    digest = hashlib.sha256(canonical_json(cert).encode()).hexdigest()
+    json_name, md_name = evidence_names(cert["request_id"])
+    store.write_bytes(json_name, (json.dumps({**cert, "sha256": digest}, indent=2) + "\n").encode())
+    store.write_bytes(md_name, (to_markdown(cert) + f"\n\nsha256 of certificate: {digest}\n").encode())
+    return store.locate(json_name), store.locate(md_name)

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from erasure_pipeline.core import identity
-from erasure_pipeline.erasure.certificate import build_certificate
+from erasure_pipeline.erasure.certificate import build_certificate, write_evidence
 from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan
+from erasure_pipeline.erasure.recipients import build_notices, recipients_section
 from erasure_pipeline.erasure.verify import verify_subject
 from erasure_pipeline.kinds.base import Env
 from erasure_pipeline.ledger import utcnow
@@ -99,11 +100,16 @@ def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes
     env.ledger.certificates.record_actions(request["request_id"], actions)
     present = {a["asset"] for a in actions if a["data_present"]}
     risks = [env.kinds.get(n.kind).residual_risk for n in env.graph.nodes if n.name in present]
-    cert = build_certificate(request, actions, completed_at=utcnow(), findings=findings, run_id=run_id, batch_id=batch_id,
-                             audit_anchor=env.ledger.audit.head(), kind_risks=[r for r in risks if r])
+    now = utcnow()
+    notices = []
+    if env.policy.recipients and env.signer is not None:
+        notices = build_notices(env.policy, env.graph, request, actions, env.ledger.notices.sealed(request["request_id"]), env.signer, now)
+    cert = build_certificate(request, actions, completed_at=now, findings=findings, run_id=run_id, batch_id=batch_id,
+                             audit_anchor=env.ledger.audit.head(), kind_risks=[r for r in risks if r],
+                             recipients=recipients_section(env.policy, notices))
     if env.signer is not None:
         cert = env.signer.sign_document(cert)
-    return env.ledger.certificates.complete(request["request_id"], cert)
+    return env.ledger.certificates.complete(request["request_id"], cert, notices)
 
 
 @dataclass
@@ -111,6 +117,8 @@ class BatchCertified:
     """What certifying a batch did: the certificates issued, the requests not proven, the audit log's head after."""
 
     certificates: list[dict] = field(default_factory=list)
+    evidence: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Request id -> where its certificate is in the evidence store (JSON, Markdown)."""
     unproven: list[ErasureNotProven] = field(default_factory=list)
     anchor: tuple[int, str] = (0, "")
 
@@ -128,8 +136,11 @@ def certify_batch(env: Env, plan: RunPlan, outcomes: list[NodeOutcome], run_id: 
             open_shards.enter_context(env.vectors.session(shard))
         for request in requests:
             try:
-                out.certificates.append(certify(env, request, plan.footprints.get(request["request_id"], {}), by_key, run_id=run_id,
-                                                batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed))
+                cert = certify(env, request, plan.footprints.get(request["request_id"], {}), by_key, run_id=run_id,
+                               batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed)
+                out.certificates.append(cert)
+                if env.evidence is not None:
+                    out.evidence[cert["request_id"]] = write_evidence(env.evidence, cert)
             except ErasureNotProven as exc:
                 out.unproven.append(exc)
                 book.runs.fail_requests([exc.request_id], str(exc), run_id)

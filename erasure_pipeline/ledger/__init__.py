@@ -2,7 +2,8 @@
 
     ledger.requests      requests and their lifecycle            ledger.tombstones   who is kept out
     ledger.runs          claims, batches, which process runs what ledger.nodes        node records, provenance
-    ledger.certificates  actions, certificates, the outbox       ledger.audit        the signed hash chain
+    ledger.certificates  actions, certificates, amendments       ledger.audit        the signed hash chain
+    ledger.notices       the outbox to recipients, sealed ids, DRP intake records
 
 Every store writes through the same ``Database.tx`` and appends to the same chain under the same lock.
 """
@@ -18,6 +19,7 @@ from erasure_pipeline.ledger.audit import Anchor, AuditLog, AuditReport
 from erasure_pipeline.ledger.certificates import Certificates
 from erasure_pipeline.ledger.db import Database, LedgerError, LedgerUnavailable, utcnow
 from erasure_pipeline.ledger.nodes import NodeRecords
+from erasure_pipeline.ledger.notices import Notices
 from erasure_pipeline.ledger.requests import Requests, TombstoneTable
 from erasure_pipeline.ledger.runs import Claim, Runs
 
@@ -36,6 +38,7 @@ class Ledger:
         self.runs = Runs(self.db, self.audit, self.requests)
         self.nodes = NodeRecords(self.db, self.audit)
         self.certificates = Certificates(self.db, self.audit)
+        self.notices = Notices(self.db, self.audit)
 
     @property
     def dialect(self) -> str:

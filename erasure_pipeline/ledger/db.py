@@ -174,6 +174,11 @@ class Database:
                     if current < version:
                         for index in (i for table in t.metadata.tables.values() for i in table.indexes if i.name in names):
                             index.create(conn, checkfirst=True)
+                for version, indexes in t.RECREATED_INDEXES.items():
+                    if current < version:
+                        for index in indexes:
+                            index.drop(conn, checkfirst=True)
+                            index.create(conn)
             if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION

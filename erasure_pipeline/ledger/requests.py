@@ -1,7 +1,8 @@
 """Erasure requests and their lifecycle, and the tombstones that keep erased subjects out.
 
 Lifecycle: received → pending → in_progress → completed | failed | on_hold | needs_review (no data under
-the id as filed, but data under a look-alike id: a person decides, ``review``). Every identity column holds
+the id as filed, but data under a look-alike id: a person decides, ``review``); pending → revoked (withdrawn
+before anything acted on it). Every identity column holds
 a keyed hash (``subject_key``), never a raw subject id. Intake writes the tombstone before the
 request, in the same transaction, so an ingest running at the same time already drops the subject.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,11 +20,12 @@ from sqlalchemy.engine import Connection
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
 from erasure_pipeline.ledger.db import CHUNK, Database, LedgerError, as_utc, chunks, utcnow
+from erasure_pipeline.ledger.notices import Notices
 
 LIVE = ("received", "pending", "scheduled", "in_progress", "on_hold", "failed", "needs_review")
 CLAIMABLE = ("pending", "scheduled", "in_progress", "failed")
 """States a run may claim a request from (``scheduled`` only exists in ledgers older than claims by runs)."""
-TERMINAL = ("completed",)
+TERMINAL = ("completed", "revoked")
 STATUSES = (*LIVE, *TERMINAL)
 R = t.erasure_requests.c
 
@@ -57,25 +59,27 @@ class Requests:
         return self.file_many([(subject_key, shard, skeleton_key)], due_days=due_days, reason=reason, kind=kind, rule=rule)[0]
 
     def file_many(self, subjects: Iterable[tuple], *, due_days: int, reason: str | None = None, kind: str = "erasure",
-                  rule: str = "") -> list[tuple[str, bool]]:
+                  rule: str = "", sealed: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> list[tuple[str, bool]]:
         """Bulk intake: (request id, created) per (subject key, shard[, skeleton key]), in input order.
 
         One transaction per chunk writes the tombstones before the requests (an ingest running at
         the same time already drops the subjects); a subject with a live request gets that request.
+        ``sealed``: subject key -> (recipient, sealed subject id) kept with a new request, for its notices.
         """
+        sealed = sealed or {}
         items = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in subjects]
         out: dict[str, tuple[str, bool]] = {}
         for chunk in chunks(items):
             chunk = list(dict.fromkeys(chunk))
             try:
-                out.update(self._file_chunk(chunk, due_days, reason, kind, rule))
+                out.update(self._file_chunk(chunk, due_days, reason, kind, rule, sealed))
             except sa.exc.IntegrityError:  # another process filed for one of these subjects first
                 for item in chunk:
-                    out.update(self._file_chunk([item], due_days, reason, kind, rule))
+                    out.update(self._file_chunk([item], due_days, reason, kind, rule, sealed))
         return [out[key] for key, _shard, _skeleton in items]
 
     def _file_chunk(self, chunk: list[tuple[str, int, str | None]], due_days: int, reason: str | None, kind: str,
-                    rule: str) -> dict[str, tuple[str, bool]]:
+                    rule: str, sealed: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, tuple[str, bool]]:
         keys = [k for k, _, _ in chunk]
         now = utcnow()
         with self.db.tx() as conn:
@@ -100,6 +104,7 @@ class Requests:
                  "due_at": now + dt.timedelta(days=due_days), "updated_at": now, "skeleton_key": skeletons.get(k)} for k, _shard, rid in new])
             self.audit.append(conn, [entry for k, _shard, rid in new for entry in (
                 ("received", rid, {"subject_key": k, "kind": kind, "due_days": due_days}), ("pending", rid, {}))])
+            Notices.seal(conn, [(rid, who, box) for k, _shard, rid in new for who, box in sealed.get(k, ())])
         return {**out, **{k: (rid, True) for k, _shard, rid in new}}
 
     # ------------------------------------------------------------------ reads
@@ -190,6 +195,28 @@ class Requests:
             raise LedgerError("a hold needs a reason (Art.17(3) exception or legal hold)")
         self._transition(request_id, ["received", "pending", "scheduled", "failed"], "on_hold", "on_hold", {"reason": reason},
                          hold_reason=reason)
+
+    def revoke(self, request_id: str, reason: str | None) -> None:
+        """Withdrawn by the person (or their agent) before any run or cycle acted on it: the request is
+        ``revoked``, its tombstone lifted and its sealed ids destroyed. Refused once a run claimed it, or once
+        an ingest ran after it was filed (that ingest may have dropped the subject's rows already)."""
+        with self.db.tx() as conn:
+            self.db.lock_chain(conn)
+            req = conn.execute(sa.select(t.erasure_requests).where(R.request_id == request_id)).first()
+            if req is None:
+                raise LedgerError(f"no erasure request {request_id!r}")
+            if req.status not in ("received", "pending"):
+                raise LedgerError(f"request {request_id} is {req.status}: it can no longer be revoked")
+            ingested = conn.execute(sa.select(sa.func.count()).select_from(t.landing_batches)
+                                    .where(t.landing_batches.c.created_at >= req.received_at)).scalar()
+            if ingested:
+                raise LedgerError(f"request {request_id}: an ingest has run since it was filed and may have dropped the "
+                                  "subject's rows; it can no longer be revoked")
+            conn.execute(t.erasure_requests.update().where(R.request_id == request_id)
+                         .values(status="revoked", updated_at=utcnow(), error=None))
+            conn.execute(t.tombstones.delete().where(t.tombstones.c.request_id == request_id))
+            Notices.drop_sealed(conn, request_id)
+            self.audit.append(conn, [("revoked", request_id, {"reason": reason} if reason else {})])
 
     def release(self, request_id: str) -> None:
         self._transition(request_id, ["on_hold"], "pending", "released", {}, hold_reason=None)

@@ -47,14 +47,14 @@ erasure_requests = sa.Table(
     sa.Column("review", sa.Text),
 )
 
-# At most one live (not completed) request per subject, enforced by the database itself so
+# At most one live (not completed, not revoked) request per subject, enforced by the database itself so
 # two processes filing for the same subject at once cannot both succeed.
-sa.Index(
+LIVE_SUBJECT_INDEX = sa.Index(
     "uq_erasure_requests_live_subject",
     erasure_requests.c.subject_key,
     unique=True,
-    postgresql_where=erasure_requests.c.status != "completed",
-    sqlite_where=erasure_requests.c.status != "completed",
+    postgresql_where=erasure_requests.c.status.not_in(["completed", "revoked"]),
+    sqlite_where=erasure_requests.c.status.not_in(["completed", "revoked"]),
 )
 
 tombstones = sa.Table(
@@ -227,14 +227,75 @@ policy_snapshots = sa.Table(
 )
 """The policy values a code version stands for (the fields one node reads): what a stale partition says changed."""
 
+sealed_ids = sa.Table(
+    "sealed_ids",
+    metadata,
+    sa.Column("request_id", sa.String(40), primary_key=True),
+    sa.Column("recipient", sa.String(64), primary_key=True),
+    sa.Column("sealed", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""The subject id as filed, sealed at intake to each recipient that knows the subject by it (a libsodium
+sealed box to its public key: this database cannot open it). Deleted once the recipient confirms, its notice is
+dead-lettered, or the request is revoked or needs no notice to it."""
+
+notices = sa.Table(
+    "notices",
+    metadata,
+    sa.Column("notice_id", sa.String(40), primary_key=True),  # the idempotency key every attempt carries
+    sa.Column("request_id", sa.String(40), nullable=False, index=True),
+    sa.Column("recipient", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # erasure (to a recipient) | drp_status (a DRP status callback)
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the exact bytes every attempt sends (sealed id destroyed when settled)
+    sa.Column("body_sha256", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),  # Ed25519 over the body, with the evidence key
+    sa.Column("status", sa.String(12), nullable=False),  # pending | confirmed | dead
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("first_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("settled_at", sa.DateTime(timezone=True)),
+    sa.Column("receipt", sa.Text),
+    sa.Index("ix_notices_due", "status", "next_attempt_at"),
+)
+
+drp_tokens = sa.Table(
+    "drp_tokens",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),  # the bearer token itself is never stored
+    sa.Column("agent_id", sa.String(64), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+drp_requests = sa.Table(
+    "drp_requests",
+    metadata,
+    sa.Column("body_sha256", sa.String(64), primary_key=True),  # a replayed signed request is the same row
+    sa.Column("request_id", sa.String(40), nullable=False, index=True),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("agent_request_id", sa.String(128)),
+    sa.Column("status_callback", sa.Text),
+    sa.Column("regime", sa.String(16)),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_status_sent", sa.String(64)),
+)
+"""Requests taken in over the Data Rights Protocol: which agent filed which request, and the status its
+callback was last told. No identity claim is kept: the subject id goes through intake like the CLI's."""
+
 # Versions: 1 is create_all. 2: landing_files, landing_batches, consent_changes, partition_stats and
 # the live-request index (new tables; the index is created by ``Database.migrate``). 3: claims by runs:
 # erasure_requests.run_id, landing_batches.status and .run_id, job_runs, node_versions, audit_log.signature.
 # 4: look-alike ids and blocked requests: erasure_requests.skeleton_key, .blocked_by, .review;
-# provenance.skeleton_key and its index. 5: policy_snapshots (a new table).
-CURRENT_VERSION = 5
+# provenance.skeleton_key and its index. 5: policy_snapshots (a new table). 6: recipients and DRP intake:
+# sealed_ids, notices, drp_tokens, drp_requests (new tables; the ``outbox`` table is no longer written).
+CURRENT_VERSION = 6
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),
                      (provenance, "skeleton_key")]}
 ADDED_INDEXES = {4: ["ix_provenance_skeleton"]}
+RECREATED_INDEXES = {6: [LIVE_SUBJECT_INDEX]}
+"""Indexes whose definition changed (6: a revoked request is not live), dropped and created again."""

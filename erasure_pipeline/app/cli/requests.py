@@ -88,14 +88,27 @@ def read_ids(stream) -> list[str]:
     return ids
 
 
-def _print_overdue(late: list[dict], as_json: bool) -> None:
+def _dead_letter_row(n: dict) -> dict:
+    return {"request_id": n["request_id"], "status": "dead_letter", "recipient": n["recipient"], "notice_id": n["notice_id"],
+            "due_at": None, "updated_at": n["settled_at"], "attempts": n["attempts"],
+            "why": f"{n['kind']} notice to {n['recipient']} never confirmed: {n['attempts']} attempts, last {n['last_error'] or 'unknown'}, "
+                   f"dead since {n['settled_at']:%Y-%m-%d %H:%M} UTC"}
+
+
+def _print_overdue(late: list[dict], dead: list[dict], as_json: bool) -> None:
+    """Requests past or near their due date or stuck, then notices no recipient confirmed (dead letters)."""
+    rows = [{k: r[k] for k in ("request_id", "status", "due_at", "updated_at", "attempts", "why")} for r in late]
+    letters = [_dead_letter_row(n) for n in dead]
     if as_json:
-        click.echo(json.dumps([{k: r[k] for k in ("request_id", "status", "due_at", "updated_at", "attempts", "why")} for r in late],
-                              indent=2, default=str))
+        click.echo(json.dumps(rows + letters, indent=2, default=str))
         return
     click.echo(f"{len(late)} requests need attention" + (":" if late else ""))
     for r in late:
         click.echo(f"  {r['request_id']}  {r['status']:<12} {r['why']}")
+    if letters:
+        click.echo(f"{len(letters)} notices dead-lettered:")
+        for r in letters:
+            click.echo(f"  {r['request_id']}  dead_letter  {r['why']}")
 
 
 def _print_request(book, request_id: str, as_json: bool) -> None:
@@ -130,9 +143,13 @@ def status(request_id: str | None, as_json: bool, overdue: bool, within_days: fl
     if overdue:
         now = as_of.replace(tzinfo=dt.UTC) if as_of else dt.datetime.now(dt.UTC)
         late = book.requests.overdue(now, within=dt.timedelta(days=within_days), stuck_after=dt.timedelta(hours=stuck_hours))
-        _print_overdue(late, as_json)
+        dead = book.notices.list(status=["dead"])
+        _print_overdue(late, dead, as_json)
         if any("overdue" in r["why"] for r in late):
             raise Fail("requests are past their due date (Art.12(3): one month, extendable once by two)")
+        if dead:
+            raise Fail(f"{len(dead)} notices were never confirmed (dead letters): tell those recipients another way, "
+                       "then record it (see erasure-pipeline recipients)")
         return
     if request_id is None:
         raise Fail("status takes a REQUEST_ID, or --overdue")
