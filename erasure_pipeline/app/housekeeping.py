@@ -1,4 +1,4 @@
-"""Retention of Dagster's own local data: compute logs (stdout/stderr of each step).
+"""Retention of Dagster's own local data (compute logs), and a sweep of the lake for objects outside every manifest.
 
 Compute logs stay on the run worker's filesystem even with Postgres storage, and Dagster has
 no retention setting for them. They carry no subject ids (tested after every erasure), but
@@ -11,6 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from erasure_pipeline.kinds.base import Env
 
 
 @dataclass(frozen=True)
@@ -42,3 +46,16 @@ def prune_compute_logs(base_dir: Path, older_than_days: float, *, now: float | N
                 path.rmdir()
                 dirs += 1
     return Pruned(files, size, dirs)
+
+
+def sweep_unlisted(env: Env, *, dry_run: bool = False) -> list[str]:
+    """Every bucket file of every subject-level partition that its manifest does not list, removed (with its old
+    versions) unless ``dry_run``: a backup restored into the lake, or a crash's leftover."""
+    from erasure_pipeline.stores import buckets as bk
+
+    found = []
+    for node in (n for n in env.graph.nodes if n.partitioned and n.table is not None):
+        for partition in env.graph.partitions:
+            found += (bk.unlisted if dry_run else bk.remove_unlisted)(env.lake, node.name, partition)
+    return found
+

@@ -14,7 +14,7 @@ import dagster as dg
 
 from erasure_pipeline.app.runner import RunSummary, env_of, launch
 from erasure_pipeline.core import names
-from erasure_pipeline.defs import runtime
+from erasure_pipeline.defs import runtime, ticks
 
 
 @dataclass
@@ -68,16 +68,22 @@ def run_cycle(defs: dg.Definitions, instance: dg.DagsterInstance, as_of: dt.date
     """Evaluate the retraining schedule at ``as_of`` (default now) and run its request here."""
     runtime.sweep_interrupted(instance, env_of(defs).ledger, progress)
     runtime.ensure_pool(instance)
-    schedule = defs.resolve_schedule_def(names.CYCLE_SCHEDULE)
-    as_of = as_of or dt.datetime.now(dt.UTC)
-    with dg.build_schedule_context(instance=instance, scheduled_execution_time=as_of, resources=defs.resources,
-                                   repository_def=defs.get_repository_def()) as ctx:
-        data = schedule.evaluate_tick(ctx)
     out = CycleResult()
-    if not data.run_requests:
-        progress(data.skip_message or "nothing to do")
-        return out
-    (request,) = data.run_requests
+    if as_of is None:  # the schedule's own tick, now
+        schedule = defs.resolve_schedule_def(names.CYCLE_SCHEDULE)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=dt.datetime.now(dt.UTC), resources=defs.resources,
+                                       repository_def=defs.get_repository_def()) as ctx:
+            data = schedule.evaluate_tick(ctx)
+        if not data.run_requests:
+            progress(data.skip_message or "nothing to do")
+            return out
+        (request,) = data.run_requests
+    else:  # as of a time the caller gives (`cycle --as-of`): what the schedule asks for, at that time, whatever its age
+        env = env_of(defs)
+        request = ticks.cycle_request(env.ledger, instance, env.landing, env.graph, env.policy, as_of)
+        if request is None:
+            progress("no new landing files and nothing past retention")
+            return out
     config = request.run_config["ops"][names.CLAIM_LANDING_OP]["config"]
     out.batch_id, out.files = config["batch_id"], len(config["landing_files"])
     out.summary = launch(defs, instance, request, progress)

@@ -8,6 +8,7 @@ commands evaluating the same tick never both run it: the second sees a live hold
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -155,6 +156,14 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRe
     runtime.set_progress(progress)
     try:
         summary = execute(defs, instance, job_name, request.run_config, {**request.tags, names.RUN_KEY: request.run_key}, run_id)
+    except Exception as exc:
+        # Step failures come back in the summary; what escapes is Dagster's own machinery failing, typically its
+        # instance storage gone mid-run. The ledger still answers: hand the run's requests back as blocked (they
+        # use no attempt and resume once the cause is gone), then let the caller say what happened.
+        with contextlib.suppress(Exception):
+            env.ledger.runs.fail_run(run_id, f"the run could not be recorded: Dagster's instance storage failed ({type(exc).__name__})",
+                                     blocked=True)
+        raise
     finally:
         runtime.set_progress(None)
     if not summary.success:

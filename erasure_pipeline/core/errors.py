@@ -23,6 +23,11 @@ class DamagedObject(BlockingError):
     """A stored object that cannot be read as what it should be (a corrupted file, a truncated write)."""
 
 
+class StorageUnavailable(BlockingError):
+    """A store that cannot be written now: its disk is full, it is read-only, or it is gone. The message names
+    the store and what to do; the requests resume by themselves once it is writable again."""
+
+
 def _names(root: type) -> frozenset[str]:
     names, todo = {root.__name__}, list(root.__subclasses__())
     while todo:

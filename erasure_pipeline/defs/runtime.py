@@ -90,6 +90,8 @@ def run_is_live(instance: dg.DagsterInstance, book: Ledger) -> Callable[..., boo
             return False
         if record is _UNREAD:
             record = book.runs.job_run(run_id)
+        if record is not None and record["finished_at"] is not None:
+            return False  # the ledger saw it end (e.g. Dagster's storage went away before it could record the failure)
         if record is not None and record["finished_at"] is None and record["host"] == HOST:
             return pid_alive(record["pid"])
         return run is not None
@@ -113,6 +115,15 @@ def sweep_interrupted(instance: dg.DagsterInstance, book: Ledger, log: Callable[
         book.runs.fail_run(record["run_id"], message)
         log(f"run {record['run_id'][:8]} ({record['kind']} {record['batch_id']}) {message}; marked failed, its work will be retried")
         swept.append(record["run_id"])
+    # Runs the ledger saw fail while Dagster's storage could not record it: tell Dagster now it answers again.
+    for run in instance.get_runs(filters=dg.RunsFilter(job_name=None, statuses=[dg.DagsterRunStatus.STARTED])):
+        record = book.runs.job_run(run.run_id)
+        if record is not None and record["finished_at"] is not None and record.get("outcome") == "failed":
+            instance.report_run_failed(run, "failed: recorded by the ledger while Dagster's instance storage was unavailable")
+            if instance.event_log_storage.supports_global_concurrency_limits:  # its pool slot, or every later run waits
+                instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            log(f"run {run.run_id[:8]} failed while Dagster's storage was unavailable; marked failed now, its work will be retried")
+            swept.append(run.run_id)
     return swept
 
 

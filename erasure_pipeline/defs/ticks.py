@@ -26,6 +26,7 @@ from erasure_pipeline.defs import runtime
 from erasure_pipeline.kinds.staleness import expired_partitions, stale_partitions
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.ledger.requests import CLAIMABLE
+from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.lake import Lake
 from erasure_pipeline.stores.landing import landing_files
 
@@ -78,7 +79,8 @@ def cycle_request(book: Ledger, instance: dg.DagsterInstance, landing: Lake, gra
                   as_of: dt.datetime) -> dg.RunRequest | None:
     """New landing files (not taken by a finished batch or a live run) and rows past retention: one cycle run."""
     taken = book.runs.landing_files_taken(runtime.run_is_live(instance, book))
-    new = sorted(f.name for f in landing_files(landing, contracts_for(policy)) if f.name not in taken)
+    present = [f.name for f in landing_files(landing, contracts_for(policy))]
+    new = sorted({n for n in present if n not in taken} | set(redelivered(book, landing, [n for n in present if n in taken])))
     expired = expired_partitions(book, policy, graph, as_of)
     if not new and not expired:
         return None
@@ -94,6 +96,24 @@ def cycle_request(book: Ledger, instance: dg.DagsterInstance, landing: Lake, gra
         run_config={"ops": {names.CLAIM_LANDING_OP: {"config": {"batch_id": batch, "kind": "cycle", "landing_files": new,
                                                                "as_of": as_of.isoformat()}}}},
     )
+
+
+def redelivered(book: Ledger, landing: Lake, taken: list[str]) -> list[str]:
+    """Taken landing files whose content is no longer what the pipeline took or left there: a source re-delivered
+    a file under a name already used (its rows must be ingested, its erased subjects dropped and scrubbed). A
+    file's stamp (size and mtime, or ETag) says it is unchanged without reading it; one whose stamp changed is
+    hashed, and only a changed hash counts (a touch is not a delivery)."""
+    if not taken:
+        return []
+    recorded, stamps = book.runs.landing_records(), landing.stamps()
+    out = []
+    for name in taken:
+        content, stamp = recorded.get(name, (None, None))
+        if content is None or (stamp is not None and stamps.get(name) == stamp):
+            continue
+        if lk.object_hash(landing, name) not in (None, content):
+            out.append(name)
+    return out
 
 
 def why_nothing_to_run(book: Ledger, now: dt.datetime) -> str:

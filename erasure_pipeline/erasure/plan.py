@@ -123,7 +123,7 @@ def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, 
     stones = Tombstones.load(book, env.keyer)
     scrubbed = scrub_subjects(env.lake, env.landing, contracts_for(env.policy), stones, keys, env.policy.lake.buckets)
     scrub_staging(env.lake, set(keys))
-    book.runs.record_landing_hashes(scrubbed)
+    book.runs.record_landing_hashes(scrubbed, env.landing.stamps() if scrubbed else None)
     works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure", subjects=keys) for s, nodes in sorted(forced.items()))
     works += _stale_derived(env, {w.shard for w in works}, "rebuild")
     skipped = tuple(rid for rid in dict.fromkeys(request_ids) if rid not in claim.request_ids)
@@ -150,7 +150,8 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
     past retention, plus stale nodes. ``plan=False``: the CLI's pre-claim, as in ``claim_erasure``."""
     graph, policy = env.graph, env.policy
     present = [f for f in landing_files(env.landing, contracts_for(policy)) if files is None or f.name in files]
-    entries = [(f.name, f.table, content_hash(env.landing.read_bytes(f.name) or b"")) for f in present]
+    stamps = env.landing.stamps()
+    entries = [(f.name, f.table, content_hash(env.landing.read_bytes(f.name) or b""), stamps.get(f.name)) for f in present]
     claim = env.ledger.runs.claim_landing(batch_id, kind, entries, as_of, run_id, is_live=is_live, host=host, pid=pid)
     if claim.outcome != "claimed" or not plan:
         return RunPlan(kind, batch_id, claim.outcome == "claimed", claim.holder if claim.outcome != "claimed" else run_id)
@@ -162,7 +163,7 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
                 check_labels(frame, f.name, policy)
 
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer))
-        env.ledger.runs.record_landing_hashes(staged.scrubbed)
+        env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
     forced = _forced(env, kind, staged, as_of, stale or {})
     mode = "rebuild" if kind == "rebuild" else "ingest"
     names = None if files is None else tuple(f.name for f in present)

@@ -16,6 +16,8 @@ callers know whether anything changed), what a person should see (metadata) and 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 
 from erasure_pipeline.core import identity, names
-from erasure_pipeline.core.errors import BlockingError, PipelineError
+from erasure_pipeline.core.errors import BlockingError, PipelineError, StorageUnavailable
 from erasure_pipeline.core.findings import Finding
 from erasure_pipeline.core.graph import CheckSpec, Graph, Node
 from erasure_pipeline.core.policy import Policy
@@ -241,12 +243,22 @@ class Registry:
 
 
 # ---------------------------------------------------------------- what every kind's computation shares
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def compute_node(run: NodeRun) -> NodeResult:
     """Compute one node partition with its kind; ``previous`` is the version the ledger recorded before."""
     before = run.env.ledger.nodes.records(run.partition, [run.node.name]).get((run.node.name, run.partition or "all"))
     if not run.node.partitioned and not run.node.prepare:
         refuse_stale_inputs(run.env, run.node)
-    result = run.env.kinds.get(run.node.kind).compute(run)
+    try:
+        result = run.env.kinds.get(run.node.kind).compute(run)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        # A full, read-only or vanished volume is a cause outside the requests: blocked, not an attempt used up.
+        raise StorageUnavailable(f"{run.node.name}[{run.partition or 'all'}]: {os.strerror(exc.errno).lower()} writing "
+                                 f"{exc.filename or 'a store'}: free space (or remount it writable) and the work resumes by itself") from None
     checks = result.checks
     if any(c.name == names.POLICY_CHECK for c in run.node.checks):
         checks = (*checks, CheckOutcome(names.POLICY_CHECK, True, {"code_version": run.code_version}, "WARN",

@@ -245,13 +245,15 @@ def _clean_up(step: _Step) -> None:
     scrubbed: dict[str, str] = {}
     if run.mode == "erasure" and step.erasing and run.subjects is None:  # by hand: an erasure run scrubs landing when it claims
         scrubbed = scrub_subjects(env.lake, env.landing, {step.contract.name: step.contract}, step.everyone, step.erasing, step.buckets)
-        env.ledger.runs.record_landing_hashes(scrubbed)
+        env.ledger.runs.record_landing_hashes(scrubbed, env.landing.stamps() if scrubbed else None)
         scrub_staging(env.lake, step.erasing, step.contract.name, run.shard)
     elif step.incoming is not None and (step.counts["dropped"] or step.counts["redacted"]) and run.staged is None:
         # Materialised by hand from landing (a run's claim stages and scrubs): a source sent an erased subject
         # (or their id in a text) again, so the landing files read lose them too.
         scrubbed = scrub_landing(env.landing, step.contract, step.everyone, run.landing_files if run.mode == "ingest" else None)
-        env.ledger.runs.record_landing_hashes(scrubbed)
+        env.ledger.runs.record_landing_hashes(scrubbed, env.landing.stamps() if scrubbed else None)
+    # A bucket file the manifest does not list is no part of the partition: left by a crash, or restored.
+    step.counts["unlisted"] = len(bk.remove_unlisted(env.lake, name, run.partition, step.manifest))
     step.counts["purged"], step.counts["scrubbed"] = len(purged), len(scrubbed)
     # Read back: each bucket stored now is byte for byte what was written from these frames.
     for b in step.frames:
@@ -324,10 +326,22 @@ def _result(step: _Step, present: pd.Series) -> NodeResult:
         "consent_changes": len(step.consent),
         "noncurrent_versions_purged": c["purged"],
         "landing_files_scrubbed": c["scrubbed"],
+        "unlisted_objects_removed": c.get("unlisted", 0),
         "content_hash": manifest.version,
         "previous_content_hash": step.previous.version if step.previous is not None else "",
         "lake": run.env.lake.describe(),
     }, (tombstone_check(present, step.stones.current | (step.everyone.current & set(step.erasing))),))
+
+
+def unlisted_finding(env: Env, node: Node, partition: str, manifest: bk.Manifest | None, subject_key: str) -> Finding:
+    """What the lake stores, not what the manifest lists: no bucket file outside the manifest holds the subject."""
+    names = bk.unlisted(env.lake, node.name, partition, manifest)
+    holding, unreadable = bk.unlisted_holding(env.lake, names, subject_key)
+    bad = holding + unreadable
+    detail = (f"{', '.join(bad[:3])}: {'holds the subject' if holding else 'cannot be read'}, outside the manifest (restored or "
+              "left by a crash); `erasure-pipeline housekeeping --lake` removes it, as does the next write of the partition"
+              if bad else f"{len(names)} unlisted files, none holding the subject")
+    return Finding("no object outside the partition's manifest holds the subject", f"{node.name}[{partition}]", not bad, detail)
 
 
 class Raw(Kind):
@@ -376,4 +390,5 @@ class Raw(Kind):
         layouts = {B, *((manifest.of,) if manifest is not None and manifest.of else ())}
         names = [bk.object_name(node.name, partition, b) for b in sorted({bk.bucket_of(subject_key, n) for n in layouts})]
         return [rows_of_subject(rows, subject_key, target), old_versions_holding(env, names, subject_key, target),
-                versions_before_tombstone(env, self.object_name(node, partition), subject_key)]
+                versions_before_tombstone(env, self.object_name(node, partition), subject_key),
+                unlisted_finding(env, node, partition, manifest, subject_key)]

@@ -154,6 +154,16 @@ class VectorIndex(Kind):
         return hash_ids(env.vectors.point_ids(shard_from_partition(partition)))
 
     def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
-        points = env.vectors.count_subjects(shard_from_partition(partition), [subject_key])
-        return [Finding("no vector points of the subject (count by subject_key filter)", f"{node.name}[{partition}]",
-                        points == 0, f"{points} points")]
+        shard = shard_from_partition(partition)
+        points = env.vectors.count_subjects(shard, [subject_key])
+        out = [Finding("no vector points of the subject (count by subject_key filter)", f"{node.name}[{partition}]",
+                       points == 0, f"{points} points")]
+        if ("vector_bytes", shard) not in cache:  # one scan of the shard's files per proof batch
+            cache[("vector_bytes", shard)] = env.vectors.stored_keys(shard)
+        stored = cache[("vector_bytes", shard)]
+        if stored is not None:  # a server's disk cannot be scanned from here: the count is what it has
+            out.append(Finding("no bytes of the subject left in the vector store's files (a scan for its key)",
+                               f"{node.name}[{partition}]", subject_key not in stored,
+                               "deleted, not yet gone: a segment file still holds the subject's payload (the compaction is retried)"
+                               if subject_key in stored else "0 files hold it"))
+        return out

@@ -134,7 +134,7 @@ class Runs:
                       is_live: IsLive, host: str, pid: int) -> Claim:
         """What an ingest run (a cycle, a full build, a rebuild) does first: take its landing files.
 
-        ``files`` are (name, table, content hash). The batch is ``done`` if it finished before and
+        ``files`` are (name, table, content hash[, stamp]). The batch is ``done`` if it finished before and
         ``busy`` while another live run holds it; otherwise this run holds it and its files, so the
         next cycle starts after them once the batch is done (``landing_files_taken``)."""
         files = list(files)
@@ -155,7 +155,8 @@ class Runs:
                 conn.execute(t.landing_files.delete().where(t.landing_files.c.name.in_(chunk)))
             if files:
                 conn.execute(t.landing_files.insert(), [
-                    {"name": n, "table_name": tb, "content_hash": h, "batch_id": batch_id, "seen_at": now} for n, tb, h in files])
+                    {"name": f[0], "table_name": f[1], "content_hash": f[2], "batch_id": batch_id, "seen_at": now,
+                     "stamp": f[3] if len(f) > 3 else None} for f in files])
             _record_job_run(conn, run_id, kind, batch_id, host, pid)
             self.audit.append(conn, [("landing_batch_claimed", None, {"batch_id": batch_id, "kind": kind, "files": len(files),
                                                                       "run_id": run_id})])
@@ -211,14 +212,23 @@ class Runs:
         with self.db.tx() as conn:
             conn.execute(t.job_runs.update().where(t.job_runs.c.run_id == run_id).values(finished_at=utcnow(), outcome=outcome))
 
-    def record_landing_hashes(self, hashes: dict[str, str]) -> None:
+    def record_landing_hashes(self, hashes: dict[str, str], stamps: dict[str, str] | None = None) -> None:
         """The content of landing files as the pipeline last left them (after a scrub rewrote them): what ``verify``
-        compares each file with, so a file restored from a backup, or edited, is read again in full."""
+        compares each file with, so a file restored from a backup, or edited, is read again in full; and their
+        stamps, so a tick knows them unchanged without reading them."""
         if not hashes:
             return
+        stamps = stamps or {}
         with self.db.tx() as conn:
-            conn.execute(t.landing_files.update().where(t.landing_files.c.name == sa.bindparam("n")).values(content_hash=sa.bindparam("h")),
-                         [{"n": n, "h": h} for n, h in hashes.items()])
+            conn.execute(t.landing_files.update().where(t.landing_files.c.name == sa.bindparam("n"))
+                         .values(content_hash=sa.bindparam("h"), stamp=sa.bindparam("s")),
+                         [{"n": n, "h": h, "s": stamps.get(n)} for n, h in hashes.items()])
+
+    def landing_records(self) -> dict[str, tuple[str, str | None]]:
+        """Landing file -> (content hash, stamp) as the pipeline last took or left it."""
+        with self.db.connect() as conn:
+            q = sa.select(t.landing_files.c.name, t.landing_files.c.content_hash, t.landing_files.c.stamp)
+            return {r.name: (r.content_hash, r.stamp) for r in conn.execute(q)}
 
     # ------------------------------------------------------------------ reads
     def landing_hashes(self) -> dict[str, str]:

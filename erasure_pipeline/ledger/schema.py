@@ -153,6 +153,7 @@ landing_files = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("batch_id", sa.String(40), nullable=False, index=True),
     sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("stamp", sa.String(128)),  # size and mtime (local) or ETag (S3) when last taken or rewritten
 )
 
 landing_batches = sa.Table(
@@ -290,12 +291,14 @@ callback was last told. No identity claim is kept: the subject id goes through i
 # erasure_requests.run_id, landing_batches.status and .run_id, job_runs, node_versions, audit_log.signature.
 # 4: look-alike ids and blocked requests: erasure_requests.skeleton_key, .blocked_by, .review;
 # provenance.skeleton_key and its index. 5: policy_snapshots (a new table). 6: recipients and DRP intake:
-# sealed_ids, notices, drp_tokens, drp_requests (new tables; the ``outbox`` table is no longer written).
+# sealed_ids, notices, drp_tokens, drp_requests (new tables; the ``outbox`` table is no longer written);
+# landing_files.stamp (a file re-delivered under a name already taken is ingested again).
 CURRENT_VERSION = 6
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),
-                     (provenance, "skeleton_key")]}
+                     (provenance, "skeleton_key")],
+                 6: [(landing_files, "stamp")]}
 ADDED_INDEXES = {4: ["ix_provenance_skeleton"]}
 RECREATED_INDEXES = {6: [LIVE_SUBJECT_INDEX]}
 """Indexes whose definition changed (6: a revoked request is not live), dropped and created again."""

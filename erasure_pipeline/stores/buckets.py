@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ from erasure_pipeline.stores.lake import Lake
 
 MANIFEST = "manifest.json"
 PREFIX_CHARS = 16
+BUCKET_FILE = re.compile(r"b_\d{3}\.parquet")
 
 
 def bucket_of(key: str, buckets: int) -> int:
@@ -231,3 +233,40 @@ def stored_version(store: Lake, asset: str, partition: str) -> str | None:
         data = store.read_bytes(object_name(asset, partition, b))
         actual[b] = BucketInfo(lk.content_hash(data) if data is not None else "missing", 0)  # version reads hashes only
     return Manifest(actual).version
+
+
+def unlisted(store: Lake, asset: str, partition: str, manifest: Manifest | None = None) -> list[str]:
+    """Bucket files stored in the partition that its manifest does not list: left by a crash between a bucket
+    write and its manifest, or restored from a backup. They are no part of the partition (nothing reads them)
+    and may hold anyone, so ``verify`` looks at them and a write of the partition removes them."""
+    manifest = manifest if manifest is not None else read_manifest(store, asset, partition)
+    listed = {f"{bucket_name(b)}.parquet" for b in (manifest.buckets if manifest is not None else ())}
+    return [n for n in store.list(f"{asset}/{partition}/")
+            if BUCKET_FILE.fullmatch(leaf := n.rsplit("/", 1)[-1]) and leaf not in listed]
+
+
+def remove_unlisted(store: Lake, asset: str, partition: str, manifest: Manifest | None = None) -> list[str]:
+    """Delete the partition's unlisted bucket files, and every old version of them; returns their names."""
+    names = unlisted(store, asset, partition, manifest)
+    for name in names:
+        store.delete(name)
+        store.purge_noncurrent(name)
+    return names
+
+
+def unlisted_holding(store: Lake, names: Iterable[str], subject_key: str) -> tuple[list[str], list[str]]:
+    """(unlisted files holding rows of ``subject_key``, unlisted files that cannot be read as Parquet)."""
+    holding, unreadable = [], []
+    for name in names:
+        data = store.read_bytes(name)
+        if data is None:
+            continue
+        try:
+            keys = pq.read_table(io.BytesIO(data), columns=["subject_key"]).column("subject_key").to_pylist()
+        except (pa.ArrowException, OSError, ValueError, KeyError):
+            unreadable.append(name)
+            continue
+        if subject_key in keys:
+            holding.append(name)
+    return holding, unreadable
+

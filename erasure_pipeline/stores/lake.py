@@ -8,6 +8,7 @@ versions an erasure rewrite leaves behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -41,6 +42,7 @@ class Lake(Protocol):
     def write_bytes(self, name: str, data: bytes) -> None: ...
     def delete(self, name: str) -> None: ...
     def list(self, prefix: str = "") -> list[str]: ...
+    def stamps(self, prefix: str = "") -> dict[str, str]: ...
     def purge_noncurrent(self, name: str) -> list[str]: ...
     def noncurrent_versions(self, name: str) -> list[ObjectVersion]: ...
     def read_version(self, name: str, version_id: str) -> bytes: ...
@@ -99,6 +101,15 @@ class LocalLake:
                     names.append(rel)
         return sorted(names)
 
+    def stamps(self, prefix: str = "") -> dict[str, str]:
+        """Name -> size and modification time: what changes when a file is written again, without reading it."""
+        out = {}
+        for name in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                st = self._path(name).stat()
+                out[name] = f"{st.st_size}-{st.st_mtime_ns}"
+        return out
+
     def purge_noncurrent(self, name: str) -> list[str]:
         return []  # a local file has one version; os.replace leaves no old copy behind
 
@@ -114,6 +125,9 @@ class LocalLake:
     def locate(self, name: str) -> str:
         """Where an object is, for a person or a link: its absolute path."""
         return str(self._path(name).resolve())
+
+
+QUOTE = '"'
 
 
 @dataclass
@@ -159,6 +173,15 @@ class S3Lake:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
             names += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(names)
+
+    def stamps(self, prefix: str = "") -> dict[str, str]:
+        """Name -> ETag and size, from the listing itself (a PUT of other bytes changes the ETag)."""
+        root = self.prefix.strip("/") + "/" if self.prefix.strip("/") else ""
+        strip = len(root)
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root + prefix):
+            out.update({o["Key"][strip:]: f"{o['Size']}-{o['ETag'].strip(QUOTE)}" for o in page.get("Contents", [])})
+        return out
 
     def _versions(self, name: str) -> list[dict]:
         key = self._key(name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from erasure_pipeline.stores.vectors import _BATCH, COLLECTION, PointData
+from erasure_pipeline.stores.vectors import _BATCH, COLLECTION, PointData, keys_in_files
 
 
 @dataclass
@@ -140,9 +140,13 @@ class ClientStore:
             if before:
                 client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
             left = client.count(self.collection, count_filter=flt, exact=True).count
-        if before and self.is_local:
+        if self.is_local:  # also when nothing was left to delete: a compaction an earlier attempt could not finish
             self.compact(shard)
         return before, left
+
+    def stored_keys(self, shard: int) -> set[str] | None:
+        """Local mode: the keys whose bytes are in its files. A server's disk is not ours to scan (None)."""
+        return keys_in_files(self._local_path(shard)) if self.is_local else None
 
     def compact(self, shard: int) -> None:
         """Local mode keeps payloads pickled in SQLite; deleted rows stay in free pages until VACUUM."""

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from erasure_pipeline.core.errors import StorageUnavailable
 
 COLLECTION = "tickets"
 """The collection name, from the demo's first shape: renaming it would orphan existing points outside every erasure."""
@@ -51,6 +55,37 @@ class VectorStore(Protocol):
     def point_ids(self, shard: int) -> set[str]: ...
     def search(self, vector: np.ndarray, shards: list[int], limit: int = 5) -> list[tuple[float, dict]]: ...
     def describe(self) -> str: ...
+    def stored_keys(self, shard: int) -> set[str] | None: ...
+
+
+KEY_BYTES = re.compile(rb"[0-9a-f]{64}")
+MIB = 1 << 20
+
+
+def keys_in_files(root: Path) -> set[str]:
+    """Every subject key (64 hex digits) whose bytes are anywhere in the files under ``root``: what a byte scan
+    of the store finds, whatever its format says is live (a deleted point's payload stays in its segment file
+    until the segment is rewritten; measured: docs/ARCHITECTURE.md)."""
+    found: set[bytes] = set()
+    for path in sorted(root.rglob("*")) if root.exists() else ():
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                found.update(KEY_BYTES.findall(path.read_bytes()))
+    return {k.decode() for k in found}
+
+
+def ensure_room(path: Path, what: str, factor: float = 1.0, floor: int = 16 * MIB) -> None:
+    """Refuse before writing where the disk cannot take it: an embedded store that runs out of space while it
+    grows a memory-mapped file dies of SIGBUS, with no message (measured), so check first and say so."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        raise StorageUnavailable(f"{what} {path}: the folder is gone; restore it (or its mount) and the erasure resumes by itself")
+    # Blocks in use, not sizes: Edge's memory-mapped files are sparse (80 MiB apparent, a few KiB used).
+    used = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    need, free = max(floor, int(used * factor)), shutil.disk_usage(existing).free
+    if free < need:
+        raise StorageUnavailable(f"{what} {path}: disk full ({free / MIB:.1f} MiB free, writing and compacting it needs about "
+                                 f"{need / MIB:.0f} MiB); free space there and the erasure resumes by itself")
 
 
 def hash_ids(ids: set[str] | list[str]) -> str:
@@ -93,6 +128,9 @@ class EdgeStore:
     def describe(self) -> str:
         return f"qdrant edge {self.root}"
 
+    def stored_keys(self, shard: int) -> set[str]:
+        return keys_in_files(self._path(shard))
+
     @staticmethod
     def _config(dimensions: int):
         q = _edge()
@@ -111,6 +149,8 @@ class EdgeStore:
             yield self._open[shard]
             return
         path = self._path(shard)
+        # Even loading a shard maps its files: on a full disk that is a SIGBUS, not an error. Check first.
+        ensure_room(path if path.exists() else self.root, "vector store")
         if (path / "edge_config.json").exists():
             store = q.EdgeShard.load(str(path))
         elif dimensions is None:
@@ -149,11 +189,17 @@ class EdgeStore:
     def point_ids(self, shard: int) -> set[str]:
         return self.group_ids(shard)
 
-    @staticmethod
-    def _vacuum(store) -> None:
+    def _vacuum(self, store) -> None:
         """Rewrite the segments that hold deleted points: their bytes leave the disk (no WAL keeps them)."""
-        store.optimize()
-        store.flush()
+        try:
+            store.optimize()
+            store.flush()
+        except Exception as exc:  # Edge raises a bare Exception ("Service runtime error: Not enough space ...")
+            if "space" in str(exc).lower():
+                raise StorageUnavailable(f"vector store {self.root}: disk full while compacting ({str(exc)[:160]}); the points "
+                                         "are deleted but their bytes are not yet gone: free space and the erasure resumes "
+                                         "by itself") from None
+            raise
 
     def apply(self, shard: int, delete: list[str], upsert: list[PointData], dimensions: int) -> None:
         q = _edge()
@@ -177,7 +223,11 @@ class EdgeStore:
             return 0 if store is None else store.count(q.CountRequest(filter=self._filter("subject_key", list(keys)), exact=True))
 
     def delete_subjects(self, shard: int, keys: list[str]) -> tuple[int, int]:
-        """Delete every point of these subjects by ``subject_key`` filter, then vacuum; (deleted, left)."""
+        """Delete every point of these subjects by ``subject_key`` filter, then vacuum; (deleted, left).
+
+        The vacuum runs even when no point is left to delete: a delete that succeeded before a vacuum that did
+        not (a full disk) leaves the subject's bytes in a segment file while the count says 0 ("deleted, not
+        yet gone"); this is the retry that makes them gone, and the proof's byte scan says whether it did."""
         if not keys:
             return 0, 0
         q = _edge()
@@ -189,7 +239,7 @@ class EdgeStore:
             if before:
                 store.update(q.UpdateOperation.delete_points_by_filter(flt))
                 store.flush()
-                self._vacuum(store)
+            self._vacuum(store)
             return before, store.count(q.CountRequest(filter=flt, exact=True))
 
     def search(self, vector: np.ndarray, shards: list[int], limit: int = 5) -> list[tuple[float, dict]]:

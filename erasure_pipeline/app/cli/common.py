@@ -32,8 +32,39 @@ def guard(fn):
             return fn(*args, **kwargs)
         except (PipelineError, FileNotFoundError) as exc:
             raise Fail(str(exc)) from None
+        except Exception as exc:
+            line = storage_outage(exc)
+            if line is None:
+                raise
+            raise Fail(line) from None
 
     return wrapper
+
+
+OUTAGES = frozenset({"DagsterPostgresException", "OperationalError", "InterfaceError", "DisconnectionError"})
+"""Exception class names (sqlalchemy, psycopg2, dagster-postgres) that mean a database went away, not a bug."""
+
+
+def storage_outage(exc: BaseException) -> str | None:
+    """One line for an outage of Dagster's own storage (the ledger's is ``LedgerUnavailable`` already), or a disk
+    that is full or read-only; None for anything else. Nothing of the connection string but where it points."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only filesystem"}[exc.errno]
+        return (f"{what}: {exc.filename or 'a store'}: free space (or remount it writable) and run the command again; "
+                "requests wait in the ledger and resume by themselves")
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        kind = type(e)
+        if kind.__name__ in OUTAGES:
+            settings = Settings.from_environ()
+            return (f"Dagster's instance storage is unavailable ({kind.__name__}; configured in {settings.instance_dir}/dagster.yaml): "
+                    "nothing was lost: requests wait in the ledger and the next `process` (or the daemon) resumes them once it is back")
+    return None
 
 
 def quiet_dagster() -> None:

@@ -165,22 +165,37 @@ def models(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--compute-log-days", type=click.FloatRange(min=0), required=True,
+@click.option("--compute-log-days", type=click.FloatRange(min=0), default=None,
               help="Delete compute logs (step stdout/stderr) last written more than this many days ago.")
+@click.option("--lake", "lake", is_flag=True,
+              help="Remove bucket files no partition manifest lists (left by a crash, or restored from a backup).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @guard
-def housekeeping(compute_log_days: float, dry_run: bool) -> None:
-    """Prune Dagster's local compute logs, which have no retention setting of their own."""
-    from erasure_pipeline.app.housekeeping import prune_compute_logs
-    from erasure_pipeline.app.runner import get_instance  # deferred: Dagster
+def housekeeping(compute_log_days: float | None, lake: bool, dry_run: bool) -> None:
+    """Prune Dagster's local compute logs, which have no retention setting of their own; sweep the lake for
+    objects outside every manifest."""
+    if compute_log_days is None and not lake:
+        raise Fail("housekeeping takes --compute-log-days N, --lake, or both")
+    if compute_log_days is not None:
+        from erasure_pipeline.app.housekeeping import prune_compute_logs
+        from erasure_pipeline.app.runner import get_instance  # deferred: Dagster
 
-    with get_instance() as instance:
-        base_dir = getattr(instance.compute_log_manager, "_base_dir", None)
-    if base_dir is None:
-        raise Fail(f"the instance's compute log manager ({type(instance.compute_log_manager).__name__}) is not on the local filesystem")
-    pruned = prune_compute_logs(Path(base_dir), compute_log_days, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {pruned.files} compute-log files ({pruned.bytes / 1e6:.1f} MB) older than {compute_log_days:g} days under {base_dir}")
+        with get_instance() as instance:
+            base_dir = getattr(instance.compute_log_manager, "_base_dir", None)
+        if base_dir is None:
+            raise Fail(f"the instance's compute log manager ({type(instance.compute_log_manager).__name__}) is not on the local filesystem")
+        pruned = prune_compute_logs(Path(base_dir), compute_log_days, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {pruned.files} compute-log files ({pruned.bytes / 1e6:.1f} MB) older than {compute_log_days:g} days under {base_dir}")
+    if lake:
+        from erasure_pipeline.app.housekeeping import sweep_unlisted
+        from erasure_pipeline.core.policy import load_policy
+        from erasure_pipeline.kinds.environment import open_env
+
+        s = settings()
+        found = sweep_unlisted(open_env(load_policy(settings=s), s), dry_run=dry_run)
+        click.echo(f"{'would remove' if dry_run else 'removed'} {len(found)} bucket files outside their partition's manifest"
+                   + (": " + ", ".join(found[:10]) + (" …" if len(found) > 10 else "") if found else ""))
 
 
 @main.command()
