@@ -215,11 +215,13 @@ def deliver(book: Ledger, policy: Policy, signer: Signer, tokens: Mapping[str, s
         if not error:
             if book.notices.settle(n, "confirmed", at=at, receipt=canonical_json(receipt) if receipt else None):
                 report.confirmed.append(entry)
-                amended.add(n["request_id"])
+                if n["kind"] == "erasure":  # a DRP status callback is not on the certificate
+                    amended.add(n["request_id"])
         elif now - as_utc(n["created_at"]) >= dt.timedelta(days=policy.delivery.dead_letter_days):
             if book.notices.settle(n, "dead", at=at, error=error):
                 report.dead.append({**entry, "error": error})
-                amended.add(n["request_id"])
+                if n["kind"] == "erasure":
+                    amended.add(n["request_id"])
         else:
             book.notices.failed(n["notice_id"], error, now + backoff(n["attempts"], policy.delivery.first_retry_seconds,
                                                                      policy.delivery.max_retry_seconds, rng))

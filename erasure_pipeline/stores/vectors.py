@@ -21,7 +21,9 @@ it came from) lets a node sync just the buckets that changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -70,8 +72,36 @@ def keys_in_files(root: Path) -> set[str]:
     for path in sorted(root.rglob("*")) if root.exists() else ():
         if path.is_file():
             with contextlib.suppress(OSError):
-                found.update(KEY_BYTES.findall(path.read_bytes()))
+                for chunk in data_of(path):
+                    found.update(KEY_BYTES.findall(chunk))
     return {k.decode() for k in found}
+
+
+def data_of(path: Path, block: int = 8 * MIB) -> Iterator[bytes]:
+    """The bytes of a file that hold data, skipping the holes of a sparse file (Edge preallocates 32 MiB files of
+    which a few KiB are written: reading the holes made a scan of a 16-shard store read a gigabyte of zeros).
+    Blocks overlap by 63 bytes so no key is cut in two."""
+    with open(path, "rb") as f:
+        if not hasattr(os, "SEEK_DATA"):  # no sparse-file support on this platform: every byte
+            yield f.read()
+            return
+        fd, size, offset = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after offset
+                    return
+                f.seek(offset)  # a filesystem that cannot tell holes: read the rest
+                yield f.read()
+                return
+            while start < end:
+                n = min(block, end - start)
+                f.seek(start)
+                yield f.read(n + 63)
+                start += n
+            offset = end
 
 
 def ensure_room(path: Path, what: str, factor: float = 1.0, floor: int = 16 * MIB) -> None:
