@@ -177,6 +177,7 @@ def test_bad_input_is_one_error_in_the_spec_shape_and_files_nothing(demo_home, t
             (agent.sign(deletion(agent, a, **{"expires-at": (now - dt.timedelta(minutes=1)).isoformat()})), 400, "expired"),
             (agent.sign(deletion(agent, a, **{"drp.version": "0.5"})), 400, "drp.version"),
             (agent.sign(deletion(agent, a, favourite_colour="blue")), 400, "unknown field 'favourite_colour'"),
+            (agent.sign(deletion(agent, a, **{a: True})), 400, "unknown field (a name that is not shown)"),  # an id as a key
             (agent.sign({k: v for k, v in deletion(agent, a).items() if k != "email"}), 400, "'email' is missing"),
             (agent.sign(deletion(agent, "   ")), 400, "empty"),
             (base64.b64encode(b"x" * 5000), 413, "larger than 4096"),

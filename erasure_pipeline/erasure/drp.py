@@ -63,6 +63,14 @@ class DrpError(Exception):
         return self.status, error_body(self.status, self.message, self.fatal)
 
 
+FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,39}")
+
+
+def _shown(name: str) -> str:
+    """A field name as an error may repeat it: a name is the agent's to choose, and could be anything (an e-mail)."""
+    return f"'{name}'" if FIELD_NAME.fullmatch(name) and "@" not in name else "(a name that is not shown)"
+
+
 def error_body(status: int, message: str, fatal: bool = False) -> dict:
     return {"code": str(status), "message": message, **({"fatal": True} if fatal else {})}
 
@@ -221,7 +229,8 @@ class DrpService:
 
         unknown = sorted(k for k in body if k not in (*ENVELOPE, *PERSON, *JWT_CLAIMS, self.drp.identifier))
         if unknown:
-            raise DrpError(400, f"unknown field '{unknown[0]}' (the spec's fields, schema.org/Person and JWT claims are accepted)", fatal=True)
+            raise DrpError(400, f"unknown field {_shown(unknown[0])} (the spec's fields, schema.org/Person and JWT claims are accepted)",
+                           fatal=True)
         exercise = body.get("exercise")
         if exercise not in ACTIONS:
             raise DrpError(400, f"'exercise' must be one of {', '.join(ACTIONS)}", fatal=True)
@@ -279,7 +288,7 @@ class DrpService:
             body, _digest = open_signed(raw, self.agents[agent_id].verify_key)
             unknown = sorted(set(body) - {"reason"})
             if unknown:
-                raise DrpError(400, f"unknown field '{unknown[0]}' (a revoke carries only 'reason')")
+                raise DrpError(400, f"unknown field {_shown(unknown[0])} (a revoke carries only 'reason')")
             reason = body.get("reason")
             if reason is not None and not isinstance(reason, str):
                 raise DrpError(400, "'reason' must be a string")
