@@ -69,7 +69,6 @@ def test_claims_are_exclusive_and_completion_writes_certificate_and_notices(book
     assert claim(book, "eb-1", [rid], "run-1").request_ids == (rid,)  # the holder again (a retried step): reentrant
     req = book.requests.get(rid)
     assert req["status"] == "in_progress" and req["run_id"] == "run-1" and req["attempts"] == 1
-    book.notices.queue_now([])  # nothing to queue is fine
     with book.db.tx() as conn:
         book.notices.seal(conn, [(rid, "crm", "c2VhbGVk"), (rid, "search", "c2VhbGVk")])
     notice = {"notice_id": "n-1", "request_id": rid, "recipient": "crm", "kind": "erasure", "endpoint": "https://crm.example.com/e",

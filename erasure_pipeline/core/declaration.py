@@ -272,7 +272,13 @@ def _key_bytes(value: str, field: str, what: str) -> str:
     return value
 
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+def https_or_local(url: str) -> bool:
+    """An ``https://`` URL, or ``http://`` to this machine (tests, sidecars): where notices and callbacks may go."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    return bool(parts.hostname) and (parts.scheme == "https" or local)
 
 
 class RecipientSpec(Strict):
@@ -300,11 +306,7 @@ class RecipientSpec(Strict):
     @field_validator("endpoint")
     @classmethod
     def _https(cls, v: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(v)
-        local = parts.scheme == "http" and (parts.hostname in ("127.0.0.1", "localhost", "::1"))
-        if not parts.hostname or not (parts.scheme == "https" or local):
+        if not https_or_local(v):
             raise ValueError(f"'{v}' is not an https:// URL (http:// only to 127.0.0.1 or localhost)")
         return v
 

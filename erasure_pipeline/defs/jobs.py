@@ -48,25 +48,23 @@ def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
     ]
 
 
-def _deliver_job(policy: Policy, graph: Graph) -> dg.JobDefinition:
-    deliver = deliver_op(policy, graph)
+def _reader_job(name: str, kind: str, op: dg.OpDefinition, owners: list[str], description: str) -> dg.JobDefinition:
+    """A job of one op that writes no store (the pool is for writers): staleness reports, deliveries."""
 
-    @dg.job(name=names.DELIVER_JOB, tags={names.KIND: "deliver"}, owners=policy.owners,
-            description=("Tells recipients: POSTs the due notices (signed, idempotent, retried with backoff, dead-lettered) and "
-                         "DRP status callbacks; reports recipients_confirmed. The notices_sensor asks for it."))
+    @dg.job(name=name, tags={names.KIND: kind}, owners=owners, description=description)
     def _graph():
-        deliver()
+        op()
 
     return _graph
+
+
+def _deliver_job(policy: Policy, graph: Graph) -> dg.JobDefinition:
+    return _reader_job(names.DELIVER_JOB, "deliver", deliver_op(policy, graph), policy.owners,
+                       "Tells recipients: POSTs the due notices (signed, idempotent, retried with backoff, dead-lettered) and "
+                       "DRP status callbacks; reports recipients_confirmed. The notices_sensor asks for it.")
 
 
 def _staleness_job(policy: Policy, graph: Graph) -> dg.JobDefinition:
-    report = staleness_op(policy, graph)
-
-    @dg.job(name=names.STALENESS_JOB, tags={names.KIND: "staleness"}, owners=policy.owners,
-            description=("Reports the up_to_date check of every shard partition (the staleness_sensor asks for it when the "
-                         "set of stale partitions changes). Reads only."))
-    def _graph():
-        report()
-
-    return _graph
+    return _reader_job(names.STALENESS_JOB, "staleness", staleness_op(policy, graph), policy.owners,
+                       "Reports the up_to_date check of every shard partition (the staleness_sensor asks for it when the "
+                       "set of stale partitions changes). Reads only.")

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from erasure_pipeline.core.declaration import https_or_local
 from erasure_pipeline.core.identity import InvalidSubjectId
 from erasure_pipeline.core.signing import Signer, canonical_json
 from erasure_pipeline.ledger import LedgerError, utcnow
@@ -110,13 +111,6 @@ def _time(body: Mapping[str, Any], field: str) -> dt.datetime:
     except ValueError:
         raise DrpError(400, f"'{field}' is not an ISO 8601 timestamp") from None
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
-def local_or_https(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return bool(parts.hostname) and (parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")))
 
 
 def status_of(request: Mapping[str, Any], drp: Mapping[str, Any] | None, notices: list[dict] = ()) -> dict:
@@ -239,7 +233,7 @@ class DrpService:
         if body.get("regime") not in (None, "ccpa", "gdpr", "voluntary"):
             raise DrpError(400, "'regime' must be ccpa, gdpr or voluntary (or left out)", fatal=True)
         callback = body.get("status_callback")
-        if callback is not None and not (isinstance(callback, str) and local_or_https(callback)):
+        if callback is not None and not (isinstance(callback, str) and https_or_local(callback)):
             raise DrpError(400, "'status_callback' must be an https:// URL", fatal=True)
         request_id_of_agent = body.get("agent-request-id")
         if request_id_of_agent is not None and (not isinstance(request_id_of_agent, str) or len(request_id_of_agent) > 128):

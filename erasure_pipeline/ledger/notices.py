@@ -57,12 +57,6 @@ class Notices:
         if values:
             conn.execute(t.notices.insert(), values)
 
-    def queue_now(self, notices: list[Mapping[str, Any]], audit_entries: list[tuple] = ()) -> None:
-        with self.db.tx() as conn:
-            self.queue(conn, notices, utcnow())
-            if audit_entries:
-                self.audit.append(conn, list(audit_entries))
-
     # ------------------------------------------------------------------ attempts
     def due_count(self, now: dt.datetime | None = None) -> int:
         now = now or utcnow()
@@ -127,12 +121,10 @@ class Notices:
             q = sa.select(t.notices).where(N.request_id == request_id, N.kind == kind).order_by(N.recipient, N.created_at)
             return [dict(r._mapping) for r in conn.execute(q)]
 
-    def list(self, *, status: Iterable[str] | None = None, kind: str | None = None) -> list[dict]:
+    def list(self, *, status: Iterable[str] | None = None) -> list[dict]:
         q = sa.select(t.notices).order_by(N.created_at, N.notice_id)
         if status is not None:
             q = q.where(N.status.in_(list(status)))
-        if kind is not None:
-            q = q.where(N.kind == kind)
         with self.db.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -164,10 +156,8 @@ class Notices:
             return False
         return True
 
-    def drp_of(self, request_id: str, agent_id: str | None = None) -> list[dict]:
+    def drp_of(self, request_id: str) -> list[dict]:
         q = sa.select(t.drp_requests).where(t.drp_requests.c.request_id == request_id).order_by(t.drp_requests.c.received_at)
-        if agent_id is not None:
-            q = q.where(t.drp_requests.c.agent_id == agent_id)
         with self.db.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
