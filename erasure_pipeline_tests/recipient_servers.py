@@ -8,10 +8,6 @@ import base64
 import contextlib
 import datetime as dt
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,12 +20,7 @@ from nacl.public import PrivateKey, SealedBox
 from nacl.signing import SigningKey
 
 from erasure_pipeline.core.signing import canonical, verify_signature
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from erasure_pipeline_tests.servers import accepts, free_port, serving
 
 
 class Recipient:
@@ -168,27 +159,6 @@ def call(method: str, url: str, body: bytes | None = None, token: str | None = N
 def drp_server(log: Path):
     """``erasure-pipeline serve`` as its own process (uvicorn), on the project the environment points at."""
     port = free_port()
-    out = open(log, "w")  # noqa: SIM115  (written by the server until it stops)
-    proc = subprocess.Popen([sys.executable, "-m", "erasure_pipeline.app.cli", "serve", "--port", str(port)], env=os.environ.copy(),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError("serve exited: " + log.read_text()[-2000:])
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("serve did not start: " + log.read_text()[-2000:])
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        out.close()
+    with serving([sys.executable, "-m", "erasure_pipeline.app.cli", "serve", "--port", str(port)], log=log, ready=accepts(port),
+                 what="erasure-pipeline serve", timeout=60):
+        yield f"http://127.0.0.1:{port}"

@@ -3,8 +3,6 @@
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +14,11 @@ import pytest
 from erasure_pipeline.erasure.intake import erase
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import pick_subjects
+from erasure_pipeline_tests.servers import answers_http, free_port, serving
 from erasure_pipeline_tests.stores import default_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _graphql(port: int, query: str) -> dict:
@@ -38,30 +31,11 @@ def _graphql(port: int, query: str) -> dict:
 @contextlib.contextmanager
 def running_dagster_dev(home):
     """``dagster dev`` (webserver + daemon) on the project home the environment points at."""
-    port = _free_port()
-    log = open(home / "dagster_dev.log", "w")  # noqa: SIM115  (outlives this block: the server writes to it)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
-        cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("dagster dev did not start: " + (home / "dagster_dev.log").read_text()[-2000:])
+    port = free_port()
+    with serving([sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
+                 log=home / "dagster_dev.log", ready=answers_http(f"http://127.0.0.1:{port}/server_info"), what="dagster dev",
+                 timeout=120, cwd=REPO):
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture

@@ -7,17 +7,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
+from erasure_pipeline_tests.servers import answers_http, free_port, serving
 from erasure_pipeline_tests.test_operator_view import SHARDS, WHY, change_c, staleness_tick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,32 +41,12 @@ def _browser_or_skip() -> None:
 @contextlib.contextmanager
 def webserver(home: Path):
     """``dagster-webserver`` (the UI alone, no daemon) on the project home the environment points at."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(home / "webserver.log", "w")  # noqa: SIM115  (the server writes to it until it stops)
-    proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", str(REPO / "workspace.yaml"), "-p", str(port),
-                             "-h", "127.0.0.1"], cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the webserver did not start: " + (home / "webserver.log").read_text()[-2000:])
-        _community_dialog_seen(f"http://127.0.0.1:{port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with serving([sys.executable, "-m", "dagster_webserver", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
+                 log=home / "webserver.log", ready=answers_http(f"{base}/server_info"), what="the webserver", cwd=REPO):
+        _community_dialog_seen(base)
+        yield base
 
 
 def _community_dialog_seen(base: str) -> None:
