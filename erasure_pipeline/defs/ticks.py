@@ -23,6 +23,7 @@ from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.names import MAX_AUTO_ATTEMPTS, MAX_REQUESTS_PER_RUN, retry_backoff
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.defs import runtime
+from erasure_pipeline.erasure.drp import pending_callbacks
 from erasure_pipeline.kinds.staleness import expired_partitions, stale_partitions
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.ledger.requests import CLAIMABLE
@@ -156,8 +157,6 @@ DELIVERY_RUN_GRACE = dt.timedelta(minutes=5)
 
 def deliver_request(book: Ledger, instance: dg.DagsterInstance, now: dt.datetime) -> tuple[dg.RunRequest | None, str]:
     """(a deliver_notices_job run when a notice is due or a DRP agent has a status to hear, and none is running; why not)."""
-    from erasure_pipeline.erasure.drp import pending_callbacks
-
     due, callbacks = book.notices.due_count(now), len(pending_callbacks(book))
     if not due and not callbacks:
         return None, "no notice due"

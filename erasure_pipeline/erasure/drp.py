@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from erasure_pipeline.core.declaration import https_or_local
 from erasure_pipeline.core.identity import InvalidSubjectId
 from erasure_pipeline.core.signing import Signer, canonical_json
+from erasure_pipeline.erasure import intake
 from erasure_pipeline.ledger import LedgerError, utcnow
 
 if TYPE_CHECKING:
     from erasure_pipeline.core.policy import Policy
-    from erasure_pipeline.erasure.intake import Desk
     from erasure_pipeline.ledger import Ledger
 
 DRP_VERSION = "1.0"
@@ -150,7 +150,7 @@ def status_of(request: Mapping[str, Any], drp: Mapping[str, Any] | None, notices
 class DrpService:
     """The spec's endpoints over the ledger and the intake desk."""
 
-    def __init__(self, policy: Policy, desk: Desk, clock=utcnow):
+    def __init__(self, policy: Policy, desk: intake.Desk, clock=utcnow):
         if policy.drp is None:
             raise LedgerError("the declaration has no drp section: Data Rights Protocol intake is not configured")
         self.policy, self.drp, self.desk, self.book, self.clock = policy, policy.drp, desk, desk.ledger, clock
@@ -219,8 +219,6 @@ class DrpService:
             raise DrpError(400, f"drp.version must be \"{DRP_VERSION}\"", fatal=True)
 
     def _exercise(self, body: dict, digest: str, agent_id: str) -> Answer:
-        from erasure_pipeline.erasure.intake import erase_many
-
         unknown = sorted(k for k in body if k not in (*ENVELOPE, *PERSON, *JWT_CLAIMS, self.drp.identifier))
         if unknown:
             raise DrpError(400, f"unknown field {_shown(unknown[0])} (the spec's fields, schema.org/Person and JWT claims are accepted)",
@@ -242,7 +240,7 @@ class DrpService:
         if not isinstance(subject_id, str):
             raise DrpError(400, f"the identity claim '{self.drp.identifier}' is missing: this business matches people by it", fatal=True)
         try:
-            (request_id, _created), = erase_many([subject_id], f"DRP deletion from agent {agent_id}", desk=self.desk)
+            (request_id, _created), = intake.erase_many([subject_id], f"DRP deletion from agent {agent_id}", desk=self.desk)
         except InvalidSubjectId as exc:
             raise DrpError(400, f"the identity claim '{self.drp.identifier}': {exc}", fatal=True) from None
         row = {"body_sha256": digest, "request_id": request_id, "agent_id": agent_id, "agent_request_id": request_id_of_agent,
@@ -275,8 +273,6 @@ class DrpService:
             return exc.answer
 
     def revoke(self, bearer: str | None, request_id: str, raw: bytes) -> Answer:
-        from erasure_pipeline.erasure.intake import revoke
-
         try:
             agent_id, row = self._owned(bearer, request_id)
             body, _digest = open_signed(raw, self.agents[agent_id].verify_key)
@@ -288,7 +284,7 @@ class DrpService:
                 raise DrpError(400, "'reason' must be a string")
             if self.book.requests.get(request_id)["status"] != "revoked":
                 try:
-                    revoke(self.desk, request_id, f"revoked over DRP by agent {agent_id}" + (f": {reason}" if reason else ""))
+                    intake.revoke(self.desk, request_id, f"revoked over DRP by agent {agent_id}" + (f": {reason}" if reason else ""))
                 except LedgerError as exc:
                     raise DrpError(409, str(exc)) from None
             return 200, self._status(request_id, row)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from erasure_pipeline.core.signing import Signer, canonical, canonical_json
 from erasure_pipeline.erasure.certificate import REGULATION, write_evidence
+from erasure_pipeline.erasure.drp import queue_status_callbacks
 from erasure_pipeline.ledger import utcnow
 from erasure_pipeline.ledger.db import as_utc
 
@@ -178,8 +179,6 @@ class DeliveryReport:
 def deliver(book: Ledger, policy: Policy, signer: Signer, tokens: Mapping[str, str | None], *, now: dt.datetime | None = None,
             post: Post = http_post, evidence=None, rng: random.Random | None = None, limit: int = 1000) -> DeliveryReport:
     """One delivery pass over every due notice (and DRP status callback); safe to run from many processes at once."""
-    from erasure_pipeline.erasure.drp import queue_status_callbacks  # the DRP mapping reads request states
-
     explicit = now is not None  # a caller's clock (tests, replays) also stamps what is settled
     now, rng, report = now or utcnow(), rng or random.Random(), DeliveryReport()
     report.callbacks_queued = queue_status_callbacks(book, signer)
