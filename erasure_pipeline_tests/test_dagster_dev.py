@@ -114,7 +114,7 @@ def test_empty_dagster_home_two_runs_never_merge_at_once_and_both_verify(demo_ho
     assert len(runs) == 2
     spans = sorted(span for r in runs for span in _step_spans(instance(), r.run_id, "merge_and_certify"))
     assert len(spans) == 2 and spans[0][1] <= spans[1][0], f"merge steps overlapped: {spans}"
-    assert instance().event_log_storage.get_pool_limits()[0].limit == 1
+    assert {p.limit for p in instance().event_log_storage.get_pool_limits()} == {1}
     for rid in (first, second):
         out = CliRunner().invoke(main, ["verify", rid])
         assert out.exit_code == 0, out.output
@@ -197,3 +197,48 @@ def test_dg_check_defs_and_list_defs_load_the_defs_folder(empty_home):
     assert listed.returncode == 0, listed.stderr[-2000:]
     assets = {a["asset_key"] for a in json.loads(listed.stdout)["assets"]}
     assert {"raw_subjects", "vector_index", "ensemble_model", "erasure_certificates"} <= assets
+
+
+BACKFILL = """mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+
+
+def _graphql_vars(port: int, query: str, variables: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())["data"]
+
+
+def test_a_backfill_of_every_shard_partition_launched_from_the_ui_is_one_run(demo_home):
+    """The UI's "Materialize" over all partitions of every sharded asset (a backfill, GraphQL as the UI sends it) is one
+    run (``BackfillPolicy.single_run``): each asset's step computes its partitions one after another, each in its shard's
+    pool, and every partition is recorded with its own checks."""
+    import dagster as dg
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from erasure_pipeline.core import names
+
+    defs, policy = defs_and_policy()
+    shard_assets = sorted(a.key.path[0] for a in defs.resolve_all_asset_specs() if a.partitions_def is not None)
+    partitions = [f"shard_{i:02d}" for i in range(policy.shards)]
+    with running_dagster_dev(demo_home) as port:
+        t0 = time.monotonic()
+        launched = _graphql_vars(port, BACKFILL, {"params": {
+            "partitionNames": partitions, "assetSelection": [{"path": [a]} for a in shard_assets], "fromFailure": False}})
+        backfill_id = launched["launchPartitionBackfill"]["backfillId"]
+        _wait_for(lambda: instance().get_backfill(backfill_id).status != BulkActionStatus.REQUESTED, 600, "the backfill", demo_home)
+        seconds = time.monotonic() - t0
+    inst = instance()
+    assert inst.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+    runs = inst.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    assert len(runs) == 1 and runs[0].is_success
+    (record,) = inst.get_run_records(dg.RunsFilter(run_ids=[runs[0].run_id]))
+    print(f"\nUI backfill of {len(shard_assets)} sharded assets x {len(partitions)} partitions: 1 run of "
+          f"{record.end_time - record.start_time:.1f} s, {seconds:.1f} s from launch to done")
+    for asset in shard_assets:  # each partition materialised by that run, and each partition's checks reported
+        done = {r.partition_key for r in inst.fetch_materializations(dg.AssetKey(asset), limit=100).records if r.run_id == runs[0].run_id}
+        assert done == set(partitions), asset
+    checks = [e for e in inst.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
+    assert {e.dagster_event.event_specific_data.partition for e in checks} == set(partitions)
+    assert not any(inst.event_log_storage.get_concurrency_info(p).claimed_slots for p in names.pools(partitions))

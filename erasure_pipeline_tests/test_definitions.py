@@ -114,21 +114,27 @@ def test_sensors_are_running_by_default():
     assert sensors["erasure_sensor"].job_name == names.ERASURE_JOB
 
 
-def test_named_jobs_and_every_writing_step_in_the_pool():
+def test_named_jobs_and_every_writing_step_in_its_pool():
     defs = build_definitions(demo_policy(shards=4))
     jobs = {j.name: j for j in defs.jobs}
     assert set(jobs) == {names.ERASURE_JOB, names.CYCLE_JOB, names.INGEST_JOB, names.REBUILD_JOB, names.STALENESS_JOB, names.DELIVER_JOB}
     for reader in (names.STALENESS_JOB, names.DELIVER_JOB):  # the ledger only (the outbox): never waits behind a run that writes
         (op,) = jobs.pop(reader).graph.node_defs
         assert op.pool is None
+    shards = [f"shard_{i:02d}" for i in range(4)]
     for job in jobs.values():
-        # every op writes a store (claims scrub and stage landing; shard and merge steps write the lake)
-        assert all(n.pool == names.POOL for n in job.graph.node_defs), job.name
+        # every op writes a store: claims scrub and stage landing, each shard step writes its shard, merges the merges
+        pools = {n.name: n.pool for n in job.graph.node_defs}
+        assert {pools[s] for s in shards} == {f"erasure_pipeline/{s}" for s in shards}, job.name
+        assert {p for n, p in pools.items() if n not in shards} == {names.LANDING_POOL, names.MERGE_POOL}, job.name
         assert job.tags[names.KIND] == names.JOB_KINDS[job.name]
-    assert {n.name for n in jobs[names.ERASURE_JOB].graph.node_defs} == {"claim_requests", "shard_step", "merge_and_certify"}
+    assert {n.name for n in jobs[names.ERASURE_JOB].graph.node_defs} == {"claim_requests", *shards, "merge_and_certify"}
     graph = defs.resolve_asset_graph()
-    for name in [*SHARD_ASSETS, *MERGE_ASSETS]:
-        assert graph.get(dg.AssetKey(name)).pools == {names.POOL}
+    for name in MERGE_ASSETS:
+        assert graph.get(dg.AssetKey(name)).pools == {names.MERGE_POOL}
+    for name in SHARD_ASSETS:  # a shard partition takes its shard's pool inside the step (runtime.pool_slot)
+        assert graph.get(dg.AssetKey(name)).pools == set()
+        assert graph.get(dg.AssetKey(name)).backfill_policy == dg.BackfillPolicy.single_run()
     assert defs.resolve_schedule_def("retraining_cycle").job_name == names.CYCLE_JOB
 
 

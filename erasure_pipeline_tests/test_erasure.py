@@ -146,12 +146,14 @@ def test_two_shards_in_one_tick_merge_once_from_both_post_erasure_partials(demo_
         assert saved["inputs"][f"shard_models[{identity.partition_key(shard)}]"] == lk.content_hash(blob)
 
 
-def test_the_project_sets_the_pool_limit_whatever_the_instance_file_says(demo_home):
+def test_the_project_sets_the_pool_limits_whatever_the_instance_file_says(demo_home):
     (demo_home / "dagster" / "dagster.yaml").unlink()  # DAGSTER_HOME without the project's instance file
     inst = instance()
-    inst.event_log_storage.set_concurrency_slots(names.POOL, 5)
-    assert runtime.ensure_pool(inst) and runtime.pool_limit(inst) == names.POOL_LIMIT
-    assert not runtime.ensure_pool(inst)
+    inst.event_log_storage.set_concurrency_slots(names.shard_pool("shard_01"), 5)
+    assert runtime.ensure_pools(inst, ["shard_00", "shard_01"])
+    limits = runtime.pool_limits(inst)
+    assert {p: limits[p] for p in names.pools(["shard_00", "shard_01"])} == dict.fromkeys(names.pools(["shard_00", "shard_01"]), names.POOL_LIMIT)
+    assert not runtime.ensure_pools(inst, ["shard_00", "shard_01"])
 
 
 def test_held_request_is_not_processed_and_released_one_is(demo_home):

@@ -33,7 +33,7 @@ def drain(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Calla
     First, runs of this host whose process died (a killed ``process``) are marked failed and their
     requests handed back, so nothing a crash left behind waits for a person."""
     runtime.sweep_interrupted(instance, env_of(defs).ledger, progress)
-    runtime.ensure_pool(instance)
+    runtime.ensure_pools(instance, env_of(defs).graph.partitions)
     sensor = defs.resolve_sensor_def(names.ERASURE_SENSOR)
     out = DrainResult()
     for _ in range(max_ticks):
@@ -67,7 +67,7 @@ def run_cycle(defs: dg.Definitions, instance: dg.DagsterInstance, as_of: dt.date
               progress: Callable[[str], None] = lambda _m: None) -> CycleResult:
     """Evaluate the retraining schedule at ``as_of`` (default now) and run its request here."""
     runtime.sweep_interrupted(instance, env_of(defs).ledger, progress)
-    runtime.ensure_pool(instance)
+    runtime.ensure_pools(instance, env_of(defs).graph.partitions)
     out = CycleResult()
     if as_of is None:  # the schedule's own tick, now
         schedule = defs.resolve_schedule_def(names.CYCLE_SCHEDULE)

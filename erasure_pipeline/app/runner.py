@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.execution.api import execute_run
 from dagster._core.utils import make_new_run_id
 
 from erasure_pipeline.core import names
@@ -53,10 +55,11 @@ def ensure_dagster_home(settings: Settings | None = None) -> Path:
 
 
 def get_instance() -> dg.DagsterInstance:
-    """The instance, with the project's pool limit set in its storage (whatever its dagster.yaml says)."""
+    """The instance, with the project's pool limits set in its storage (whatever its dagster.yaml says): the landing
+    and merge pools here; each claim step sets its shards' pools before its shard steps start."""
     ensure_dagster_home()
     instance = dg.DagsterInstance.get()
-    runtime.ensure_pool(instance)
+    runtime.ensure_pools(instance)
     return instance
 
 
@@ -123,12 +126,25 @@ def env_of(defs: dg.Definitions, policy: Policy | None = None) -> Env:
     return resolve(defs.resources["pipeline"]).env(policy or load_policy())
 
 
+CODE_LOCATION = ("erasure_pipeline.defs.pipeline", "pipeline")
+"""Where a step process rebuilds the definitions from (the environment's declaration and settings)."""
+
+
 def execute(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, run_config: dict, run_tags: Mapping[str, str],
             run_id: str | None = None) -> RunSummary:
+    """Run a job here with the given run id: in this process by default, or with the executor the environment
+    names (``ERASURE_PIPELINE_EXECUTOR=multiprocess:2``: steps in forkserver processes, each shard step in its
+    shard's pool, so shard steps of different shards run at once)."""
     job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(run_config={**QUIET, **run_config}, instance=instance, tags=dict(run_tags),
-                                    run_id=run_id, raise_on_error=False)
-    return RunSummary.of(result)
+    if job.executor_def is dg.in_process_executor:
+        result = job.execute_in_process(run_config={**QUIET, **run_config}, instance=instance, tags=dict(run_tags),
+                                        run_id=run_id, raise_on_error=False)
+        return RunSummary.of(result)
+    module, attribute = CODE_LOCATION
+    recon = ReconstructableRepository.for_module(module, attribute, working_directory=os.getcwd()).get_reconstructable_job(job_name)
+    run = instance.create_run_for_job(job_def=job, run_id=run_id, run_config={**QUIET, **run_config}, tags=dict(run_tags),
+                                      job_code_origin=recon.get_python_origin())
+    return RunSummary.of(execute_run(recon, run, instance, raise_on_error=False))
 
 
 def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest,

@@ -31,10 +31,30 @@ downtime) runs as of now: retention is applied to the day it runs, not to the da
 RUN_KEY = "dagster/run_key"
 MAX_IDS_IN_TAG = 20
 
-# ---------------------------------------------------------------- the pool
+# ---------------------------------------------------------------- the pools
 POOL = "erasure_pipeline"
-"""The Dagster pool every step that writes a store runs in; its limit must be 1 (``defs/runtime.ensure_pool``)."""
+"""The prefix of the project's Dagster pools. Each writer of a store runs in one of them, every one of limit 1
+(``defs/runtime.ensure_pools``): writers of one shard never overlap, writers of different shards run at once."""
 POOL_LIMIT = 1
+LANDING_POOL = f"{POOL}/landing"
+"""The claim steps: they scrub landing files and write ingest staging, and build the lookup tables."""
+MERGE_POOL = f"{POOL}/merges"
+"""The merge steps (and the certificate step, which proves right after its merges)."""
+
+
+def shard_op(partition: str) -> str:
+    """A job's shard step is an op of its own per shard, named as its partition (``shard_03``), in its shard's pool."""
+    return partition
+
+
+def shard_pool(partition: str) -> str:
+    """The pool of one shard's writers: a job's shard step, or an asset step while it computes that partition."""
+    return f"{POOL}/{partition}"
+
+
+def pools(partitions) -> list[str]:
+    return [LANDING_POOL, MERGE_POOL, *(shard_pool(p) for p in partitions)]
+
 
 # ---------------------------------------------------------------- jobs, ops, sensors, schedules
 ERASURE_JOB = "erasure_job"
@@ -52,7 +72,6 @@ CLAIM_LANDING_OP = "claim_landing_files"
 CLAIM_REBUILD_OP = "claim_rebuild"
 REPORT_STALENESS_OP = "report_staleness"
 DELIVER_OP = "deliver_notices"
-SHARD_STEP_OP = "shard_step"
 MERGE_OP = "merge"
 MERGE_AND_CERTIFY_OP = "merge_and_certify"
 CLAIM_OP_OF_JOB = {ERASURE_JOB: CLAIM_REQUESTS_OP, CYCLE_JOB: CLAIM_LANDING_OP, INGEST_JOB: CLAIM_LANDING_OP,

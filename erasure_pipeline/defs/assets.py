@@ -3,8 +3,9 @@
 Each asset's body is the node's computation (``kinds.base.compute_node``), the same function the jobs
 run, so materialising a partition by hand in the UI and a job's shard step write the same thing. Shard
 nodes are partitioned by ``shard_00`` … and depend on the same partition of their parents; merges are
-unpartitioned and read every shard. Every asset writes a store, so every asset runs in the pool
-``names.POOL``.
+unpartitioned and read every shard. Every asset writes a store, so every asset step writes in one of the
+project's pools: a shard partition in its shard's, a merge in the merges', a lookup table in the claims'.
+One step may compute many partitions (a backfill is one run), taking each shard's pool in turn.
 
 ``erasure_certificates`` is an external asset: it shows in the lineage (below the graph's leaves), and only
 erasure runs report its materialisations (there is no "Materialize" button that could replace a certificate),
@@ -13,7 +14,10 @@ each with the batch's certificates as typed tables and links to their JSON and M
 """
 
 
+import contextlib
 import datetime as dt
+import hashlib
+import time
 
 import dagster as dg
 
@@ -30,29 +34,63 @@ def shard_partitions(graph: Graph) -> dg.StaticPartitionsDefinition:
 
 
 def _node_asset(node: Node, policy: Policy, graph: Graph, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(
+    # A multi-asset of one asset so that a step may compute several partitions and report each one's checks
+    # (``can_subset``: a check of a partition it did not compute is not expected): a backfill of every shard
+    # partition, launched from the UI or ``dagster asset backfill``, is one run (``BackfillPolicy.single_run``).
+    spec = dg.AssetSpec(
+        node.name, group_name=node.group, partitions_def=partitions if node.partitioned else None, deps=list(node.parents),
+        code_version=graph.code_version(policy, node.name), kinds=set(node.kinds), description=node.description,
+        owners=policy.owners)
+
+    @dg.multi_asset(
         name=node.name,
-        group_name=node.group,
-        partitions_def=partitions if node.partitioned else None,
-        deps=list(node.parents),
-        code_version=graph.code_version(policy, node.name),
+        specs=[spec],
         check_specs=[dg.AssetCheckSpec(c.name, asset=node.name, blocking=c.blocking, description=c.description) for c in node.checks],
-        kinds=set(node.kinds),
-        description=node.description,
-        owners=policy.owners,
-        pool=names.POOL,
+        can_subset=True,
+        backfill_policy=dg.BackfillPolicy.single_run() if node.partitioned else None,
+        # Shard partitions take their shard's pool one at a time inside the step (``runtime.pool_slot``);
+        # a merge runs in the merges' pool, a lookup table in the claims' (it is built from landing).
+        pool=None if node.partitioned else (names.LANDING_POOL if node in graph.prepare_nodes else names.MERGE_POOL),
     )
-    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        runtime.require_pool(context.instance)
-        partition = context.partition_key if node.partitioned else None
-        result = compute_node(NodeRun(pipeline.env(policy), node, partition, "ingest", context.run_id, log=context.log.info))
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(result.data_version),
-            metadata=events.to_metadata(result.metadata),
-            check_results=[events.check_result(c) for c in result.checks],
-        )
+    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+        runtime.require_pools(context.instance, graph.partitions)
+        env = pipeline.env(policy)
+        results = {}
+        for partition in context.partition_keys if node.partitioned else [None]:
+            slot = (runtime.pool_slot(context.instance, context.run_id, context.get_step_execution_context().step.key,
+                                      names.shard_pool(partition), context.log.info) if partition else contextlib.nullcontext())
+            with slot:
+                started = time.perf_counter()
+                result = compute_node(NodeRun(env, node, partition, "ingest", context.run_id, log=context.log.info))
+                results[partition] = events.timed(result, time.perf_counter() - started)
+        # Dagster materialises every partition of the step from this one result (with the input versions it
+        # records); a step of several partitions reports their versions combined and a table of each.
+        yield dg.MaterializeResult(asset_key=node.name, **_reported(results))
+        blocking = []
+        for partition, result in results.items():
+            for c in result.checks:
+                yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey(node.name), check_name=c.name, passed=c.passed, partition=partition,
+                                              metadata=dict(c.metadata), severity=dg.AssetCheckSeverity(c.severity), description=c.description)
+            blocking += [f"{node.name}{f'[{partition}]' if partition else ''} {c.name}" for c in result.checks if c.blocks]
+        if blocking:
+            raise runtime.blocked(blocking)
 
     return _asset
+
+
+def _reported(results: dict) -> dict:
+    """The data version and metadata of an asset step's result: one partition's own, or several combined."""
+    if len(results) == 1:
+        (result,) = results.values()
+        return {"data_version": dg.DataVersion(result.data_version), "metadata": events.to_metadata(result.metadata)}
+    combined = hashlib.sha256("".join(f"{p}={r.data_version};" for p, r in sorted(results.items())).encode()).hexdigest()
+    rows = [dg.TableRecord({"partition": p, "data_version": r.data_version[:16], "changed": r.changed,
+                            "compute_seconds": float(r.metadata.get("compute_seconds", 0.0) or 0.0)}) for p, r in sorted(results.items())]
+    return {"data_version": dg.DataVersion(combined), "metadata": {
+        "partitions": len(results),
+        "partition_versions": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
+            dg.TableColumn("partition", "string"), dg.TableColumn("data_version", "string"), dg.TableColumn("changed", "bool"),
+            dg.TableColumn("compute_seconds", "float")]))}}
 
 
 def on_time_check(late: list[dict]) -> dg.AssetCheckResult:

@@ -3,9 +3,12 @@
 Every job has the same three stages (``defs.steps``), so a run is exactly one claim, one step per
 touched shard and one merge, whatever triggered it::
 
-    claim ──▶ shard_step[shard_03] ─┐
-          ──▶ shard_step[shard_07] ─┼──▶ merge (and, in an erasure run, certify)
-          ──▶ ...                  ─┘
+    claim ──▶ shard_03 ─┐
+          ──▶ shard_07 ─┼──▶ merge (and, in an erasure run, certify)
+          ──▶ ...      ─┘
+
+Each shard is an op of its own in the shard's own pool (a shard the plan does not touch is skipped), so
+the multiprocess and k8s executors run shard steps of different shards at once and never two of one shard.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import dagster as dg
 from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.defs.steps import build_ops, deliver_op, staleness_op
+from erasure_pipeline.defs.steps import CLAIMED, build_ops, deliver_op, staleness_op
 
 DESCRIPTIONS = {
     names.ERASURE_JOB: "One erasure tick: the shards its requests touched, the merges once, then proof and certificates.",
@@ -26,12 +29,13 @@ DESCRIPTIONS = {
 }
 
 
-def _job(name: str, claim_op: dg.OpDefinition, shard_op: dg.OpDefinition, finish_op: dg.OpDefinition,
+def _job(name: str, claim_op: dg.OpDefinition, shard_ops: dict[str, dg.OpDefinition], finish_op: dg.OpDefinition,
          owners: list[str]) -> dg.JobDefinition:
     @dg.job(name=name, tags={names.KIND: names.JOB_KINDS[name]}, description=DESCRIPTIONS[name], owners=owners)
     def _graph():
-        works, plan = claim_op()
-        finish_op(plan, works.map(shard_op).collect())
+        claimed = claim_op()
+        # The merge's list starts with the claim's own output, so it runs when no shard step does.
+        finish_op(claimed.plan, [getattr(claimed, CLAIMED), *(op(getattr(claimed, p)) for p, op in shard_ops.items())])
 
     return _graph
 
@@ -39,10 +43,10 @@ def _job(name: str, claim_op: dg.OpDefinition, shard_op: dg.OpDefinition, finish
 def build_jobs(policy: Policy, graph: Graph) -> list[dg.JobDefinition]:
     ops = build_ops(policy, graph)
     return [
-        _job(names.ERASURE_JOB, ops.claim_requests, ops.shard_step, ops.merge_and_certify, policy.owners),
-        _job(names.CYCLE_JOB, ops.claim_landing_files, ops.shard_step, ops.merge, policy.owners),
-        _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_step, ops.merge, policy.owners),
-        _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_step, ops.merge, policy.owners),
+        _job(names.ERASURE_JOB, ops.claim_requests, ops.shard_steps, ops.merge_and_certify, policy.owners),
+        _job(names.CYCLE_JOB, ops.claim_landing_files, ops.shard_steps, ops.merge, policy.owners),
+        _job(names.INGEST_JOB, ops.claim_landing_files, ops.shard_steps, ops.merge, policy.owners),
+        _job(names.REBUILD_JOB, ops.claim_rebuild, ops.shard_steps, ops.merge, policy.owners),
         _staleness_job(policy, graph),
         _deliver_job(policy, graph),
     ]

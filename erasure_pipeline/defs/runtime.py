@@ -1,6 +1,7 @@
 """What running nodes inside Dagster needs, shared by the assets, the jobs and the CLI's runner.
 
-- the pool every step that writes a store runs in, whose limit the project's code sets and checks;
+- the pools the steps that write a store run in (landing, merges, one per shard), whose limits the project's
+  code sets and checks, and a slot of one taken by an asset step for each shard partition it computes;
 - which runs are alive (Dagster's run status, and for runs on this host, whether their process is);
 - the sweep that fails runs whose process died (kill -9, a crashed ``erasure-pipeline process``),
   frees their pool slots and hands their requests to the next tick.
@@ -8,9 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
@@ -35,36 +39,65 @@ def report_progress(message: str) -> None:
         _progress(message)
 
 
-# ---------------------------------------------------------------- the pool
-def pool_limit(instance: dg.DagsterInstance) -> int | None:
-    for pool in instance.event_log_storage.get_pool_limits():
-        if pool.name == names.POOL:
-            return pool.limit
-    return None
+# ---------------------------------------------------------------- the pools
+def pool_limits(instance: dg.DagsterInstance) -> dict[str, int | None]:
+    return {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
 
 
-def ensure_pool(instance: dg.DagsterInstance) -> bool:
-    """Set the pool's limit in the instance's storage if it is not ``POOL_LIMIT``; True if it had to.
+def ensure_pools(instance: dg.DagsterInstance, partitions=()) -> bool:
+    """Set each project pool's limit (``names.pools``: landing, merges and one per shard) in the instance's
+    storage where it is not ``POOL_LIMIT``; True if one had to be.
 
-    The limit lives in Dagster's database (the UI's Concurrency page shows it), set by this code,
-    so no instance file can leave merges and shard writes unserialised."""
-    if pool_limit(instance) == names.POOL_LIMIT:
-        return False
-    instance.event_log_storage.set_concurrency_slots(names.POOL, names.POOL_LIMIT)
-    return True
+    The limits live in Dagster's database (the UI's Concurrency page shows them), set by this code, so no
+    instance file can leave two writers of one shard unserialised: a pool with no limit has no slots to wait for.
+    Every claim step sets them for every shard before its shard steps start."""
+    limits = pool_limits(instance)
+    missing = [p for p in names.pools(partitions) if limits.get(p) != names.POOL_LIMIT]
+    for pool in missing:
+        instance.event_log_storage.set_concurrency_slots(pool, names.POOL_LIMIT)
+    return bool(missing)
 
 
-def require_pool(instance: dg.DagsterInstance) -> None:
-    """At the start of a writing step outside the project's jobs: fail loudly if the pool had no limit."""
-    if ensure_pool(instance):
+def require_pools(instance: dg.DagsterInstance, partitions) -> None:
+    """At the start of an asset step (outside the project's jobs): fail loudly if a pool had no limit."""
+    if ensure_pools(instance, partitions):
         raise dg.Failure(
-            f"The Dagster instance had no limit for pool '{names.POOL}', so this step was not serialised with other "
-            f"writers. The limit ({names.POOL_LIMIT}) is set now: re-execute the run. (Any erasure-pipeline command, or "
-            f"`dagster instance concurrency set {names.POOL} {names.POOL_LIMIT}`, sets it too.)"
+            f"The Dagster instance had no limit for the project's pools ({names.POOL}/...), so this step was not serialised "
+            f"with other writers. The limits ({names.POOL_LIMIT}) are set now: re-execute the run. (Any erasure-pipeline "
+            f"command sets them too.)"
         )
 
 
+@contextlib.contextmanager
+def pool_slot(instance: dg.DagsterInstance, run_id: str, step_key: str, pool: str,
+              log: Callable[[str], None] = lambda _m: None, poll: float = 0.25) -> Iterator[None]:
+    """Hold one slot of ``pool`` while the block runs: how an asset step that computes several shard
+    partitions (a single-run backfill) takes each shard's pool in turn, as a job's shard step does
+    through its op's ``pool``. The slot is claimed through Dagster's own concurrency storage (so the UI's
+    Concurrency page shows who holds and who waits) under ``step_key/pool``, and freed afterwards."""
+    key = f"{step_key}/{pool}"
+    storage = instance.event_log_storage
+    said = False
+    while not storage.claim_concurrency_slot(pool, run_id, key).is_claimed:
+        if not said:
+            log(f"waiting for pool {pool} (another run writes that shard)")
+            said = True
+        time.sleep(poll)
+    try:
+        yield
+    finally:
+        storage.free_concurrency_slot_for_step(run_id, key)
+
+
 # ---------------------------------------------------------------- who is alive
+def run_pid() -> int:
+    """The process a run lives as long as: this one with the in-process executor; under the multiprocess
+    executor a step runs in a child (forkserver or spawn) that ends with the step, so the run's process is
+    the one that asked for the child (``multiprocessing.parent_process``), the run's orchestrator."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -104,7 +137,7 @@ def sweep_interrupted(instance: dg.DagsterInstance, book: Ledger, log: Callable[
     them in progress), free their pool slots, and fail them in the ledger (their requests are retried)."""
     swept = []
     for record in book.runs.unfinished(HOST):
-        if record["pid"] == os.getpid() or pid_alive(record["pid"]):
+        if record["pid"] in (os.getpid(), run_pid()) or pid_alive(record["pid"]):
             continue  # still running (this process's own runs included)
         message = f"interrupted: the process that ran it (pid {record['pid']} on {HOST}) is gone"
         run = instance.get_run_by_id(record["run_id"])

@@ -3,7 +3,7 @@
 - The **claim** is the run's first act (``erasure.plan``): it takes its requests or landing files in the
   ledger (ticks only read, so a preview or a repeated tick changes nothing), sweeps runs whose process
   died, scrubs or stages landing, and plans which nodes each shard must run.
-- A **shard step** runs the shard's nodes in dependency order. A node runs when the plan forces it
+- A **shard step** (an op per shard, ``shard_03``, in that shard's pool) runs the shard's nodes in dependency order. A node runs when the plan forces it
   (the erased subject's provenance, new landing rows) or the ledger's record of it is stale
   (``Graph.stale_reason``: missing, made under other policy values, or built from inputs whose
   recorded versions have changed since); the rest of the shard is untouched. A node's record is
@@ -14,13 +14,19 @@
   every claim and issues the certificates in the same step, so no other writer can change a shard
   between the merge and the proof.
 
-Every step that writes a store (landing, staging, lake, vectors) runs in the pool ``names.POOL``
-(limit 1, set by the claim step): runs never write stores concurrently, whichever executor, daemon or
-CLI runs them. The ledger's own writes are transactions of their own (``ledger.db``) and need no pool.
+Every step that writes a store runs in one of the project's pools, each of limit 1 (set by the claim step):
+claims in ``erasure_pipeline/landing``, each shard step in its shard's ``erasure_pipeline/shard_NN``, merges
+in ``erasure_pipeline/merges``. Shard steps of different shards run at once (multiprocess, k8s executors), two
+writers of one shard never do, whichever run, executor, daemon or CLI they belong to, and a merge starts
+when its run's shard steps are done. The ledger's own writes are transactions of their own (``ledger.db``).
+
+A merge-and-certify step proves what it merged; a shard step of *another* run may rewrite a shard between
+the merge and the proof. The step checks first that every merge was built from the shard partitions stored
+now and re-runs the merges that another run made stale until it was (``_consistent``), then proves each
+request against that state (see docs/SCALING.md).
 """
 
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +44,8 @@ from erasure_pipeline.erasure.certificate import to_markdown
 from erasure_pipeline.erasure.certify import certify_batch, run_outcome
 from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan, ShardWork, as_of_time, claim_erasure, claim_landing, outcome_of
 from erasure_pipeline.erasure.recipients import deliver
-from erasure_pipeline.kinds.base import Env, NodeRun, compute_node
+from erasure_pipeline.erasure.verify import merge_input_claims
+from erasure_pipeline.kinds.base import Env, NodeRun, StaleInputs, compute_node
 from erasure_pipeline.kinds.staleness import stale_partitions
 from erasure_pipeline.ledger import utcnow
 from erasure_pipeline.stores.landing import drop_staging
@@ -74,28 +81,40 @@ class Ops:
     claim_requests: dg.OpDefinition
     claim_landing_files: dg.OpDefinition
     claim_rebuild: dg.OpDefinition
-    shard_step: dg.OpDefinition
+    shard_steps: dict[str, dg.OpDefinition]
+    """Partition -> its shard step."""
     merge: dg.OpDefinition
     merge_and_certify: dg.OpDefinition
 
 
-PLAN_OUTS = {"shards": dg.DynamicOut(ShardWork), "plan": dg.Out(RunPlan)}
+CLAIMED = "claimed"
+"""A claim step's output that is always there: the merge's list of shard results holds it, so the merge runs
+(and certifies a no-data request) when no shard step does."""
+CONSISTENT_ROUNDS, CONSISTENT_WAIT = 5, 1.0
+MERGE_WAIT = 300.0
+"""How many times a certificate step re-merges after another run changed a shard under it, and the pause between."""
+
+
+def _plan_outs(graph: Graph) -> dict[str, dg.Out]:
+    return {"plan": dg.Out(RunPlan), CLAIMED: dg.Out(tuple),
+            **{p: dg.Out(ShardWork, is_required=False, description=f"{p}'s work, when the run touches it") for p in graph.partitions}}
 
 
 def _start(context, pipeline: PipelineResource, policy: Policy) -> tuple[Env, dict]:
-    """Every claim step begins here: set the pool's limit, sweep runs whose process died."""
+    """Every claim step begins here: set the pools' limits, sweep runs whose process died."""
     env = pipeline.env(policy)
-    runtime.ensure_pool(context.instance)
+    runtime.ensure_pools(context.instance, env.graph.partitions)
     runtime.sweep_interrupted(context.instance, env.ledger, context.log.warning)
-    return env, {"is_live": runtime.run_is_live(context.instance, env.ledger), "host": runtime.HOST, "pid": os.getpid()}
+    return env, {"is_live": runtime.run_is_live(context.instance, env.ledger), "host": runtime.HOST, "pid": runtime.run_pid()}
 
 
-def _emit(context, plan: RunPlan) -> Iterator[dg.Output | dg.DynamicOutput]:
+def _emit(context, plan: RunPlan) -> Iterator[dg.Output]:
     if not plan.claimed:
         context.log.info(f"batch {plan.batch_id} is held by run {plan.holder} or already finished: nothing to do")
         context.instance.add_run_tags(context.run_id, {names.OUTCOME: "skipped: batch held elsewhere"})
     for work in plan.works if plan.claimed else ():
-        yield dg.DynamicOutput(work, mapping_key=work.partition, output_name="shards")
+        yield dg.Output(work, output_name=work.partition)
+    yield dg.Output((), output_name=CLAIMED)
     yield dg.Output(plan, output_name="plan", metadata={
         "batch": plan.batch_id, "claimed": plan.claimed, "shards": len(plan.works),
         "landing_files_scrubbed": plan.landing_scrubbed, "requests": len(plan.request_ids),
@@ -119,8 +138,10 @@ def _prepared(context, env: Env, plan: RunPlan):
                             f"{', '.join(plan.unmatched[:5])}")
 
 
-def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpDefinition]:
-    @dg.op(name=names.CLAIM_REQUESTS_OP, out=PLAN_OUTS, pool=names.POOL,
+def _claim_ops(policy: Policy, graph: Graph) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpDefinition]:
+    outs = _plan_outs(graph)
+
+    @dg.op(name=names.CLAIM_REQUESTS_OP, out=outs, pool=names.LANDING_POOL,
            description="Claims the batch's requests in the ledger, scrubs their landing copies, plans which nodes each shard must run.")
     def claim_requests(context: dg.OpExecutionContext, config: ErasureRunConfig, pipeline: PipelineResource):
         env, who = _start(context, pipeline, policy)
@@ -129,7 +150,7 @@ def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpD
             context.log.info(f"resumed {len(plan.resumed)} requests from runs that ended without finishing them")
         yield from _emit(context, plan)
 
-    @dg.op(name=names.CLAIM_LANDING_OP, out=PLAN_OUTS, pool=names.POOL,
+    @dg.op(name=names.CLAIM_LANDING_OP, out=outs, pool=names.LANDING_POOL,
            description="Takes the run's landing files in the ledger, stages them in one pass, plans which nodes each shard must run.")
     def claim_landing_files(context: dg.OpExecutionContext, config: IngestRunConfig, pipeline: PipelineResource):
         env, who = _start(context, pipeline, policy)
@@ -137,7 +158,7 @@ def _claim_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition, dg.OpD
         yield from _prepared(context, env, plan)
         yield from _emit(context, plan)
 
-    @dg.op(name=names.CLAIM_REBUILD_OP, out=PLAN_OUTS, pool=names.POOL,
+    @dg.op(name=names.CLAIM_REBUILD_OP, out=outs, pool=names.LANDING_POOL,
            description="Takes every landing file and plans the stale partitions a policy change left (all of them when the "
                        "run config names none: launch rebuild_job from the UI as it is).")
     def claim_rebuild(context: dg.OpExecutionContext, config: RebuildRunConfig, pipeline: PipelineResource):
@@ -166,9 +187,10 @@ def _run_node(context, env: Env, node, partition: str | None, mode: str, work: S
                                                       for c in result.checks if c.blocks]
 
 
-def _shard_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
-    @dg.op(name=names.SHARD_STEP_OP, pool=names.POOL,
-           description="Runs one shard's nodes that the plan forces or whose inputs changed, in dependency order.")
+def _shard_op(policy: Policy, graph: Graph, partition: str) -> dg.OpDefinition:
+    @dg.op(name=names.shard_op(partition), pool=names.shard_pool(partition),
+           description=f"Runs {partition}'s nodes that the plan forces or whose inputs changed, in dependency order "
+                       f"(in pool {names.shard_pool(partition)}: never beside another writer of {partition}).")
     def shard_step(context: dg.OpExecutionContext, work: ShardWork, pipeline: PipelineResource):
         env = pipeline.env(policy)
         outcomes: list[NodeOutcome] = []
@@ -188,6 +210,25 @@ def _shard_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
     return shard_step
 
 
+def _merge_node(context, env: Env, node, mode: str):
+    """One merge. Its shard inputs must be current (``StaleInputs`` otherwise); while another run is still
+    writing shards (its shard steps run beside this step, in their shards' pools), the merge waits for them
+    rather than failing: up to ``MERGE_WAIT`` seconds, re-checking every second."""
+    waited = 0.0
+    while True:
+        try:
+            return (yield from _run_node(context, env, node, None, mode))
+        except StaleInputs as exc:
+            live = runtime.run_is_live(context.instance, env.ledger)
+            others = sorted(r["run_id"][:8] for r in env.ledger.runs.unfinished() if r["run_id"] != context.run_id and live(r["run_id"], r))
+            if not others or waited >= MERGE_WAIT:
+                raise
+            if not waited:
+                context.log.info(f"{node.name} waits for run(s) {', '.join(others)} to finish writing its inputs ({exc})")
+            time.sleep(1.0)
+            waited += 1.0
+
+
 def _merges(context, env: Env, plan: RunPlan):
     """Each stale (or forced) merge, once, in graph order; returns their outcomes. A merge whose blocking check
     fails (a model below its quality floor) holds back only itself and the merges built from it: the others
@@ -200,13 +241,31 @@ def _merges(context, env: Env, plan: RunPlan):
         records = env.ledger.nodes.records(assets=[node.name, *node.parents])
         if node.name not in plan.forced_merges and env.graph.stale_reason(env.policy, node.name, None, records) is None:
             continue
-        outcome, blocking = yield from _run_node(context, env, node, None, "erasure" if plan.kind == "erasure" else "ingest")
+        outcome, blocking = yield from _merge_node(context, env, node, "erasure" if plan.kind == "erasure" else "ingest")
         outcomes.append(outcome)
         if blocking:
             blocked += blocking
             held.add(node.name)
     if blocked:
         raise runtime.blocked(blocked)
+    return outcomes
+
+
+def _consistent(context, env: Env, plan: RunPlan):
+    """Before proving: every merge was built from the shard partitions stored now. A shard step of another run
+    (in that shard's pool, not this step's) may have rewritten one after this run's merges read it: re-run the
+    merges the ledger now records as stale (this step holds the merge pool, so no other merge runs meanwhile)
+    and look again. A shard still being written is waited for a few rounds; after that the proof fails the
+    requests it cannot prove and the next tick retries them. Returns the outcomes of the merges re-run."""
+    outcomes: list[NodeOutcome] = []
+    for round_ in range(CONSISTENT_ROUNDS):
+        changed = [f.target for f in merge_input_claims(env) if not f.ok]
+        if not changed:
+            return outcomes
+        context.log.info(f"another run changed inputs of {', '.join(changed)} since they were merged: merging again")
+        if round_:
+            time.sleep(CONSISTENT_WAIT)
+        outcomes += yield from _merges(context, env, plan)
     return outcomes
 
 
@@ -238,7 +297,7 @@ def _certified(context, env: Env, plan: RunPlan, outcomes: list[NodeOutcome]):
 
 
 def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
-    @dg.op(name=names.MERGE_OP, pool=names.POOL, out={},
+    @dg.op(name=names.MERGE_OP, pool=names.MERGE_POOL, out={},
            description="Recomputes each merge whose inputs changed, once; marks the landing batch done.")
     def merge(context: dg.OpExecutionContext, plan: RunPlan, shards: list, pipeline: PipelineResource):
         if not plan.claimed:
@@ -250,7 +309,7 @@ def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
         env.ledger.runs.finish_job_run(context.run_id, "success")
         runtime.report_progress(f"merges done; landing batch {plan.batch_id} finished")
 
-    @dg.op(name=names.MERGE_AND_CERTIFY_OP, pool=names.POOL, out={},
+    @dg.op(name=names.MERGE_AND_CERTIFY_OP, pool=names.MERGE_POOL, out={},
            description=("Recomputes each merge whose inputs changed, once, then verifies every claim of every request of the "
                         "batch and issues their certificates (in one step: nothing else writes between the merge and the proof)."))
     def merge_and_certify(context: dg.OpExecutionContext, plan: RunPlan, shards: list, pipeline: PipelineResource):
@@ -258,6 +317,7 @@ def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
             return
         env = pipeline.env(policy)
         merged = yield from _merges(context, env, plan)
+        merged += yield from _consistent(context, env, plan)
         yield from _certified(context, env, plan, [o for group in shards for o in group] + merged)
         env.ledger.runs.finish_job_run(context.run_id, "success")
 
@@ -304,4 +364,4 @@ def deliver_op(policy: Policy, graph: Graph) -> dg.OpDefinition:
 
 
 def build_ops(policy: Policy, graph: Graph) -> Ops:
-    return Ops(*_claim_ops(policy), _shard_op(policy, graph), *_merge_ops(policy))
+    return Ops(*_claim_ops(policy, graph), {p: _shard_op(policy, graph, p) for p in graph.partitions}, *_merge_ops(policy))

@@ -1,0 +1,170 @@
+"""Parallel shards on Dagster's multiprocess executor: steps of different shards overlap, two writers of one
+shard never do (read back from Dagster's run storage), two runs at once stay exact, a killed run recovers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from erasure_pipeline.core import identity, names
+from erasure_pipeline_tests import stores
+from erasure_pipeline_tests.conftest import SMALL_POLICY, instance, project_env
+from erasure_pipeline_tests.erasure_helpers import key, landing_frames, pick_subjects
+from erasure_pipeline_tests.stores import default_ledger
+
+SHARDS = 16
+POLICY = SMALL_POLICY.replace("shards: 4", f"shards: {SHARDS}")
+PARTITIONS = [identity.partition_key(s) for s in range(SHARDS)]
+MERGE_STEPS = {names.MERGE_OP, names.MERGE_AND_CERTIFY_OP}
+
+
+def _cli(*args: str, executor: str = "multiprocess:2", wait: bool = True):
+    env = {**os.environ, "ERASURE_PIPELINE_EXECUTOR": executor}
+    cmd = [sys.executable, "-m", "erasure_pipeline.app.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def spans(inst: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[str, str, float, float]]:
+    """(run, step, start, end) of every step that ran, from Dagster's run storage."""
+    out = []
+    for run_id in run_ids:
+        starts, ends = {}, {}
+        for e in inst.all_logs(run_id):
+            if not e.dagster_event:
+                continue
+            if e.dagster_event.event_type_value == "STEP_START":
+                starts[e.step_key] = e.timestamp
+            elif e.dagster_event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+                ends[e.step_key] = e.timestamp
+        out += [(run_id, step, t, ends[step]) for step, t in starts.items() if step in ends]
+    return out
+
+
+def started_shard_step(inst: dg.DagsterInstance, job: str, earlier: set[str], timeout: float = 180) -> None:
+    """Wait until a new run of ``job`` has started one of its shard steps."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for run in inst.get_runs(dg.RunsFilter(job_name=job)):
+            if run.run_id not in earlier and any(e.dagster_event and e.dagster_event.event_type_value == "STEP_START"
+                                                 and e.step_key in PARTITIONS for e in inst.all_logs(run.run_id)):
+                return
+        time.sleep(0.2)
+    pytest.fail(f"no new {job} run reached a shard step")
+
+
+def overlapping(a, b) -> bool:
+    return a[2] < b[3] and b[2] < a[3]
+
+
+def writers_of_one_shard_overlap(found) -> list:
+    """Pairs of steps that write the same shard (or both the merges) and ran at the same time."""
+    def pool(step: str) -> str:
+        return names.MERGE_POOL if step in MERGE_STEPS else names.shard_pool(step) if step in PARTITIONS else names.LANDING_POOL
+    return [(a, b) for a, b in combinations(found, 2) if pool(a[1]) == pool(b[1]) and overlapping(a, b)]
+
+
+@pytest.fixture(scope="module")
+def sixteen_shards(tmp_path_factory) -> Path:
+    """A demo of 16 shards built by ``erasure-pipeline demo`` with ``ERASURE_PIPELINE_EXECUTOR=multiprocess:2``."""
+    home = tmp_path_factory.mktemp("scale") / "home"
+    with project_env(home, POLICY):
+        out = _cli("demo", "--subjects", "1200")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return home
+
+
+@pytest.fixture
+def home16(sixteen_shards: Path, tmp_path: Path):
+    home = tmp_path / "home"
+    shutil.copytree(sixteen_shards, home)
+    with project_env(home, POLICY):
+        yield home
+
+
+def test_a_full_build_under_multiprocess_runs_shard_steps_of_different_shards_at_once(home16):
+    inst = instance()
+    (run,) = inst.get_runs(dg.RunsFilter(job_name=names.INGEST_JOB))
+    assert run.is_success
+    found = spans(inst, [run.run_id])
+    shard_steps = [s for s in found if s[1] in PARTITIONS]
+    assert {s[1] for s in shard_steps} == set(PARTITIONS)
+    assert any(overlapping(a, b) for a, b in combinations(shard_steps, 2)), "no two shard steps ran at once"
+    assert writers_of_one_shard_overlap(found) == []
+    (merge,) = [s for s in found if s[1] == names.MERGE_OP]
+    assert merge[2] >= max(s[3] for s in shard_steps)  # the merge waited for every shard
+    starts = [e for e in inst.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_WORKER_STARTED"]
+    assert len(starts) == SHARDS + 2  # each step in its own worker process
+    limits = {p.name: p.limit for p in inst.event_log_storage.get_pool_limits()}
+    assert all(limits[p] == 1 for p in names.pools(PARTITIONS))
+
+
+def _new_events(subject_ids: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"event_id": [f"scale-{i}" for i in range(len(subject_ids))], "subject_id": subject_ids,
+                         "ts": ["2026-11-01T12:00:00Z"] * len(subject_ids), "event_type": ["email_open"] * len(subject_ids),
+                         "campaign_id": ["c-scale"] * len(subject_ids)})
+
+
+def test_an_erasure_and_a_cycle_at_once_never_write_one_shard_together_and_stay_exact(home16):
+    (victim, victim_shard), = pick_subjects(SHARDS, with_tickets=1)
+    # Every shard gets new rows (of subjects we keep), so the cycle and the erasure both write the victim's shard.
+    subjects, _tickets = landing_frames(SHARDS)
+    keep = list(subjects[subjects["subject_id"] != victim].groupby("shard").head(3)["subject_id"])
+    stores.landing().write_bytes("events/2026-11-02.csv", _new_events(keep).to_csv(index=False).encode())
+    before = {p: len(stores.table(stores.lake(), "raw_events", p)) for p in PARTITIONS}
+    victim_rows = int((stores.table(stores.lake(), "raw_events", identity.partition_key(victim_shard))["subject_key"] == key(victim)).sum())
+    filed = _cli("erase", victim, executor="in_process")
+    assert filed.returncode == 0, filed.stderr
+    rid = filed.stdout.strip()
+    earlier = {r.run_id for r in instance().get_runs()}
+    cycle = _cli("cycle", "--as-of", "2026-11-02", wait=False)
+    started_shard_step(instance(), names.CYCLE_JOB, earlier)  # the erasure starts while the cycle writes shards
+    process = _cli("process", wait=False)
+    outs = [p.communicate(timeout=600)[0] for p in (cycle, process)]
+    assert [p.returncode for p in (cycle, process)] == [0, 0], outs[1][-3000:]
+    inst = instance()
+    runs = [r for r in inst.get_runs() if r.run_id not in earlier]
+    assert {r.job_name for r in runs} == {names.CYCLE_JOB, names.ERASURE_JOB} and all(r.is_success for r in runs), outs
+    found = spans(inst, [r.run_id for r in runs])
+    assert writers_of_one_shard_overlap(found) == []
+    first, second = ([s for s in found if s[0] == r.run_id] for r in runs)
+    assert any(overlapping(a, b) for a in first for b in second), "the two runs did not run at the same time"
+    victim_partition = identity.partition_key(victim_shard)
+    assert {r for r, step, *_ in found if step == victim_partition} == {r.run_id for r in runs}  # both wrote its shard
+    # exact: every new row in, the victim's rows out, nothing else touched
+    after = {p: len(stores.table(stores.lake(), "raw_events", p)) for p in PARTITIONS}
+    added = _new_events(keep).assign(shard=[identity.partition_key(identity.shard_of(key(s), SHARDS)) for s in keep])["shard"].value_counts()
+    expected = {p: before[p] + int(added.get(p, 0)) - (victim_rows if p == identity.partition_key(victim_shard) else 0) for p in PARTITIONS}
+    assert after == expected
+    assert default_ledger().requests.get(rid)["status"] == "completed"
+    verified = _cli("verify", rid, executor="in_process")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_multiprocess_run_killed_mid_shard_is_recovered_by_the_next_process(home16):
+    (victim, _shard), = pick_subjects(SHARDS, with_tickets=1)
+    rid = _cli("erase", victim, executor="in_process").stdout.strip()
+    earlier = {r.run_id for r in instance().get_runs()}
+    proc = _cli("process", wait=False)
+    started_shard_step(instance(), names.ERASURE_JOB, earlier)  # then kill -9 the command and its step processes
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = _cli("process")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert default_ledger().requests.get(rid)["status"] == "completed"
+    inst = instance()
+    assert [r.run_id for r in inst.get_runs() if not r.is_finished] == []
+    assert not any(inst.event_log_storage.get_concurrency_info(p).claimed_slots for p in names.pools(PARTITIONS))
+    verified = _cli("verify", rid, executor="in_process")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
