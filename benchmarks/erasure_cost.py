@@ -8,6 +8,9 @@
    proves and certifies) from request to certificate;
 3. files ``--batch`` requests at once (spread over shards as they fall) and times the drain: one tick,
    one run, each merge once.
+Beside each operation it prints its floor (``benchmarks/floor.py``: the reads, writes and fits no implementation
+can skip, timed in the same process on the same data) and the ratio to it. ``--executor multiprocess:2`` runs
+the pipeline's jobs on Dagster's multiprocess executor (shard steps of different shards at once).
 Then breaks each operation down by step and by node, from the runs' event logs. Uses the repository's
 the demo's declaration, erasure_pipeline/app/demo_policy.yaml (S = 16, logistic regression), unless --shards says otherwise.
 """
@@ -15,12 +18,14 @@ the demo's declaration, erasure_pipeline/app/demo_policy.yaml (S = 16, logistic 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
+from benchmarks.floor import erasure_floor, rebuild_floor
 from erasure_pipeline.app.demo import DEMO_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +48,8 @@ def breakdown(instance, run_ids: list[str]) -> tuple[dict[str, float], dict[str,
             if ev.event_type == dg.DagsterEventType.STEP_START:
                 starts[ev.step_key] = e.timestamp
             elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) and ev.step_key in starts:
-                steps[ev.step_key.split("[")[0]] += e.timestamp - starts[ev.step_key]
+                # one op per shard (shard_00 ...): summed as the shard steps
+                steps["shard steps" if ev.step_key.startswith("shard_") else ev.step_key] += e.timestamp - starts[ev.step_key]
             elif ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 name = ev.asset_key.to_user_string()
                 seconds = ev.event_specific_data.materialization.metadata.get("compute_seconds")
@@ -63,14 +69,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subjects-per-file", type=int, default=10_000,
                     help="landing exports of this many subjects per file and table (0: one file per table)")
     ap.add_argument("--keep", default=None, help="keep the project home here (default: a temporary directory)")
+    ap.add_argument("--executor", default="in_process", help="in_process, or multiprocess:N (ERASURE_PIPELINE_EXECUTOR)")
     args = ap.parse_args(argv)
 
     policy_text = DEMO_POLICY.read_text().replace("shards: 16 ", f"shards: {args.shards} ")
     with project_home(policy_text, args.keep):
+        os.environ["ERASURE_PIPELINE_EXECUTOR"] = args.executor
         from erasure_pipeline.app import demo
         from erasure_pipeline.app.cli.common import quiet_dagster as _quiet_dagster
         from erasure_pipeline.app.process import drain
-        from erasure_pipeline.app.runner import get_instance, materialize_all
+        from erasure_pipeline.app.runner import env_of, get_instance, materialize_all
         from erasure_pipeline.core.policy import load_policy
         from erasure_pipeline.defs.pipeline import build_definitions
         from erasure_pipeline.erasure.intake import erase, erase_many
@@ -89,11 +97,17 @@ def main(argv: list[str] | None = None) -> None:
             built = materialize_all(defs, instance, progress=lambda m: print("  " + m, flush=True))
         assert built.success, "the full build failed"
         print(f"full build: {full.seconds:.1f} s", flush=True)
+        env = env_of(defs)
+        floors = {"full rebuild": rebuild_floor(env)}
+        print(f"rebuild floor: {floors['full rebuild'].total:.1f} s", flush=True)
 
         subjects = tables["subjects"]["subject_id"].tolist()
         rng = random.Random(args.seed)
         one = rng.choice(subjects)
+        batch = rng.sample([s for s in subjects if s != one], args.batch)
         del tables
+        floors["1 subject"] = erasure_floor(env, [env.keyer.key(one)])
+        floors[f"{args.batch} subjects"] = erasure_floor(env, env.keyer.keys(batch))
         t0 = time.perf_counter()
         rid, _ = erase(one, reason="benchmark")
         res1 = drain(defs, instance)
@@ -101,7 +115,6 @@ def main(argv: list[str] | None = None) -> None:
         assert ledger().requests.get(rid)["status"] == "completed" and not res1.failed_runs
         print(f"one subject: {one_s:.1f} s in {len(res1.runs)} run(s)", flush=True)
 
-        batch = rng.sample([s for s in subjects if s != one], args.batch)
         t0 = time.perf_counter()
         rids = [r for r, _ in erase_many(batch, reason="benchmark")]
         resn = drain(defs, instance)
@@ -115,19 +128,23 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Machine: {machine()}")
     print(f"Data: {sizes['subjects']:,} subjects, {sizes['events']:,} events, {sizes['tickets']:,} tickets; "
-          f"S = {policy.shards}, {policy.lake.buckets} buckets per shard; estimator {policy.model.estimator}; in-process executor; "
+          f"S = {policy.shards}, {policy.lake.buckets} buckets per shard; estimator {', '.join(m.estimator for m in policy.models.values())}; executor {args.executor}; "
           f"embedded back-ends (Qdrant Edge); landing: {len(files)} files "
           f"({args.subjects_per_file or 'all'} subjects per file and table)")
     print()
+    walls = {"full rebuild": full.seconds, "1 subject": one_s, f"{args.batch} subjects": batch_s}
     print(table(
-        ["operation", "runs", "merge materialisations", "wall time (s)", "ratio to full rebuild"],
-        [
-            ["full rebuild of every asset (all partitions + merges)", 1, parts["full rebuild"][2], full.seconds, 1.0],
-            ["erase 1 subject (request -> certificate)", len(res1.runs), parts["1 subject"][2], one_s, one_s / full.seconds],
-            [f"erase {args.batch} subjects in one tick (request -> certificates)", len(resn.runs), parts[f"{args.batch} subjects"][2],
-             batch_s, batch_s / full.seconds],
-        ],
+        ["operation", "runs", "merge materialisations", "wall time (s)", "floor (s)", "ratio to floor", "ratio to full rebuild"],
+        [[label, runs, merges, walls[k], floors[k].total, walls[k] / floors[k].total, walls[k] / full.seconds]
+               for k, label, runs, merges in [
+                   ("full rebuild", "full rebuild of every asset (all partitions + merges)", 1, parts["full rebuild"][2]),
+                   ("1 subject", "erase 1 subject (request -> certificate)", len(res1.runs), parts["1 subject"][2]),
+                   (f"{args.batch} subjects", f"erase {args.batch} subjects in one tick (request -> certificates)", len(resn.runs),
+                    parts[f"{args.batch} subjects"][2])]],
     ))
+    print()
+    print(table(["floor (s)", "read + write once", "fits (one per shard estimator)", "merges", "total"],
+                [[k, f.read_write, f.fits, f.merges, f.total] for k, f in floors.items()]))
     print(f"\npeak RSS of the benchmark process: {peak_rss_mib():,.0f} MiB\n")
     step_names = sorted({s for _, (steps, _, _) in parts.items() for s in steps})
     print(table(["step (seconds, summed over shards)", *parts], [[s, *(parts[p][0].get(s, 0.0) for p in parts)] for s in step_names]))
