@@ -16,8 +16,11 @@ example: install
 	$(EXAMPLE_ENV) $(PY) examples/$(NAME)/generate.py
 	$(EXAMPLE_ENV) erasure-pipeline materialize
 
+# The whole suite, then its exactness and concurrency tests (marker `executor`) again on Dagster's
+# multiprocess executor: shard steps of different shards at once, in their shards' pools.
 test:
 	$(PY) -m pytest -q
+	ERASURE_PIPELINE_TEST_EXECUTOR=multiprocess:2 $(PY) -m pytest -q -m executor
 
 # Load and validate the definitions as Dagster does, without starting anything.
 check:

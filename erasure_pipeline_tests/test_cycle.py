@@ -7,6 +7,7 @@ import datetime as dt
 
 import dagster as dg
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from erasure_pipeline.app.cli import main
@@ -45,6 +46,7 @@ def _raw_keys(asset: str, shard: int) -> set[str]:
     return set(stores.table(stores.lake(), asset, identity.partition_key(shard))["subject_key"])
 
 
+@pytest.mark.executor
 def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
     inst = instance()
     defs, policy = defs_and_policy()
@@ -71,6 +73,7 @@ def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
     assert run.job_name == "cycle_job" and run.tags["dagster/run_key"] == batch["batch_id"]
 
 
+@pytest.mark.executor
 def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)

@@ -62,6 +62,7 @@ def test_sensor_asks_for_one_run_per_tick_naming_request_ids_only(demo_home):
     assert [r.run_key for r in second.run_requests] == [request.run_key]
 
 
+@pytest.mark.executor
 def test_acceptance_five_requests_one_run_exact_partitions_certificates_and_no_identifier_left(demo_home):
     inst = instance()
     _defs, policy = defs_and_policy()
@@ -121,6 +122,7 @@ def test_acceptance_five_requests_one_run_exact_partitions_certificates_and_no_i
     assert qdrant and not any(key(i).encode() in p.read_bytes() for p in qdrant for i in ids)
 
 
+@pytest.mark.executor
 def test_two_shards_in_one_tick_merge_once_from_both_post_erasure_partials(demo_home):
     inst = instance()
     defs, policy = defs_and_policy()
@@ -195,6 +197,7 @@ def test_failed_run_leaves_requests_failed_retries_once_then_waits_for_the_opera
     assert not [r for r in instance().get_runs() if not r.is_finished]
 
 
+@pytest.mark.executor
 def test_verify_fails_when_data_comes_back(demo_home):
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
@@ -264,6 +267,7 @@ def test_drain_and_the_jobs_use_the_ledger_resource_they_are_given(demo_home, tm
     assert default_ledger().requests.list() == []  # nothing went to the environment's ledger
 
 
+@pytest.mark.executor
 def test_an_erasure_rewrites_only_the_lake_files_that_hold_the_subject(demo_home):
     """From the lake's listing before and after: raw data changes in the subject's bucket files only (and
     their manifests); everything else that changed is derived per shard or merged."""

@@ -81,6 +81,7 @@ SIX_SHARD_POLICY = SMALL_POLICY.replace("shards: 4", "shards: 8")
 
 
 @pytest.mark.slow
+@pytest.mark.executor
 def test_two_drains_at_once_run_each_batch_exactly_once_and_both_exit_0(tmp_path):
     with project_env(tmp_path / "home", SIX_SHARD_POLICY) as home:
         build_demo(home, n_subjects=300)
@@ -204,6 +205,7 @@ def test_bulk_intake_from_a_file_files_every_line_in_few_transactions(empty_home
     assert again.exit_code == 0 and "0 requests filed, 1200 already had a live request" in again.output
 
 
+@pytest.mark.executor
 def test_a_command_whose_tick_raced_another_stands_aside_without_creating_a_run(demo_home):
     """Both commands ticked before either claimed: the one that claims second sees a live holder and skips."""
     import dagster as dg

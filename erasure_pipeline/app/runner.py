@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import multiprocessing.forkserver
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -126,6 +127,23 @@ def env_of(defs: dg.Definitions, policy: Policy | None = None) -> Env:
     return resolve(defs.resources["pipeline"]).env(policy or load_policy())
 
 
+_FORKSERVER_ENV: dict[str, str] | None = None
+
+
+def _forkserver_for_this_environment() -> None:
+    """Step processes are forked by a forkserver, which keeps the environment it started with: a process that
+    points the project at another home between runs (tests, benchmarks) would have its steps write the old
+    one. Stop the forkserver when the project's environment changed since it started; the executor starts a
+    new one. (``ForkServer._stop`` is private but has been in CPython since 3.8; without it, nothing is done.)"""
+    global _FORKSERVER_ENV
+    env = {k: v for k, v in os.environ.items() if k.startswith(("ERASURE_PIPELINE_", "DAGSTER_", "AWS_"))}
+    if _FORKSERVER_ENV is not None and env != _FORKSERVER_ENV:
+        server = getattr(multiprocessing.forkserver, "_forkserver", None)
+        if server is not None and hasattr(server, "_stop"):
+            server._stop()
+    _FORKSERVER_ENV = env
+
+
 CODE_LOCATION = ("erasure_pipeline.defs.pipeline", "pipeline")
 """Where a step process rebuilds the definitions from (the environment's declaration and settings)."""
 
@@ -140,6 +158,7 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, r
         result = job.execute_in_process(run_config={**QUIET, **run_config}, instance=instance, tags=dict(run_tags),
                                         run_id=run_id, raise_on_error=False)
         return RunSummary.of(result)
+    _forkserver_for_this_environment()
     module, attribute = CODE_LOCATION
     recon = ReconstructableRepository.for_module(module, attribute, working_directory=os.getcwd()).get_reconstructable_job(job_name)
     run = instance.create_run_for_job(job_def=job, run_id=run_id, run_config={**QUIET, **run_config}, tags=dict(run_tags),
