@@ -73,7 +73,6 @@ def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
     assert run.job_name == "cycle_job" and run.tags["dagster/run_key"] == batch["batch_id"]
 
 
-@pytest.mark.executor
 def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)

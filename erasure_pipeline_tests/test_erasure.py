@@ -197,7 +197,6 @@ def test_failed_run_leaves_requests_failed_retries_once_then_waits_for_the_opera
     assert not [r for r in instance().get_runs() if not r.is_finished]
 
 
-@pytest.mark.executor
 def test_verify_fails_when_data_comes_back(demo_home):
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
@@ -267,7 +266,6 @@ def test_drain_and_the_jobs_use_the_ledger_resource_they_are_given(demo_home, tm
     assert default_ledger().requests.list() == []  # nothing went to the environment's ledger
 
 
-@pytest.mark.executor
 def test_an_erasure_rewrites_only_the_lake_files_that_hold_the_subject(demo_home):
     """From the lake's listing before and after: raw data changes in the subject's bucket files only (and
     their manifests); everything else that changed is derived per shard or merged."""

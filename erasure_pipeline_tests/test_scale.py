@@ -168,3 +168,45 @@ def test_a_multiprocess_run_killed_mid_shard_is_recovered_by_the_next_process(ho
     assert not any(inst.event_log_storage.get_concurrency_info(p).claimed_slots for p in names.pools(PARTITIONS))
     verified = _cli("verify", rid, executor="in_process")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_shard_another_run_rewrites_between_the_merge_and_the_proof_is_merged_again(demo_home, monkeypatch):
+    """What parallel shards allow: a cycle's shard step of another shard writes after this erasure's merge and
+    before its proof. The certificate step finds the merge no longer built from the stored shards, merges again,
+    and certifies; ``verify`` agrees afterwards. Played in process: the other run's step is called between the two."""
+    from erasure_pipeline.app.process import drain
+    from erasure_pipeline.app.runner import env_of
+    from erasure_pipeline.defs import steps
+    from erasure_pipeline.erasure.evidence import verify_certificate
+    from erasure_pipeline.erasure.intake import erase
+    from erasure_pipeline.kinds.base import NodeRun, compute_node
+    from erasure_pipeline_tests.conftest import defs_and_policy
+    from erasure_pipeline_tests.stores import default_env
+
+    defs, policy = defs_and_policy()
+    (victim, _v), (other, other_shard) = pick_subjects(policy.shards, with_tickets=2)
+    rid, _ = erase(victim)
+    real, interleaved = steps._merges, []
+
+    def merges_then_another_run_writes_a_shard(context, env, plan):
+        out = yield from real(context, env, plan)
+        if not interleaved:  # once: the other run's shard step, as it would run beside this step in its own pool
+            stores.landing().write_bytes("events/2026-11-02.csv", _new_events([other]).to_csv(index=False).encode())
+            for name in ("raw_events", "training_shards", "shard_models"):
+                compute_node(NodeRun(env, env.graph.node(name), identity.partition_key(other_shard), "ingest", "another-run"))
+            interleaved.append(name)
+        return out
+
+    monkeypatch.setattr(steps, "_merges", merges_then_another_run_writes_a_shard)
+    inst = instance()
+    result = drain(defs, inst)
+    assert interleaved and not result.failed_runs
+    assert default_ledger().requests.get(rid)["status"] == "completed"
+    (run_id,) = result.runs
+    ensembles = [e for e in inst.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                 if e.dagster_event.asset_key == dg.AssetKey("ensemble_model")]
+    assert len(ensembles) == 2  # merged, then merged again from the shard the other run wrote
+    assert all(f.ok for f in verify_certificate(rid, default_env()))
+    env = env_of(defs)
+    assert (stores.table(stores.lake(), "raw_events", identity.partition_key(other_shard))["event_id"] == "scale-0").sum() == 1
+    assert env.ledger.nodes.records(identity.partition_key(other_shard), ["shard_models"])

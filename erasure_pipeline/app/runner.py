@@ -127,7 +127,7 @@ def env_of(defs: dg.Definitions, policy: Policy | None = None) -> Env:
     return resolve(defs.resources["pipeline"]).env(policy or load_policy())
 
 
-_FORKSERVER_ENV: dict[str, str] | None = None
+_FORKSERVER_SETTINGS: Settings | None = None
 
 
 def _forkserver_for_this_environment() -> None:
@@ -135,13 +135,13 @@ def _forkserver_for_this_environment() -> None:
     points the project at another home between runs (tests, benchmarks) would have its steps write the old
     one. Stop the forkserver when the project's environment changed since it started; the executor starts a
     new one. (``ForkServer._stop`` is private but has been in CPython since 3.8; without it, nothing is done.)"""
-    global _FORKSERVER_ENV
-    env = {k: v for k, v in os.environ.items() if k.startswith(("ERASURE_PIPELINE_", "DAGSTER_", "AWS_"))}
-    if _FORKSERVER_ENV is not None and env != _FORKSERVER_ENV:
+    global _FORKSERVER_SETTINGS
+    now = Settings.from_environ()
+    if _FORKSERVER_SETTINGS is not None and now != _FORKSERVER_SETTINGS:
         server = getattr(multiprocessing.forkserver, "_forkserver", None)
         if server is not None and hasattr(server, "_stop"):
             server._stop()
-    _FORKSERVER_ENV = env
+    _FORKSERVER_SETTINGS = now
 
 
 CODE_LOCATION = ("erasure_pipeline.defs.pipeline", "pipeline")
