@@ -39,6 +39,7 @@ dev:
 bench:
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) -m benchmarks.erasure_cost --subjects 200000
+	$(PY) -m benchmarks.erasure_cost --subjects 200000 --executor multiprocess:2
 	$(PY) -m benchmarks.erasure_cost --subjects 1000000
 	$(PY) -m benchmarks.lake_layout --subjects 200000
 	$(PY) -m benchmarks.qdrant_delete
