@@ -19,7 +19,7 @@ example: install
 # The whole suite, then its exactness and concurrency tests (marker `executor`) again on Dagster's
 # multiprocess executor: shard steps of different shards at once, in their shards' pools.
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	ERASURE_PIPELINE_TEST_EXECUTOR=multiprocess:2 $(PY) -m pytest -q -m executor
 
 # Load and validate the definitions as Dagster does, without starting anything.

@@ -210,3 +210,30 @@ def test_a_shard_another_run_rewrites_between_the_merge_and_the_proof_is_merged_
     env = env_of(defs)
     assert (stores.table(stores.lake(), "raw_events", identity.partition_key(other_shard))["event_id"] == "scale-0").sum() == 1
     assert env.ledger.nodes.records(identity.partition_key(other_shard), ["shard_models"])
+
+
+def test_an_asset_step_waits_for_its_shards_other_writer_and_frees_the_slot():
+    """``runtime.pool_slot``: how an asset step computing several partitions takes each shard's pool in turn."""
+    import threading
+
+    from erasure_pipeline.defs import runtime
+
+    with dg.instance_for_test() as inst:
+        runtime.ensure_pools(inst, ["shard_00"])
+        pool, order = names.shard_pool("shard_00"), []
+
+        def other_writer():
+            with runtime.pool_slot(inst, "run-b", "raw_events", pool, poll=0.05):
+                order.append("b")
+
+        with runtime.pool_slot(inst, "run-a", "raw_events", pool):
+            waiting = threading.Thread(target=other_writer)
+            waiting.start()
+            time.sleep(0.5)
+            assert order == []  # run b waits while run a writes the shard
+            assert [s.run_id for s in inst.event_log_storage.get_concurrency_info(pool).claimed_slots] == ["run-a"]
+            order.append("a")
+        waiting.join(10)
+        assert order == ["a", "b"]
+        info = inst.event_log_storage.get_concurrency_info(pool)
+        assert not info.claimed_slots and not info.pending_steps

@@ -78,12 +78,12 @@ def pool_slot(instance: dg.DagsterInstance, run_id: str, step_key: str, pool: st
     key = f"{step_key}/{pool}"
     storage = instance.event_log_storage
     said = False
-    while not storage.claim_concurrency_slot(pool, run_id, key).is_claimed:
-        if not said:
-            log(f"waiting for pool {pool} (another run writes that shard)")
-            said = True
-        time.sleep(poll)
-    try:
+    try:  # freed (or taken out of the queue) however the block ends, waiting included
+        while not storage.claim_concurrency_slot(pool, run_id, key).is_claimed:
+            if not said:
+                log(f"waiting for pool {pool} (another run writes that shard)")
+                said = True
+            time.sleep(poll)
         yield
     finally:
         storage.free_concurrency_slot_for_step(run_id, key)

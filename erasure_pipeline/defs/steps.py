@@ -3,7 +3,8 @@
 - The **claim** is the run's first act (``erasure.plan``): it takes its requests or landing files in the
   ledger (ticks only read, so a preview or a repeated tick changes nothing), sweeps runs whose process
   died, scrubs or stages landing, and plans which nodes each shard must run.
-- A **shard step** (an op per shard, ``shard_03``, in that shard's pool) runs the shard's nodes in dependency order. A node runs when the plan forces it
+- A **shard step** (an op per shard, ``shard_03``, in that shard's pool) runs the shard's nodes in
+  dependency order. A node runs when the plan forces it
   (the erased subject's provenance, new landing rows) or the ledger's record of it is stale
   (``Graph.stale_reason``: missing, made under other policy values, or built from inputs whose
   recorded versions have changed since); the rest of the shard is untouched. A node's record is
@@ -11,8 +12,8 @@
   redoes exactly what the dead one did not finish. Each node run is reported as Dagster reports an
   asset step (``defs.events``).
 - The **merge** step recomputes each unpartitioned merge that is stale, once, then (erasure) verifies
-  every claim and issues the certificates in the same step, so no other writer can change a shard
-  between the merge and the proof.
+  every claim and issues the certificates in the same step, so no other merge runs between the merge
+  and the proof (another run's shard step may: see below).
 
 Every step that writes a store runs in one of the project's pools, each of limit 1 (set by the claim step):
 claims in ``erasure_pipeline/landing``, each shard step in its shard's ``erasure_pipeline/shard_NN``, merges
@@ -91,8 +92,9 @@ CLAIMED = "claimed"
 """A claim step's output that is always there: the merge's list of shard results holds it, so the merge runs
 (and certifies a no-data request) when no shard step does."""
 CONSISTENT_ROUNDS, CONSISTENT_WAIT = 5, 1.0
-MERGE_WAIT = 300.0
 """How many times a certificate step re-merges after another run changed a shard under it, and the pause between."""
+MERGE_WAIT = 300.0
+"""How long a merge waits for another live run still writing its shard inputs before it fails (``StaleInputs``)."""
 
 
 def _plan_outs(graph: Graph) -> dict[str, dg.Out]:
