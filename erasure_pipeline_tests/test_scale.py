@@ -1,5 +1,7 @@
 """Parallel shards on Dagster's multiprocess executor: steps of different shards overlap, two writers of one
-shard never do (read back from Dagster's run storage), two runs at once stay exact, a killed run recovers."""
+shard never do (read back from Dagster's run storage), two runs at once stay exact, a killed run recovers;
+in process: another run's shard write between a merge and its proof is merged again, and an asset step's
+pool slot waits for the shard's other writer."""
 
 from __future__ import annotations
 
