@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks._common import landing, ledger, machine, project_home, table
 from erasure_pipeline.app.demo import DEMO_POLICY
+from erasure_pipeline_tests.servers import answers_http, free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,22 +62,10 @@ def main(argv: list[str] | None = None) -> None:
             materialize_all(build_definitions(policy), instance)
         subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
         by_shard = subjects.groupby("shard")["subject_id"].first()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = (home / "dagster_dev.log").open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
-            cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).close()
-                    break
-                except OSError:
-                    time.sleep(1)
+        port = free_port()
+        with serving([sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],
+                     log=home / "dagster_dev.log", ready=answers_http(f"http://127.0.0.1:{port}/server_info"), what="dagster dev",
+                     timeout=180, cwd=REPO):
             time.sleep(10)  # let the daemon start its sensor loop
             book = ledger()
 
@@ -110,14 +95,6 @@ def main(argv: list[str] | None = None) -> None:
             rids = [erase(by_shard.iloc[args.passes])[0], erase(by_shard.iloc[args.passes + 1])[0]]
             two = _wait_for(book, rids)
             runs_two = erasure_runs(seen)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # dagster dev can outlive SIGTERM while a run winds down
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-            log.close()
     config = (REPO / "erasure_pipeline" / "app" / "instance.yaml").read_text()
     dequeue = next((line.split(":")[1].strip() for line in config.splitlines() if "dequeue_interval_seconds" in line), "5 (default)")
     print(f"Machine: {machine()}")

@@ -14,49 +14,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks._common import machine, table
+from erasure_pipeline_tests.servers import answers_http, free_port, serving
 
 TOUCHED = [0, 2, 3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def dagster_dev(env: dict, log: Path):
-    port = _free_port()
-    out = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster", "dev", "-m", "benchmarks._mechanisms_defs", "-p", str(port), "-h", "127.0.0.1"],
-        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            time.sleep(1)
+    port = free_port()
+    with serving([sys.executable, "-m", "dagster", "dev", "-m", "benchmarks._mechanisms_defs", "-p", str(port), "-h", "127.0.0.1"],
+                 log=log, ready=answers_http(f"http://127.0.0.1:{port}/server_info"), what="dagster dev", timeout=120, env=env):
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        out.close()
 
 
 def _materialisations_since(instance, prefix: str, after: float) -> list[tuple[str, str | None]]:

@@ -1,5 +1,6 @@
-"""Real servers the tests start as processes (``dagster dev``, the webserver, ``erasure-pipeline serve``): a free
-port, the process in its own session, ready when it answers, stopped with its whole process group."""
+"""Real servers the tests (and the benchmarks that need ``dagster dev``) start as processes (``dagster dev``, the
+webserver, ``erasure-pipeline serve``): a free port, the process in its own session, ready when it answers,
+stopped with its whole process group."""
 
 from __future__ import annotations
 
@@ -46,11 +47,11 @@ def accepts(port: int) -> Callable[[], bool]:
 
 @contextlib.contextmanager
 def serving(args: list[str], *, log: Path, ready: Callable[[], bool], what: str, timeout: float = 90,
-            cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+            cwd: Path | None = None, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """``args`` running (output to ``log``) until the block ends; fails the test, with the log's tail, if it exits
     or does not become ready within ``timeout`` seconds."""
     out = open(log, "w")  # noqa: SIM115  (the server writes to it until it stops)
-    proc = subprocess.Popen(args, cwd=cwd, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=cwd, env=os.environ.copy() if env is None else env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while not ready():

@@ -68,10 +68,8 @@ def _node_asset(node: Node, policy: Policy, graph: Graph, partitions: dg.Partiti
         yield dg.MaterializeResult(asset_key=node.name, **_reported(results))
         blocking = []
         for partition, result in results.items():
-            for c in result.checks:
-                yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey(node.name), check_name=c.name, passed=c.passed, partition=partition,
-                                              metadata=dict(c.metadata), severity=dg.AssetCheckSeverity(c.severity), description=c.description)
-            blocking += [f"{node.name}{f'[{partition}]' if partition else ''} {c.name}" for c in result.checks if c.blocks]
+            yield from events.check_evaluations(node, partition, result)
+            blocking += events.blocking_checks(node, partition, result)
         if blocking:
             raise runtime.blocked(blocking)
 

@@ -21,7 +21,7 @@ from dagster._core.definitions.data_version import (
 
 from erasure_pipeline.core.graph import Graph, Node
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.kinds.base import CheckOutcome, Markdown, NodeResult, Table
+from erasure_pipeline.kinds.base import Markdown, NodeResult, Table
 
 _DATA_VERSION_IS_USER_PROVIDED = "dagster/data_version_is_user_provided"
 _TYPES = {"int": "int", "float": "float", "string": "string"}
@@ -47,11 +47,6 @@ def timed(result: NodeResult, seconds: float) -> NodeResult:
     return replace(result, metadata={**result.metadata, "compute_seconds": round(seconds, 4)})
 
 
-def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed, metadata=dict(outcome.metadata),
-                               severity=dg.AssetCheckSeverity(outcome.severity), description=outcome.description)
-
-
 def provenance_tags(instance: dg.DagsterInstance, node: Node, code: str, data_version: str) -> dict[str, str]:
     """The tags Dagster writes on an asset step's materialisation: code version, data version, and for
     each parent the data version and storage id of its latest materialisation (what staleness compares)."""
@@ -74,11 +69,21 @@ def node_events(instance: dg.DagsterInstance, policy: Policy, graph: Graph, node
         asset_key=node.name, partition=partition, metadata=to_metadata(result.metadata),
         tags=provenance_tags(instance, node, graph.code_version(policy, node.name), result.data_version),
     )
+    yield from check_evaluations(node, partition, result)
+
+
+def check_evaluations(node: Node, partition: str | None, result: NodeResult) -> Iterable[dg.AssetCheckEvaluation]:
+    """The node partition's checks, each evaluation naming its partition (a job step's, or an asset step's of several)."""
     for outcome in result.checks:
         yield dg.AssetCheckEvaluation(
             asset_key=dg.AssetKey(node.name), check_name=outcome.name, passed=outcome.passed, partition=partition,
             metadata=dict(outcome.metadata), severity=dg.AssetCheckSeverity(outcome.severity), description=outcome.description,
         )
+
+
+def blocking_checks(node: Node, partition: str | None, result: NodeResult) -> list[str]:
+    """``node[partition] check`` of each failed check that blocks what is built from the node."""
+    return [f"{node.name}{f'[{partition}]' if partition else ''} {c.name}" for c in result.checks if c.blocks]
 
 
 MAX_ROWS = 500

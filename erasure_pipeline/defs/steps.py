@@ -185,8 +185,7 @@ def _run_node(context, env: Env, node, partition: str | None, mode: str, work: S
         run.subjects = frozenset(work.subjects) if work.subjects is not None else None
     result = events.timed(compute_node(run), time.perf_counter() - started)
     yield from events.node_events(context.instance, env.policy, env.graph, node, partition, result)
-    return outcome_of(node.name, partition, result), [f"{node.name}{f'[{partition}]' if partition else ''} {c.name}"
-                                                      for c in result.checks if c.blocks]
+    return outcome_of(node.name, partition, result), events.blocking_checks(node, partition, result)
 
 
 def _shard_op(policy: Policy, graph: Graph, partition: str) -> dg.OpDefinition:
