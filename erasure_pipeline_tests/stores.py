@@ -11,7 +11,7 @@ from erasure_pipeline.stores.factory import lake_at, vector_store
 from erasure_pipeline.stores.lake import Lake
 from erasure_pipeline.stores.vectors import VectorStore
 
-__all__ = ["default_env", "default_ledger", "lake", "lake_at", "landing", "settings", "table", "vectors"]
+__all__ = ["default_env", "default_ledger", "keys", "lake", "lake_at", "landing", "settings", "table", "vectors"]
 
 
 def settings() -> Settings:
@@ -40,12 +40,21 @@ def default_env() -> Env:
     return open_env(load_policy(settings=s), s)
 
 
+def keys():
+    """The key store the environment points at (its KEKs in the KMS it names)."""
+    from erasure_pipeline.kinds.environment import key_ring
+
+    return key_ring(default_ledger(), Settings.from_environ())
+
+
 def table(store: Lake, asset: str, partition: str):
-    """A node partition as a frame, whatever its layout (bucket files and a manifest, or one table); it must exist."""
+    """A node partition as a frame, whatever its layout (bucket files and a manifest, or one table), sealed
+    personal fields opened with the environment's key store; it must exist."""
     from erasure_pipeline.stores import buckets as bk
     from erasure_pipeline.stores import lake as lk
 
-    df = bk.read_buckets(store, asset, partition) if store.read_bytes(bk.manifest_name(asset, partition)) else lk.read_table(store, asset, partition)
+    df = bk.read_buckets(store, asset, partition, keys=keys()) if store.read_bytes(bk.manifest_name(asset, partition)) \
+        else lk.read_table(store, asset, partition)
     if df is None:
         raise lk.not_materialised(store, asset, partition)
     return df

@@ -199,7 +199,7 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
     make_version_3_ledger(url)
     book = Ledger(url)
-    assert book.migrate() == t.CURRENT_VERSION == 6
+    assert book.migrate() == t.CURRENT_VERSION == 7
     insp = sa.inspect(book.db.engine)
     assert {"policy_snapshots", "notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names())
     assert {"skeleton_key", "blocked_by", "review"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
@@ -207,7 +207,7 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     assert book.nodes.provenance_for([KEY_A])[0]["skeleton_key"] is None  # rows kept; their skeleton comes with the next ingest
     rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
     assert book.requests.get(rid)["skeleton_key"] == "s" * 64
-    assert book.migrate() == 6  # idempotent
+    assert book.migrate() == 7  # idempotent
 
 
 def test_a_request_is_revoked_only_before_anything_acted_on_it(book):

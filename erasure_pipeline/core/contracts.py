@@ -37,6 +37,8 @@ class TableContract:
     """Column -> the declaration field that names it: every one is required."""
     missing_subject: str = "reject"
     """``reject`` | ``drop`` | ``keep`` rows whose subject column is empty (``datasets.<d>.missing_subject``)."""
+    sealed: tuple[str, ...] = ()
+    """Columns stored sealed under the subject's data key (``datasets.<d>.personal``, with the subject and text columns)."""
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -91,7 +93,7 @@ def contracts_for(policy) -> dict[str, TableContract]:
         boolean_consent = policy.consent is None or all(isinstance(v, bool) for v in policy.consent.allowed_values)
         bools = tuple(dict.fromkeys(col for col in (spec.consent, base_consent) if col and boolean_consent))
         out[name] = TableContract(name, spec.id, spec.subject, (spec.timestamp,) if spec.timestamp else (), bools,
-                                  tuple(spec.text), named, spec.missing_subject)
+                                  tuple(spec.text), named, spec.missing_subject, spec.sealed)
     return out
 
 

@@ -40,15 +40,28 @@ class DatasetSpec(Strict):
     """Rows whose subject column is empty: ``reject`` the file (the error counts them), ``drop`` them, or
     ``keep`` them as rows of nobody (never linked to a person: no provenance, no training row, no cohort);
     ``drop`` and ``keep`` are counted in each ingest's metadata."""
+    personal: list[str] | None = Field(None, exclude_if=lambda v: v is None)
+    """Columns holding personal data (names, phones, addresses, free text…), stored sealed under a key of
+    their subject's own (AES-256-GCM) in the lake, the staging area and the vector store's payloads, so an
+    erasure that destroys the key makes every copy unreadable, backups included. Once declared (``[]``
+    too), the subject column and the text columns are sealed with them. Unset: nothing of the dataset is sealed
+    (and left out of the declaration's hashes, so code versions of declarations without it do not change)."""
 
     @property
     def is_lookup(self) -> bool:
         return self.subject is None
 
+    @property
+    def sealed(self) -> tuple[str, ...]:
+        """The columns stored sealed: the declared personal ones, the subject column and the text columns."""
+        if self.personal is None or self.subject is None:
+            return ()
+        return tuple(dict.fromkeys([self.subject, *self.text, *self.personal]))
+
     @model_validator(mode="after")
     def _lookup_has_no_person(self) -> DatasetSpec:
-        if self.subject is None and (self.text or self.consent):
-            raise ValueError("a lookup table (subject: null) holds no person's data: it takes no text or consent columns")
+        if self.subject is None and (self.text or self.consent or self.personal):
+            raise ValueError("a lookup table (subject: null) holds no person's data: it takes no text, consent or personal columns")
         return self
 
 
@@ -214,6 +227,14 @@ class LakePolicy(Strict):
     buckets: int = Field(16, ge=1, le=1024)
     """Files per shard partition of every raw dataset: an erasure rewrites the one holding the subject.
     Changing it rewrites every raw partition (its code version changes), nothing else. Default 16."""
+
+
+class LandingPolicy(Strict):
+    keep_days: float | None = Field(None, ge=0)
+    """Ingested landing files are removed this many days after their ingest (0: by the ingest run that
+    took them), so the source's plaintext does not outlive its ingest in our stores; the lake, whose
+    personal fields are sealed, is then what a rebuild starts from (with the landing files still there).
+    Unset: landing files are kept."""
 
 
 class VectorPolicy(Strict):

@@ -28,6 +28,7 @@ from erasure_pipeline.core.declaration import (
     FeaturesPolicy,
     IdentityPolicy,
     LakePolicy,
+    LandingPolicy,
     ModelSpec,
     RecipientSpec,
     Strict,
@@ -66,6 +67,8 @@ class Policy(Strict):
     """What the models learn from (needed when models are declared)."""
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     lake: LakePolicy = Field(default_factory=LakePolicy)
+    landing: LandingPolicy = Field(default_factory=LandingPolicy)
+    """What happens to landing files once ingested (no asset reads it)."""
     vectors: VectorPolicy = Field(default_factory=VectorPolicy)
     embedder: EmbedderPolicy = Field(default_factory=EmbedderPolicy)
     retention_days: int | None = Field(None, ge=1)

@@ -16,6 +16,7 @@ which import no Dagster, read the same table here.
 | ``ERASURE_PIPELINE_QDRANT_URL`` (+ ``_QDRANT_API_KEY``) | Qdrant Edge under ``<home>/qdrant`` | ``https://qdrant:6333`` |
 | ``ERASURE_PIPELINE_PEPPER`` | a key generated once in ``<home>/pepper.key`` | a secret |
 | ``ERASURE_PIPELINE_SIGNING_KEY`` | a key generated once in ``<home>/signing.key`` | a secret (never beside the ledger) |
+| ``ERASURE_PIPELINE_KMS`` | a key file beside the home, ``local:<home>.kek.json`` (never inside it) | ``aws-kms:alias/NAME`` |
 | ``ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY`` | unset | ``1`` only to accept a key generated beside a shared ledger |
 | ``ERASURE_PIPELINE_EXECUTOR`` | ``in_process`` | ``multiprocess[:N]`` or ``k8s`` |
 | ``DAGSTER_HOME`` | ``<home>/dagster`` | the instance's folder |
@@ -44,6 +45,7 @@ VARIABLES: dict[str, str] = {
     "qdrant_api_key": "ERASURE_PIPELINE_QDRANT_API_KEY",
     "pepper": "ERASURE_PIPELINE_PEPPER",
     "signing_key": "ERASURE_PIPELINE_SIGNING_KEY",
+    "kms": "ERASURE_PIPELINE_KMS",
     "executor": "ERASURE_PIPELINE_EXECUTOR",
     "dagster_home": "DAGSTER_HOME",
     "allow_local_signing_key": "ERASURE_PIPELINE_ALLOW_LOCAL_SIGNING_KEY",
@@ -68,6 +70,8 @@ class Settings:
     qdrant_api_key: str | None = None
     pepper: str | None = None
     signing_key: str | None = None
+    kms: str | None = None
+    """Where the key-encryption keys of the sealed personal fields live: ``local:PATH`` or ``aws-kms:alias/NAME``."""
     executor: str | None = None
     dagster_home: Path | None = None
     qdrant_dir: Path | None = None
@@ -115,6 +119,12 @@ class Settings:
     @property
     def ledger(self) -> str:
         return self.ledger_url or f"sqlite:///{self.home / 'ledger.sqlite'}"
+
+    @property
+    def kms_url(self) -> str:
+        """The KMS in effect: ``$ERASURE_PIPELINE_KMS``, else a key file beside the home (a copy of the home
+        must not carry the key that opens it)."""
+        return self.kms or f"local:{self.home.parent / (self.home.name + '.kek.json')}"
 
     @property
     def qdrant_path(self) -> Path:

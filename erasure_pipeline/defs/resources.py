@@ -8,7 +8,7 @@ One resource, ``pipeline``, is what every op, asset, sensor and schedule takes; 
 | ``lake``, ``landing``, ``evidence`` | ``url`` | ``dg.EnvVar("ERASURE_PIPELINE_LAKE_URL")`` / ``…_LANDING_URL`` / ``…_EVIDENCE_URL``, else ``<home>/lake``, ``<home>/landing``, ``<home>/evidence`` |
 | ``ledger`` | ``url`` (secret) | ``dg.EnvVar("ERASURE_PIPELINE_LEDGER_URL")``, else ``sqlite:///<home>/ledger.sqlite`` |
 | ``vectors`` | ``url``, ``api_key`` (secret), ``path`` | ``dg.EnvVar("ERASURE_PIPELINE_QDRANT_URL")`` / ``…_QDRANT_API_KEY``, else Qdrant Edge at ``<home>/qdrant`` |
-| ``secrets`` | ``pepper``, ``signing_key`` (secrets), ``local_dir`` | ``dg.EnvVar("ERASURE_PIPELINE_PEPPER")`` / ``…_SIGNING_KEY``, else local key files generated once in ``local_dir`` |
+| ``secrets`` | ``pepper``, ``signing_key`` (secrets), ``local_dir``, ``kms`` | ``dg.EnvVar("ERASURE_PIPELINE_PEPPER")`` / ``…_SIGNING_KEY`` / ``…_KMS``, else local key files generated once in ``local_dir`` (the KEK file beside it) |
 
 A variable that is set becomes a ``dg.EnvVar``: Dagster resolves it when a run starts and the UI
 shows the variable's name, never its value. One set of definitions so serves the embedded default and
@@ -58,6 +58,8 @@ class SecretsResource(dg.ConfigurableResource):
     pepper: str | None = Field(None, description="Unset: a local pepper generated once in local_dir.", json_schema_extra=SECRET)
     signing_key: str | None = Field(None, description="Unset: a local key generated once in local_dir.", json_schema_extra=SECRET)
     local_dir: str = Field(description="Where local default keys live when the variables are unset (the project home).")
+    kms: str | None = Field(None, description="Key-encryption keys of the sealed personal fields: local:PATH or aws-kms:alias/NAME "
+                                              "(unset: a key file beside the home, <home>.kek.json).")
     allow_local_signing_key: bool = Field(False, description="Accept a signing key generated in local_dir where the ledger is shared.")
 
 
@@ -99,7 +101,7 @@ class PipelineResource(dg.ConfigurableResource):
                         ledger_url=self.ledger.url,
                         ledger_schema=self.ledger.db_schema, qdrant_url=self.vectors.url or None, qdrant_api_key=self.vectors.api_key,
                         qdrant_dir=Path(self.vectors.path), pepper=self.secrets.pepper, signing_key=self.secrets.signing_key,
-                        allow_local_signing_key=self.secrets.allow_local_signing_key)
+                        kms=self.secrets.kms, allow_local_signing_key=self.secrets.allow_local_signing_key)
 
     def env(self, policy: Policy) -> Env:
         """The stores, the ledger and the keys a node computation uses."""
@@ -125,7 +127,8 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     vectors = VectorsResource(url=_value(settings, "qdrant_url", None), api_key=_value(settings, "qdrant_api_key", None),
                               path=str(settings.qdrant_path))
     secrets = SecretsResource(pepper=_value(settings, "pepper", None), signing_key=_value(settings, "signing_key", None),
-                              local_dir=str(home), allow_local_signing_key=settings.allow_local_signing_key)
+                              local_dir=str(home), allow_local_signing_key=settings.allow_local_signing_key,
+                              kms=_value(settings, "kms", None))
     pipeline = PipelineResource(home=str(home), lake=lake, landing=landing, evidence=evidence, ledger=ledger, vectors=vectors,
                                 secrets=secrets)
     return {"pipeline": pipeline, "lake": lake, "landing": landing, "evidence": evidence, "ledger": ledger, "vectors": vectors,

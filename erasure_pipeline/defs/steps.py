@@ -43,7 +43,16 @@ from erasure_pipeline.defs.assets import on_time_check, recipients_check
 from erasure_pipeline.defs.resources import PipelineResource, RecipientsResource
 from erasure_pipeline.erasure.certificate import to_markdown
 from erasure_pipeline.erasure.certify import certify_batch, run_outcome
-from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan, ShardWork, as_of_time, claim_erasure, claim_landing, outcome_of
+from erasure_pipeline.erasure.plan import (
+    NodeOutcome,
+    RunPlan,
+    ShardWork,
+    as_of_time,
+    claim_erasure,
+    claim_landing,
+    expire_landing,
+    outcome_of,
+)
 from erasure_pipeline.erasure.recipients import deliver
 from erasure_pipeline.erasure.verify import merge_input_claims
 from erasure_pipeline.kinds.base import Env, NodeRun, StaleInputs, compute_node
@@ -307,6 +316,9 @@ def _merge_ops(policy: Policy) -> tuple[dg.OpDefinition, dg.OpDefinition]:
         yield from _merges(context, env, plan)
         env.ledger.runs.finish_landing(plan.batch_id, [w.shard for w in plan.works])
         drop_staging(env.lake, plan.batch_id)
+        expired = expire_landing(env)
+        if expired:
+            context.log.info(f"{len(expired)} ingested landing files removed (landing.keep_days: {env.policy.landing.keep_days})")
         env.ledger.runs.finish_job_run(context.run_id, "success")
         runtime.report_progress(f"merges done; landing batch {plan.batch_id} finished")
 

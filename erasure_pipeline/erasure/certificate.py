@@ -18,9 +18,10 @@ from erasure_pipeline.core.signing import canonical_json
 REGULATION = "GDPR Art.17; CCPA Cal. Civ. Code §1798.105"
 
 
+BACKUP_RISK = ("Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
+               "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md).")
 GENERAL_RISKS = (
-    ("Backups taken before the completion date (Dagster instance database, lake snapshots, Qdrant snapshots) "
-     "still hold the subject until their retention expires; restores must replay the tombstone list (deploy/README.md)."),
+    BACKUP_RISK,
     ("A tombstone (keyed hash only) stays in the ledger so that the subject is dropped if a source sends them again, "
      "under any case, spacing or Unicode variant of their id the identity rule normalises."),
     ("Where another person's free text quotes the subject's id, that id is replaced by [erased]; other details in "
@@ -30,9 +31,33 @@ GENERAL_RISKS = (
 NO_DATA_RISK = "No data of the subject was found in any store of this pipeline."
 
 
-def residual_risk(actions: Sequence[Mapping[str, Any]], kind_risks: Sequence[str]) -> list[str]:
-    """The general risks, then each kind's own (``Kind.residual_risk``, of the kinds that held the subject), once each."""
-    risks = [*GENERAL_RISKS, *dict.fromkeys(r for r in kind_risks if r)]
+def backup_risks(sealed: Mapping[str, Sequence[str]], destroyed_at: str | None, rotated_at: str | None,
+                 landing_days: float | None) -> list[str]:
+    """What copies the pipeline cannot rewrite (backups, snapshots, replicas, exports) still hold, when datasets
+    declare personal fields: which are now unreadable, which are not."""
+    fields = "; ".join(f"{d}: {', '.join(cols)}" for d, cols in sorted(sealed.items()))
+    when = f"at {destroyed_at}" if destroyed_at else "(none was ever made: nothing of theirs was sealed)"
+    risks = [f"Sealed personal fields ({fields}) in every backup, snapshot and replica of the lake, the ingest staging area "
+             f"and the vector store's payloads are unreadable: the subject's data key was destroyed {when}"
+             + (f", and the key-encryption key was rotated at {rotated_at} with every earlier version destroyed, so an old copy "
+                "of the key store opens nothing either." if rotated_at else "."),
+             "Not sealed, and held by backups taken before the completion date until their retention expires: derived numbers "
+             "(training sets, shard models, cohort partials, embedding vectors) and columns not declared personal; the live "
+             "stores no longer hold them (rewritten and retrained above). Restores must replay the tombstone list (deploy/README.md)."]
+    if landing_days is None:
+        risks.append("Landing files are kept as the source sent them (landing.keep_days is not declared): their copies in "
+                     "backups taken before the completion date hold the subject's fields in the clear.")
+    elif landing_days > 0:
+        risks.append(f"Landing files are removed {landing_days:g} days after their ingest: backups taken in that window hold "
+                     "the source's files, the subject's fields in the clear.")
+    return risks
+
+
+def residual_risk(actions: Sequence[Mapping[str, Any]], kind_risks: Sequence[str], backups: Sequence[str] | None = None) -> list[str]:
+    """The general risks (``backups``: what sealing leaves of the backup risk), then each kind's own
+    (``Kind.residual_risk``, of the kinds that held the subject), once each."""
+    general = [*backups, *GENERAL_RISKS[1:]] if backups else list(GENERAL_RISKS)
+    risks = [*general, *dict.fromkeys(r for r in kind_risks if r)]
     if not any(a["data_present"] for a in actions):
         risks.append(NO_DATA_RISK)
     return risks
@@ -50,6 +75,7 @@ def build_certificate(
     exception: str | None = None,
     kind_risks: Sequence[str] = (),
     recipients: Sequence[Mapping[str, Any]] = (),
+    backups: Sequence[str] | None = None,
 ) -> dict:
     """The certificate of one request (``request``: its ledger row), from what its run did (``actions``) and
     every claim checked (``findings``). A request a person reviewed carries their decision."""
@@ -75,7 +101,7 @@ def build_certificate(
         "data_present": any(a["data_present"] for a in actions),
         "datasets": datasets,
         "completion_date": completed_at.isoformat(),
-        "residual_risk": residual_risk(actions, kind_risks),
+        "residual_risk": residual_risk(actions, kind_risks, backups),
         "exception": exception,
         "operator_review": request.get("review"),
         "verification": list(findings),

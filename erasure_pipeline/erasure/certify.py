@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from erasure_pipeline.core import identity
-from erasure_pipeline.erasure.certificate import build_certificate, write_evidence
+from erasure_pipeline.erasure.certificate import backup_risks, build_certificate, write_evidence
 from erasure_pipeline.erasure.plan import NodeOutcome, RunPlan
 from erasure_pipeline.erasure.recipients import build_notices, recipients_section
 from erasure_pipeline.erasure.verify import verify_subject
 from erasure_pipeline.kinds.base import Env
 from erasure_pipeline.ledger import utcnow
+from erasure_pipeline.ledger.db import as_utc
 
 Footprint = Mapping[str, Mapping[str, int]]
 """Node -> partition -> rows of one subject there (provenance when the run claimed it)."""
@@ -82,10 +83,41 @@ def actions_for(env: Env, request: Mapping, footprint: Footprint, outcomes: Outc
                 "before_hash": o.before if o is not None else None, "after_hash": o.after if o is not None else None,
                 "detail": _detail(env, node, partition, own, footprint, details) if present else HELD_NOTHING, "run_id": run_id,
             })
+    destroyed = _key_erasure(env, request["subject_key"])
+    if destroyed is not None:
+        actions.append({**destroyed, "run_id": run_id})
     if scrubbed and any(n.table is not None and n.name in footprint for n in env.graph.nodes):
         actions.append({"asset": "landing", "partition": None, "action": "RAW_REWRITE", "data_present": True, "before_hash": None,
                         "after_hash": None, "detail": f"{scrubbed} landing files rewritten without tombstoned subjects", "run_id": run_id})
     return actions
+
+
+def _key_erasure(env: Env, subject_key: str) -> dict | None:
+    """The key store's row: the subject's data key destroyed (first of all), and the rotation after it."""
+    if env.keys is None or not any(d.sealed for d in env.policy.datasets.values()):
+        return None
+    d = env.keys.erasures([subject_key]).get(subject_key)
+    if d is None:
+        return None
+    rotated = f"; key-encryption key rotated to version {d.rotated_to} at {_iso(d.rotated_at)}, earlier versions destroyed in " \
+              f"{env.keys.describe()}" if d.rotated_to else ""
+    return {"asset": "data_keys", "partition": None, "action": "KEY_DESTROY" if d.had_key else "NO_DATA", "data_present": False,
+            "before_hash": None, "after_hash": None, "run_id": None,
+            "detail": (f"data key destroyed at {_iso(d.destroyed_at)}" if d.had_key else "no data key was ever made") + rotated}
+
+
+def _iso(value) -> str | None:
+    return as_utc(value).isoformat() if value is not None else None
+
+
+def backups_section(env: Env, subject_key: str) -> list[str] | None:
+    """The residual risk of copies we cannot rewrite, when the declaration seals personal fields."""
+    sealed = {name: d.sealed for name, d in env.policy.datasets.items() if d.sealed}
+    if not sealed or env.keys is None:
+        return None
+    d = env.keys.erasures([subject_key]).get(subject_key)
+    return backup_risks(sealed, _iso(d.destroyed_at) if d is not None and d.had_key else None,
+                        _iso(d.rotated_at) if d is not None and d.rotated_to else None, env.policy.landing.keep_days)
 
 
 def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes, *, run_id: str | None, batch_id: str | None,
@@ -106,7 +138,7 @@ def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes
         notices = build_notices(env.policy, env.graph, request, actions, env.ledger.notices.sealed(request["request_id"]), env.signer, now)
     cert = build_certificate(request, actions, completed_at=now, findings=findings, run_id=run_id, batch_id=batch_id,
                              audit_anchor=env.ledger.audit.head(), kind_risks=[r for r in risks if r],
-                             recipients=recipients_section(env.policy, notices))
+                             recipients=recipients_section(env.policy, notices), backups=backups_section(env, request["subject_key"]))
     if env.signer is not None:
         cert = env.signer.sign_document(cert)
     return env.ledger.certificates.complete(request["request_id"], cert, notices)

@@ -118,7 +118,10 @@ def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, 
     in_review = _look_alikes(env, [r for rid, r in requests.items() if not footprints[rid]], run_id)
     requests = {rid: r for rid, r in requests.items() if rid not in in_review}
     keys = tuple(sorted(r["subject_key"] for r in requests.values()))
-    # Landing copies first, each file rewritten once for the whole batch; and any staged copy of an
+    # Their data keys first: from now on no copy of their sealed fields, in any store or backup, opens.
+    if env.keys is not None:
+        env.keys.destroy(keys)
+    # Landing copies next, each file rewritten once for the whole batch; and any staged copy of an
     # ingest that has not finished.
     stones = Tombstones.load(book, env.keyer)
     scrubbed = scrub_subjects(env.lake, env.landing, contracts_for(env.policy), stones, keys, env.policy.lake.buckets)
@@ -162,7 +165,8 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
             if policy.features is not None and f.table == policy.features.dataset:
                 check_labels(frame, f.name, policy)
 
-        staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer))
+        staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
+                       env.keys)
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
     forced = _forced(env, kind, staged, as_of, stale or {})
     mode = "rebuild" if kind == "rebuild" else "ingest"
@@ -217,3 +221,25 @@ def _forced(env: Env, kind: str, staged: Staged | None, as_of: dt.datetime, stal
             for p in partitions:
                 forced.setdefault(identity.shard_from_partition(p), set()).add(name)
     return forced
+
+
+def expire_landing(env: Env, now: dt.datetime | None = None) -> list[str]:
+    """Remove the landing files ingested ``landing.keep_days`` ago or more (their old versions too), unless the
+    source wrote them again since (then they wait for their own ingest). Returns the names removed."""
+    days = env.policy.landing.keep_days
+    if days is None:
+        return []
+    now = now or dt.datetime.now(dt.UTC)
+    taken = env.ledger.runs.landing_ingested()
+    stamps = env.landing.stamps()
+    removed = []
+    for f in landing_files(env.landing, contracts_for(env.policy)):
+        record = taken.get(f.name)
+        if record is None or record["seen_at"] is None or now - record["seen_at"] < dt.timedelta(days=days):
+            continue
+        same = record["stamp"] == stamps.get(f.name) if record["stamp"] else record["hash"] == content_hash(env.landing.read_bytes(f.name) or b"")
+        if same:
+            env.landing.delete(f.name)
+            env.landing.purge_noncurrent(f.name)
+            removed.append(f.name)
+    return removed

@@ -57,6 +57,10 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
     out += cache["merges"] + cache[("recorded", part)]
     prov = env.ledger.nodes.provenance_for([subject_key])
     out.append(Finding("provenance lists no data for the subject", "ledger.provenance", not prov, f"{len(prov)} rows"))
+    if env.keys is not None:
+        held = env.keys.has_key(subject_key)
+        out.append(Finding("no data key of the subject in the key store (every sealed copy of their fields is unreadable)",
+                           "ledger.data_keys", not held, "a data key is still held" if held else "none held"))
     return out
 
 
@@ -123,7 +127,7 @@ def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...]) -> int:
             wanted = manifest.mentioning(subject_key) if rule == env.keyer.rule else None
             if wanted == []:
                 continue
-            df = bk.read_buckets(env.lake, node.name, p, wanted, manifest, columns=[*texts])
+            df = bk.read_buckets(env.lake, node.name, p, wanted, manifest, columns=[*texts], keys=env.keys)
             count += mentioned_keys(df, texts, keyer).get(subject_key, 0)
     return count
 

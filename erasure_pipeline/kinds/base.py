@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 
 from erasure_pipeline.core import identity, names
+from erasure_pipeline.core.crypto import Sealing
 from erasure_pipeline.core.errors import BlockingError, PipelineError, StorageUnavailable
 from erasure_pipeline.core.findings import Finding
 from erasure_pipeline.core.graph import CheckSpec, Graph, Node
@@ -33,6 +34,7 @@ from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.signing import Signer
 from erasure_pipeline.kinds.staleness import explain
 from erasure_pipeline.ledger import Ledger
+from erasure_pipeline.ledger.keys import KeyRing
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.lake import Lake
 from erasure_pipeline.stores.vectors import VectorStore
@@ -111,6 +113,8 @@ class Env:
     """The evidence key: signs certificates; its public half checks them."""
     evidence: Lake | None = None
     """Where certificates are kept as JSON and Markdown for auditors (``Settings.evidence``)."""
+    keys: KeyRing | None = None
+    """The subjects' data keys (``ledger.keys``): what seals and opens declared personal fields."""
 
     @property
     def keyer(self) -> identity.Keyer:
@@ -128,6 +132,19 @@ class Env:
                   cache: bool = False) -> pd.DataFrame | None:
         """A subject-level node partition as a frame (None: never written), whatever its kind's layout."""
         return self.kind_of(name).read_rows(self, self.graph.node(name), partition, buckets=buckets, columns=columns, cache=cache)
+
+
+class KeysLost(BlockingError):
+    """Personal fields of kept subjects do not open: their data keys are missing from the key store."""
+
+
+def sealing_for(env: Env, contract, withhold=()) -> Sealing | None:
+    """How a node writes ``contract``'s table: its declared personal columns sealed (None: nothing declared)."""
+    if not contract.sealed:
+        return None
+    if env.keys is None:
+        raise PipelineError(f"datasets.{contract.name}.personal is declared but no key store is open")
+    return Sealing(tuple(contract.sealed), env.keys, frozenset(withhold))
 
 
 @dataclass

@@ -24,6 +24,8 @@ from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
 from erasure_pipeline.kinds.base import (
     TOMBSTONE_CHECK,
+    KeysLost,
+    sealing_for,
     Env,
     Finding,
     Kind,
@@ -39,7 +41,7 @@ from erasure_pipeline.ml.features import consenting
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
-from erasure_pipeline.stores.landing import read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
+from erasure_pipeline.stores.landing import key_frame, read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
 
 
 def node_name(dataset: str) -> str:
@@ -137,7 +139,7 @@ def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
     policy = run.env.policy
     check = (lambda frame, name: check_labels(frame, name, policy)) if is_features_dataset(policy, contract.name) else None
     if run.staged is not None:
-        return read_staged(run.env.lake, run.staged, contract, run.shard)
+        return read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys)
     rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
     return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
 
@@ -189,8 +191,14 @@ def _plan(run: NodeRun) -> _Step:
 def _rewrite(step: _Step) -> None:
     """Every touched bucket at once (one read, one pass of pandas), split by bucket only to write."""
     run, contract, lake = step.run, step.contract, step.run.env.lake
+    if run.mode == "erasure" and run.subjects is None and step.erasing and run.env.keys is not None:
+        run.env.keys.destroy(step.erasing)  # by hand, with no claim step: the keys go first here
     if run.mode != "rebuild" and step.previous is not None and step.touched:
-        step.old = bk.read_buckets(lake, run.node.name, run.partition, None if step.relayout else sorted(step.touched), step.previous)
+        step.old = bk.read_buckets(lake, run.node.name, run.partition, None if step.relayout else sorted(step.touched), step.previous,
+                                   keys=run.env.keys)
+    elif run.mode == "rebuild" and run.env.policy.landing.keep_days is not None:
+        step.old = lake_held(run, contract)  # landing files expire: the lake is the record a rebuild starts from
+    _check_opened(step)
     incoming = step.incoming
     new = None if incoming is None or incoming.empty else incoming[incoming["_b"].isin(list(step.touched))].drop(columns=["_b"])
     step.new = None if new is not None and new.empty else new
@@ -213,7 +221,47 @@ def _rewrite(step: _Step) -> None:
     if not step.whole:
         step.mentions = {**{b: i.mentions for b, i in step.previous.buckets.items() if b not in step.frames}, **step.mentions}
     step.manifest, step.changed = bk.write_buckets(lake, run.node.name, run.partition, step.frames, step.previous, timestamp=step.timestamp,
-                                                   of=step.buckets, mentions=step.mentions, replace_all=step.whole)
+                                                   of=step.buckets, mentions=step.mentions, replace_all=step.whole,
+                                                   sealing=sealing_for(run.env, contract, step.stones.current))
+
+
+def _check_opened(step: _Step) -> None:
+    """Cells that did not open belong to erased subjects (their key is destroyed, their rows go now); a kept
+    subject's unreadable cell means the key store lost a key: stop before writing anything."""
+    unreadable = (step.old.attrs.get("unreadable") or {}) if step.old is not None else {}
+    lost = set(unreadable) - step.everyone.current - step.stones.current
+    if lost:
+        raise KeysLost(f"{step.run.node.name}[{step.run.partition}]: the personal fields of {len(lost)} kept subjects do not open: "
+                       "their data keys are missing from the key store (restored from an older copy?); nothing was written")
+
+
+def lake_held(run: NodeRun, contract) -> pd.DataFrame | None:
+    """What the lake holds of this shard, for a rebuild when landing files expire: this partition's rows and,
+    after a reshard or a new identity rule, every partition's rows keyed anew and kept when they fall here."""
+    env, name = run.env, run.node.name
+    own = bk.read_buckets(env.lake, name, run.partition, keys=env.keys)
+    if own is not None and own.attrs.get("unreadable"):  # erased: nothing of them to carry over
+        own = own[~own["subject_key"].isin(set(own.attrs["unreadable"]))].reset_index(drop=True)
+        own.attrs["unreadable"] = {}
+    keyer = env.keyer
+    others = sorted({n.split("/")[1] for n in env.lake.list(f"{name}/") if n.endswith(bk.MANIFEST)} - {run.partition})
+    moved = bool(set(others) - set(env.partitions))
+    if own is not None and len(own) and contract.subject_column in own:
+        rekeyed = key_frame(own.drop(columns=["subject_key"]), contract.subject_column, keyer)
+        moved = moved or bool((rekeyed["subject_key"] != own["subject_key"]).any() or (rekeyed["shard"] != run.shard).any())
+    if not moved:
+        return own
+    frames = [bk.read_buckets(env.lake, name, p, keys=env.keys) for p in [run.partition, *others]]
+    rows = [f for f in frames if f is not None and len(f)]
+    if not rows:
+        return None
+    both = pd.concat(rows, ignore_index=True)
+    unreadable = {k: n for f in rows for k, n in (f.attrs.get("unreadable") or {}).items()}
+    both = both[~both["subject_key"].isin(set(unreadable))]  # erased: nothing of them to carry over
+    keyed = key_frame(both.drop(columns=["subject_key"]), contract.subject_column, keyer)
+    out = keyed[keyed["shard"] == run.shard].drop(columns=["shard"]).reset_index(drop=True)
+    out.attrs["unreadable"] = {}
+    return out
 
 
 def _late_tombstones(step: _Step) -> None:
@@ -230,7 +278,8 @@ def _late_tombstones(step: _Step) -> None:
             step.frames[b], more = rewrite_partition(step.frames[b], None, step.contract.id_column, set(late))
             step.counts["dropped"] += more
         step.manifest, more_changed = bk.write_buckets(run.env.lake, run.node.name, run.partition, {b: step.frames[b] for b in hit},
-                                                       step.manifest, of=step.buckets, timestamp=step.timestamp, mentions=step.mentions)
+                                                       step.manifest, of=step.buckets, timestamp=step.timestamp, mentions=step.mentions,
+                                                       sealing=sealing_for(run.env, step.contract, step.stones.current))
         step.changed = sorted(set(step.changed) | set(more_changed))
 
 
@@ -376,7 +425,7 @@ class Raw(Kind):
 
     def read_rows(self, env: Env, node: Node, partition: str, *, buckets: Iterable[int] | None = None,
                   columns: list[str] | None = None, cache: bool = False) -> pd.DataFrame | None:
-        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache)
+        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache, keys=env.keys)
 
     def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:
         return bk.stored_version(env.lake, node.name, partition)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from erasure_pipeline.core.crypto import PAYLOAD_PREFIX, open_payload_value, seal_payload_value
 from erasure_pipeline.core.graph import CheckSpec, Node
 from erasure_pipeline.core.identity import NO_SUBJECT, shard_from_partition
 from erasure_pipeline.core.policy import Policy
@@ -37,6 +38,28 @@ def text_points(rows, dataset: str, id_column: str, text_columns, shard: int, ma
     return ids, texts, payloads
 
 
+def seal_payloads(payloads: list[dict], columns: list[str], keys, *, with_record_id: bool = False) -> None:
+    """Seal, in place, the chunk text of points whose column is sealed (and their record id, when the dataset's
+    id column is), under the subject's data key. The vector itself is a derived number, as a model's weights
+    are: it stays as computed."""
+    wanted = {p["subject_key"] for p in payloads if p["column"] in columns}
+    found = keys.data_keys(wanted, create=False) if wanted else {}
+    for p in payloads:
+        if p["column"] in columns:
+            key = found.get(p["subject_key"])
+            for name in ("text", "record_id") if with_record_id else ("text",):
+                p[name] = None if key is None else seal_payload_value(key, name, p["subject_key"], str(p[name]))
+
+
+def open_payload(payload: dict, keys) -> dict:
+    """A point's payload with its sealed fields opened (None: the subject's key is destroyed)."""
+    sealed = [n for n in ("text", "record_id") if isinstance(payload.get(n), str) and payload[n].startswith(PAYLOAD_PREFIX)]
+    if keys is None or not sealed:
+        return payload
+    key = keys.data_keys([payload["subject_key"]], create=False).get(payload["subject_key"])
+    return {**payload, **{n: open_payload_value(key, n, payload["subject_key"], payload[n]) for n in sealed}}
+
+
 def _inputs_name(partition: str) -> str:
     return f"{NODE}/{partition}/inputs.json"
 
@@ -57,7 +80,7 @@ class _Sync:
         env, p = self.run.env, self.run.partition
         dataset = env.graph.node(parent).table
         spec = env.policy.datasets[dataset]
-        rows = bk.read_buckets(env.lake, parent, p, buckets, self.manifests[parent]) if self.manifests[parent] else None
+        rows = bk.read_buckets(env.lake, parent, p, buckets, self.manifests[parent], keys=env.keys) if self.manifests[parent] else None
         if rows is None or not len(rows):
             return [], [], []
         rows = rows[~rows["subject_key"].isin(self.tombstoned)]
@@ -68,6 +91,9 @@ class _Sync:
             i, t, pl = text_points(rows[groups == b], dataset, spec.id, spec.text, self.run.shard, env.policy.vectors.chunk_chars,
                                    f"{dataset}/{bk.bucket_name(b)}")
             ids, texts, payloads = ids + i, texts + t, payloads + pl
+        sealed = [c for c in spec.text if c in spec.sealed]
+        if sealed and payloads:
+            seal_payloads(payloads, sealed, env.keys, with_record_id=spec.id in spec.sealed)
         return ids, texts, payloads
 
     def __call__(self, parts: list[tuple[str, list[int] | None]], existing: set[str]) -> None:
@@ -89,7 +115,7 @@ def _provenance(env: Env, node: Node, partition: str, manifests: dict, tombstone
     """Whose text rows (so points) are here: rows per subject of every text parent, tombstoned ones left out."""
     points_by_key: dict[str, int] = {}
     for parent in node.parents:
-        subjects = bk.read_buckets(env.lake, parent, partition, columns=["subject_key"]) if manifests[parent] else None
+        subjects = bk.read_buckets(env.lake, parent, partition, columns=["subject_key"], keys=env.keys) if manifests[parent] else None
         if subjects is not None and len(subjects):
             for k, n in subjects.loc[~subjects["subject_key"].isin([*tombstoned, NO_SUBJECT]), "subject_key"].value_counts().items():
                 points_by_key[k] = points_by_key.get(k, 0) + int(n)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from erasure_pipeline.core.signing import canonical_json
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
-from erasure_pipeline.ledger.db import Database, chunks, utcnow
+from erasure_pipeline.ledger.db import Database, as_utc, chunks, utcnow
 from erasure_pipeline.ledger.requests import CLAIMABLE, Requests, request_row
 
 R = t.erasure_requests.c
@@ -229,6 +229,13 @@ class Runs:
         with self.db.connect() as conn:
             q = sa.select(t.landing_files.c.name, t.landing_files.c.content_hash, t.landing_files.c.stamp)
             return {r.name: (r.content_hash, r.stamp) for r in conn.execute(q)}
+
+    def landing_ingested(self) -> dict[str, dict]:
+        """Landing files a finished ingest took: name -> content hash, stamp and when they were taken."""
+        q = sa.select(t.landing_files.c.name, t.landing_files.c.content_hash, t.landing_files.c.stamp, t.landing_files.c.seen_at).join(
+            t.landing_batches, t.landing_batches.c.batch_id == t.landing_files.c.batch_id).where(t.landing_batches.c.status == "done")
+        with self.db.connect() as conn:
+            return {r.name: {"hash": r.content_hash, "stamp": r.stamp, "seen_at": as_utc(r.seen_at)} for r in conn.execute(q)}
 
     # ------------------------------------------------------------------ reads
     def landing_hashes(self) -> dict[str, str]:

@@ -286,14 +286,62 @@ drp_requests = sa.Table(
 """Requests taken in over the Data Rights Protocol: which agent filed which request, and the status its
 callback was last told. No identity claim is kept: the subject id goes through intake like the CLI's."""
 
+kek_versions = sa.Table(
+    "kek_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kms_ref", sa.String(256), nullable=False),
+    sa.Column("wrapped_root", sa.LargeBinary),  # emptied once the version is destroyed
+    sa.Column("state", sa.String(16), nullable=False),  # pending | active | retired | destroyed
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("retired_at", sa.DateTime(timezone=True)),
+    sa.Column("destroyed_at", sa.DateTime(timezone=True)),
+)
+"""Key-encryption key versions (in the KMS) and the root key each wraps: the key store's top."""
+
+key_groups = sa.Table(
+    "key_groups",
+    metadata,
+    sa.Column("grp", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("gen", sa.Integer, nullable=False),
+    sa.Column("kek_version", sa.Integer, nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+)
+"""256 group keys (by the first two hex digits of subject_key), each wrapped by a version's root key:
+rotating the KEK rewraps 256 rows, not one per subject; an erasure rekeys only its subjects' groups."""
+
+data_keys = sa.Table(
+    "data_keys",
+    metadata,
+    sa.Column("subject_key", sa.String(64), primary_key=True),
+    sa.Column("grp", sa.Integer, nullable=False),
+    sa.Column("gen", sa.Integer, nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""Each subject's data key, wrapped by its group's key of generation ``gen``."""
+
+key_erasures = sa.Table(
+    "key_erasures",
+    metadata,
+    sa.Column("subject_key", sa.String(64), primary_key=True),
+    sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("had_key", sa.Boolean, nullable=False),
+    sa.Column("rotated_to", sa.Integer),  # the KEK version made after the destruction (null: rotation still to do)
+    sa.Column("rotated_at", sa.DateTime(timezone=True)),
+)
+"""Whose data key was destroyed, when, and the KEK rotation that made older key-store copies unusable.
+A key is never created again for a subject listed here."""
+
 # Versions: 1 is create_all. 2: landing_files, landing_batches, consent_changes, partition_stats and
 # the live-request index (new tables; the index is created by ``Database.migrate``). 3: claims by runs:
 # erasure_requests.run_id, landing_batches.status and .run_id, job_runs, node_versions, audit_log.signature.
 # 4: look-alike ids and blocked requests: erasure_requests.skeleton_key, .blocked_by, .review;
 # provenance.skeleton_key and its index. 5: policy_snapshots (a new table). 6: recipients and DRP intake:
 # sealed_ids, notices, drp_tokens, drp_requests (new tables; the ``outbox`` table is no longer written);
-# landing_files.stamp (a file re-delivered under a name already taken is ingested again).
-CURRENT_VERSION = 6
+# landing_files.stamp (a file re-delivered under a name already taken is ingested again). 7: the key store:
+# kek_versions, key_groups, data_keys, key_erasures (new tables).
+CURRENT_VERSION = 7
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),

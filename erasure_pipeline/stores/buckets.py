@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from erasure_pipeline.core.crypto import KeySource, Sealing
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.core.identity import hex_digits
 from erasure_pipeline.stores import lake as lk
@@ -135,11 +136,13 @@ def read_manifest(store: Lake, asset: str, partition: str) -> Manifest | None:
 
 
 def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int] | None = None,
-                 manifest: Manifest | None = None, columns: list[str] | None = None, *, cache: bool = False) -> pd.DataFrame | None:
+                 manifest: Manifest | None = None, columns: list[str] | None = None, *, cache: bool = False,
+                 keys: KeySource | None = None) -> pd.DataFrame | None:
     """The rows of a partition's buckets (all in the manifest when ``buckets`` is None), in bucket order.
     None when the partition was never written. ``cache``: keep and reuse it in this process, by manifest
     version (for computations reading one partition several times; never for proofs, which read what is
-    stored now)."""
+    stored now). Sealed personal fields are opened with ``keys`` (in memory only); ``attrs["unreadable"]``
+    counts, by subject key, the cells that did not open because the subject's key is destroyed."""
     manifest = manifest or read_manifest(store, asset, partition)
     if manifest is None:
         return None
@@ -148,15 +151,16 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
     if cache and key in _RECENT:
         return _RECENT[key].copy()
     tables = []
+    unreadable: dict[str, int] = {}
     for b in wanted:
         name = object_name(asset, partition, b)
         data = store.read_bytes(name)
         if data is None:
             raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
-        try:
-            tables.append(pq.read_table(io.BytesIO(data), columns=columns))
-        except (pa.ArrowException, OSError, ValueError):
-            raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+        opened = lk.read_parquet(data, columns, name, keys)
+        tables.append(opened.table)
+        for k, n in opened.unreadable.items():
+            unreadable[k] = unreadable.get(k, 0) + n
     if not tables:
         return pd.DataFrame(columns=columns) if columns else pd.DataFrame({"subject_key": pd.Series(dtype=str)})
     # One conversion to pandas for all buckets: most of a small file's read is that conversion. Buckets
@@ -166,7 +170,8 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
         df = pa.concat_tables(tables, promote_options="permissive").to_pandas() if len(tables) > 1 else tables[0].to_pandas()
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         df = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
-    if cache and len(df) <= 500_000:
+    df.attrs["unreadable"] = unreadable
+    if cache and len(df) <= 500_000 and not unreadable:
         _remember(key, df)
     return df
 
@@ -184,13 +189,13 @@ def _remember(key: tuple, df: pd.DataFrame) -> None:
 
 def write_buckets(store: Lake, asset: str, partition: str, frames: Mapping[int, pd.DataFrame], previous: Manifest | None,
                   *, of: int, timestamp: str | None = None, mentions: Mapping[int, Iterable[str]] | None = None,
-                  replace_all: bool = False) -> tuple[Manifest, list[int]]:
+                  replace_all: bool = False, sealing: Sealing | None = None) -> tuple[Manifest, list[int]]:
     """Write the given buckets (an empty frame deletes the bucket), then the manifest, for a layout of
     ``of`` buckets.
 
     A bucket whose bytes are what is stored already is not rewritten (no new object version).
-    ``replace_all``: buckets not in ``frames`` are deleted (a rebuild). Returns the new manifest and the
-    buckets whose content changed.
+    ``replace_all``: buckets not in ``frames`` are deleted (a rebuild). ``sealing``: the personal columns
+    are written sealed per subject. Returns the new manifest and the buckets whose content changed.
     """
     current = dict(previous.buckets) if previous is not None else {}
     changed = []
@@ -206,7 +211,7 @@ def write_buckets(store: Lake, asset: str, partition: str, frames: Mapping[int, 
                 current.pop(b)
                 changed.append(b)
             continue
-        data = lk.table_to_bytes(df)
+        data = lk.table_to_bytes(df, sealing=sealing)
         digest = lk.content_hash(data)
         oldest = pd.to_datetime(df[timestamp], utc=True).min().isoformat() if timestamp and timestamp in df else None
         info = BucketInfo(digest, len(df), int(df["subject_key"].nunique()), oldest, tuple(sorted(set((mentions or {}).get(b, ())))))

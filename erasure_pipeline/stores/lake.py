@@ -25,6 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from erasure_pipeline.core import crypto
+from erasure_pipeline.core.crypto import KeySource, Sealing
 from erasure_pipeline.core.errors import DamagedObject
 
 
@@ -229,18 +231,39 @@ def table_name(asset: str, partition: str) -> str:
 INPUTS_KEY = b"erasure_pipeline.inputs"
 
 
-def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None) -> bytes:
+def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None, sealing: Sealing | None = None) -> bytes:
     """Deterministic Parquet bytes: the same frame (and ``inputs``) always gives the same bytes and hash.
 
     ``inputs`` (name -> fingerprint of what the table was computed from) is kept in the file's schema
     metadata, so a merge carries the proof of what it was built from (``verify`` re-derives it).
+    ``sealing``: its columns are written sealed under each row's subject's data key (``core.crypto``).
     """
-    meta = {INPUTS_KEY: json.dumps(inputs, sort_keys=True).encode()} if inputs is not None else None
-    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(meta)
+    meta = {INPUTS_KEY: json.dumps(inputs, sort_keys=True).encode()} if inputs is not None else {}
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if sealing is not None and sealing.columns:
+        table = crypto.seal_table(table, sealing.columns, sealing.keys, withhold=sealing.withhold)
+        meta.update({k: v for k, v in (table.schema.metadata or {}).items() if k == crypto.SEALED_META})
+    table = table.replace_schema_metadata(meta or None)
     buf = io.BytesIO()
     # Key-value metadata is only written with the Arrow schema; both are deterministic for one schema.
-    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=meta is not None)
+    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=bool(meta))
     return buf.getvalue()
+
+
+def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
+                 keys: KeySource | None = None) -> crypto.Opened:
+    """A Parquet object as Arrow, sealed columns opened with ``keys`` (their subject_key read with them)."""
+    try:
+        schema = pq.read_schema(io.BytesIO(data))
+        sealed = crypto.sealed_columns(schema)
+        extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
+        table = pq.read_table(io.BytesIO(data), columns=[*columns, *extra] if columns is not None else None)
+    except (pa.ArrowException, OSError, ValueError):
+        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+    opened = crypto.open_table(table, keys, name)
+    if extra:
+        opened.table = opened.table.drop_columns(extra)
+    return opened
 
 
 def content_hash(data: bytes) -> str:
@@ -268,11 +291,14 @@ def table_inputs(lake: Lake, asset: str, partition: str) -> dict[str, str] | Non
     return json.loads(meta[INPUTS_KEY]) if INPUTS_KEY in meta else None
 
 
-def table_from_bytes(data: bytes, columns: list[str] | None = None, name: str = "a lake object") -> pd.DataFrame:
-    try:
-        return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
-    except (pa.ArrowException, OSError):
-        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+def table_from_bytes(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
+                     keys: KeySource | None = None) -> pd.DataFrame:
+    """A Parquet object as a frame, sealed columns opened with ``keys``; ``attrs["unreadable"]``: subject key ->
+    cells that did not open (the subject's key is destroyed)."""
+    opened = read_parquet(data, columns, name, keys)
+    df = opened.table.to_pandas()
+    df.attrs["unreadable"] = opened.unreadable
+    return df
 
 
 def read_table(lake: Lake, asset: str, partition: str) -> pd.DataFrame | None:

@@ -9,12 +9,18 @@ files that hold its subjects.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from erasure_pipeline.core import contracts, identity
+from erasure_pipeline.core.crypto import KeySource, SealedWithoutKeys, Sealing
+from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.core.contracts import TableContract
 from erasure_pipeline.core.identity import Keyer
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
@@ -135,13 +141,15 @@ class Staged:
 
 
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
-          check: Callable[[pd.DataFrame, LandingFile], None] | None = None, tombstones: Tombstones | None = None) -> Staged:
+          check: Callable[[pd.DataFrame, LandingFile], None] | None = None, tombstones: Tombstones | None = None,
+          keys: KeySource | None = None) -> Staged:
     """Read each landing file once: write its rows of each shard to the staging area, index which
     subjects (and which ids inside its texts) it holds, and rewrite it without ``tombstones``' subjects
     when a source sent them again (every ingest path stages, so every ingest path scrubs landing). Files
     are numbered in the batch's order, so a shard reading its staged files in name order sees later files
     last (later files win on id). The staged rows are as read: the raw step drops tombstoned subjects and
-    keeps the provenance of those whose erasure is still to run."""
+    keeps the provenance of those whose erasure is still to run. Declared personal fields are staged sealed
+    (``keys``); tombstoned subjects get no key, their fields are staged empty."""
     out = Staged(batch)
     drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
     landing_index.delete_batch(lake, batch)
@@ -159,8 +167,9 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
         if scrubbed is not None:
             out.scrubbed[f.name] = _rewrite(landing, f.name, scrubbed)
         out.rows += len(df)
+        sealing = _sealing(f.contract, keys, tombstones)
         for shard, rows in df.groupby("shard", sort=True):
-            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.table_to_bytes(rows.drop(columns=["shard"])))
+            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.table_to_bytes(rows.drop(columns=["shard"]), sealing=sealing))
             out.shards.setdefault(f.table, set()).add(int(shard))
         index.add(f.name, df["subject_key"], landing_index.ROWS)
         if f.contract.texts:
@@ -169,12 +178,20 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     return out
 
 
-def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int) -> pd.DataFrame | None:
+def _sealing(contract: TableContract, keys: KeySource | None, tombstones: Tombstones | None) -> Sealing | None:
+    if not contract.sealed:
+        return None
+    if keys is None:
+        raise SealedWithoutKeys(f"datasets.{contract.name}.personal is declared but no key store is open to seal it")
+    return Sealing(tuple(contract.sealed), keys, frozenset(tombstones.current) if tombstones else frozenset())
+
+
+def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int, keys: KeySource | None = None) -> pd.DataFrame | None:
     """A shard's rows of one table from a batch's staging area, later files winning on id (None: no rows)."""
     names = lake.list(f"{STAGING}/{batch}/{contract.name}/{identity.partition_key(shard)}/")
     if not names:
         return None
-    frames = [lk.table_from_bytes(lake.read_bytes(n)) for n in names]
+    frames = [lk.table_from_bytes(lake.read_bytes(n), name=n, keys=keys) for n in names]
     both = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return both.drop_duplicates(subset=[contract.id_column], keep="last")
 
@@ -194,13 +211,20 @@ def staged_files(lake: Lake, table: str | None = None, shard: int | None = None)
 
 
 def scrub_staging(lake: Lake, keys: set[str], table: str | None = None, shard: int | None = None) -> int:
-    """Rewrite staged files of a batch still running (or interrupted) without ``keys``; returns how many."""
+    """Rewrite staged files of a batch still running (or interrupted) without ``keys``; returns how many.
+    Rows are filtered as stored: sealed fields stay sealed, byte for byte."""
     rewritten = 0
     for name in staged_files(lake, table, shard):
-        df = lk.table_from_bytes(lake.read_bytes(name))
-        hit = df["subject_key"].isin(keys).to_numpy()
-        if hit.any():
-            lake.write_bytes(name, lk.table_to_bytes(df[~hit].reset_index(drop=True)))
+        try:
+            stored = pq.read_table(io.BytesIO(lake.read_bytes(name) or b""))
+        except (pa.ArrowException, OSError, ValueError):
+            raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+        hit = pc.is_in(stored.column("subject_key"), value_set=pa.array(sorted(keys), type=stored.schema.field("subject_key").type))
+        if pc.any(hit).as_py():
+            buf = io.BytesIO()
+            pq.write_table(stored.filter(pc.invert(hit)), buf, compression="zstd", write_statistics=True,
+                           store_schema=bool(stored.schema.metadata))
+            lake.write_bytes(name, buf.getvalue())
             lake.purge_noncurrent(name)
             rewritten += 1
     return rewritten

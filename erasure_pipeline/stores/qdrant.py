@@ -88,6 +88,20 @@ class ClientStore:
     def session(self, shard: int, dimensions: int | None = None) -> Iterator[None]:
         yield  # a client per call: nothing to keep open
 
+    def payloads(self, shard: int) -> list[dict]:
+        """Every point's payload in the shard (as stored: sealed fields stay sealed)."""
+        out: list[dict] = []
+        with self.client(shard) as client:
+            if not client.collection_exists(self.collection):
+                return out
+            offset = None
+            while True:
+                points, offset = client.scroll(self.collection, scroll_filter=self._shard_filter(shard), limit=2048, offset=offset,
+                                               with_payload=True, with_vectors=False)
+                out += [dict(p.payload or {}) for p in points]
+                if offset is None:
+                    return out
+
     def group_ids(self, shard: int, group: str | None = None) -> set[str]:
         with self.client(shard) as client:
             if group is None:

@@ -56,6 +56,7 @@ class VectorStore(Protocol):
     def count_subjects(self, shard: int, keys: list[str]) -> int: ...
     def point_ids(self, shard: int) -> set[str]: ...
     def search(self, vector: np.ndarray, shards: list[int], limit: int = 5) -> list[tuple[float, dict]]: ...
+    def payloads(self, shard: int) -> list[dict]: ...
     def describe(self) -> str: ...
     def stored_keys(self, shard: int) -> set[str] | None: ...
 
@@ -211,6 +212,19 @@ class EdgeStore:
             ids.update(str(r.id) for r in records)
             if offset is None:
                 return ids
+
+    def payloads(self, shard: int) -> list[dict]:
+        """Every point's payload in the shard (as stored: sealed fields stay sealed)."""
+        q = _edge()
+        out: list[dict] = []
+        with self.shard(shard) as store:
+            offset = None
+            while store is not None:
+                records, offset = store.scroll(q.ScrollRequest(limit=4096, offset=offset, with_payload=True, with_vector=False))
+                out += [dict(r.payload or {}) for r in records]
+                if offset is None:
+                    break
+        return out
 
     def group_ids(self, shard: int, group: str | None = None) -> set[str]:
         with self.shard(shard) as store:

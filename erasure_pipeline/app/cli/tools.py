@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from erasure_pipeline.app.cli.common import Fail, guard, main, settings
+from erasure_pipeline.app.cli.common import Fail, guard, ledger, main, settings
 
 
 @main.command()
@@ -25,12 +25,17 @@ def search(text: str, limit: int) -> None:
     policy = load_policy(settings=s)
     if not policy.text_datasets:
         raise Fail("no dataset declares text columns (datasets.<name>.text): there is no vector index to search")
+    from erasure_pipeline.kinds.environment import key_ring
+    from erasure_pipeline.kinds.vectors import open_payload
+
     store = vector_store(s.qdrant_url, s.qdrant_api_key, s.qdrant_path)
+    keys = key_ring(ledger(), s) if any(d.sealed for d in policy.datasets.values()) else None
     hits = store.search(embedder_for(policy)([text], policy.vectors.dimensions)[0], list(range(policy.shards)), limit=limit)
     if not hits:
         click.echo("no hits (has vector_index been materialised?)")
     click.echo(f"{'score':>7}  {'shard':<9} record")
-    for score, payload in hits:
+    for score, sealed in hits:
+        payload = open_payload(sealed, keys)
         click.echo(f"{score:7.4f}  shard_{payload.get('shard', 0):02d}  {payload.get('dataset')}.{payload.get('column')} "
                    f"{payload.get('record_id')}")
 

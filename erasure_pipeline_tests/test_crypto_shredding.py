@@ -1,0 +1,402 @@
+"""Backups that go dark: declared personal fields sealed per subject, the key destroyed first at erasure, the
+key-encryption key rotated after, so copies we cannot rewrite (a copy of the whole home, an old S3 object
+version, an old copy of the key store) stop being readable for the erased subject, and only for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from erasure_pipeline.core import crypto
+from erasure_pipeline.core.errors import DamagedObject
+from erasure_pipeline.ledger import Ledger
+from erasure_pipeline.ledger.keys import KeyRing, group_of
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores.kms import AwsKms, KekUnusable, LocalKms
+from erasure_pipeline.stores.lake import LocalLake
+from erasure_pipeline.stores.vectors import EdgeStore
+from erasure_pipeline_tests import stores
+from erasure_pipeline_tests.conftest import SMALL_POLICY, project_env
+from erasure_pipeline_tests.erasure_helpers import scan_for
+
+SEALED_POLICY = SMALL_POLICY.replace(
+    """  subjects: {id: subject_id, subject: subject_id}
+  events: {id: event_id, subject: subject_id, timestamp: ts}
+  tickets: {id: ticket_id, subject: subject_id, timestamp: created_at, text: [text]}""",
+    """  subjects: {id: subject_id, subject: subject_id, personal: [full_name, phone]}
+  events: {id: event_id, subject: subject_id, timestamp: ts, personal: []}
+  tickets: {id: ticket_id, subject: subject_id, timestamp: created_at, text: [text], personal: []}""") + "landing: {keep_days: 0}\n"
+RAW = ("raw_subjects", "raw_events", "raw_tickets")
+PARTITIONS = [f"shard_{i:02d}" for i in range(4)]
+
+
+class Keys:
+    """A key source in memory, for the pure sealing tests."""
+
+    def __init__(self):
+        self.held: dict[str, bytes] = {}
+
+    def data_keys(self, subject_keys, *, create):
+        if create:
+            for k in subject_keys:
+                self.held.setdefault(k, os.urandom(crypto.DATA_KEY_BYTES))
+        return {k: self.held[k] for k in subject_keys if k in self.held}
+
+
+# ---------------------------------------------------------------- sealing (pure)
+def test_sealing_round_trips_every_type_deterministically_and_a_destroyed_key_opens_nothing():
+    df = pd.DataFrame({"subject_key": ["a", "a", "b", "c"], "subject_id": ["x@y", "x@y", "z@w", None], "age": [1.0, 2.0, 3.0, None],
+                       "ts": pd.to_datetime(["2024-01-01", "2024-02-01 10:00:01.5", "2024-03-01", None], utc=True, format="ISO8601"),
+                       "flag": [True, False, None, True], "n": [1, 2, 3, 4]})
+    keys, table = Keys(), pa.Table.from_pandas(df, preserve_index=False)
+    sealed = crypto.seal_table(table, ["subject_id", "age", "ts", "flag"], keys)
+    assert {sealed.schema.field(c).type for c in ("subject_id", "age", "ts", "flag")} == {pa.binary()}
+    assert sealed.column("subject_id")[0] == sealed.column("subject_id")[1]  # deterministic: files keep their hashes
+    assert crypto.seal_table(table, ["subject_id", "age", "ts", "flag"], keys).equals(sealed)
+    assert crypto.open_table(sealed, keys).table.to_pandas().equals(df)
+    assert b"x@y" not in sealed.column("subject_id")[0].as_py()
+    del keys.held["a"]  # the subject's key destroyed
+    opened = crypto.open_table(sealed, keys)
+    assert opened.unreadable == {"a": 8}
+    assert opened.table.column("subject_id").to_pylist() == [None, None, "z@w", None]
+    with pytest.raises(crypto.SealedWithoutKeys):
+        crypto.open_table(sealed, None)
+
+
+def test_a_sealed_cell_moved_to_another_subject_or_column_does_not_open():
+    keys = Keys()
+    sealed = crypto.seal_table(pa.table({"subject_key": ["a", "b"], "phone": ["1", "2"], "name": ["n1", "n2"]}), ["phone", "name"], keys)
+    phones = sealed.column("phone").to_pylist()
+    swapped = sealed.set_column(1, "phone", pa.array([phones[1], phones[0]], pa.binary()))
+    with pytest.raises(DamagedObject, match="does not open"):
+        crypto.open_table(swapped, keys)
+    moved = sealed.set_column(2, "name", pa.array(phones, pa.binary()))
+    with pytest.raises(DamagedObject, match="does not open"):
+        crypto.open_table(moved, keys)
+
+
+# ---------------------------------------------------------------- the key store (sqlite and postgres)
+def _ring(url: str, kms, schema: str = "erasure_ledger") -> KeyRing:
+    book = Ledger(url, schema=schema)
+    book.migrate()
+    return KeyRing(book.db, book.audit, kms)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def key_store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    return request.getfixturevalue("pg_database")
+
+
+def test_destroying_a_key_rekeys_its_group_rotates_the_kek_and_an_old_store_copy_opens_nothing(key_store_url, tmp_path):
+    kms = LocalKms(tmp_path / "kek.json")
+    ring = _ring(key_store_url, kms)
+    same_group = [f"ab{i:062x}" for i in range(3)]
+    other = "cd" + "0" * 62
+    made = ring.data_keys([*same_group, other], create=True)
+    assert len(made) == 4 and all(len(k) == crypto.DATA_KEY_BYTES for k in made.values())
+    assert ring.data_keys([*same_group, other], create=False) == made  # read back, not made again
+    old = _snapshot(key_store_url, tmp_path)
+
+    victim = same_group[0]
+    destroyed = ring.destroy([victim])[victim]
+    assert destroyed.had_key and destroyed.rotated_to == 2
+    after = ring.data_keys([*same_group, other], create=True)  # a destroyed key is never made again
+    assert victim not in after and after == {k: v for k, v in made.items() if k != victim}
+    status = ring.status()
+    assert [v["state"] for v in status["versions"]] == ["destroyed", "active"] and status["rotations_pending"] == 0
+    assert ring.has_key(victim) is False and ring.destroy([victim])[victim].rotated_to == 2  # idempotent
+
+    # The copy of the store from before the erasure, restored: its root is wrapped under a destroyed version.
+    stale = _ring(old[0], kms, old[1])
+    with pytest.raises(KekUnusable, match="not in"):
+        stale.data_keys([victim], create=False)
+    with pytest.raises(KekUnusable):
+        stale.data_keys([other], create=False)
+
+    assert ring.rotate() == 3  # a rotation touches no data key: every kept one reads the same
+    assert _ring(key_store_url, kms).data_keys([*same_group, other], create=False) == after
+    assert group_of(victim) == group_of(same_group[1])
+
+
+def _snapshot(url: str, tmp_path: Path) -> tuple[str, str]:
+    """A copy of the key store as a backup would take it: the SQLite file, or the key tables copied into another
+    Postgres schema. Returns (url, schema)."""
+    if url.startswith("sqlite"):
+        src = Path(url.removeprefix("sqlite:///"))
+        dst = tmp_path / "backup.sqlite"
+        with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+            a.backup(b)
+        return f"sqlite:///{dst}", "erasure_ledger"
+    import sqlalchemy as sa
+
+    Ledger(url, schema="erasure_ledger_backup").migrate()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in ("kek_versions", "key_groups", "data_keys", "key_erasures"):
+            conn.execute(sa.text(f"INSERT INTO erasure_ledger_backup.{table} SELECT * FROM erasure_ledger.{table}"))
+    engine.dispose()
+    return url, "erasure_ledger_backup"
+
+
+def test_sqlite_key_store_keeps_no_byte_of_a_destroyed_key(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    ring = _ring(url, LocalKms(tmp_path / "kek.json"))
+    keys = [f"{i:02x}" + "e" * 62 for i in range(40)]
+    ring.data_keys(keys, create=True)
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:
+        wrapped = conn.execute("SELECT wrapped FROM data_keys WHERE subject_key = ?", (keys[7],)).fetchone()[0]
+    ring.destroy([keys[7]])
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("ledger.sqlite")]
+    assert files and not any(wrapped in p.read_bytes() for p in files)  # secure_delete zeroed it; the WAL is truncated
+
+
+# ---------------------------------------------------------------- end to end: a copy of the whole home
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The CLI in its own process, as an operator runs it (nothing cached from an earlier command)."""
+    done = subprocess.run([sys.executable, "-c", "from erasure_pipeline.app.cli import main; main()", *args], capture_output=True,
+                          text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _load_demo(n: int = 120) -> dict:
+    from erasure_pipeline.app import demo
+
+    data = demo.generate(n, 5)
+    demo.write_landing(stores.landing(), data)
+    return data
+
+
+def _victim(data: dict) -> tuple[str, list[str]]:
+    """A subject with a ticket, and their declared fields as the source sent them."""
+    s, t = data["subjects"], data["tickets"]
+    row = s[s["subject_id"].isin(t["subject_id"])].iloc[0]
+    return row["subject_id"], [row["subject_id"], row["full_name"], row["phone"]]
+
+
+def _sealed_view(lake, keys) -> dict[str, dict]:
+    """Every raw row's declared fields as the project's readers open them: id column -> fields."""
+    out = {}
+    for name in RAW:
+        for p in PARTITIONS:
+            df = bk.read_buckets(lake, name, p, keys=keys)
+            if df is None:
+                continue
+            fields = [c for c in ("subject_id", "full_name", "phone", "text") if c in df]
+            ids = df[{"raw_subjects": "subject_id", "raw_events": "event_id", "raw_tickets": "ticket_id"}[name]]
+            if name == "raw_subjects":  # the id column is sealed here: key the row by its subject_key
+                ids = df["subject_key"]
+            for i, row in zip(ids, df[fields].to_dict("records"), strict=True):
+                out[f"{name}/{i}"] = {k: (None if pd.isna(v) else v) for k, v in row.items()}
+    return out
+
+
+def _payload_texts(root: Path, keys) -> dict[str, str | None]:
+    from erasure_pipeline.kinds.vectors import open_payload
+
+    store = EdgeStore(root=root)
+    return {f"{p['record_id']}/{p['chunk']}": open_payload(p, keys)["text"] for s in range(4) for p in store.payloads(s)}
+
+
+@pytest.mark.slow
+def test_a_copy_of_the_whole_home_restored_after_an_erasure_is_dark_for_the_subject_only(tmp_path):
+    from erasure_pipeline.erasure.intake import erase  # noqa: F401  (the CLI files it; this only checks the import)
+    from erasure_pipeline_tests.erasure_helpers import key
+
+    home = tmp_path / "home"
+    with project_env(home, SEALED_POLICY):
+        data = _load_demo()
+        _cli("materialize")
+        assert stores.landing().list() == []  # ingested: removed (landing.keep_days: 0)
+        sid, needles = _victim(data)
+        victim = key(sid)
+        live_keys = stores.keys()
+        before = _sealed_view(stores.lake(), live_keys)
+        texts_before = _payload_texts(home / "qdrant", live_keys)
+        assert before[f"raw_subjects/{victim}"]["full_name"] == needles[1]
+        _let_go()
+        assert scan_for(home, needles) == []  # sealed even before: no plaintext of theirs anywhere in the home
+
+        backup = tmp_path / "backup"
+        shutil.copytree(home, backup)  # lake, landing, vectors, ledger (its key store) and Dagster's databases
+        assert not (backup.parent / "backup.kek.json").exists() and (home.parent / "home.kek.json").exists()
+
+        rid = _cli("erase", sid).stdout.strip()
+        _cli("process")
+        assert "all" in _cli("verify", rid).stdout
+        cert = _cli("certificate", rid, "--json").stdout
+        assert "data key destroyed at" in cert and "key-encryption key rotated to version" in cert
+        assert "unreadable: the subject's data key was destroyed at" in cert
+        assert "sealed fields: every kept subject's fields open" in _cli("keys", "verify").stdout
+
+        restored = tmp_path / "restored"
+        shutil.copytree(backup, restored)  # put back beside the live home
+        lake = LocalLake(restored / "lake")
+        # 1. the project's readers with the live key store: the subject's fields open nowhere, everyone else's do.
+        view = _sealed_view(lake, stores.keys())
+        theirs = {k: v for k, v in before.items() if _belongs(k, v, victim, sid, data)}
+        assert theirs and all(all(x is None for x in view[k].values()) for k in theirs)
+        assert {k: v for k, v in view.items() if k not in theirs} == {k: v for k, v in before.items() if k not in theirs}
+        payloads = _payload_texts(restored / "qdrant", stores.keys())
+        lost = {k for k, v in payloads.items() if v is None}
+        assert lost and all(texts_before[k] is not None for k in lost)
+        assert {k: v for k, v in payloads.items() if k not in lost} == {k: v for k, v in texts_before.items() if k not in lost}
+        assert all(any(n in texts_before[k] for n in needles) for k in lost)
+        # 2. the project's readers with the copy's own (old) key store: nothing opens at all.
+        old_book = Ledger(f"sqlite:///{restored / 'ledger.sqlite'}")
+        old_keys = KeyRing(old_book.db, old_book.audit, LocalKms(home.parent / "home.kek.json"))
+        with pytest.raises(KekUnusable):
+            bk.read_buckets(lake, "raw_subjects", PARTITIONS[0], keys=old_keys)
+        old_book.dispose()
+        # 3. an independent byte scan (Parquet decoded, everything else raw): none of their fields, in either home.
+        _let_go()
+        assert scan_for(restored, needles) == []
+        assert scan_for(home, needles) == []
+
+
+def _let_go() -> None:
+    """Close this process's ledger connections before reading its files as plain files: closing any descriptor of
+    a SQLite file drops every POSIX lock the process holds on it, and another process may then truncate the WAL
+    under a connection that believes it still holds its read lock (it then reads a malformed database)."""
+    stores.default_ledger().dispose()
+
+
+def _belongs(row_key: str, fields: dict, victim: str, sid: str, data: dict) -> bool:
+    """Rows of the subject: their own (by key, or by id in the text's owner column)."""
+    name, ident = row_key.split("/", 1)
+    if name == "raw_subjects":
+        return ident == victim
+    return fields.get("subject_id") == sid
+
+
+# ---------------------------------------------------------------- S3 with versioning, AWS KMS (moto)
+@pytest.mark.slow
+@pytest.mark.s3
+def test_an_old_s3_object_version_restored_after_erasure_is_unreadable_for_the_subject(s3_bucket, tmp_path):
+    import boto3
+
+    from erasure_pipeline_tests.erasure_helpers import key
+
+    bucket, env = s3_bucket
+    home = tmp_path / "home"
+    with project_env(home, SEALED_POLICY, ERASURE_PIPELINE_LAKE_URL=f"s3://{bucket}/lake",
+                     ERASURE_PIPELINE_LANDING_URL=f"s3://{bucket}/landing", ERASURE_PIPELINE_KMS=f"aws-kms:alias/ep-{bucket}", **env):
+        data = _load_demo()
+        _cli("materialize")
+        sid, needles = _victim(data)
+        victim = key(sid)
+        client = boto3.client("s3")
+        saved = {}  # what a replica or a backup of the bucket holds: every object version, as bytes
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix="lake/raw_"):
+            for v in page.get("Versions", []):
+                saved[(v["Key"], v["VersionId"])] = client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+        before = _sealed_view(stores.lake(), stores.keys())
+        _let_go()
+        old_store = tmp_path / "ledger-backup.sqlite"
+        with sqlite3.connect(home / "ledger.sqlite") as a, sqlite3.connect(old_store) as b:
+            a.backup(b)
+
+        rid = _cli("erase", sid).stdout.strip()
+        _cli("process")
+        _cli("verify", rid)
+        kms = AwsKms(f"alias/ep-{bucket}")
+        assert len(saved) > 1
+        for (name, _version), body in saved.items():  # every old version put back as the current object
+            client.put_object(Bucket=bucket, Key=name, Body=body)
+        restored = _sealed_view(stores.lake(), stores.keys())
+        theirs = {k for k, v in before.items() if _belongs(k, v, victim, sid, data)}
+        assert theirs and all(all(x is None for x in restored[k].values()) for k in theirs)
+        assert {k: v for k, v in restored.items() if k not in theirs} == {k: v for k, v in before.items() if k not in theirs}
+        for (name, _version), body in saved.items():  # independently: no cell or byte of any old version holds their fields
+            if not name.endswith(".parquet"):
+                assert not any(n.encode() in body for n in needles)
+                continue
+            table = pq.read_table(io.BytesIO(body))
+            cells = {str(v) for c in table.column_names for v in table.column(c).to_pylist()}
+            assert not any(n in c for n in needles for c in cells)
+        old = Ledger(f"sqlite:///{old_store}")
+        with pytest.raises(KekUnusable, match="PendingDeletion|unusable"):
+            bk.read_buckets(stores.lake(), "raw_subjects", PARTITIONS[0], keys=KeyRing(old.db, old.audit, kms))
+        old.dispose()
+
+
+# ---------------------------------------------------------------- KMS faults
+@pytest.mark.slow
+@pytest.mark.s3
+def test_kms_unreachable_or_disabled_is_one_line_and_the_request_resumes_on_the_next_tick(s3_bucket, tmp_path, monkeypatch):
+    import boto3
+    from click.testing import CliRunner
+
+    from erasure_pipeline.app.cli import main
+    from erasure_pipeline.core import names
+
+    def next_tick() -> str:
+        """The tick after the blocked-request backoff (a minute under the daemon), in this process."""
+        monkeypatch.setattr(names, "BLOCKED_RETRY", dt.timedelta(0))
+        out = CliRunner().invoke(main, ["process"])
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    from erasure_pipeline_tests.stores import default_ledger
+
+    _bucket, env = s3_bucket
+    alias = f"alias/ep-faults-{_bucket}"
+    home = tmp_path / "home"
+    with project_env(home, SEALED_POLICY, ERASURE_PIPELINE_KMS=f"aws-kms:{alias}", **env):
+        data = _load_demo()
+        dead = {"AWS_ENDPOINT_URL_KMS": "http://127.0.0.1:9"}  # nothing listens there
+        os.environ.update(dead)
+        try:
+            first = _cli("materialize", check=False)
+        finally:
+            os.environ.pop("AWS_ENDPOINT_URL_KMS")
+        assert first.returncode != 0 and f"KMS unavailable: aws-kms:{alias} (EndpointConnectionError), retry later" in first.stderr
+        assert "Traceback" not in first.stderr + first.stdout
+        _cli("materialize")  # the KMS is back: the ingest runs as if nothing happened
+        sid, _needles = _victim(data)
+        others = data["subjects"]["subject_id"].tolist()
+
+        # Unreachable mid-erasure: the claim step stops before anything is written; the request waits.
+        rid = _cli("erase", sid).stdout.strip()
+        os.environ.update(dead)
+        try:
+            out = _cli("process", check=False)
+        finally:
+            os.environ.pop("AWS_ENDPOINT_URL_KMS")
+        assert f"KMS unavailable: aws-kms:{alias}" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+        request = default_ledger().requests.get(rid)
+        assert request["status"] in ("pending", "blocked") or request.get("blocked_by"), request
+        assert stores.keys().has_key(default_ledger().requests.get(rid)["subject_key"])  # nothing half-done
+        assert "1 blocked by claim_requests: KMS unavailable" in _cli("process").stdout  # within the backoff: says why
+        next_tick()
+        assert default_ledger().requests.get(rid)["status"] == "completed"
+        _cli("verify", rid)
+
+        # The key-encryption key disabled by an operator: one line naming it; enabled again, the next tick completes.
+        second = next(o for o in others if o != sid)
+        rid2 = _cli("erase", second).stdout.strip()
+        kms = boto3.client("kms")
+        active = kms.describe_key(KeyId=alias)["KeyMetadata"]["KeyId"]
+        kms.disable_key(KeyId=active)
+        out = _cli("process", check=False)
+        assert f"key-encryption key {active} unusable in aws-kms:{alias} (Disabled)" in out.stdout + out.stderr
+        assert default_ledger().requests.get(rid2)["status"] != "completed"
+        kms.enable_key(KeyId=active)
+        next_tick()
+        assert default_ledger().requests.get(rid2)["status"] == "completed"
+        _cli("verify", rid2)
+        assert "every kept subject's fields open" in _cli("keys", "verify").stdout
