@@ -56,6 +56,8 @@ def project_home(policy_text: str, keep: str | None = None) -> Iterator[Path]:
         os.environ.update(saved)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+            for sibling in (root.parent / f"{root.name}.kek.json", root.parent / f"{root.name}.kek.json.lock"):
+                sibling.unlink(missing_ok=True)  # the default key file lives beside the home
 
 
 class Timer:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from erasure_pipeline_tests.conftest import PEPPER
@@ -72,7 +71,12 @@ def _check(line: str, done: subprocess.CompletedProcess) -> None:
 
 def _prepare(home: Path) -> None:
     """The files the README's commands name, made as a person would make them."""
-    subjects = pd.concat(pd.read_csv(f) for f in sorted((home / "landing" / "subjects").glob("*.csv")))
+    from erasure_pipeline.app import demo
+
+    # The README's demo (--subjects 2000, seed 7): the ids its source system holds. Landing keeps no copy:
+    # the demo declares landing.keep_days: 0, so ingested files are gone and the lake seals the ids.
+    assert not list((home / "landing").rglob("*.csv"))
+    subjects = demo.generate(2000, 7)["subjects"]
     (home / "ids.txt").write_text("\n".join(subjects["subject_id"].iloc[:3]) + "\n")
     policy = (home / "policy.yaml").read_text()
     assert "k_min: 10" in policy

@@ -41,9 +41,9 @@ def backup_risks(sealed: Mapping[str, Sequence[str]], destroyed_at: str | None, 
              f"and the vector store's payloads are unreadable: the subject's data key was destroyed {when}"
              + (f", and the key-encryption key was rotated at {rotated_at} with every earlier version destroyed, so an old copy "
                 "of the key store opens nothing either." if rotated_at else "."),
-             "Not sealed, and held by backups taken before the completion date until their retention expires: derived numbers "
+             ("Not sealed, and held by backups taken before the completion date until their retention expires: derived numbers "
              "(training sets, shard models, cohort partials, embedding vectors) and columns not declared personal; the live "
-             "stores no longer hold them (rewritten and retrained above). Restores must replay the tombstone list (deploy/README.md)."]
+             "stores no longer hold them (rewritten and retrained above). Restores must replay the tombstone list (deploy/README.md).")]
     if landing_days is None:
         risks.append("Landing files are kept as the source sent them (landing.keep_days is not declared): their copies in "
                      "backups taken before the completion date hold the subject's fields in the clear.")

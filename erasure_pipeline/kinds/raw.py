@@ -24,8 +24,6 @@ from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
 from erasure_pipeline.kinds.base import (
     TOMBSTONE_CHECK,
-    KeysLost,
-    sealing_for,
     Env,
     Finding,
     Kind,
@@ -34,14 +32,15 @@ from erasure_pipeline.kinds.base import (
     finish,
     old_versions_holding,
     rows_of_subject,
+    sealing_for,
     tombstone_check,
     versions_before_tombstone,
 )
-from erasure_pipeline.ml.features import consenting
+from erasure_pipeline.kinds.raw_rows import apply_retention, check_opened, consent_changes, lake_held, rewrite_partition
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
-from erasure_pipeline.stores.landing import key_frame, read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
+from erasure_pipeline.stores.landing import read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
 
 
 def node_name(dataset: str) -> str:
@@ -64,37 +63,6 @@ def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.date
         return None
     latest = max(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in times)
     return latest - dt.timedelta(days=policy.retention_days)
-
-
-def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff: dt.datetime | None) -> tuple[pd.DataFrame, int]:
-    """Drop rows whose timestamp is older than ``cutoff`` (datasets without a timestamp are kept)."""
-    cols = contract.timestamps
-    if cutoff is None or not cols or df.empty or cols[0] not in df:
-        return df, 0
-    old = (pd.to_datetime(df[cols[0]], utc=True) < pd.Timestamp(cutoff)).to_numpy()
-    return df[~old].reset_index(drop=True), int(old.sum())
-
-
-def consent_changes(existing: pd.DataFrame | None, written: pd.DataFrame, policy: Policy) -> dict[str, bool]:
-    """Subjects whose training consent flipped between the old and the new rows."""
-    if existing is None or existing.empty or written.empty or policy.consent is None or policy.consent.column not in written:
-        return {}
-    before = pd.Series(consenting(existing, policy).to_numpy(), index=existing["subject_key"].to_numpy())
-    after = pd.Series(consenting(written, policy).to_numpy(), index=written["subject_key"].to_numpy())
-    both = before.index.intersection(after.index)
-    flipped = both[before.loc[both].to_numpy() != after.loc[both].to_numpy()]
-    return {k: bool(after.loc[k]) for k in flipped}
-
-
-def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | None, id_column: str, tombstoned: set[str]) -> tuple[pd.DataFrame, int]:
-    """Upsert ``incoming`` into ``existing`` by id, drop tombstoned subjects, sort by id."""
-    frames = [f for f in (existing, incoming) if f is not None and not f.empty]
-    if not frames:
-        return (existing if existing is not None else pd.DataFrame()), 0
-    both = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[id_column], keep="last") if len(frames) > 1 else frames[0]
-    keep = ~both["subject_key"].isin(tombstoned)
-    out = both[keep].sort_values(id_column, kind="stable").reset_index(drop=True)
-    return out, int((~keep).sum())
 
 
 @dataclass
@@ -198,7 +166,7 @@ def _rewrite(step: _Step) -> None:
                                    keys=run.env.keys)
     elif run.mode == "rebuild" and run.env.policy.landing.keep_days is not None:
         step.old = lake_held(run, contract)  # landing files expire: the lake is the record a rebuild starts from
-    _check_opened(step)
+    check_opened(step.old, step.everyone.current | step.stones.current, f"{run.node.name}[{run.partition}]")
     incoming = step.incoming
     new = None if incoming is None or incoming.empty else incoming[incoming["_b"].isin(list(step.touched))].drop(columns=["_b"])
     step.new = None if new is not None and new.empty else new
@@ -223,45 +191,6 @@ def _rewrite(step: _Step) -> None:
     step.manifest, step.changed = bk.write_buckets(lake, run.node.name, run.partition, step.frames, step.previous, timestamp=step.timestamp,
                                                    of=step.buckets, mentions=step.mentions, replace_all=step.whole,
                                                    sealing=sealing_for(run.env, contract, step.stones.current))
-
-
-def _check_opened(step: _Step) -> None:
-    """Cells that did not open belong to erased subjects (their key is destroyed, their rows go now); a kept
-    subject's unreadable cell means the key store lost a key: stop before writing anything."""
-    unreadable = (step.old.attrs.get("unreadable") or {}) if step.old is not None else {}
-    lost = set(unreadable) - step.everyone.current - step.stones.current
-    if lost:
-        raise KeysLost(f"{step.run.node.name}[{step.run.partition}]: the personal fields of {len(lost)} kept subjects do not open: "
-                       "their data keys are missing from the key store (restored from an older copy?); nothing was written")
-
-
-def lake_held(run: NodeRun, contract) -> pd.DataFrame | None:
-    """What the lake holds of this shard, for a rebuild when landing files expire: this partition's rows and,
-    after a reshard or a new identity rule, every partition's rows keyed anew and kept when they fall here."""
-    env, name = run.env, run.node.name
-    own = bk.read_buckets(env.lake, name, run.partition, keys=env.keys)
-    if own is not None and own.attrs.get("unreadable"):  # erased: nothing of them to carry over
-        own = own[~own["subject_key"].isin(set(own.attrs["unreadable"]))].reset_index(drop=True)
-        own.attrs["unreadable"] = {}
-    keyer = env.keyer
-    others = sorted({n.split("/")[1] for n in env.lake.list(f"{name}/") if n.endswith(bk.MANIFEST)} - {run.partition})
-    moved = bool(set(others) - set(env.partitions))
-    if own is not None and len(own) and contract.subject_column in own:
-        rekeyed = key_frame(own.drop(columns=["subject_key"]), contract.subject_column, keyer)
-        moved = moved or bool((rekeyed["subject_key"] != own["subject_key"]).any() or (rekeyed["shard"] != run.shard).any())
-    if not moved:
-        return own
-    frames = [bk.read_buckets(env.lake, name, p, keys=env.keys) for p in [run.partition, *others]]
-    rows = [f for f in frames if f is not None and len(f)]
-    if not rows:
-        return None
-    both = pd.concat(rows, ignore_index=True)
-    unreadable = {k: n for f in rows for k, n in (f.attrs.get("unreadable") or {}).items()}
-    both = both[~both["subject_key"].isin(set(unreadable))]  # erased: nothing of them to carry over
-    keyed = key_frame(both.drop(columns=["subject_key"]), contract.subject_column, keyer)
-    out = keyed[keyed["shard"] == run.shard].drop(columns=["shard"]).reset_index(drop=True)
-    out.attrs["unreadable"] = {}
-    return out
 
 
 def _late_tombstones(step: _Step) -> None:

@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from erasure_pipeline.core import contracts, identity
+from erasure_pipeline.core.contracts import TableContract
 from erasure_pipeline.core.crypto import KeySource, SealedWithoutKeys, Sealing
 from erasure_pipeline.core.errors import DamagedObject
-from erasure_pipeline.core.contracts import TableContract
 from erasure_pipeline.core.identity import Keyer
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
 from erasure_pipeline.stores import lake as lk

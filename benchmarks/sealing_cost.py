@@ -1,0 +1,132 @@
+"""What sealing the declared personal fields costs: the same data, the same runs, with and without ``personal``.
+
+    python -m benchmarks.sealing_cost --subjects 200000
+
+For each variant (the demo's declaration without ``personal`` and without ``landing.keep_days``, then with
+``personal`` as the demo declares it), in a fresh project home: a full build of every asset from landing
+(one ingest_job run), then ``--erasures`` one-subject erasures one after another (request -> certificate,
+the sensor's code path), each timed. Prints the ratio sealed / plain of the build and of the median erasure,
+then what sealing alone costs per cell (seal and open, measured on the raw tables in memory), and what the
+key store holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import time
+
+from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
+from erasure_pipeline.app.demo import DEMO_POLICY
+
+
+def _variant(sealed: bool) -> str:
+    text = re.sub(r"\nlanding:\n  keep_days: [^\n]*\n", "\n", DEMO_POLICY.read_text())
+    if not sealed:
+        text = re.sub(r", personal: \[[^\]]*\]", "", text)
+    assert ("personal:" in text) == sealed
+    return text
+
+
+def _run(sealed: bool, args) -> dict:
+    with project_home(_variant(sealed)):
+        from erasure_pipeline.app import demo
+        from erasure_pipeline.app.cli.common import quiet_dagster
+        from erasure_pipeline.app.process import drain
+        from erasure_pipeline.app.runner import env_of, get_instance, materialize_all
+        from erasure_pipeline.core.policy import load_policy
+        from erasure_pipeline.defs.pipeline import build_definitions
+        from erasure_pipeline.erasure.intake import erase
+
+        quiet_dagster()
+        policy = load_policy()
+        tables = demo.generate(args.subjects, args.seed, events_per_subject=args.events_per_subject,
+                               tickets_per_subject=args.tickets_per_subject)
+        demo.write_landing(landing(), tables, subjects_per_file=10_000)
+        sizes = {k: len(v) for k, v in tables.items()}
+        defs = build_definitions(policy)
+        instance = get_instance()
+        with Timer() as build:
+            assert materialize_all(defs, instance).success, "the full build failed"
+        print(f"{'sealed' if sealed else 'plain'}: full build {build.seconds:.1f} s", flush=True)
+        rng = random.Random(args.seed)
+        erasures = []
+        for sid in rng.sample(tables["subjects"]["subject_id"].tolist(), args.erasures):
+            t0 = time.perf_counter()
+            rid, _ = erase(sid, reason="benchmark")
+            res = drain(defs, instance)
+            erasures.append(time.perf_counter() - t0)
+            assert ledger().requests.get(rid)["status"] == "completed" and not res.failed_runs
+        print(f"  erasures: {', '.join(f'{s:.2f}' for s in erasures)} s", flush=True)
+        out = {"build": build.seconds, "erasures": erasures, "sizes": sizes, "shards": policy.shards}
+        if sealed:
+            out["cells"] = _cell_costs(env_of(defs), tables)
+            out["keys"] = env_of(defs).keys.status()
+        return out
+
+
+def _cell_costs(env, tables) -> dict:
+    """Seal and open every declared cell of the three raw tables once, in memory (no I/O)."""
+    import pyarrow as pa
+
+    from erasure_pipeline.core import crypto
+    from erasure_pipeline.core.contracts import contracts_for
+
+    contracts = contracts_for(env.policy)
+    keyer = env.keyer
+    cells = seal_s = open_s = 0.0
+    for name, df in tables.items():
+        sealed = contracts[name].sealed
+        if not sealed:
+            continue
+        frame = df.assign(subject_key=keyer.keys(df[contracts[name].subject_column].astype(str).tolist()))
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        t0 = time.perf_counter()
+        done = crypto.seal_table(arrow, sealed, env.keys)
+        t1 = time.perf_counter()
+        crypto.open_table(done, env.keys)
+        t2 = time.perf_counter()
+        cells += sum(arrow.column(c).length() - arrow.column(c).null_count for c in sealed)
+        seal_s, open_s = seal_s + t1 - t0, open_s + t2 - t1
+    return {"cells": int(cells), "seal_s": seal_s, "open_s": open_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=200_000)
+    ap.add_argument("--events-per-subject", type=float, default=16.0)
+    ap.add_argument("--tickets-per-subject", type=float, default=0.3)
+    ap.add_argument("--erasures", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args(argv)
+    plain, sealed = _run(False, args), _run(True, args)
+    p_med, s_med = statistics.median(plain["erasures"]), statistics.median(sealed["erasures"])
+    print()
+    print(f"Machine: {machine()}")
+    sizes = plain["sizes"]
+    print(f"Data: {sizes['subjects']:,} subjects, {sizes['events']:,} events, {sizes['tickets']:,} tickets; S = {plain['shards']}; "
+          "the demo's declaration (sealed: subjects.subject_id, full_name, phone; events.subject_id; tickets.subject_id, text); "
+          "embedded back-ends, local key file")
+    print()
+    spread = lambda xs: f"{min(xs):.2f}–{max(xs):.2f}"
+    print(table(["operation", "plain (s)", "sealed (s)", "sealed / plain"], [
+        ["full build of every asset from landing", plain["build"], sealed["build"], sealed["build"] / plain["build"]],
+        [f"erase 1 subject, median of {args.erasures} (range plain {spread(plain['erasures'])}, sealed {spread(sealed['erasures'])})",
+         p_med, s_med, s_med / p_med],
+    ]))
+    c = sealed["cells"]
+    print()
+    print(table(["sealing alone (in memory)", "cells", "seconds", "µs per cell"], [
+        ["seal (AES-256-GCM, one per distinct subject and value)", c["cells"], c["seal_s"], c["seal_s"] / c["cells"] * 1e6],
+        ["open", c["cells"], c["open_s"], c["open_s"] / c["cells"] * 1e6],
+    ]))
+    k = sealed["keys"]
+    print(f"\nkey store after the run: {k['data_keys']:,} data keys held, {k['keys_destroyed']} destroyed, "
+          f"{len(k['versions'])} KEK versions ({sum(v['state'] == 'destroyed' for v in k['versions'])} destroyed)")
+    print(f"peak RSS of the benchmark process: {peak_rss_mib():,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Raw rows: the pure steps of a raw partition's rewrite, and where a rebuild's rows come from.
+
+``rewrite_partition`` upserts and drops tombstoned subjects, ``apply_retention`` drops rows past the
+cutoff, ``consent_changes`` finds consent that flipped; ``lake_held`` is what the lake holds of a shard
+when landing files expire (``landing.keep_days``); ``check_opened`` stops a rewrite that would lose a kept
+subject's sealed fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from erasure_pipeline.core import contracts
+from erasure_pipeline.core.policy import Policy
+from erasure_pipeline.kinds.base import KeysLost, NodeRun
+from erasure_pipeline.ml.features import consenting
+from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores.landing import key_frame
+
+
+def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff: dt.datetime | None) -> tuple[pd.DataFrame, int]:
+    """Drop rows whose timestamp is older than ``cutoff`` (datasets without a timestamp are kept)."""
+    cols = contract.timestamps
+    if cutoff is None or not cols or df.empty or cols[0] not in df:
+        return df, 0
+    old = (pd.to_datetime(df[cols[0]], utc=True) < pd.Timestamp(cutoff)).to_numpy()
+    return df[~old].reset_index(drop=True), int(old.sum())
+
+
+def consent_changes(existing: pd.DataFrame | None, written: pd.DataFrame, policy: Policy) -> dict[str, bool]:
+    """Subjects whose training consent flipped between the old and the new rows."""
+    if existing is None or existing.empty or written.empty or policy.consent is None or policy.consent.column not in written:
+        return {}
+    before = pd.Series(consenting(existing, policy).to_numpy(), index=existing["subject_key"].to_numpy())
+    after = pd.Series(consenting(written, policy).to_numpy(), index=written["subject_key"].to_numpy())
+    both = before.index.intersection(after.index)
+    flipped = both[before.loc[both].to_numpy() != after.loc[both].to_numpy()]
+    return {k: bool(after.loc[k]) for k in flipped}
+
+
+def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | None, id_column: str, tombstoned: set[str]) -> tuple[pd.DataFrame, int]:
+    """Upsert ``incoming`` into ``existing`` by id, drop tombstoned subjects, sort by id."""
+    frames = [f for f in (existing, incoming) if f is not None and not f.empty]
+    if not frames:
+        return (existing if existing is not None else pd.DataFrame()), 0
+    both = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[id_column], keep="last") if len(frames) > 1 else frames[0]
+    keep = ~both["subject_key"].isin(tombstoned)
+    out = both[keep].sort_values(id_column, kind="stable").reset_index(drop=True)
+    return out, int((~keep).sum())
+
+
+def check_opened(rows: pd.DataFrame | None, tombstoned: set[str] | frozenset[str], where: str) -> None:
+    """Cells that did not open belong to erased subjects (their key is destroyed, their rows go now); a kept
+    subject's unreadable cell means the key store lost a key: stop before writing anything."""
+    unreadable = (rows.attrs.get("unreadable") or {}) if rows is not None else {}
+    lost = set(unreadable) - set(tombstoned)
+    if lost:
+        raise KeysLost(f"{where}: the personal fields of {len(lost)} kept subjects do not open: their data keys are missing "
+                       "from the key store (restored from an older copy?); nothing was written")
+
+
+def lake_held(run: NodeRun, contract) -> pd.DataFrame | None:
+    """What the lake holds of this shard, for a rebuild when landing files expire: this partition's rows and,
+    after a reshard or a new identity rule, every partition's rows keyed anew and kept when they fall here."""
+    env, name = run.env, run.node.name
+    own = bk.read_buckets(env.lake, name, run.partition, keys=env.keys)
+    if own is not None and own.attrs.get("unreadable"):  # erased: nothing of them to carry over
+        own = own[~own["subject_key"].isin(set(own.attrs["unreadable"]))].reset_index(drop=True)
+        own.attrs["unreadable"] = {}
+    keyer = env.keyer
+    others = sorted({n.split("/")[1] for n in env.lake.list(f"{name}/") if n.endswith(bk.MANIFEST)} - {run.partition})
+    moved = bool(set(others) - set(env.partitions))
+    if own is not None and len(own) and contract.subject_column in own:
+        rekeyed = key_frame(own.drop(columns=["subject_key"]), contract.subject_column, keyer)
+        moved = moved or bool((rekeyed["subject_key"] != own["subject_key"]).any() or (rekeyed["shard"] != run.shard).any())
+    if not moved:
+        return own
+    frames = [bk.read_buckets(env.lake, name, p, keys=env.keys) for p in [run.partition, *others]]
+    rows = [f for f in frames if f is not None and len(f)]
+    if not rows:
+        return None
+    both = pd.concat(rows, ignore_index=True)
+    unreadable = {k: n for f in rows for k, n in (f.attrs.get("unreadable") or {}).items()}
+    both = both[~both["subject_key"].isin(set(unreadable))]  # erased: nothing of them to carry over
+    keyed = key_frame(both.drop(columns=["subject_key"]), contract.subject_column, keyer)
+    out = keyed[keyed["shard"] == run.shard].drop(columns=["shard"]).reset_index(drop=True)
+    out.attrs["unreadable"] = {}
+    return out
