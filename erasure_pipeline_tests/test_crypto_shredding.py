@@ -408,3 +408,25 @@ def test_kms_unreachable_or_disabled_is_one_line_and_the_request_resumes_on_the_
         assert default_ledger().requests.get(rid2)["status"] == "completed"
         _cli("verify", rid2)
         assert "every kept subject's fields open" in _cli("keys", "verify").stdout
+
+
+@pytest.mark.slow
+def test_declaring_personal_fields_on_a_built_home_reseals_it_and_leaves_no_plaintext_behind(tmp_path):
+    from erasure_pipeline_tests.erasure_helpers import key
+
+    home = tmp_path / "home"
+    with project_env(home, SMALL_POLICY):
+        data = _load_demo()
+        _cli("materialize")
+        sid, needles = _victim(data)
+        _let_go()
+        texts = [p["text"] for s in range(4) for p in EdgeStore(root=home / "qdrant").payloads(s)]
+        assert scan_for(home / "lake", needles) and any(sid in t for t in texts)  # in the clear, as declared
+        (home / "policy.yaml").write_text(SEALED_POLICY)
+        _cli("materialize")  # the raw partitions are stale (datasets changed): rebuilt sealed, vectors replaced
+        _let_go()
+        assert scan_for(home, needles) == []  # lake, Qdrant's segments, landing (removed: keep_days 0), ledger
+        texts = [p["text"] for s in range(4) for p in EdgeStore(root=home / "qdrant").payloads(s)]
+        assert texts and all(t.startswith(crypto.PAYLOAD_PREFIX) for t in texts)  # every point replaced, sealed
+        assert _sealed_view(stores.lake(), stores.keys())[f"raw_subjects/{key(sid)}"]["full_name"] == needles[1]
+        assert "every kept subject's fields open" in _cli("keys", "verify").stdout

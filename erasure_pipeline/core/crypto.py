@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.exceptions import InvalidTag
@@ -62,22 +61,6 @@ class Sealing:
 
 class SealedWithoutKeys(PipelineError):
     """A reader asked for sealed columns without a key source."""
-
-
-class _Ciphers:
-    """AES-GCM objects per subject for one call (building one costs as much as sealing a cell)."""
-
-    def __init__(self, keys: Mapping[str, bytes]):
-        self.keys = keys
-        self._aead: dict[str, AESGCM] = {}
-
-    def aead(self, subject_key: str) -> AESGCM | None:
-        if subject_key not in self._aead:
-            key = self.keys.get(subject_key)
-            if key is None:
-                return None
-            self._aead[subject_key] = AESGCM(key[:32])
-        return self._aead[subject_key]
 
 
 def _aad(column: str, subject_key: str) -> bytes:
@@ -132,39 +115,55 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
     """``table`` with each of ``columns`` (those it has) sealed per row under its subject's data key.
 
     Data keys are created for subjects that never had one. A subject whose key was destroyed (erased), or
-    in ``withhold``, gets no key: their cells are written null."""
+    in ``withhold``, gets no key: their cells are written null. Each distinct (subject, value) pair is sealed
+    once, found with Arrow's dictionary encoding and NumPy (no Python object per row)."""
     wanted = [c for c in dict.fromkeys(columns) if c in table.column_names and c not in sealed_columns(table.schema)]
     if not wanted or table.num_rows == 0:
         return _with_meta(table, {c: table.schema.field(c) for c in wanted}) if wanted else table
-    subjects = table.column(subject_column).to_numpy(zero_copy_only=False).astype(object)
+    subjects = _Codes(table.column(subject_column))
     fields: dict[str, pa.Field] = {}
-    present = set()
-    texts = {}
+    pairs: dict[str, tuple[_Codes, np.ndarray, np.ndarray, np.ndarray]] = {}
+    present: set[str] = set()
     for c in wanted:
         fields[c] = table.schema.field(c)
-        texts[c] = _as_text(table.column(c)).to_numpy(zero_copy_only=False)
-        present.update(subjects[~_is_null(texts[c])].tolist())
+        values = _Codes(_as_text(table.column(c)))
+        live = np.flatnonzero((values.codes >= 0) & (subjects.codes >= 0))
+        combined = subjects.codes[live].astype(np.int64) * max(len(values.values), 1) + values.codes[live]
+        _uniq, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+        pairs[c] = (values, live, live[first], inverse)
+        present.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     present -= set(withhold)
-    ciphers = _Ciphers(keys.data_keys(sorted(present), create=True) if present else {})
-    for c in wanted:
-        values = texts[c]
-        out = np.full(len(values), None, dtype=object)
-        live = np.flatnonzero(~_is_null(values))
-        if len(live):
-            # Each (subject, value) pair sealed once: a subject's id repeats on every one of their rows.
-            codes, _uniques = pd.factorize(pd.Series(subjects[live]).astype(str) + "\x00" + pd.Series(values[live]).astype(str))
-            sealed = []
-            for row in live[np.unique(codes, return_index=True)[1]].tolist():
-                s = subjects[row]
-                aead = ciphers.aead(s)
-                sealed.append(None if aead is None else seal_value(ciphers.keys[s], c, s, str(values[row]).encode(), aead))
-            out[live] = np.array(sealed, dtype=object)[codes]
-        table = table.set_column(table.column_names.index(c), pa.field(c, pa.binary()), pa.array(out, type=pa.binary()))
+    found = keys.data_keys(sorted(present), create=True) if present else {}
+    ciphers = {s: (AESGCM(k[:32]), k[32:]) for s, k in found.items()}
+    blake2b = hashlib.blake2b
+    for c, (values, live, rows, inverse) in pairs.items():
+        sealed = []
+        column = c.encode() + b"\x00"
+        s_codes, v_codes = subjects.codes[rows].tolist(), values.codes[rows].tolist()
+        for s_code, v_code in zip(s_codes, v_codes, strict=True):
+            s = subjects.values[s_code]
+            cipher = ciphers.get(s)
+            if cipher is None:
+                sealed.append(None)
+                continue
+            aad = column + s.encode()
+            plaintext = values.values[v_code].encode()
+            nonce = blake2b(aad + b"\x00" + plaintext, key=cipher[1], digest_size=NONCE_BYTES).digest()
+            sealed.append(VERSION + nonce + cipher[0].encrypt(nonce, plaintext, aad))
+        take = np.full(table.num_rows, -1, dtype=np.int64)
+        take[live] = inverse
+        column = pa.array(sealed, type=pa.binary()).take(pa.array(take, mask=take < 0))
+        table = table.set_column(table.column_names.index(c), pa.field(c, pa.binary()), column)
     return _with_meta(table, fields)
 
 
-def _is_null(values: np.ndarray) -> np.ndarray:
-    return np.asarray(pd.isna(values), dtype=bool)
+class _Codes:
+    """A column as Arrow dictionary-encodes it: per-row codes (-1: null) and the distinct values, as Python."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array):
+        encoded = (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).dictionary_encode()
+        self.codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        self.values = encoded.dictionary.to_pylist()
 
 
 def _with_meta(table: pa.Table, fields: Mapping[str, pa.Field]) -> pa.Table:
@@ -183,51 +182,63 @@ class Opened:
     """Subject key -> cells that opened as null because the subject has no data key (erased)."""
 
 
-def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake object", subject_column: str = "subject_key") -> Opened:
-    """``table`` with its sealed columns opened (those it has; the rest of its metadata kept)."""
+def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake object", subject_column: str = "subject_key",
+               only: Collection[str] | None = None) -> Opened:
+    """``table`` with its sealed columns opened (those it has; the rest of its metadata kept). ``only``: open
+    just these sealed columns and leave the others out of the result (a reader that does not need them).
+    Each distinct (subject, sealed cell) pair is opened once: a cell copied to another subject's row does
+    not open there."""
     sealed = {c: f for c, f in sealed_columns(table.schema).items() if c in table.column_names}
+    if only is not None and set(sealed) - set(only):
+        table = table.drop_columns(sorted(set(sealed) - set(only)))
+        sealed = {c: f for c, f in sealed.items() if c in only}
     if not sealed:
         return Opened(_strip_meta(table))
     if keys is None:
         raise SealedWithoutKeys(f"{name}: holds sealed personal fields ({', '.join(sealed)}) and no key store was given to open them")
     if subject_column not in table.column_names:
         raise SealedWithoutKeys(f"{name}: sealed fields read without the {subject_column} column that names their keys")
-    subjects = table.column(subject_column).to_numpy(zero_copy_only=False).astype(object)
+    subjects = _Codes(table.column(subject_column))
     plan = {}
     needed: set[str] = set()
     for c in sealed:
-        encoded = table.column(c).combine_chunks().dictionary_encode()
-        indices = encoded.indices.to_numpy(zero_copy_only=False)
-        valid = ~np.asarray(encoded.indices.is_null())
-        firsts = np.unique(np.where(valid, indices, -1), return_index=True)
-        rows = {int(code): int(row) for code, row in zip(*firsts, strict=True) if code >= 0}
-        plan[c] = (encoded, rows)
-        needed.update(subjects[r] for r in rows.values())
-    ciphers = _Ciphers(keys.data_keys(sorted(needed), create=False) if needed else {})
+        cells = _Codes(table.column(c))
+        live = np.flatnonzero((cells.codes >= 0) & (subjects.codes >= 0))
+        combined = subjects.codes[live].astype(np.int64) * max(len(cells.values), 1) + cells.codes[live]
+        _uniq, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+        plan[c] = (cells, live, live[first], inverse)
+        needed.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
+    found = keys.data_keys(sorted(needed), create=False) if needed else {}
+    ciphers = {s: AESGCM(k[:32]) for s, k in found.items()}
     unreadable: dict[str, int] = {}
-    for c, (encoded, rows) in plan.items():
-        dictionary = encoded.dictionary.to_pylist()
-        opened: list[str | None] = [None] * len(dictionary)
-        lost = set()
-        for code, row in rows.items():
-            s = subjects[row]
-            aead = ciphers.aead(s)
+    for c, (cells, live, rows, inverse) in plan.items():
+        opened: list[str | None] = []
+        lost = np.zeros(len(rows), dtype=bool)
+        column = c.encode() + b"\x00"
+        s_codes, c_codes = subjects.codes[rows].tolist(), cells.codes[rows].tolist()
+        for n, (s_code, c_code) in enumerate(zip(s_codes, c_codes, strict=True)):
+            s = subjects.values[s_code]
+            aead = ciphers.get(s)
             if aead is None:
-                lost.add(code)
+                opened.append(None)
+                lost[n] = True
                 continue
+            cell = cells.values[c_code]
             try:
-                opened[code] = open_value(ciphers.keys[s], c, s, dictionary[code], aead).decode()
+                if cell[:1] != VERSION:
+                    raise InvalidTag()
+                opened.append(aead.decrypt(cell[1:1 + NONCE_BYTES], cell[1 + NONCE_BYTES:], column + s.encode()).decode())
             except InvalidTag:
                 raise DamagedObject(f"{name}: a sealed {c} cell does not open under its subject's key (damaged or moved)") from None
-        if lost:
-            idx = encoded.indices.to_numpy(zero_copy_only=False)
-            for code in lost:
-                for s in subjects[idx == code].tolist():
-                    unreadable[s] = unreadable.get(s, 0) + 1
-        text = pa.array(opened, type=pa.string()).take(encoded.indices)
-        original = sealed[c]
-        value = _from_text(text, original.type)
-        table = table.set_column(table.column_names.index(c), original, value)
+        if lost.any():
+            per_pair = np.bincount(inverse, minlength=len(rows))
+            for n in np.flatnonzero(lost).tolist():
+                s = subjects.values[subjects.codes[rows[n]]]
+                unreadable[s] = unreadable.get(s, 0) + int(per_pair[n])
+        take = np.full(table.num_rows, -1, dtype=np.int64)
+        take[live] = inverse
+        text = pa.array(opened, type=pa.string()).take(pa.array(take, mask=take < 0))
+        table = table.set_column(table.column_names.index(c), sealed[c], _from_text(text, sealed[c].type))
     return Opened(_strip_meta(table), unreadable)
 
 

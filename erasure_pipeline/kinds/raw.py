@@ -100,6 +100,15 @@ class _Step:
         return self.contract.timestamps[0] if self.contract.timestamps else None
 
 
+def declared_reads(policy: Policy, contract) -> set[str] | None:
+    """The sealed columns a node below the raw one may read: those the declaration names (features, labels,
+    cohorts, texts, the id and timestamp); None (all) when a feature function reads the dataset, since its
+    columns are not declared."""
+    if not contract.sealed or (policy.features is not None and any(contract.name in f.datasets for f in policy.features.functions)):
+        return None
+    return {*contract.named_by, *contract.texts, contract.id_column, *contract.timestamps}
+
+
 def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
     """This shard's new rows: from the batch's staging area (one pass over landing), else from landing."""
     if run.mode == "erasure":
@@ -216,7 +225,9 @@ def _clean_up(step: _Step) -> None:
     """Old object versions of what an erasure or retention removed; landing copies of erased subjects."""
     run, env, name = step.run, step.run.env, step.run.node.name
     purged = []
-    if run.purges_versions or step.counts["expired"]:
+    # A rebuild of a sealed dataset purges too: the versions it replaces may hold the fields in the clear
+    # (written before the dataset declared them personal).
+    if run.purges_versions or step.counts["expired"] or (run.mode == "rebuild" and step.contract.sealed):
         for b in step.changed:
             purged += env.lake.purge_noncurrent(bk.object_name(name, run.partition, b))
         purged += env.lake.purge_noncurrent(bk.manifest_name(name, run.partition))
@@ -354,7 +365,8 @@ class Raw(Kind):
 
     def read_rows(self, env: Env, node: Node, partition: str, *, buckets: Iterable[int] | None = None,
                   columns: list[str] | None = None, cache: bool = False) -> pd.DataFrame | None:
-        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache, keys=env.keys)
+        only = None if columns is not None else declared_reads(env.policy, contracts.contracts_for(env.policy)[node.table])
+        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache, keys=env.keys, only=only)
 
     def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:
         return bk.stored_version(env.lake, node.name, partition)

@@ -9,6 +9,7 @@ time, or under other policy values, every bucket is synced and points of no buck
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from erasure_pipeline.core.crypto import PAYLOAD_PREFIX, open_payload_value, seal_payload_value
@@ -25,13 +26,16 @@ NODE = "vector_index"
 
 
 def text_points(rows, dataset: str, id_column: str, text_columns, shard: int, max_chars: int,
-                group: str | None = None) -> tuple[list[str], list[str], list[dict]]:
-    """(point ids, chunk texts, payloads) for one shard's rows of one dataset, in row order, column by column."""
+                group: str | None = None, sealed: Collection[str] = ()) -> tuple[list[str], list[str], list[dict]]:
+    """(point ids, chunk texts, payloads) for one shard's rows of one dataset, in row order, column by column.
+    A point of a ``sealed`` column has an id of its own: declaring a column personal replaces its points (their
+    payloads were stored in the clear) rather than keeping them as they were."""
     ids, texts, payloads = [], [], []
     for col in text_columns:
+        mark = "\x00sealed" if col in sealed else ""
         for record_id, subject_key, text in rows[[id_column, "subject_key", col]].itertuples(index=False):
             for i, chunk in enumerate(chunk_text(text, max_chars)):
-                ids.append(point_id(f"{dataset}\x00{col}\x00{record_id}", i, chunk))
+                ids.append(point_id(f"{dataset}\x00{col}\x00{record_id}{mark}", i, chunk))
                 texts.append(chunk)
                 payloads.append({"subject_key": subject_key, "dataset": dataset, "record_id": record_id, "column": col,
                                  "shard": shard, "chunk": i, "group": group, "text": chunk})
@@ -80,7 +84,8 @@ class _Sync:
         env, p = self.run.env, self.run.partition
         dataset = env.graph.node(parent).table
         spec = env.policy.datasets[dataset]
-        rows = bk.read_buckets(env.lake, parent, p, buckets, self.manifests[parent], keys=env.keys) if self.manifests[parent] else None
+        rows = bk.read_buckets(env.lake, parent, p, buckets, self.manifests[parent], keys=env.keys,
+                               only={*spec.text, spec.id}) if self.manifests[parent] else None
         if rows is None or not len(rows):
             return [], [], []
         rows = rows[~rows["subject_key"].isin(self.tombstoned)]
@@ -89,7 +94,7 @@ class _Sync:
         ids, texts, payloads = [], [], []
         for b in sorted(set(groups.tolist())):
             i, t, pl = text_points(rows[groups == b], dataset, spec.id, spec.text, self.run.shard, env.policy.vectors.chunk_chars,
-                                   f"{dataset}/{bk.bucket_name(b)}")
+                                   f"{dataset}/{bk.bucket_name(b)}", spec.sealed)
             ids, texts, payloads = ids + i, texts + t, payloads + pl
         sealed = [c for c in spec.text if c in spec.sealed]
         if sealed and payloads:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -43,7 +44,16 @@ from erasure_pipeline.ledger.audit import AuditLog
 from erasure_pipeline.ledger.db import Database, chunks, utcnow
 
 GROUPS = 256
+KEY_CHUNK = 5000  # keys per IN (...) list: under SQLite's 32 766 bound parameters (3.32+), few round trips
 KEYS_LOCK = 0x4B455953  # "KEYS"
+DEK_CACHE_SECONDS = 120.0
+"""How long a process keeps a data key it read, so the partitions of one step do not read the same keys
+again. Calls read the newest KEK version (one indexed row, at most every ``EPOCH_CHECK_SECONDS``): an erasure
+anywhere rotates it, and this process then forgets every key it kept, so a key destroyed elsewhere is not
+used from memory a second later."""
+DEK_CACHE_MAX = 2_000_000
+EPOCH_CHECK_SECONDS = 1.0
+"""The newest KEK version is read at most this often: a key destroyed elsewhere is dropped from memory within it."""
 
 
 def group_of(subject_key: str) -> int:
@@ -88,6 +98,9 @@ class KeyRing:
         self.db, self.audit, self.kms = db, audit, kms
         self._roots: dict[int, bytes] = {}
         self._groups: dict[tuple[int, int], bytes] = {}
+        self._deks: dict[str, tuple[bytes, float]] = {}
+        self._epoch: int | None = None
+        self._checked = float("-inf")
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -131,20 +144,38 @@ class KeyRing:
     def data_keys(self, subject_keys: Collection[str], *, create: bool) -> dict[str, bytes]:
         """The data key of each subject that has one; ``create``: a new one for each that never had one
         (never for a subject whose key was destroyed)."""
-        wanted = sorted(set(subject_keys))
+        wanted = set(subject_keys)
         if not wanted:
             return {}
         with self._lock:
-            found = self._read(wanted)
-            missing = [k for k in wanted if k not in found]
-            if create and missing:
-                found.update(self._create(missing))
+            now = time.monotonic()
+            if now - self._checked >= EPOCH_CHECK_SECONDS:
+                with self.db.connect() as conn:
+                    epoch = conn.execute(sa.select(sa.func.max(t.kek_versions.c.version))).scalar()
+                if epoch != self._epoch:  # a rotation (every erasure makes one) since these keys were read
+                    self._deks.clear()
+                    self._epoch = epoch
+                self._checked = now
+            found = {k: hit[0] for k in wanted if (hit := self._deks.get(k)) is not None and now - hit[1] < DEK_CACHE_SECONDS}
+            rest = sorted(wanted - set(found))
+            if rest:
+                fresh = self._read(rest)
+                missing = [k for k in rest if k not in fresh]
+                if create and missing:
+                    fresh.update(self._create(missing))
+                self._remember(fresh, now)
+                found.update(fresh)
             return found
+
+    def _remember(self, keys: dict[str, bytes], now: float) -> None:
+        if len(self._deks) + len(keys) > DEK_CACHE_MAX:
+            self._deks.clear()
+        self._deks.update({k: (v, now) for k, v in keys.items()})
 
     def _read(self, wanted: list[str]) -> dict[str, bytes]:
         found = {}
         with self.db.connect() as conn:
-            rows = [r for part in chunks(wanted) for r in conn.execute(
+            rows = [r for part in chunks(wanted, KEY_CHUNK) for r in conn.execute(
                 sa.select(t.data_keys.c.subject_key, t.data_keys.c.grp, t.data_keys.c.gen, t.data_keys.c.wrapped)
                 .where(t.data_keys.c.subject_key.in_(part)))]
             if not rows:
@@ -152,30 +183,47 @@ class KeyRing:
             stale = {(r.grp, r.gen) for r in rows} - set(self._groups)
             if stale:
                 self._groups_now(conn, {g for g, _ in stale})
+        aeads: dict[tuple[int, int], AESGCM] = {}
         for r in rows:
-            key = self._groups.get((r.grp, r.gen))
-            if key is None:  # rekeyed between the two reads: read again
-                return self._read(wanted)
-            found[r.subject_key] = _open(key, r.wrapped, _dek_aad(r.subject_key), "a data key")
+            group = (r.grp, r.gen)
+            if group not in aeads:
+                key = self._groups.get(group)
+                if key is None:  # rekeyed between the two reads: read again
+                    return self._read(wanted)
+                aeads[group] = AESGCM(key)
+            try:
+                found[r.subject_key] = aeads[group].decrypt(r.wrapped[:12], r.wrapped[12:], _dek_aad(r.subject_key))
+            except InvalidTag:
+                raise DamagedObject("key store: a data key does not unwrap (damaged, or wrapped by another key store)") from None
         return found
 
     def _create(self, missing: list[str]) -> dict[str, bytes]:
         self._bootstrap()
         with self.db.tx() as conn:
             self._shared(conn)
-            erased = {r.subject_key for part in chunks(missing) for r in conn.execute(
+            erased = {r.subject_key for part in chunks(missing, KEY_CHUNK) for r in conn.execute(
                 sa.select(t.key_erasures.c.subject_key).where(t.key_erasures.c.subject_key.in_(part)))}
             new = [k for k in missing if k not in erased]
             groups = self._groups_now(conn, {group_of(k) for k in new})
+            aeads = {g: (gen, AESGCM(key)) for g, (gen, key) in groups.items()}
             now = utcnow()
-            rows = []
-            for k in new:
-                gen, key = groups[group_of(k)]
+            material = secrets.token_bytes(DATA_KEY_BYTES * len(new))
+            nonces = secrets.token_bytes(12 * len(new))
+            made, rows = {}, []
+            for i, k in enumerate(new):
+                gen, aead = aeads[group_of(k)]
+                made[k] = material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES]
+                nonce = nonces[i * 12:(i + 1) * 12]
                 rows.append({"subject_key": k, "grp": group_of(k), "gen": gen, "created_at": now,
-                             "wrapped": _seal(key, secrets.token_bytes(DATA_KEY_BYTES), _dek_aad(k))})
-            for part in chunks(rows):
+                             "wrapped": nonce + aead.encrypt(nonce, made[k], _dek_aad(k))})
+            for part in chunks(rows, 5000):
                 conn.execute(self._insert_ignore(t.data_keys), part)
-        return self._read(new) if new else {}
+            # Another process may have made some of them first (its row stays): keep ours only where ours is stored.
+            stored = {r.subject_key: r.wrapped for part in chunks(new, KEY_CHUNK) for r in conn.execute(
+                sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.subject_key.in_(part)))}
+        ours = {r["subject_key"] for r in rows if stored.get(r["subject_key"]) == r["wrapped"]}
+        raced = [k for k in new if k not in ours]
+        return {**{k: made[k] for k in ours}, **(self._read(raced) if raced else {})}
 
     def _insert_ignore(self, table: sa.Table):
         if self.db.dialect == "postgresql":
@@ -259,6 +307,8 @@ class KeyRing:
         """Destroy the subjects' data keys, then rotate the KEK (see the module's docstring). Idempotent."""
         keys = sorted(set(subject_keys))
         with self._lock:
+            for k in keys:
+                self._deks.pop(k, None)
             if keys:
                 self._destroy_keys(keys)
             with self.db.connect() as conn:

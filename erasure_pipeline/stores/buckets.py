@@ -27,7 +27,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,17 +137,19 @@ def read_manifest(store: Lake, asset: str, partition: str) -> Manifest | None:
 
 def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int] | None = None,
                  manifest: Manifest | None = None, columns: list[str] | None = None, *, cache: bool = False,
-                 keys: KeySource | None = None) -> pd.DataFrame | None:
+                 keys: KeySource | None = None, only: Collection[str] | None = None) -> pd.DataFrame | None:
     """The rows of a partition's buckets (all in the manifest when ``buckets`` is None), in bucket order.
     None when the partition was never written. ``cache``: keep and reuse it in this process, by manifest
     version (for computations reading one partition several times; never for proofs, which read what is
     stored now). Sealed personal fields are opened with ``keys`` (in memory only); ``attrs["unreadable"]``
-    counts, by subject key, the cells that did not open because the subject's key is destroyed."""
+    counts, by subject key, the cells that did not open because the subject's key is destroyed. ``only``: the
+    sealed columns to open (the others are left out of the frame: a reader that does not need them)."""
     manifest = manifest or read_manifest(store, asset, partition)
     if manifest is None:
         return None
     wanted = sorted(manifest.buckets if buckets is None else set(buckets) & set(manifest.buckets))
-    key = (store.describe(), asset, partition, manifest.version, tuple(wanted), tuple(columns or ()))
+    key = (store.describe(), asset, partition, manifest.version, tuple(wanted), tuple(columns or ()),
+           None if only is None else tuple(sorted(only)))
     if cache and key in _RECENT:
         return _RECENT[key].copy()
     tables = []
@@ -157,7 +159,7 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
         data = store.read_bytes(name)
         if data is None:
             raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
-        opened = lk.read_parquet(data, columns, name, keys)
+        opened = lk.read_parquet(data, columns, name, keys, only)
         tables.append(opened.table)
         for k, n in opened.unreadable.items():
             unreadable[k] = unreadable.get(k, 0) + n

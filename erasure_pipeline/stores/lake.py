@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -238,11 +239,21 @@ def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None, seali
     metadata, so a merge carries the proof of what it was built from (``verify`` re-derives it).
     ``sealing``: its columns are written sealed under each row's subject's data key (``core.crypto``).
     """
-    meta = {INPUTS_KEY: json.dumps(inputs, sort_keys=True).encode()} if inputs is not None else {}
+    return arrow_to_bytes(to_arrow(df, sealing), inputs)
+
+
+def to_arrow(df: pd.DataFrame, sealing: Sealing | None = None) -> pa.Table:
+    """A frame as the Arrow table a lake object stores: ``sealing``'s columns sealed."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     if sealing is not None and sealing.columns:
         table = crypto.seal_table(table, sealing.columns, sealing.keys, withhold=sealing.withhold)
-        meta.update({k: v for k, v in (table.schema.metadata or {}).items() if k == crypto.SEALED_META})
+    return table
+
+
+def arrow_to_bytes(table: pa.Table, inputs: dict[str, str] | None = None) -> bytes:
+    """Deterministic Parquet bytes of an Arrow table (``to_arrow``): only the project's own metadata kept."""
+    meta = {INPUTS_KEY: json.dumps(inputs, sort_keys=True).encode()} if inputs is not None else {}
+    meta.update({k: v for k, v in (table.schema.metadata or {}).items() if k == crypto.SEALED_META})
     table = table.replace_schema_metadata(meta or None)
     buf = io.BytesIO()
     # Key-value metadata is only written with the Arrow schema; both are deterministic for one schema.
@@ -251,8 +262,9 @@ def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None, seali
 
 
 def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
-                 keys: KeySource | None = None) -> crypto.Opened:
-    """A Parquet object as Arrow, sealed columns opened with ``keys`` (their subject_key read with them)."""
+                 keys: KeySource | None = None, only: Collection[str] | None = None) -> crypto.Opened:
+    """A Parquet object as Arrow, sealed columns opened with ``keys`` (their subject_key read with them);
+    ``only``: the sealed columns to open, the others left out."""
     try:
         schema = pq.read_schema(io.BytesIO(data))
         sealed = crypto.sealed_columns(schema)
@@ -260,7 +272,7 @@ def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a l
         table = pq.read_table(io.BytesIO(data), columns=[*columns, *extra] if columns is not None else None)
     except (pa.ArrowException, OSError, ValueError):
         raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
-    opened = crypto.open_table(table, keys, name)
+    opened = crypto.open_table(table, keys, name, only=only)
     if extra:
         opened.table = opened.table.drop_columns(extra)
     return opened

@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -167,9 +168,12 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
         if scrubbed is not None:
             out.scrubbed[f.name] = _rewrite(landing, f.name, scrubbed)
         out.rows += len(df)
-        sealing = _sealing(f.contract, keys, tombstones)
-        for shard, rows in df.groupby("shard", sort=True):
-            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.table_to_bytes(rows.drop(columns=["shard"]), sealing=sealing))
+        # Sealed once for the whole file (one key lookup, each subject's values once), then split by shard.
+        shards = df["shard"].to_numpy()
+        table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones))
+        for shard in np.unique(shards).tolist():
+            rows = table.filter(pa.array(shards == shard))
+            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.arrow_to_bytes(rows))
             out.shards.setdefault(f.table, set()).add(int(shard))
         index.add(f.name, df["subject_key"], landing_index.ROWS)
         if f.contract.texts:
