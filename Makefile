@@ -51,3 +51,4 @@ bench:
 	$(PY) -m benchmarks.cli_startup --runs 7
 	$(PY) -m benchmarks.verify_batch
 	$(PY) -m benchmarks.recipients_delivery
+	$(PY) -m benchmarks.sealing_cost --subjects 200000

@@ -273,10 +273,10 @@ class KeyRing:
             active = self._active(conn)
             version = (conn.execute(sa.select(sa.func.max(t.kek_versions.c.version))).scalar() or 0) + 1
             rows = list(conn.execute(sa.select(t.key_groups)))
-            for r in rows:
-                key = self._group_key(conn, r.grp, r.gen, r.kek_version, r.wrapped)
-                conn.execute(t.key_groups.update().where(t.key_groups.c.grp == r.grp).values(
-                    kek_version=version, wrapped=_seal(root, key, _group_aad(r.grp, r.gen))))
+            rewrapped = [{"g": r.grp, "w": _seal(root, self._group_key(conn, r.grp, r.gen, r.kek_version, r.wrapped), _group_aad(r.grp, r.gen))}
+                         for r in rows]
+            conn.execute(t.key_groups.update().where(t.key_groups.c.grp == sa.bindparam("g"))
+                         .values(kek_version=version, wrapped=sa.bindparam("w")), rewrapped)
             now = utcnow()
             conn.execute(t.kek_versions.update().where(t.kek_versions.c.state.in_(("active", "pending")))
                          .values(state="retired", retired_at=now))
