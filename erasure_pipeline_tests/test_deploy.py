@@ -19,7 +19,7 @@ APP_SERVICES = ("code_location", "webserver", "daemon", "drp_intake")
 # Every setting the code reads in production, by the names the code uses.
 APP_ENV = {
     "DAGSTER_PG_URL", "DAGSTER_COMPUTE_LOG_DIR", VARIABLES["ledger_url"], VARIABLES["lake_url"], VARIABLES["landing_url"],
-    VARIABLES["qdrant_url"], VARIABLES["qdrant_api_key"], VARIABLES["pepper"], VARIABLES["signing_key"], EXECUTOR_ENV,
+    VARIABLES["qdrant_url"], VARIABLES["qdrant_api_key"], VARIABLES["pepper"], VARIABLES["signing_key"], VARIABLES["kms"], EXECUTOR_ENV,
     "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
 }
 HELM_SECRET_KEYS = {VARIABLES["pepper"], VARIABLES["signing_key"], VARIABLES["ledger_url"], VARIABLES["qdrant_api_key"], "AWS_ACCESS_KEY_ID",

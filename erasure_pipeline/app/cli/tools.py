@@ -218,4 +218,5 @@ def where() -> None:
         "vectors": vectors, "dagster_home": str(s.instance_dir), "executor": s.executor or "in_process",
         "pepper": "set ($ERASURE_PIPELINE_PEPPER)" if s.pepper else f"local file {s.home / 'pepper.key'}",
         "signing_key": "set ($ERASURE_PIPELINE_SIGNING_KEY)" if s.signing_key else f"local file {s.home / 'signing.key'}",
+        "kms": s.kms_url + ("" if s.kms else " (the default: beside the home, never inside it)"),
     }, indent=2))
