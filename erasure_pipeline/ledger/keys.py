@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
-from erasure_pipeline.core.crypto import DATA_KEY_BYTES
+from erasure_pipeline.core.crypto import DATA_KEY_BYTES, forget_ciphers
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
@@ -154,6 +154,7 @@ class KeyRing:
                     epoch = conn.execute(sa.select(sa.func.max(t.kek_versions.c.version))).scalar()
                 if epoch != self._epoch:  # a rotation (every erasure makes one) since these keys were read
                     self._deks.clear()
+                    forget_ciphers()
                     self._epoch = epoch
                 self._checked = now
             found = {k: hit[0] for k in wanted if (hit := self._deks.get(k)) is not None and now - hit[1] < DEK_CACHE_SECONDS}
@@ -216,12 +217,16 @@ class KeyRing:
                 nonce = nonces[i * 12:(i + 1) * 12]
                 rows.append({"subject_key": k, "grp": group_of(k), "gen": gen, "created_at": now,
                              "wrapped": nonce + aead.encrypt(nonce, made[k], _dek_aad(k))})
-            for part in chunks(rows, 5000):
-                conn.execute(self._insert_ignore(t.data_keys), part)
-            # Another process may have made some of them first (its row stays): keep ours only where ours is stored.
-            stored = {r.subject_key: r.wrapped for part in chunks(new, KEY_CHUNK) for r in conn.execute(
-                sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.subject_key.in_(part)))}
-        ours = {r["subject_key"] for r in rows if stored.get(r["subject_key"]) == r["wrapped"]}
+            inserted, counted = 0, True
+            for part in chunks(rows, KEY_CHUNK):
+                n = conn.execute(self._insert_ignore(t.data_keys), part).rowcount
+                counted, inserted = counted and n is not None and n >= 0, inserted + max(n or 0, 0)
+            # Another process may have made some of them first (its row stays): keep ours only where ours is
+            # stored. Every row inserted (the driver counted them): all ours, nothing to read back.
+            stored = None if counted and inserted == len(rows) else {
+                r.subject_key: r.wrapped for part in chunks(new, KEY_CHUNK) for r in conn.execute(
+                    sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.subject_key.in_(part)))}
+        ours = {r["subject_key"] for r in rows if stored is None or stored.get(r["subject_key"]) == r["wrapped"]}
         raced = [k for k in new if k not in ours]
         return {**{k: made[k] for k in ours}, **(self._read(raced) if raced else {})}
 
@@ -309,6 +314,7 @@ class KeyRing:
         with self._lock:
             for k in keys:
                 self._deks.pop(k, None)
+            forget_ciphers()
             if keys:
                 self._destroy_keys(keys)
             with self.db.connect() as conn:
