@@ -79,18 +79,28 @@ def _aad(column: str, subject_key: str) -> bytes:
     return column.encode() + b"\x00" + subject_key.encode()
 
 
-def seal_value(key: bytes, column: str, subject_key: str, plaintext: bytes, aead: AESGCM | None = None) -> bytes:
-    """One cell sealed: deterministic for (key, column, subject, value), bound to column and subject."""
-    aad = _aad(column, subject_key)
-    nonce = hashlib.blake2b(aad + b"\x00" + plaintext, key=key[32:], digest_size=NONCE_BYTES).digest()
-    return VERSION + nonce + (aead or AESGCM(key[:32])).encrypt(nonce, plaintext, aad)
+def _seal_cell(cipher: tuple[AESGCM, bytes], aad: bytes, plaintext: bytes) -> bytes:
+    """The one cell format: ``VERSION || nonce || ciphertext || tag``, the nonce BLAKE2b of (aad, value) under the
+    data key's second half. ``cipher``: ``_cipher(data key)``."""
+    nonce = hashlib.blake2b(aad + b"\x00" + plaintext, key=cipher[1], digest_size=NONCE_BYTES).digest()
+    return VERSION + nonce + cipher[0].encrypt(nonce, plaintext, aad)
 
 
-def open_value(key: bytes, column: str, subject_key: str, sealed: bytes, aead: AESGCM | None = None) -> bytes:
+def _open_cell(aead: AESGCM, aad: bytes, sealed: bytes) -> bytes:
     """The plaintext of one sealed cell; ``InvalidTag`` when it was not sealed so (damage, or moved)."""
     if sealed[:1] != VERSION:
         raise InvalidTag()
-    return (aead or AESGCM(key[:32])).decrypt(sealed[1:1 + NONCE_BYTES], sealed[1 + NONCE_BYTES:], _aad(column, subject_key))
+    return aead.decrypt(sealed[1:1 + NONCE_BYTES], sealed[1 + NONCE_BYTES:], aad)
+
+
+def seal_value(key: bytes, column: str, subject_key: str, plaintext: bytes) -> bytes:
+    """One cell sealed: deterministic for (key, column, subject, value), bound to column and subject."""
+    return _seal_cell(_cipher(key), _aad(column, subject_key), plaintext)
+
+
+def open_value(key: bytes, column: str, subject_key: str, sealed: bytes) -> bytes:
+    """The plaintext of one sealed cell; ``InvalidTag`` when it was not sealed so (damage, or moved)."""
+    return _open_cell(_cipher(key)[0], _aad(column, subject_key), sealed)
 
 
 # ---------------------------------------------------------------- tables
@@ -147,7 +157,6 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
     present -= set(withhold)
     found = keys.data_keys(sorted(present), create=True) if present else {}
     ciphers = {s: _cipher(k) for s, k in found.items()}
-    blake2b = hashlib.blake2b
     for c, (values, live, rows, inverse) in pairs.items():
         sealed = []
         column = c.encode() + b"\x00"
@@ -158,10 +167,7 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
             if cipher is None:
                 sealed.append(None)
                 continue
-            aad = column + s.encode()
-            plaintext = values.values[v_code].encode()
-            nonce = blake2b(aad + b"\x00" + plaintext, key=cipher[1], digest_size=NONCE_BYTES).digest()
-            sealed.append(VERSION + nonce + cipher[0].encrypt(nonce, plaintext, aad))
+            sealed.append(_seal_cell(cipher, column + s.encode(), values.values[v_code].encode()))
         take = np.full(table.num_rows, -1, dtype=np.int64)
         take[live] = inverse
         column = pa.array(sealed, type=pa.binary()).take(pa.array(take, mask=take < 0))
@@ -235,11 +241,8 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
                 opened.append(None)
                 lost[n] = True
                 continue
-            cell = cells.values[c_code]
             try:
-                if cell[:1] != VERSION:
-                    raise InvalidTag()
-                opened.append(aead.decrypt(cell[1:1 + NONCE_BYTES], cell[1 + NONCE_BYTES:], column + s.encode()).decode())
+                opened.append(_open_cell(aead, column + s.encode(), cells.values[c_code]).decode())
             except InvalidTag:
                 raise DamagedObject(f"{name}: a sealed {c} cell does not open under its subject's key (damaged or moved)") from None
         if lost.any():

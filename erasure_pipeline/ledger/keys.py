@@ -60,14 +60,15 @@ def group_of(subject_key: str) -> int:
     return int(subject_key[:2], 16)
 
 
-def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+def _seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> bytes:
+    """A key wrapped: ``nonce || ciphertext || tag`` (random nonce)."""
     nonce = secrets.token_bytes(12)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return nonce + aead.encrypt(nonce, plaintext, aad)
 
 
-def _open(key: bytes, wrapped: bytes, aad: bytes, what: str) -> bytes:
+def _open(aead: AESGCM, wrapped: bytes, aad: bytes, what: str) -> bytes:
     try:
-        return AESGCM(key).decrypt(wrapped[:12], wrapped[12:], aad)
+        return aead.decrypt(wrapped[:12], wrapped[12:], aad)
     except InvalidTag:
         raise DamagedObject(f"key store: {what} does not unwrap (damaged, or wrapped by another key store)") from None
 
@@ -126,7 +127,7 @@ class KeyRing:
 
     def _group_key(self, conn: Connection, grp: int, gen: int, kek_version: int, wrapped: bytes) -> bytes:
         if (grp, gen) not in self._groups:
-            self._groups[(grp, gen)] = _open(self._root(conn, kek_version), wrapped, _group_aad(grp, gen), f"group key {grp}")
+            self._groups[(grp, gen)] = _open(AESGCM(self._root(conn, kek_version)), wrapped, _group_aad(grp, gen), f"group key {grp}")
         return self._groups[(grp, gen)]
 
     def _groups_now(self, conn: Connection, groups: Iterable[int]) -> dict[int, tuple[int, bytes]]:
@@ -192,10 +193,7 @@ class KeyRing:
                 if key is None:  # rekeyed between the two reads: read again
                     return self._read(wanted)
                 aeads[group] = AESGCM(key)
-            try:
-                found[r.subject_key] = aeads[group].decrypt(r.wrapped[:12], r.wrapped[12:], _dek_aad(r.subject_key))
-            except InvalidTag:
-                raise DamagedObject("key store: a data key does not unwrap (damaged, or wrapped by another key store)") from None
+            found[r.subject_key] = _open(aeads[group], r.wrapped, _dek_aad(r.subject_key), "a data key")
         return found
 
     def _create(self, missing: list[str]) -> dict[str, bytes]:
@@ -209,14 +207,12 @@ class KeyRing:
             aeads = {g: (gen, AESGCM(key)) for g, (gen, key) in groups.items()}
             now = utcnow()
             material = secrets.token_bytes(DATA_KEY_BYTES * len(new))
-            nonces = secrets.token_bytes(12 * len(new))
             made, rows = {}, []
             for i, k in enumerate(new):
                 gen, aead = aeads[group_of(k)]
                 made[k] = material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES]
-                nonce = nonces[i * 12:(i + 1) * 12]
                 rows.append({"subject_key": k, "grp": group_of(k), "gen": gen, "created_at": now,
-                             "wrapped": nonce + aead.encrypt(nonce, made[k], _dek_aad(k))})
+                             "wrapped": _seal(aead, made[k], _dek_aad(k))})
             inserted, counted = 0, True
             for part in chunks(rows, KEY_CHUNK):
                 n = conn.execute(self._insert_ignore(t.data_keys), part).rowcount
@@ -259,7 +255,7 @@ class KeyRing:
                 conn.execute(t.kek_versions.insert().values(version=version, kms_ref=ref, wrapped_root=wrapped, state="active",
                                                             created_at=utcnow()))
                 conn.execute(t.key_groups.insert(), [{"grp": g, "gen": 1, "kek_version": version,
-                                                      "wrapped": _seal(root, secrets.token_bytes(32), _group_aad(g, 1))} for g in range(GROUPS)])
+                                                      "wrapped": _seal(AESGCM(root), secrets.token_bytes(32), _group_aad(g, 1))} for g in range(GROUPS)])
                 self.audit.append(conn, [("kek_created", None, {"version": version, "kms": self.kms.describe()})])
                 self._roots[version] = root
         if raced:
@@ -278,7 +274,8 @@ class KeyRing:
             active = self._active(conn)
             version = (conn.execute(sa.select(sa.func.max(t.kek_versions.c.version))).scalar() or 0) + 1
             rows = list(conn.execute(sa.select(t.key_groups)))
-            rewrapped = [{"g": r.grp, "w": _seal(root, self._group_key(conn, r.grp, r.gen, r.kek_version, r.wrapped), _group_aad(r.grp, r.gen))}
+            wrap = AESGCM(root)
+            rewrapped = [{"g": r.grp, "w": _seal(wrap, self._group_key(conn, r.grp, r.gen, r.kek_version, r.wrapped), _group_aad(r.grp, r.gen))}
                          for r in rows]
             conn.execute(t.key_groups.update().where(t.key_groups.c.grp == sa.bindparam("g"))
                          .values(kek_version=version, wrapped=sa.bindparam("w")), rewrapped)
@@ -356,13 +353,14 @@ class KeyRing:
         old = self._group_key(conn, grp, row.gen, row.kek_version, row.wrapped)
         new, gen = secrets.token_bytes(32), row.gen + 1
         members = list(conn.execute(sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.grp == grp)))
-        updates = [{"k": m.subject_key, "w": _seal(new, _open(old, m.wrapped, _dek_aad(m.subject_key), "a data key"),
+        old_aead, new_aead = AESGCM(old), AESGCM(new)
+        updates = [{"k": m.subject_key, "w": _seal(new_aead, _open(old_aead, m.wrapped, _dek_aad(m.subject_key), "a data key"),
                                                     _dek_aad(m.subject_key))} for m in members]
         if updates:
             conn.execute(t.data_keys.update().where(t.data_keys.c.subject_key == sa.bindparam("k")).values(wrapped=sa.bindparam("w"), gen=gen),
                          updates)
         conn.execute(t.key_groups.update().where(t.key_groups.c.grp == grp).values(
-            gen=gen, kek_version=version, wrapped=_seal(root, new, _group_aad(grp, gen))))
+            gen=gen, kek_version=version, wrapped=_seal(AESGCM(root), new, _group_aad(grp, gen))))
         self._groups.pop((grp, row.gen), None)
 
     def _forget_deleted(self) -> None:
@@ -374,10 +372,11 @@ class KeyRing:
             finally:
                 raw.close()
         elif self.db.dialect == "postgresql":
-            prefix = f'"{self.db.schema}".' if self.db.schema else ""
             with self.db._base_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                for table in ("data_keys", "key_groups", "kek_versions"):
-                    conn.execute(sa.text(f"VACUUM {prefix}{table}"))
+                prep = conn.dialect.identifier_preparer  # identifiers cannot be bound: quoted by the dialect
+                for table in (t.data_keys, t.key_groups, t.kek_versions):
+                    target = (prep.quote_schema(self.db.schema) + "." if self.db.schema else "") + prep.quote(table.name)
+                    conn.exec_driver_sql("VACUUM " + target)
 
     def erasures(self, subject_keys: Iterable[str]) -> dict[str, Destroyed]:
         keys = sorted(set(subject_keys))

@@ -225,10 +225,7 @@ def scrub_staging(lake: Lake, keys: set[str], table: str | None = None, shard: i
             raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
         hit = pc.is_in(stored.column("subject_key"), value_set=pa.array(sorted(keys), type=stored.schema.field("subject_key").type))
         if pc.any(hit).as_py():
-            buf = io.BytesIO()
-            pq.write_table(stored.filter(pc.invert(hit)), buf, compression="zstd", write_statistics=True,
-                           store_schema=bool(stored.schema.metadata))
-            lake.write_bytes(name, buf.getvalue())
+            lake.write_bytes(name, lk.arrow_to_bytes(stored.filter(pc.invert(hit))))
             lake.purge_noncurrent(name)
             rewritten += 1
     return rewritten
