@@ -86,6 +86,19 @@ def test_a_sealed_cell_moved_to_another_subject_or_column_does_not_open():
         crypto.open_table(moved, keys)
 
 
+def test_a_personal_column_the_files_lack_is_an_error_naming_the_field():
+    import yaml
+
+    from erasure_pipeline.core.contracts import LandingContractError, contracts_for, validate
+    from erasure_pipeline.core.policy import Policy
+
+    policy = Policy.model_validate(yaml.safe_load(SEALED_POLICY.replace("personal: [full_name, phone]", "personal: [full_name, phon]")))
+    contract = contracts_for(policy)["subjects"]
+    frame = pd.DataFrame({c: ["1"] for c in contract.required if c != "phon"} | {"phone": ["1"]})  # "phone" is there; "phon" is not
+    with pytest.raises(LandingContractError, match="column 'phon': column named by datasets.subjects.personal is missing"):
+        validate(frame, contract, "subjects/x.csv")
+
+
 # ---------------------------------------------------------------- the key store (sqlite and postgres)
 def _ring(url: str, kms, schema: str = "erasure_ledger") -> KeyRing:
     book = Ledger(url, schema=schema)

@@ -89,6 +89,7 @@ def contracts_for(policy) -> dict[str, TableContract]:
         c = policy.cohorts
         if c is not None and c.dataset == name:
             need([*c.quasi_identifiers, *c.measures, c.label], "cohorts")
+        need(spec.personal or [], f"datasets.{name}.personal")  # a column declared personal must exist: never sealed by a typo's absence
         base_consent = policy.consent.column if policy.consent and policy.features and policy.features.dataset == name else None
         boolean_consent = policy.consent is None or all(isinstance(v, bool) for v in policy.consent.allowed_values)
         bools = tuple(dict.fromkeys(col for col in (spec.consent, base_consent) if col and boolean_consent))

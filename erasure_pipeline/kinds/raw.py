@@ -106,7 +106,8 @@ def declared_reads(policy: Policy, contract) -> set[str] | None:
     columns are not declared."""
     if not contract.sealed or (policy.features is not None and any(contract.name in f.datasets for f in policy.features.functions)):
         return None
-    return {*contract.named_by, *contract.texts, contract.id_column, *contract.timestamps}
+    read = {c for c, field in contract.named_by.items() if not field.endswith(".personal")}
+    return {*read, *contract.texts, contract.id_column, *contract.timestamps}
 
 
 def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
