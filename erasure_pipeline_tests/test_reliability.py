@@ -228,3 +228,42 @@ def test_a_command_whose_tick_raced_another_stands_aside_without_creating_a_run(
     assert said == [f"erasure_job {config['batch_id']}: held by run run-of-t or already finished; skipped"]
     assert inst.get_runs_count() == 1  # only the demo's build: no run was created for the loser
     assert book.requests.get(rid)["run_id"] == "run-of-the-other-command"
+
+
+def test_a_request_retried_after_its_proof_failed_certifies_the_data_the_first_run_erased(demo_home, monkeypatch):
+    """The first run rewrites every store that held the subject, then cannot prove it (another run kept changing a
+    shard under its merges); the retry finds the subject nowhere. Its certificate must still say what held them and
+    was rewritten, not "no data found" (and must not send the request to look-alike review)."""
+    import datetime as dt
+
+    from erasure_pipeline.defs import ticks
+    from erasure_pipeline.erasure import certify
+
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
+    rid, _ = erase(sid)
+    real, calls = certify.verify_subject, []
+
+    def fails_once(*args, **kwargs):
+        findings = real(*args, **kwargs)
+        if not calls:
+            calls.append(1)
+            raise certify.ErasureNotProven(rid, ["published merge was built from the current shard partitions (ensemble_model: moved)"])
+        return findings
+
+    monkeypatch.setattr(certify, "verify_subject", fails_once)
+    monkeypatch.setattr(ticks, "retry_backoff", lambda _attempts: dt.timedelta(0))
+    inst = instance()
+    first = drain(defs, inst, max_ticks=1)
+    assert first.failed_runs and default_ledger().requests.get(rid)["status"] == "failed"
+    assert not any(r["subject_key"] == key(sid) for r in default_ledger().nodes.provenance_for([key(sid)]))  # rewritten already
+    again = drain(defs, inst)
+    assert not again.failed_runs
+    request = default_ledger().requests.get(rid)
+    assert request["status"] == "completed" and request["review"] is None
+    cert, _ = default_ledger().certificates.get(rid)
+    assert cert["data_present"] is True
+    own = identity.partition_key(shard)
+    held = {d["dataset"] for d in cert["datasets"] if d["data_present"] == "yes"}
+    assert {f"{n}[{own}]" for n in ("raw_events", "training_shards", "shard_models", "vector_index")} <= held, cert["datasets"]
+    assert all(f.ok for f in verify_certificate(rid, default_env()))

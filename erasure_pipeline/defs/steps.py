@@ -101,7 +101,8 @@ CLAIMED = "claimed"
 """A claim step's output that is always there: the merge's list of shard results holds it, so the merge runs
 (and certifies a no-data request) when no shard step does."""
 CONSISTENT_ROUNDS, CONSISTENT_WAIT = 5, 1.0
-"""How many times a certificate step re-merges after another run changed a shard under it, and the pause between."""
+"""How many times a certificate step re-merges after another run changed a shard under it, and the pause between
+(while no other live run may be writing shards; while one may, it goes on for up to ``MERGE_WAIT``)."""
 MERGE_WAIT = 300.0
 """How long a merge waits for another live run still writing its shard inputs before it fails (``StaleInputs``)."""
 
@@ -220,6 +221,12 @@ def _shard_op(policy: Policy, graph: Graph, partition: str) -> dg.OpDefinition:
     return shard_step
 
 
+def _others_writing(context, env: Env) -> list[str]:
+    """Other live runs (their first eight characters): their shard steps may be writing shards beside this step."""
+    live = runtime.run_is_live(context.instance, env.ledger)
+    return sorted(r["run_id"][:8] for r in env.ledger.runs.unfinished() if r["run_id"] != context.run_id and live(r["run_id"], r))
+
+
 def _merge_node(context, env: Env, node, mode: str):
     """One merge. Its shard inputs must be current (``StaleInputs`` otherwise); while another run is still
     writing shards (its shard steps run beside this step, in their shards' pools), the merge waits for them
@@ -229,8 +236,7 @@ def _merge_node(context, env: Env, node, mode: str):
         try:
             return (yield from _run_node(context, env, node, None, mode))
         except StaleInputs as exc:
-            live = runtime.run_is_live(context.instance, env.ledger)
-            others = sorted(r["run_id"][:8] for r in env.ledger.runs.unfinished() if r["run_id"] != context.run_id and live(r["run_id"], r))
+            others = _others_writing(context, env)
             if not others or waited >= MERGE_WAIT:
                 raise
             if not waited:
@@ -265,18 +271,24 @@ def _consistent(context, env: Env, plan: RunPlan):
     """Before proving: every merge was built from the shard partitions stored now. A shard step of another run
     (in that shard's pool, not this step's) may have rewritten one after this run's merges read it: re-run the
     merges the ledger now records as stale (this step holds the merge pool, so no other merge runs meanwhile)
-    and look again. A shard still being written is waited for a few rounds; after that the proof fails the
-    requests it cannot prove and the next tick retries them. Returns the outcomes of the merges re-run."""
+    and look again. While another live run may still be writing shards (a cycle's sixteen shard steps, one
+    after another), this goes on for up to ``MERGE_WAIT`` seconds; with no other run, ``CONSISTENT_ROUNDS``.
+    After that the proof fails the requests it cannot prove and the next tick retries them. Returns the
+    outcomes of the merges re-run."""
     outcomes: list[NodeOutcome] = []
-    for round_ in range(CONSISTENT_ROUNDS):
+    rounds, waited = 0, 0.0
+    while True:
         changed = [f.target for f in merge_input_claims(env) if not f.ok]
         if not changed:
             return outcomes
-        context.log.info(f"another run changed inputs of {', '.join(changed)} since they were merged: merging again")
-        if round_:
+        if rounds >= CONSISTENT_ROUNDS and (waited >= MERGE_WAIT or not _others_writing(context, env)):
+            return outcomes
+        if rounds:
             time.sleep(CONSISTENT_WAIT)
+            waited += CONSISTENT_WAIT
+        context.log.info(f"another run changed inputs of {', '.join(changed)} since they were merged: merging again")
         outcomes += yield from _merges(context, env, plan)
-    return outcomes
+        rounds += 1
 
 
 def _certified(context, env: Env, plan: RunPlan, outcomes: list[NodeOutcome]):

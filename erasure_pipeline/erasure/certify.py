@@ -29,16 +29,19 @@ class ErasureNotProven(RuntimeError):
         super().__init__(f"erasure of {request_id} not proven: " + "; ".join(failed_claims))
 
 
-def affected_nodes(env: Env, footprint: Footprint, outcomes: Outcomes, part: str) -> set[str]:
+def affected_nodes(env: Env, footprint: Footprint, outcomes: Outcomes, part: str, carried: bool = False) -> set[str]:
     """Nodes that held the subject in partition ``part``: by provenance for nodes that keep a record per subject
     (raw partitions, training sets, the vector index); else a node that changed in this run below one that did
     (a shard model below the training set that held them, the merges). A training set that changed only for
-    other subjects of the batch did not hold this one: its certificate row says it was checked and held nothing."""
+    other subjects of the batch did not hold this one: its certificate row says it was checked and held nothing.
+    ``carried``: an earlier run of the request may have rewritten and rebuilt it already, so a node below one that
+    held the subject counts as having held them though it did not change (or run) this time; the proof checks
+    that it is built from its current inputs."""
     affected: set[str] = set()
     for node in env.graph.nodes:
         o = outcomes.get((node.name, part if node.partitioned else None))
         held = part in footprint.get(node.name, {}) if node.partitioned else node.name in footprint
-        below = not node.subject_rows and o is not None and o.changed and affected.intersection(node.parents)
+        below = not node.subject_rows and (carried or (o is not None and o.changed)) and affected.intersection(node.parents)
         if held or below:
             affected.add(node.name)
     return affected
@@ -63,12 +66,12 @@ HELD_NOTHING = "checked: held none of the subject's data"
 
 
 def actions_for(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes, run_id: str | None,
-                landing_scrubbed: int = 0) -> list[dict]:
+                landing_scrubbed: int = 0, carried: bool = False) -> list[dict]:
     """One row per node of the subject's own shard (NO_DATA where it held nothing); another shard's row where
     it held the subject (their e-mail in someone's text) and below that; landing, when scrubbed."""
     own = identity.partition_key(identity.shard_of(request["subject_key"], env.policy.shards))
     elsewhere = sorted({p for parts in footprint.values() for p in parts if p != own})
-    affected = {p: affected_nodes(env, footprint, outcomes, p) for p in [own, *elsewhere]}
+    affected = {p: affected_nodes(env, footprint, outcomes, p, carried) for p in [own, *elsewhere]}
     actions, scrubbed = [], landing_scrubbed
     for node in (n for n in env.graph.nodes if env.kinds.get(n.kind).personal):
         for partition in ([own, *elsewhere] if node.partitioned else [None]):
@@ -121,14 +124,14 @@ def backups_section(env: Env, subject_key: str) -> list[str] | None:
 
 
 def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes, *, run_id: str | None, batch_id: str | None,
-            cache: dict | None = None, landing_scrubbed: int = 0) -> dict:
+            cache: dict | None = None, landing_scrubbed: int = 0, carried: bool = False) -> dict:
     """Verify the subject is gone everywhere, then record actions and issue the signed certificate.
     Raises ``ErasureNotProven`` (naming request id and claims only) if any claim fails."""
     findings = [f.as_dict() for f in verify_subject(request["subject_key"], env, cache)]
     failed = [f for f in findings if not f["ok"]]
     if failed:
         raise ErasureNotProven(request["request_id"], [f"{f['claim']} ({f['target']}: {f['detail']})" for f in failed])
-    actions = actions_for(env, request, footprint, outcomes, run_id, landing_scrubbed)
+    actions = actions_for(env, request, footprint, outcomes, run_id, landing_scrubbed, carried)
     env.ledger.certificates.record_actions(request["request_id"], actions)
     present = {a["asset"] for a in actions if a["data_present"]}
     risks = [env.kinds.get(n.kind).residual_risk for n in env.graph.nodes if n.name in present]
@@ -169,7 +172,8 @@ def certify_batch(env: Env, plan: RunPlan, outcomes: list[NodeOutcome], run_id: 
         for request in requests:
             try:
                 cert = certify(env, request, plan.footprints.get(request["request_id"], {}), by_key, run_id=run_id,
-                               batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed)
+                               batch_id=plan.batch_id, cache=cache, landing_scrubbed=plan.landing_scrubbed,
+                               carried=request["request_id"] in plan.carried)
                 out.certificates.append(cert)
                 if env.evidence is not None:
                     out.evidence[cert["request_id"]] = write_evidence(env.evidence, cert)

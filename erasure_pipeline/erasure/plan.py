@@ -9,7 +9,7 @@ Dagster layer's judgement, passed in as ``is_live``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from erasure_pipeline.core import identity
@@ -81,6 +81,9 @@ class RunPlan:
     """An ingest: the lookup tables its claim step computes before the shard steps (new files, a rebuild)."""
     unmatched: tuple[str, ...] = ()
     """An ingest: landing files that belong to no declared dataset (listed, never read)."""
+    carried: tuple[str, ...] = ()
+    """Erasure: requests an earlier run planned (it failed or died): it may have rewritten their data already, so
+    what changes now is no measure of what held them; their footprint is the one kept since then."""
 
 
 CERTIFICATE_DETAILS = ("noncurrent_versions_purged", "landing_files_scrubbed", "points_deleted_by_subject_filter", "rows")
@@ -113,8 +116,17 @@ def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, 
     for row in book.nodes.provenance_for([r["subject_key"] for r in requests.values()]):
         # the partitions that hold the subject: their own shard's, and text naming them elsewhere
         by_key.setdefault(row["subject_key"], {}).setdefault(row["asset"], {})[row["partition"]] = int(row["rows"])
-        forced.setdefault(identity.shard_from_partition(row["partition"]), set()).add(row["asset"])
-    footprints = {rid: by_key.get(r["subject_key"], {}) for rid, r in requests.items()}
+    # A request an earlier run planned (and may have rewritten in part) keeps what it was found in then.
+    # (Of nodes and partitions the graph still has: a reshard since then rewrote every partition anyway.)
+    known, partitions = {n.name for n in env.graph.nodes}, set(env.graph.partitions)
+    footprints = {rid: _union({a: {p: n for p, n in parts.items() if p in partitions} for a, parts in r["footprint"].items() if a in known},
+                              by_key.get(r["subject_key"], {})) for rid, r in requests.items()}
+    before = {rid: r["footprint"] for rid, r in requests.items()}
+    book.requests.remember_footprints({rid: fp for rid, fp in footprints.items() if fp and fp != before[rid]})
+    for fp in footprints.values():
+        for asset, parts in fp.items():
+            for partition in parts:
+                forced.setdefault(identity.shard_from_partition(partition), set()).add(asset)
     in_review = _look_alikes(env, [r for rid, r in requests.items() if not footprints[rid]], run_id)
     requests = {rid: r for rid, r in requests.items() if rid not in in_review}
     keys = tuple(sorted(r["subject_key"] for r in requests.values()))
@@ -130,8 +142,20 @@ def claim_erasure(env: Env, batch_id: str, request_ids: list[str], run_id: str, 
     works = tuple(ShardWork(s, tuple(env.graph.ordered(nodes)), "erasure", subjects=keys) for s, nodes in sorted(forced.items()))
     works += _stale_derived(env, {w.shard for w in works}, "rebuild")
     skipped = tuple(rid for rid in dict.fromkeys(request_ids) if rid not in claim.request_ids)
+    carried = tuple(rid for rid in requests if before[rid])
     return RunPlan("erasure", batch_id, True, run_id, works, (), tuple(requests), {rid: footprints[rid] for rid in requests},
-                   claim.resumed, len(scrubbed), tuple(in_review), skipped)
+                   claim.resumed, len(scrubbed), tuple(in_review), skipped, carried=carried)
+
+
+def _union(*footprints: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Footprints (asset -> partition -> rows) joined: every partition any of them names, its largest count."""
+    out: dict[str, dict[str, int]] = {}
+    for fp in footprints:
+        for asset, parts in fp.items():
+            for partition, rows in parts.items():
+                mine = out.setdefault(asset, {})
+                mine[partition] = max(int(rows), mine.get(partition, 0))
+    return out
 
 
 def _look_alikes(env: Env, no_data: list[dict], run_id: str) -> list[str]:

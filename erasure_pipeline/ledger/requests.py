@@ -10,6 +10,7 @@ request, in the same transaction, so an ingest running at the same time already 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from erasure_pipeline.core.signing import canonical_json
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
 from erasure_pipeline.ledger.db import CHUNK, Database, LedgerError, as_utc, chunks, utcnow
@@ -41,6 +43,7 @@ def request_row(row) -> dict | None:
     d = dict(row._mapping)
     for k in ("received_at", "due_at", "updated_at", "completed_at"):
         d[k] = as_utc(d[k])
+    d["footprint"] = json.loads(d["footprint"]) if d.get("footprint") else {}
     return d
 
 
@@ -136,6 +139,15 @@ class Requests:
                 out += [request_row(r) for r in conn.execute(sa.select(t.erasure_requests).where(R.request_id.in_(chunk)))]
         order = {rid: i for i, rid in enumerate(ids)}
         return sorted(out, key=lambda r: order[r["request_id"]])
+
+    def remember_footprints(self, footprints: Mapping[str, Mapping[str, Mapping[str, int]]]) -> None:
+        """Keep what each request's subject was found in (asset -> partition -> rows; no identifier), so a later
+        run of the same request, after the first rewrote some of it, still knows and certifies it."""
+        if not footprints:
+            return
+        with self.db.tx() as conn:
+            conn.execute(t.erasure_requests.update().where(R.request_id == sa.bindparam("rid")).values(footprint=sa.bindparam("fp")),
+                         [{"rid": rid, "fp": canonical_json(fp)} for rid, fp in footprints.items()])
 
     def overdue(self, now: dt.datetime, *, within: dt.timedelta, stuck_after: dt.timedelta) -> list[dict]:
         """Live requests past or within ``within`` of their due date, and any not on hold that has not

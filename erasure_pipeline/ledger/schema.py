@@ -45,6 +45,9 @@ erasure_requests = sa.Table(
     sa.Column("blocked_by", sa.Text),
     # An operator's decision on a request that waited for review (look-alike ids hold data).
     sa.Column("review", sa.Text),
+    # What the subject's data was found in when a run first planned the request (canonical JSON of asset ->
+    # partition -> rows): a retry after the data was already rewritten still certifies what was erased.
+    sa.Column("footprint", sa.Text),
 )
 
 # At most one live (not completed, not revoked) request per subject, enforced by the database itself so
@@ -340,13 +343,14 @@ A key is never created again for a subject listed here."""
 # provenance.skeleton_key and its index. 5: policy_snapshots (a new table). 6: recipients and DRP intake:
 # sealed_ids, notices, drp_tokens, drp_requests (new tables; the ``outbox`` table is no longer written);
 # landing_files.stamp (a file re-delivered under a name already taken is ingested again). 7: the key store:
-# kek_versions, key_groups, data_keys, key_erasures (new tables).
-CURRENT_VERSION = 7
+# kek_versions, key_groups, data_keys, key_erasures (new tables). 8: erasure_requests.footprint.
+CURRENT_VERSION = 8
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),
                      (provenance, "skeleton_key")],
-                 6: [(landing_files, "stamp")]}
+                 6: [(landing_files, "stamp")],
+                 8: [(erasure_requests, "footprint")]}
 ADDED_INDEXES = {4: ["ix_provenance_skeleton"]}
 RECREATED_INDEXES = {6: [LIVE_SUBJECT_INDEX]}
 """Indexes whose definition changed (6: a revoked request is not live), dropped and created again."""
