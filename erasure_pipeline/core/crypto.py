@@ -71,8 +71,45 @@ def _cipher(key: bytes) -> tuple[AESGCM, bytes]:
     return AESGCM(key[:32]), key[32:]
 
 
+_SEALED: dict[tuple[bytes, bytes], bytes] = {}
+"""(associated data, plaintext) -> the sealed cell: a value sealed or opened in this process, sealed again
+without AES (sealing is deterministic). A build seals each value into staging, opens it in the raw step and
+seals it again, and the steps below open it again: each is a lookup after the first."""
+_OPENED: dict[tuple[bytes, bytes], bytes] = {}
+"""(associated data, sealed cell) -> its plaintext, for the same reason. Both are used only for a subject whose
+data key the key store still gives, and are emptied with ``forget_ciphers`` (any erasure anywhere)."""
+MEMO_MAX = 1_000_000
+"""Cells each memo keeps before it starts afresh (a bound on memory: a cell is ~100 bytes plus its value)."""
+
+
 def forget_ciphers() -> None:
     _cipher.cache_clear()
+    _SEALED.clear()
+    _OPENED.clear()
+
+
+def _memo_seal(cipher: tuple[AESGCM, bytes], aad: bytes, plaintext: bytes) -> bytes:
+    sealed = _SEALED.get((aad, plaintext))
+    if sealed is None:
+        sealed = _seal_cell(cipher, aad, plaintext)
+        if len(_SEALED) >= MEMO_MAX:
+            _SEALED.clear()
+            _OPENED.clear()
+        _SEALED[(aad, plaintext)] = sealed
+        _OPENED[(aad, sealed)] = plaintext
+    return sealed
+
+
+def _memo_open(aead: AESGCM, aad: bytes, sealed: bytes) -> bytes:
+    plaintext = _OPENED.get((aad, sealed))
+    if plaintext is None:
+        plaintext = _open_cell(aead, aad, sealed)
+        if len(_OPENED) >= MEMO_MAX:
+            _SEALED.clear()
+            _OPENED.clear()
+        _OPENED[(aad, sealed)] = plaintext
+        _SEALED[(aad, plaintext)] = sealed
+    return plaintext
 
 
 def _aad(column: str, subject_key: str) -> bytes:
@@ -167,7 +204,7 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
             if cipher is None:
                 sealed.append(None)
                 continue
-            sealed.append(_seal_cell(cipher, column + s.encode(), values.values[v_code].encode()))
+            sealed.append(_memo_seal(cipher, column + s.encode(), values.values[v_code].encode()))
         take = np.full(table.num_rows, -1, dtype=np.int64)
         take[live] = inverse
         column = pa.array(sealed, type=pa.binary()).take(pa.array(take, mask=take < 0))
@@ -242,7 +279,7 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
                 lost[n] = True
                 continue
             try:
-                opened.append(_open_cell(aead, column + s.encode(), cells.values[c_code]).decode())
+                opened.append(_memo_open(aead, column + s.encode(), cells.values[c_code]).decode())
             except InvalidTag:
                 raise DamagedObject(f"{name}: a sealed {c} cell does not open under its subject's key (damaged or moved)") from None
         if lost.any():
