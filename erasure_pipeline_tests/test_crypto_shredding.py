@@ -86,6 +86,21 @@ def test_a_sealed_cell_moved_to_another_subject_or_column_does_not_open():
         crypto.open_table(moved, keys)
 
 
+def test_two_key_stores_in_one_process_never_share_a_sealed_cell():
+    """Sealing remembers what it sealed and opened (a lookup the second time): per data key, so the same subject
+    key under another key store (another home in the same process) seals afresh, and a cell of one does not
+    open under the other."""
+    table = pa.table({"subject_key": ["a", "b"], "phone": ["1", "2"]})
+    first, second = Keys(), Keys()
+    sealed = crypto.seal_table(table, ["phone"], first)
+    assert crypto.open_table(sealed, first).table.equals(table)  # remembered both ways now
+    other = crypto.seal_table(table, ["phone"], second)
+    assert other.column("phone").to_pylist() != sealed.column("phone").to_pylist()
+    assert crypto.open_table(other, second).table.equals(table)
+    with pytest.raises(DamagedObject, match="does not open"):
+        crypto.open_table(sealed, second)
+
+
 def test_a_personal_column_the_files_lack_is_an_error_naming_the_field():
     import yaml
 

@@ -71,13 +71,15 @@ def _cipher(key: bytes) -> tuple[AESGCM, bytes]:
     return AESGCM(key[:32]), key[32:]
 
 
-_SEALED: dict[tuple[bytes, bytes], bytes] = {}
-"""(associated data, plaintext) -> the sealed cell: a value sealed or opened in this process, sealed again
-without AES (sealing is deterministic). A build seals each value into staging, opens it in the raw step and
-seals it again, and the steps below open it again: each is a lookup after the first."""
-_OPENED: dict[tuple[bytes, bytes], bytes] = {}
-"""(associated data, sealed cell) -> its plaintext, for the same reason. Both are used only for a subject whose
-data key the key store still gives, and are emptied with ``forget_ciphers`` (any erasure anywhere)."""
+_SEALED: dict[tuple[bytes, bytes, bytes], bytes] = {}
+"""(data key's nonce half, associated data, plaintext) -> the sealed cell: a value sealed or opened in this
+process, sealed again without AES (sealing is deterministic). A build seals each value into staging, opens it
+in the raw step and seals it again, and the steps below open it again: each is a lookup after the first. The
+key is part of the entry, so two key stores in one process (two homes) never share one."""
+_OPENED: dict[tuple[bytes, bytes, bytes], bytes] = {}
+"""(data key's nonce half, associated data, sealed cell) -> its plaintext, for the same reason. Both are used
+only for a subject whose data key the key store still gives, and are emptied with ``forget_ciphers`` (any
+erasure anywhere)."""
 MEMO_MAX = 1_000_000
 """Cells each memo keeps before it starts afresh (a bound on memory: a cell is ~100 bytes plus its value)."""
 
@@ -89,26 +91,26 @@ def forget_ciphers() -> None:
 
 
 def _memo_seal(cipher: tuple[AESGCM, bytes], aad: bytes, plaintext: bytes) -> bytes:
-    sealed = _SEALED.get((aad, plaintext))
+    sealed = _SEALED.get((cipher[1], aad, plaintext))
     if sealed is None:
         sealed = _seal_cell(cipher, aad, plaintext)
         if len(_SEALED) >= MEMO_MAX:
             _SEALED.clear()
             _OPENED.clear()
-        _SEALED[(aad, plaintext)] = sealed
-        _OPENED[(aad, sealed)] = plaintext
+        _SEALED[(cipher[1], aad, plaintext)] = sealed
+        _OPENED[(cipher[1], aad, sealed)] = plaintext
     return sealed
 
 
-def _memo_open(aead: AESGCM, aad: bytes, sealed: bytes) -> bytes:
-    plaintext = _OPENED.get((aad, sealed))
+def _memo_open(cipher: tuple[AESGCM, bytes], aad: bytes, sealed: bytes) -> bytes:
+    plaintext = _OPENED.get((cipher[1], aad, sealed))
     if plaintext is None:
-        plaintext = _open_cell(aead, aad, sealed)
+        plaintext = _open_cell(cipher[0], aad, sealed)
         if len(_OPENED) >= MEMO_MAX:
             _SEALED.clear()
             _OPENED.clear()
-        _OPENED[(aad, sealed)] = plaintext
-        _SEALED[(aad, plaintext)] = sealed
+        _OPENED[(cipher[1], aad, sealed)] = plaintext
+        _SEALED[(cipher[1], aad, plaintext)] = sealed
     return plaintext
 
 
@@ -264,7 +266,7 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
         plan[c] = (cells, live, live[first], inverse)
         needed.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     found = keys.data_keys(sorted(needed), create=False) if needed else {}
-    ciphers = {s: _cipher(k)[0] for s, k in found.items()}
+    ciphers = {s: _cipher(k) for s, k in found.items()}
     unreadable: dict[str, int] = {}
     for c, (cells, live, rows, inverse) in plan.items():
         opened: list[str | None] = []
@@ -273,13 +275,13 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
         s_codes, c_codes = subjects.codes[rows].tolist(), cells.codes[rows].tolist()
         for n, (s_code, c_code) in enumerate(zip(s_codes, c_codes, strict=True)):
             s = subjects.values[s_code]
-            aead = ciphers.get(s)
-            if aead is None:
+            cipher = ciphers.get(s)
+            if cipher is None:
                 opened.append(None)
                 lost[n] = True
                 continue
             try:
-                opened.append(_memo_open(aead, column + s.encode(), cells.values[c_code]).decode())
+                opened.append(_memo_open(cipher, column + s.encode(), cells.values[c_code]).decode())
             except InvalidTag:
                 raise DamagedObject(f"{name}: a sealed {c} cell does not open under its subject's key (damaged or moved)") from None
         if lost.any():
