@@ -41,7 +41,7 @@ from erasure_pipeline.core.crypto import DATA_KEY_BYTES, forget_ciphers
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
-from erasure_pipeline.ledger.db import Database, chunks, utcnow
+from erasure_pipeline.ledger.db import Database, chunks, rows_by_subject, utcnow
 
 GROUPS = 256
 KEY_CHUNK = 5000  # keys per IN (...) list: under SQLite's 32 766 bound parameters (3.32+), few round trips
@@ -54,22 +54,6 @@ used from memory a second later."""
 DEK_CACHE_MAX = 2_000_000
 EPOCH_CHECK_SECONDS = 1.0
 """The newest KEK version is read at most this often: a key destroyed elsewhere is dropped from memory within it."""
-
-
-def _rows_of(conn: Connection, table: sa.Table, keys: list[str], *columns) -> list:
-    """Rows of ``table`` (``columns``, the subject key first) whose subject key is one of ``keys``: by ``IN``
-    lists when they are few against the table, else one scan kept to those wanted (a build asks for every
-    subject at once: 40 ``IN`` lists of 5 000 cost more in SQLAlchemy's parameter expansion than the scan)."""
-    def by_lists():
-        return [r for part in chunks(keys, KEY_CHUNK) for r in conn.execute(sa.select(*columns).where(table.c.subject_key.in_(part)))]
-
-    if len(keys) <= KEY_CHUNK:
-        return by_lists()
-    held = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0
-    if len(keys) * 4 < held:
-        return by_lists()
-    wanted = set(keys)
-    return [r for r in conn.execute(sa.select(*columns)) if r[0] in wanted]
 
 
 def group_of(subject_key: str) -> int:
@@ -193,7 +177,7 @@ class KeyRing:
     def _read(self, wanted: list[str]) -> dict[str, bytes]:
         found = {}
         with self.db.connect() as conn:
-            rows = [tuple(r) for r in _rows_of(conn, t.data_keys, wanted, t.data_keys.c.subject_key, t.data_keys.c.grp,
+            rows = [tuple(r) for r in rows_by_subject(conn, t.data_keys, wanted, KEY_CHUNK, t.data_keys.c.subject_key, t.data_keys.c.grp,
                                                 t.data_keys.c.gen, t.data_keys.c.wrapped)]
             if not rows:
                 return {}
@@ -215,7 +199,7 @@ class KeyRing:
         self._bootstrap()
         with self.db.tx() as conn:
             self._shared(conn)
-            erased = {r.subject_key for r in _rows_of(conn, t.key_erasures, missing, t.key_erasures.c.subject_key)}
+            erased = {r.subject_key for r in rows_by_subject(conn, t.key_erasures, missing, KEY_CHUNK, t.key_erasures.c.subject_key)}
             new = [k for k in missing if k not in erased]
             groups = self._groups_now(conn, {group_of(k) for k in new})
             aeads = {g: (gen, AESGCM(key)) for g, (gen, key) in groups.items()}
@@ -241,24 +225,17 @@ class KeyRing:
         return {**{k: made[k] for k in ours}, **(self._read(raced) if raced else {})}
 
     def _insert_keys(self, conn: Connection, rows: list[dict]) -> int | None:
-        """Insert data-key rows, leaving any another process stored first; the driver's count of rows inserted.
-        On SQLite through the driver's own executemany: SQLAlchemy's per-row parameter processing was four fifths
-        of making 200 000 keys (the table is not schema-translated there, and ``created_at`` is one value, so it
-        is processed once). Postgres keeps SQLAlchemy's batched ``INSERT ... VALUES`` (one round trip per batch)."""
-        if self.db.dialect != "sqlite":
-            return conn.execute(self._insert_ignore(t.data_keys), rows).rowcount
+        """Insert data-key rows, leaving any another process stored first; the driver's count of rows inserted. On
+        SQLite through the driver's executemany (SQLAlchemy's per-row parameter processing was four fifths of making
+        200 000 keys); Postgres keeps SQLAlchemy's batched ``INSERT ... VALUES`` (one round trip per batch)."""
+        if self.db.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+            return conn.execute(insert(t.data_keys).on_conflict_do_nothing(), rows).rowcount
         at = t.data_keys.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         created = at(rows[0]["created_at"]) if at is not None else rows[0]["created_at"]
         return conn.exec_driver_sql(
             "INSERT OR IGNORE INTO data_keys (subject_key, grp, gen, wrapped, created_at) VALUES (?, ?, ?, ?, ?)",
             [(r["subject_key"], r["grp"], r["gen"], r["wrapped"], created) for r in rows]).rowcount
-
-    def _insert_ignore(self, table: sa.Table):
-        if self.db.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table).on_conflict_do_nothing()
 
     def has_key(self, subject_key: str) -> bool:
         with self.db.connect() as conn:
