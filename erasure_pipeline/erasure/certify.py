@@ -127,7 +127,10 @@ def certify(env: Env, request: Mapping, footprint: Footprint, outcomes: Outcomes
             cache: dict | None = None, landing_scrubbed: int = 0, carried: bool = False) -> dict:
     """Verify the subject is gone everywhere, then record actions and issue the signed certificate.
     Raises ``ErasureNotProven`` (naming request id and claims only) if any claim fails."""
-    findings = [f.as_dict() for f in verify_subject(request["subject_key"], env, cache)]
+    # The merges must be built from the current state of the partitions this erasure rewrote; another run's
+    # shard step may rewrite an unrelated shard between the step's last look and this proof.
+    rewritten = {p for parts in footprint.values() for p in parts}
+    findings = [f.as_dict() for f in verify_subject(request["subject_key"], env, cache, rewritten)]
     failed = [f for f in findings if not f["ok"]]
     if failed:
         raise ErasureNotProven(request["request_id"], [f"{f['claim']} ({f['target']}: {f['detail']})" for f in failed])

@@ -8,7 +8,7 @@ inputs, every partition against its recorded version, and the provenance index. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.errors import PipelineError
@@ -34,11 +34,16 @@ def _guarded(target: str, check: Callable[[], list[Finding]]) -> list[Finding]:
         return [Finding(READABLE_CLAIM, target, False, f"cannot be read ({type(exc).__name__})")]
 
 
-def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> list[Finding]:
+def verify_subject(subject_key: str, env: Env, cache: dict | None = None, partitions: Collection[str] | None = None) -> list[Finding]:
     """Every claim an erasure certificate makes about one subject, checked now.
 
     Shard-level and merge-level claims (the model retrain, k-anonymity, what merges were built
     from) do not depend on the subject; pass one ``cache`` dict when verifying many subjects.
+    ``partitions``: the shard partitions the erasure rewrote (the subject's own and any whose text named
+    them); the merges must be built from their current state. None: from every partition's, as ``verify``
+    checks later. The certificate step passes them: another run's shard step may rewrite an unrelated
+    shard between its last look and its proof (a cycle writing sixteen shards), which says nothing about
+    this subject.
     """
     cache = {} if cache is None else cache
     part = identity.partition_key(identity.shard_of(subject_key, env.policy.shards))
@@ -50,11 +55,12 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None) -> lis
         p = part if node.partitioned else None
         out += _guarded(f"{node.name}[{p}]" if p else node.name, lambda n=node, p=p: env.kinds.get(n.kind).prove(env, n, subject_key, p, cache))
     out += _guarded("landing", lambda: _sources(env, subject_key, part, cache))
-    if "merges" not in cache:
-        cache["merges"] = merge_input_claims(env) + recorded_version_claims(env, None)
+    merges = ("merges", None if partitions is None else frozenset({part, *partitions}))
+    if merges not in cache:
+        cache[merges] = merge_input_claims(env, merges[1]) + recorded_version_claims(env, None)
     if ("recorded", part) not in cache:
         cache[("recorded", part)] = recorded_version_claims(env, part)
-    out += cache["merges"] + cache[("recorded", part)]
+    out += cache[merges] + cache[("recorded", part)]
     prov = env.ledger.nodes.provenance_for([subject_key])
     out.append(Finding("provenance lists no data for the subject", "ledger.provenance", not prov, f"{len(prov)} rows"))
     if env.keys is not None:
@@ -147,18 +153,21 @@ def current_inputs(env: Env, name: str) -> dict[str, str | None]:
     return out
 
 
-def merge_input_claims(env: Env) -> list[Finding]:
+def merge_input_claims(env: Env, partitions: Collection[str] | None = None) -> list[Finding]:
     """Each published merge records the content hash of every input it read; they must be the inputs
-    stored now. A merge restored from before an erasure (or built while a shard changed) fails here."""
+    stored now (``partitions``: those of these shard partitions, and every unpartitioned one). A merge
+    restored from before an erasure (or built while a shard changed) fails here."""
     out = []
     for node in env.graph.merge_nodes:
-        out += _guarded(node.name, lambda n=node: _merge_inputs(env, n))
+        out += _guarded(node.name, lambda n=node: _merge_inputs(env, n, partitions))
     return out
 
 
-def _merge_inputs(env: Env, node) -> list[Finding]:
+def _merge_inputs(env: Env, node, partitions: Collection[str] | None) -> list[Finding]:
     out = []
     current = current_inputs(env, node.name)
+    if partitions is not None:  # an input is "name[partition]" when partitioned
+        current = {k: v for k, v in current.items() if "[" not in k or k[k.index("[") + 1:-1] in partitions}
     for obj, recorded in env.kind_of(node.name).recorded_inputs(env, node):
         if recorded is None:
             out.append(Finding(MERGE_INPUTS_CLAIM, obj, False, "not materialised, or written without its inputs"))
