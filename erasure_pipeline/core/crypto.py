@@ -94,11 +94,7 @@ def _memo_seal(cipher: tuple[AESGCM, bytes], aad: bytes, plaintext: bytes) -> by
     sealed = _SEALED.get((cipher[1], aad, plaintext))
     if sealed is None:
         sealed = _seal_cell(cipher, aad, plaintext)
-        if len(_SEALED) >= MEMO_MAX:
-            _SEALED.clear()
-            _OPENED.clear()
-        _SEALED[(cipher[1], aad, plaintext)] = sealed
-        _OPENED[(cipher[1], aad, sealed)] = plaintext
+        _memo_keep(cipher[1], aad, plaintext, sealed)
     return sealed
 
 
@@ -106,12 +102,17 @@ def _memo_open(cipher: tuple[AESGCM, bytes], aad: bytes, sealed: bytes) -> bytes
     plaintext = _OPENED.get((cipher[1], aad, sealed))
     if plaintext is None:
         plaintext = _open_cell(cipher[0], aad, sealed)
-        if len(_OPENED) >= MEMO_MAX:
-            _SEALED.clear()
-            _OPENED.clear()
-        _OPENED[(cipher[1], aad, sealed)] = plaintext
-        _SEALED[(cipher[1], aad, plaintext)] = sealed
+        _memo_keep(cipher[1], aad, plaintext, sealed)
     return plaintext
+
+
+def _memo_keep(nonce_key: bytes, aad: bytes, plaintext: bytes, sealed: bytes) -> None:
+    """One cell, both ways (the two memos always hold the same cells, so one bound serves both)."""
+    if len(_SEALED) >= MEMO_MAX:
+        _SEALED.clear()
+        _OPENED.clear()
+    _SEALED[(nonce_key, aad, plaintext)] = sealed
+    _OPENED[(nonce_key, aad, sealed)] = plaintext
 
 
 def _aad(column: str, subject_key: str) -> bytes:
