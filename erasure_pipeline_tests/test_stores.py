@@ -6,6 +6,7 @@ import pytest
 
 from erasure_pipeline.app.demo import demo_graph, demo_policy
 from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core.errors import DamagedObject, PipelineError
 from erasure_pipeline.core.identity import Keyer
 from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.ml.embed import chunk_text, embed, point_id
@@ -25,6 +26,20 @@ def test_local_lake_is_atomic_and_refuses_path_tricks(tmp_path):
     for bad in ("../x", "/etc/passwd", "a//b", "a/./b"):
         with pytest.raises(ValueError):
             lake.write_bytes(bad, b"")
+
+
+def test_a_column_the_object_does_not_store_is_named_not_called_damage(tmp_path):
+    """A reader asking for a column written under an earlier declaration learns which one, and that the
+    object is readable; bytes that are not Parquet stay "damaged"."""
+    lake = lk.LocalLake(tmp_path)
+    lk.write_table(lake, "raw_subjects", "shard_00", pd.DataFrame({"subject_key": ["a"], "age": [30]}))
+    data = lake.read_bytes("raw_subjects/shard_00.parquet")
+    with pytest.raises(PipelineError, match="has no column region") as caught:
+        lk.read_parquet(data, ["subject_key", "region"], "raw_subjects/shard_00.parquet")
+    assert not isinstance(caught.value, DamagedObject)
+    assert lk.read_parquet(data, ["age"]).table.column("age").to_pylist() == [30]
+    with pytest.raises(DamagedObject, match="cannot be read as Parquet"):
+        lk.read_parquet(data[: len(data) // 2], ["age"], "raw_subjects/shard_00.parquet")
 
 
 def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):

@@ -32,8 +32,9 @@ def drain(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Calla
 
     First, runs of this host whose process died (a killed ``process``) are marked failed and their
     requests handed back, so nothing a crash left behind waits for a person."""
-    runtime.sweep_interrupted(instance, env_of(defs).ledger, progress)
-    runtime.ensure_pools(instance, env_of(defs).graph.partitions)
+    env = env_of(defs)
+    runtime.sweep_interrupted(instance, env.ledger, progress)
+    runtime.ensure_pools(instance, env.graph.partitions)
     sensor = defs.resolve_sensor_def(names.ERASURE_SENSOR)
     out = DrainResult()
     for _ in range(max_ticks):
@@ -44,7 +45,7 @@ def drain(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Calla
             progress(data.skip_message or "nothing to run")
             return out
         for request in data.run_requests:
-            summary = launch(defs, instance, request, progress)
+            summary = launch(defs, instance, request, progress, env)
             if summary is None:
                 out.skipped += 1
                 return out  # another live run holds this batch: it is that run's work now

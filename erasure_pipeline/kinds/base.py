@@ -332,8 +332,9 @@ def purge(run: NodeRun, *names: str) -> int:
 def versions_before_tombstone(env: Env, name: str, subject_key: str) -> Finding:
     """Models and aggregates cannot be searched for one subject: no version of them may predate the
     tombstone (the erasure run purges every older one)."""
-    since = env.ledger.tombstones.since(subject_key)
-    older = [v for v in env.lake.noncurrent_versions(name) if since is None or v.last_modified < since]
+    versions = env.lake.noncurrent_versions(name)
+    since = env.ledger.tombstones.since(subject_key) if versions else None  # the ledger asked only when there is a version
+    older = [v for v in versions if since is None or v.last_modified < since]
     return Finding("no object version from before the erasure request", name, not older, f"{len(older)} older versions")
 
 

@@ -75,7 +75,9 @@ class CohortPartial(Kind):
     def compute(self, run: NodeRun) -> NodeResult:
         c, store = run.env.policy.cohorts, run.env.lake
         (source,) = run.node.parents
-        subjects = run.env.read_rows(source, run.partition)
+        # the columns the partial reads, so sealed fields it does not need stay sealed (and cost no AES)
+        wanted = list(dict.fromkeys(["subject_key", *c.quasi_identifiers, *c.measures, *([c.label] if c.label else [])]))
+        subjects = run.env.read_rows(source, run.partition, columns=wanted)
         if subjects is None:
             raise lk.not_materialised(store, source, run.partition)
         subjects = subjects[~subjects["subject_key"].isin(run.env.ledger.tombstones.active(run.shard) | {NO_SUBJECT})]

@@ -377,7 +377,9 @@ class Raw(Kind):
         policy's) holds them; no version of the manifest predates the erasure request."""
         target, B = f"{node.name}[{partition}]", env.policy.lake.buckets
         manifest = bk.read_manifest(env.lake, node.name, partition)
-        rows = self.read_rows(env, node, partition, buckets=[manifest.bucket_of(subject_key, B)] if manifest is not None else None)
+        # the keys alone: a proof counts the subject's rows, it opens no sealed field
+        rows = self.read_rows(env, node, partition, buckets=[manifest.bucket_of(subject_key, B)] if manifest is not None else None,
+                              columns=["subject_key"])
         layouts = {B, *((manifest.of,) if manifest is not None and manifest.of else ())}
         names = [bk.object_name(node.name, partition, b) for b in sorted({bk.bucket_of(subject_key, n) for n in layouts})]
         return [rows_of_subject(rows, subject_key, target), old_versions_holding(env, names, subject_key, target),

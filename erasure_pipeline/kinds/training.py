@@ -174,5 +174,5 @@ class TrainingSet(Kind):
     def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
         """No rows of the subject, and no old version of the table holds them."""
         target = f"{node.name}[{partition}]"
-        return [rows_of_subject(self.read_rows(env, node, partition), subject_key, target),
+        return [rows_of_subject(self.read_rows(env, node, partition, columns=[ft.KEY]), subject_key, target),
                 old_versions_holding(env, [lk.table_name(node.name, partition)], subject_key, target)]

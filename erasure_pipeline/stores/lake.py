@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from erasure_pipeline.core import crypto
 from erasure_pipeline.core.crypto import KeySource, Sealing
-from erasure_pipeline.core.errors import DamagedObject
+from erasure_pipeline.core.errors import DamagedObject, PipelineError
 
 
 @dataclass(frozen=True)
@@ -264,11 +264,19 @@ def arrow_to_bytes(table: pa.Table, inputs: dict[str, str] | None = None) -> byt
 def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
                  keys: KeySource | None = None, only: Collection[str] | None = None) -> crypto.Opened:
     """A Parquet object as Arrow, sealed columns opened with ``keys`` (their subject_key read with them);
-    ``only``: the sealed columns to open, the others left out."""
+    ``only``: the sealed columns to open, the others left out. A column asked for and not stored is a
+    ``PipelineError`` naming it (not damage: the object was written under an earlier declaration)."""
     try:
         schema = pq.read_schema(io.BytesIO(data))
-        sealed = crypto.sealed_columns(schema)
-        extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
+    except (pa.ArrowException, OSError, ValueError):
+        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+    absent = [c for c in columns or () if c not in schema.names]
+    if absent:  # declared column names, never values
+        raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? "
+                            "materialise its partition again)")
+    sealed = crypto.sealed_columns(schema)
+    extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
+    try:
         table = pq.read_table(io.BytesIO(data), columns=[*columns, *extra] if columns is not None else None)
     except (pa.ArrowException, OSError, ValueError):
         raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
