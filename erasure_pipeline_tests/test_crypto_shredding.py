@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -436,6 +437,63 @@ def test_kms_unreachable_or_disabled_is_one_line_and_the_request_resumes_on_the_
         assert default_ledger().requests.get(rid2)["status"] == "completed"
         _cli("verify", rid2)
         assert "every kept subject's fields open" in _cli("keys", "verify").stdout
+
+
+@pytest.mark.slow
+def test_an_erasure_carries_the_other_rows_of_a_sealed_bucket_as_stored_and_opens_none_of_them(tmp_path, monkeypatch):
+    """Removing a subject from the buckets of datasets without text columns keeps every other row as it was
+    stored, sealed cells byte for byte: the raw step opens no sealed cell there and seals none again."""
+    from erasure_pipeline.app.process import drain
+    from erasure_pipeline.app.runner import get_instance, materialize_all
+    from erasure_pipeline.core.identity import partition_key, shard_of
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.erasure.intake import erase
+    from erasure_pipeline.kinds.raw import Raw
+    from erasure_pipeline_tests.erasure_helpers import key
+
+    with project_env(tmp_path / "home", SEALED_POLICY):
+        data = _load_demo()
+        policy = load_policy()
+        defs, instance = build_definitions(policy), get_instance()
+        assert materialize_all(defs, instance).success
+        sid, _needles = _victim(data)
+        victim = key(sid)
+        part, bucket = partition_key(shard_of(victim, policy.shards)), bk.bucket_of(victim, policy.lake.buckets)
+        lake = stores.lake()
+        names = {t: bk.object_name(t, part, bucket) for t in ("raw_subjects", "raw_events")}
+        before = {t: pq.read_table(io.BytesIO(lake.read_bytes(n))) for t, n in names.items()}
+        assert before["raw_subjects"].schema.field("full_name").type == pa.binary()  # stored sealed
+        opened, raw_steps = [], []
+        real_open, real_compute = crypto.open_table, Raw.compute
+
+        def spy(table, keys, name="a lake object", *args, **kwargs):  # inside a raw step (readers below open what they read)
+            if raw_steps and set(crypto.sealed_columns(table.schema)) & set(table.column_names):
+                opened.append((raw_steps[-1], name))
+            return real_open(table, keys, name, *args, **kwargs)
+
+        def raw_step(self, run):
+            raw_steps.append(run.node.name)
+            try:
+                return real_compute(self, run)
+            finally:
+                raw_steps.pop()
+
+        monkeypatch.setattr(crypto, "open_table", spy)
+        monkeypatch.setattr(Raw, "compute", raw_step)
+        rid = erase(sid)[0]
+        assert not drain(defs, instance).failed_runs
+        assert stores.default_ledger().requests.get(rid)["status"] == "completed"
+        # tickets has a text column (an id inside another subject's text is redacted): opened there only
+        assert {step for step, _name in opened} <= {"raw_tickets"}
+        for t, n in names.items():
+            after = pq.read_table(io.BytesIO(lake.read_bytes(n)))
+            hit = pa.compute.equal(before[t].column("subject_key"), victim)
+            assert after.equals(before[t].filter(pa.compute.invert(hit)), check_metadata=True)
+            assert pa.compute.sum(hit).as_py() >= (1 if t == "raw_subjects" else 0)
+        # what was carried still opens for everyone else, and not for the subject (their key is gone)
+        rows = bk.read_buckets(lake, "raw_subjects", part, [bucket], keys=stores.keys())
+        assert len(rows) and victim not in set(rows["subject_key"]) and rows["full_name"].notna().all()
 
 
 @pytest.mark.slow

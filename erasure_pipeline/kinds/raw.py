@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from erasure_pipeline.core import contracts
+from erasure_pipeline.core.crypto import sealed_columns
 from erasure_pipeline.core.graph import Node
 from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
@@ -166,11 +169,53 @@ def _plan(run: NodeRun) -> _Step:
     return step
 
 
+def _carried(step: _Step) -> dict[int, pa.Table] | None:
+    """The touched buckets as stored, when this rewrite only removes rows: an erasure of some buckets of a
+    dataset without text columns (no id inside a text to redact), whose tombstones were all filed under the
+    current identity rule (an earlier rule's match needs the plaintext id), whose timestamp is not sealed,
+    and whose stored buckets are sealed exactly as the declaration says. Then kept rows are carried as
+    stored, sealed cells never opened and never sealed again. None: the general rewrite."""
+    c = step.contract
+    if (step.run.mode != "erasure" or step.whole or step.previous is None or not step.touched or c.texts
+            or any(step.stones.legacy.values()) or (step.timestamp is not None and step.timestamp in c.sealed)):
+        return None
+    tables = bk.read_stored(step.run.env.lake, step.run.node.name, step.run.partition, step.touched, step.previous)
+    for t in tables.values():
+        if set(sealed_columns(t.schema)) != {col for col in c.sealed if col in t.column_names}:
+            return None  # written before the declaration sealed (or stopped sealing) a column: rewritten as declared
+    return tables
+
+
+def _remove_rows(step: _Step, tables: dict[int, pa.Table]) -> None:
+    """The carried rewrite: each bucket without the tombstoned subjects' rows, as stored otherwise."""
+    drop = pa.array(sorted(step.stones.current), type=pa.string())
+    keys = [t.column("subject_key").to_pandas() for t in tables.values()]
+    step.old = pd.DataFrame({"subject_key": pd.concat(keys, ignore_index=True) if keys else pd.Series(dtype=str)})
+    dropped = 0
+    for b in sorted(step.touched):
+        table = tables.get(b)
+        if table is None:
+            continue
+        hit = pc.is_in(table.column("subject_key").cast(pa.string()), value_set=drop)
+        removed = pc.sum(hit).as_py() or 0
+        kept = table.filter(pc.invert(hit)) if removed else table
+        dropped += removed
+        step.frames[b] = kept
+    step.counts.update(dropped=dropped, redacted=0, expired=0)
+    step.mentions = {b: i.mentions for b, i in step.previous.buckets.items() if b not in step.frames}
+    step.manifest, step.changed = bk.write_buckets(step.run.env.lake, step.run.node.name, step.run.partition, step.frames, step.previous,
+                                                   timestamp=step.timestamp, of=step.buckets, mentions=step.mentions)
+
+
 def _rewrite(step: _Step) -> None:
     """Every touched bucket at once (one read, one pass of pandas), split by bucket only to write."""
     run, contract, lake = step.run, step.contract, step.run.env.lake
     if run.mode == "erasure" and run.subjects is None and step.erasing and run.env.keys is not None:
         run.env.keys.destroy(step.erasing)  # by hand, with no claim step: the keys go first here
+    carried = _carried(step)
+    if carried is not None:
+        _remove_rows(step, carried)
+        return
     if run.mode != "rebuild" and step.previous is not None and step.touched:
         step.old = bk.read_buckets(lake, run.node.name, run.partition, None if step.relayout else sorted(step.touched), step.previous,
                                    keys=run.env.keys)
@@ -209,12 +254,16 @@ def _late_tombstones(step: _Step) -> None:
     run = step.run
     for _ in range(5):
         late = Tombstones.load(run.env.ledger, run.env.keyer, run.shard).current - step.stones.current
-        hit = {b for b, df in step.frames.items() if not df.empty and df["subject_key"].isin(late).any()}
+        hit = {b for b, df in step.frames.items() if len(df) and bool(_keys_of(df).isin(late).any())}
         if not hit:
             return
         step.stones = Tombstones.load(run.env.ledger, run.env.keyer, run.shard)
         for b in hit:
-            step.frames[b], more = rewrite_partition(step.frames[b], None, step.contract.id_column, set(late))
+            if isinstance(step.frames[b], pa.Table):  # carried: filtered as stored
+                gone = pc.is_in(step.frames[b].column("subject_key").cast(pa.string()), value_set=pa.array(sorted(late), type=pa.string()))
+                step.frames[b], more = step.frames[b].filter(pc.invert(gone)), pc.sum(gone).as_py() or 0
+            else:
+                step.frames[b], more = rewrite_partition(step.frames[b], None, step.contract.id_column, set(late))
             step.counts["dropped"] += more
         step.manifest, more_changed = bk.write_buckets(run.env.lake, run.node.name, run.partition, {b: step.frames[b] for b in hit},
                                                        step.manifest, of=step.buckets, timestamp=step.timestamp, mentions=step.mentions,
@@ -252,6 +301,11 @@ def _clean_up(step: _Step) -> None:
             raise RuntimeError(f"{name}[{run.partition}] bucket {b} changed while it was written: run it again")
 
 
+def _keys_of(frame: pd.DataFrame | pa.Table) -> pd.Series:
+    """A written bucket's ``subject_key`` column (a frame, or a table carried as stored)."""
+    return frame.column("subject_key").to_pandas() if isinstance(frame, pa.Table) else frame["subject_key"]
+
+
 def _awaiting_erasure(book, existing: pd.DataFrame | None, incoming: pd.DataFrame | None, tombstoned: set[str]) -> dict[str, int]:
     """Subjects an ingest dropped because their erasure request is still live.
 
@@ -278,7 +332,7 @@ def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str
     counts: dict[str, int] = {}
     for df in written.values():
         if df is not None and len(df):
-            counts.update({k: int(n) for k, n in df["subject_key"].value_counts().items() if k != NO_SUBJECT})
+            counts.update({k: int(n) for k, n in _keys_of(df).value_counts().items() if k != NO_SUBJECT})
     scope: set[str] = set(counts) | set(step.erasing) | named | set(awaiting)
     if step.old is not None and len(step.old):
         scope.update(step.old["subject_key"].unique().tolist())
@@ -358,7 +412,7 @@ class Raw(Kind):
                                                              "noncurrent_versions_purged": c["purged"]} if c["expired"] else None)
         run.log(f"{run.node.name}[{run.partition}] {run.mode}: {len(step.frames)} of {step.buckets} buckets read, {len(step.changed)} "
                 f"rewritten; {c['dropped']} tombstoned rows dropped, {c['expired']} rows past retention, {len(step.consent)} consent changes")
-        present = pd.concat([df["subject_key"] for df in written.values() if df is not None and len(df)] or [pd.Series(dtype=str)])
+        present = pd.concat([_keys_of(df) for df in written.values() if df is not None and len(df)] or [pd.Series(dtype=str)])
         return _result(step, present)
 
     def object_name(self, node: Node, partition: str | None) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from erasure_pipeline.core.crypto import KeySource, Sealing
@@ -178,6 +179,21 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
     return df
 
 
+def read_stored(store: Lake, asset: str, partition: str, buckets: Iterable[int], manifest: Manifest) -> dict[int, pa.Table]:
+    """The given buckets as stored, sealed cells left sealed (for a rewrite that only removes rows)."""
+    out = {}
+    for b in sorted(set(buckets) & set(manifest.buckets)):
+        name = object_name(asset, partition, b)
+        data = store.read_bytes(name)
+        if data is None:
+            raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
+        try:
+            out[b] = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError, ValueError):
+            raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+    return out
+
+
 _RECENT: dict[tuple, pd.DataFrame] = {}
 
 
@@ -189,7 +205,7 @@ def _remember(key: tuple, df: pd.DataFrame) -> None:
     _RECENT[key] = df.copy()
 
 
-def write_buckets(store: Lake, asset: str, partition: str, frames: Mapping[int, pd.DataFrame], previous: Manifest | None,
+def write_buckets(store: Lake, asset: str, partition: str, frames: Mapping[int, pd.DataFrame | pa.Table], previous: Manifest | None,
                   *, of: int, timestamp: str | None = None, mentions: Mapping[int, Iterable[str]] | None = None,
                   replace_all: bool = False, sealing: Sealing | None = None) -> tuple[Manifest, list[int]]:
     """Write the given buckets (an empty frame deletes the bucket), then the manifest, for a layout of
@@ -197,7 +213,8 @@ def write_buckets(store: Lake, asset: str, partition: str, frames: Mapping[int, 
 
     A bucket whose bytes are what is stored already is not rewritten (no new object version).
     ``replace_all``: buckets not in ``frames`` are deleted (a rebuild). ``sealing``: the personal columns
-    are written sealed per subject. Returns the new manifest and the buckets whose content changed.
+    are written sealed per subject. An Arrow table (``read_stored``, rows removed) is written as it is, its
+    sealed cells as they were stored. Returns the new manifest and the buckets whose content changed.
     """
     current = dict(previous.buckets) if previous is not None else {}
     changed = []
@@ -207,16 +224,22 @@ def write_buckets(store: Lake, asset: str, partition: str, frames: Mapping[int, 
             current.pop(b)
             changed.append(b)
     for b, df in sorted(frames.items()):
-        if df.empty:
+        if len(df) == 0:
             if b in current:
                 store.delete(object_name(asset, partition, b))
                 current.pop(b)
                 changed.append(b)
             continue
-        data = lk.table_to_bytes(df, sealing=sealing)
+        if isinstance(df, pa.Table):
+            data, keys = lk.arrow_to_bytes(df), df.column("subject_key")
+            stamps = df.column(timestamp).to_pandas() if timestamp and timestamp in df.column_names else None
+        else:
+            data, keys = lk.table_to_bytes(df, sealing=sealing), df["subject_key"]
+            stamps = df[timestamp] if timestamp and timestamp in df else None
         digest = lk.content_hash(data)
-        oldest = pd.to_datetime(df[timestamp], utc=True).min().isoformat() if timestamp and timestamp in df else None
-        info = BucketInfo(digest, len(df), int(df["subject_key"].nunique()), oldest, tuple(sorted(set((mentions or {}).get(b, ())))))
+        oldest = pd.to_datetime(stamps, utc=True).min().isoformat() if stamps is not None else None
+        subjects = pc.count_distinct(keys).as_py() if isinstance(keys, pa.ChunkedArray) else int(keys.nunique())
+        info = BucketInfo(digest, len(df), subjects, oldest, tuple(sorted(set((mentions or {}).get(b, ())))))
         if current.get(b) == info:
             continue
         if b not in current or current[b].hash != digest:
