@@ -167,6 +167,29 @@ def test_destroying_a_key_rekeys_its_group_rotates_the_kek_and_an_old_store_copy
     assert group_of(victim) == group_of(same_group[1])
 
 
+def test_a_process_forgets_its_lookups_once_for_its_own_erasure_and_again_for_another_processs(tmp_path):
+    """``destroy`` empties this process's key cache and sealing lookups before its rotation, so the rotation it
+    makes itself is no news to it; a rotation made elsewhere (another process's erasure) empties them again."""
+    kms = LocalKms(tmp_path / "kek.json")
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    ring, elsewhere = _ring(url, kms), _ring(url, kms)
+    victim, kept = "ab" + "0" * 62, "cd" + "0" * 62
+    ring.data_keys([victim, kept], create=True)
+    table = pa.table({"subject_key": [kept], "phone": ["+44 20 7946 0000"]})
+
+    def lookups_after_a_read() -> int:
+        ring._checked = float("-inf")  # the next call reads the newest KEK version now, not within a second
+        ring.data_keys([kept], create=False)
+        return len(crypto._SEALED)
+
+    lookups_after_a_read()  # the process has seen the KEK version its keys were made under
+    ring.destroy([victim])
+    crypto.seal_table(table, ["phone"], ring)
+    assert lookups_after_a_read() == 1  # its own rotation: kept
+    elsewhere.destroy(["ef" + "0" * 62])  # another process's erasure rotates the KEK
+    assert lookups_after_a_read() == 0
+
+
 def _snapshot(url: str, tmp_path: Path) -> tuple[str, str]:
     """A copy of the key store as a backup would take it: the SQLite file, or the key tables copied into another
     Postgres schema. Returns (url, schema)."""

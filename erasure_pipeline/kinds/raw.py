@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from erasure_pipeline.core import contracts
-from erasure_pipeline.core.crypto import sealed_columns
 from erasure_pipeline.core.graph import Node
 from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
@@ -39,7 +37,19 @@ from erasure_pipeline.kinds.base import (
     tombstone_check,
     versions_before_tombstone,
 )
-from erasure_pipeline.kinds.raw_rows import apply_retention, check_opened, consent_changes, lake_held, rewrite_partition
+from erasure_pipeline.kinds.raw_rows import (
+    apply_retention,
+    awaiting_erasure,
+    carriable,
+    check_opened,
+    consent_changes,
+    declared_reads,
+    lake_held,
+    rewrite_partition,
+    sealed_as_declared,
+    unlisted_finding,
+    without_keys,
+)
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
@@ -103,16 +113,6 @@ class _Step:
         return self.contract.timestamps[0] if self.contract.timestamps else None
 
 
-def declared_reads(policy: Policy, contract) -> set[str] | None:
-    """The sealed columns a node below the raw one may read: those the declaration names (features, labels,
-    cohorts, texts, the id and timestamp); None (all) when a feature function reads the dataset, since its
-    columns are not declared."""
-    if not contract.sealed or (policy.features is not None and any(contract.name in f.datasets for f in policy.features.functions)):
-        return None
-    read = {c for c, field in contract.named_by.items() if not field.endswith(".personal")}
-    return {*read, *contract.texts, contract.id_column, *contract.timestamps}
-
-
 def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
     """This shard's new rows: from the batch's staging area (one pass over landing), else from landing."""
     if run.mode == "erasure":
@@ -170,38 +170,22 @@ def _plan(run: NodeRun) -> _Step:
 
 
 def _carried(step: _Step) -> dict[int, pa.Table] | None:
-    """The touched buckets as stored, when this rewrite only removes rows: an erasure of some buckets of a
-    dataset without text columns (no id inside a text to redact), whose tombstones were all filed under the
-    current identity rule (an earlier rule's match needs the plaintext id), whose timestamp is not sealed,
-    and whose stored buckets are sealed exactly as the declaration says. Then kept rows are carried as
-    stored, sealed cells never opened and never sealed again. None: the general rewrite."""
+    """The touched buckets as stored, when this rewrite only removes rows (``raw_rows.carriable``); else None."""
     c = step.contract
-    if (step.run.mode != "erasure" or step.whole or step.previous is None or not step.touched or c.texts
-            or any(step.stones.legacy.values()) or (step.timestamp is not None and step.timestamp in c.sealed)):
+    if step.run.mode != "erasure" or step.whole or step.previous is None or not step.touched or not carriable(c, step.stones):
         return None
     tables = bk.read_stored(step.run.env.lake, step.run.node.name, step.run.partition, step.touched, step.previous)
-    for t in tables.values():
-        if set(sealed_columns(t.schema)) != {col for col in c.sealed if col in t.column_names}:
-            return None  # written before the declaration sealed (or stopped sealing) a column: rewritten as declared
-    return tables
+    return tables if all(sealed_as_declared(t, c) for t in tables.values()) else None
 
 
 def _remove_rows(step: _Step, tables: dict[int, pa.Table]) -> None:
     """The carried rewrite: each bucket without the tombstoned subjects' rows, as stored otherwise."""
-    drop = pa.array(sorted(step.stones.current), type=pa.string())
     keys = [t.column("subject_key").to_pandas() for t in tables.values()]
     step.old = pd.DataFrame({"subject_key": pd.concat(keys, ignore_index=True) if keys else pd.Series(dtype=str)})
-    dropped = 0
-    for b in sorted(step.touched):
-        table = tables.get(b)
-        if table is None:
-            continue
-        hit = pc.is_in(table.column("subject_key").cast(pa.string()), value_set=drop)
-        removed = pc.sum(hit).as_py() or 0
-        kept = table.filter(pc.invert(hit)) if removed else table
-        dropped += removed
-        step.frames[b] = kept
-    step.counts.update(dropped=dropped, redacted=0, expired=0)
+    step.counts.update(dropped=0, redacted=0, expired=0)
+    for b, table in tables.items():
+        step.frames[b], removed = without_keys(table, step.stones.current)
+        step.counts["dropped"] += removed
     step.mentions = {b: i.mentions for b, i in step.previous.buckets.items() if b not in step.frames}
     step.manifest, step.changed = bk.write_buckets(step.run.env.lake, step.run.node.name, step.run.partition, step.frames, step.previous,
                                                    timestamp=step.timestamp, of=step.buckets, mentions=step.mentions)
@@ -260,8 +244,7 @@ def _late_tombstones(step: _Step) -> None:
         step.stones = Tombstones.load(run.env.ledger, run.env.keyer, run.shard)
         for b in hit:
             if isinstance(step.frames[b], pa.Table):  # carried: filtered as stored
-                gone = pc.is_in(step.frames[b].column("subject_key").cast(pa.string()), value_set=pa.array(sorted(late), type=pa.string()))
-                step.frames[b], more = step.frames[b].filter(pc.invert(gone)), pc.sum(gone).as_py() or 0
+                step.frames[b], more = without_keys(step.frames[b], late)
             else:
                 step.frames[b], more = rewrite_partition(step.frames[b], None, step.contract.id_column, set(late))
             step.counts["dropped"] += more
@@ -306,27 +289,13 @@ def _keys_of(frame: pd.DataFrame | pa.Table) -> pd.Series:
     return frame.column("subject_key").to_pandas() if isinstance(frame, pa.Table) else frame["subject_key"]
 
 
-def _awaiting_erasure(book, existing: pd.DataFrame | None, incoming: pd.DataFrame | None, tombstoned: set[str]) -> dict[str, int]:
-    """Subjects an ingest dropped because their erasure request is still live.
-
-    Their provenance is kept, so the erasure run still visits this partition (and scrubs the
-    landing copies, retrains, certifies what it did) instead of finding "no data".
-    """
-    frames = [f[["subject_key"]] for f in (existing, incoming) if f is not None and not f.empty]
-    if not frames or not tombstoned:
-        return {}
-    counts = pd.concat(frames)["subject_key"].value_counts()
-    counts = counts[counts.index.isin(tombstoned)]
-    return {k: int(n) for k, n in counts.items() if book.requests.live_for(k) is not None}
-
-
 def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str, int], set[str] | None]:
     """(rows per subject in the rewritten buckets, the subjects that covers; None: the whole partition).
 
     A subject's count is their own rows; a subject only named in texts here counts the buckets naming them."""
     run, keyer = step.run, step.run.env.keyer
     # including tombstones that arrived while this step ran
-    awaiting = _awaiting_erasure(run.env.ledger, step.old, step.new, step.stones.current) if run.mode != "erasure" else {}
+    awaiting = awaiting_erasure(run.env.ledger, step.old, step.new, step.stones.current) if run.mode != "erasure" else {}
     # a subject named in a rewritten text whose own rows sit in a bucket not read here keeps its record
     named = {k for k in step.named if keyer.shard(k) != run.shard or bk.bucket_of(k, step.buckets) in step.frames}
     counts: dict[str, int] = {}
@@ -375,17 +344,6 @@ def _result(step: _Step, present: pd.Series) -> NodeResult:
         "previous_content_hash": step.previous.version if step.previous is not None else "",
         "lake": run.env.lake.describe(),
     }, (tombstone_check(present, step.stones.current | (step.everyone.current & set(step.erasing))),))
-
-
-def unlisted_finding(env: Env, node: Node, partition: str, manifest: bk.Manifest | None, subject_key: str) -> Finding:
-    """What the lake stores, not what the manifest lists: no bucket file outside the manifest holds the subject."""
-    names = bk.unlisted(env.lake, node.name, partition, manifest)
-    holding, unreadable = bk.unlisted_holding(env.lake, names, subject_key)
-    bad = holding + unreadable
-    detail = (f"{', '.join(bad[:3])}: {'holds the subject' if holding else 'cannot be read'}, outside the manifest (restored or "
-              "left by a crash); `erasure-pipeline housekeeping --lake` removes it, as does the next write of the partition"
-              if bad else f"{len(names)} unlisted files, none holding the subject")
-    return Finding("no object outside the partition's manifest holds the subject", f"{node.name}[{partition}]", not bad, detail)
 
 
 class Raw(Kind):

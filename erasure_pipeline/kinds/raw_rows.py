@@ -1,20 +1,28 @@
 """Raw rows: the pure steps of a raw partition's rewrite, and where a rebuild's rows come from.
 
-``rewrite_partition`` upserts and drops tombstoned subjects, ``apply_retention`` drops rows past the
+``rewrite_partition`` upserts and drops tombstoned subjects (``without_keys`` drops them from a bucket as
+stored, when ``carriable`` says that is all an erasure does), ``apply_retention`` drops rows past the
 cutoff, ``consent_changes`` finds consent that flipped; ``lake_held`` is what the lake holds of a shard
 when landing files expire (``landing.keep_days``); ``check_opened`` stops a rewrite that would lose a kept
-subject's sealed fields.
+subject's sealed fields; ``declared_reads``, ``awaiting_erasure`` and ``unlisted_finding`` serve the raw
+step's readers, provenance and proof.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from erasure_pipeline.core import contracts
+from erasure_pipeline.core.crypto import sealed_columns
+from erasure_pipeline.core.graph import Node
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.kinds.base import KeysLost, NodeRun
+from erasure_pipeline.core.tombstones import Tombstones
+from erasure_pipeline.kinds.base import Env, Finding, KeysLost, NodeRun
 from erasure_pipeline.ml.features import consenting
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores.landing import key_frame
@@ -49,6 +57,28 @@ def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | No
     keep = ~both["subject_key"].isin(tombstoned)
     out = both[keep].sort_values(id_column, kind="stable").reset_index(drop=True)
     return out, int((~keep).sum())
+
+
+def carriable(contract: contracts.TableContract, stones: Tombstones) -> bool:
+    """An erasure that only removes rows can carry the others as stored (sealed cells never opened, never
+    sealed again): no text column (an id inside a text is redacted in plaintext), every tombstone filed under
+    the current identity rule (an earlier rule's match needs the plaintext id), a timestamp not sealed (the
+    manifest keeps each bucket's oldest)."""
+    ts = contract.timestamps[0] if contract.timestamps else None
+    return not contract.texts and not any(stones.legacy.values()) and (ts is None or ts not in contract.sealed)
+
+
+def sealed_as_declared(table: pa.Table, contract: contracts.TableContract) -> bool:
+    """A stored bucket whose sealed columns are the declared ones (not written before a column was declared
+    personal, or after one stopped being): carried as it is, nothing to seal or open anew."""
+    return set(sealed_columns(table.schema)) == {c for c in contract.sealed if c in table.column_names}
+
+
+def without_keys(table: pa.Table, keys: Collection[str]) -> tuple[pa.Table, int]:
+    """``table`` as stored without the rows of ``keys`` (by ``subject_key``); how many rows went."""
+    hit = pc.is_in(table.column("subject_key").cast(pa.string()), value_set=pa.array(sorted(keys), type=pa.string()))
+    removed = pc.sum(hit).as_py() or 0
+    return (table.filter(pc.invert(hit)) if removed else table), removed
 
 
 def check_opened(rows: pd.DataFrame | None, tombstoned: set[str] | frozenset[str], where: str) -> None:
@@ -88,3 +118,38 @@ def lake_held(run: NodeRun, contract) -> pd.DataFrame | None:
     out = keyed[keyed["shard"] == run.shard].drop(columns=["shard"]).reset_index(drop=True)
     out.attrs["unreadable"] = {}
     return out
+
+
+def declared_reads(policy: Policy, contract) -> set[str] | None:
+    """The sealed columns a node below the raw one may read: those the declaration names (features, labels,
+    cohorts, texts, the id and timestamp); None (all) when a feature function reads the dataset, since its
+    columns are not declared."""
+    if not contract.sealed or (policy.features is not None and any(contract.name in f.datasets for f in policy.features.functions)):
+        return None
+    read = {c for c, field in contract.named_by.items() if not field.endswith(".personal")}
+    return {*read, *contract.texts, contract.id_column, *contract.timestamps}
+
+
+def awaiting_erasure(book, existing: pd.DataFrame | None, incoming: pd.DataFrame | None, tombstoned: set[str]) -> dict[str, int]:
+    """Subjects an ingest dropped because their erasure request is still live.
+
+    Their provenance is kept, so the erasure run still visits this partition (and scrubs the
+    landing copies, retrains, certifies what it did) instead of finding "no data".
+    """
+    frames = [f[["subject_key"]] for f in (existing, incoming) if f is not None and not f.empty]
+    if not frames or not tombstoned:
+        return {}
+    counts = pd.concat(frames)["subject_key"].value_counts()
+    counts = counts[counts.index.isin(tombstoned)]
+    return {k: int(n) for k, n in counts.items() if book.requests.live_for(k) is not None}
+
+
+def unlisted_finding(env: Env, node: Node, partition: str, manifest: bk.Manifest | None, subject_key: str) -> Finding:
+    """What the lake stores, not what the manifest lists: no bucket file outside the manifest holds the subject."""
+    names = bk.unlisted(env.lake, node.name, partition, manifest)
+    holding, unreadable = bk.unlisted_holding(env.lake, names, subject_key)
+    bad = holding + unreadable
+    detail = (f"{', '.join(bad[:3])}: {'holds the subject' if holding else 'cannot be read'}, outside the manifest (restored or "
+              "left by a crash); `erasure-pipeline housekeeping --lake` removes it, as does the next write of the partition"
+              if bad else f"{len(names)} unlisted files, none holding the subject")
+    return Finding("no object outside the partition's manifest holds the subject", f"{node.name}[{partition}]", not bad, detail)

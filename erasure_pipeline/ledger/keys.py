@@ -47,10 +47,9 @@ GROUPS = 256
 KEY_CHUNK = 5000  # keys per IN (...) list: under SQLite's 32 766 bound parameters (3.32+), few round trips
 KEYS_LOCK = 0x4B455953  # "KEYS"
 DEK_CACHE_SECONDS = 120.0
-"""How long a process keeps a data key it read, so the partitions of one step do not read the same keys
-again. Calls read the newest KEK version (one indexed row, at most every ``EPOCH_CHECK_SECONDS``): an erasure
-anywhere rotates it, and this process then forgets every key it kept, so a key destroyed elsewhere is not
-used from memory a second later."""
+"""How long a process keeps a data key it read (a step's partitions read the same keys). The newest KEK version is
+read at most every ``EPOCH_CHECK_SECONDS``: an erasure anywhere rotates it, then this process forgets every key
+it kept (a key destroyed elsewhere is not used from memory a second later; its own ``destroy`` forgets at once)."""
 DEK_CACHE_MAX = 2_000_000
 EPOCH_CHECK_SECONDS = 1.0
 """The newest KEK version is read at most this often: a key destroyed elsewhere is dropped from memory within it."""
@@ -322,7 +321,8 @@ class KeyRing:
                 pending = conn.execute(sa.select(sa.func.count()).select_from(t.key_erasures).where(t.key_erasures.c.rotated_to.is_(None))).scalar()
                 store = self._active(conn) is not None
             if pending and store:
-                self.rotate()
+                if self.rotate() - 1 == self._epoch:  # its own rotation: this process forgot above, not again
+                    self._epoch += 1
             elif pending:  # no key store yet: nothing was ever wrapped, there is nothing to rotate away
                 with self.db.tx() as conn:
                     conn.execute(t.key_erasures.update().where(t.key_erasures.c.rotated_to.is_(None)).values(rotated_to=0, rotated_at=utcnow()))

@@ -268,18 +268,14 @@ def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a l
     ``PipelineError`` naming it (not damage: the object was written under an earlier declaration)."""
     try:
         schema = pq.read_schema(io.BytesIO(data))
+        absent = [c for c in columns or () if c not in schema.names]
+        sealed = crypto.sealed_columns(schema)
+        extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
+        table = None if absent else pq.read_table(io.BytesIO(data), columns=[*columns, *extra] if columns is not None else None)
     except (pa.ArrowException, OSError, ValueError):
         raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
-    absent = [c for c in columns or () if c not in schema.names]
     if absent:  # declared column names, never values
-        raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? "
-                            "materialise its partition again)")
-    sealed = crypto.sealed_columns(schema)
-    extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
-    try:
-        table = pq.read_table(io.BytesIO(data), columns=[*columns, *extra] if columns is not None else None)
-    except (pa.ArrowException, OSError, ValueError):
-        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+        raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? materialise it again)")
     opened = crypto.open_table(table, keys, name, only=only)
     if extra:
         opened.table = opened.table.drop_columns(extra)
