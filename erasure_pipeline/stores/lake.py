@@ -68,8 +68,8 @@ class LocalLake:
         return self.root / _check_name(name)
 
     def read_bytes(self, name: str) -> bytes | None:
-        path = self._path(name)
-        return path.read_bytes() if path.exists() else None
+        with contextlib.suppress(FileNotFoundError):  # not exists()-then-read: deleted in between is "not there"
+            return self._path(name).read_bytes()
 
     def write_bytes(self, name: str, data: bytes) -> None:
         path = self._path(name)
