@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         policy = load_policy()
         tables = demo.generate(args.subjects, 7)
         demo.write_landing(landing(), tables)
+        # read before the build: it removes the landing files it took (the demo declares landing.keep_days: 0)
+        subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
         with dg.DagsterInstance.get() as instance:
             materialize_all(build_definitions(policy), instance)
-        subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(os.environ["ERASURE_PIPELINE_PEPPER"].encode()))
         by_shard = subjects.groupby("shard")["subject_id"].first()
         port = free_port()
         with serving([sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port), "-h", "127.0.0.1"],

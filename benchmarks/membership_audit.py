@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             _quiet_dagster()
             policy = load_policy()
             demo.write_landing(landing(), demo.generate(args.subjects, 11))
+            # read before the build: it removes the landing files it took (the demo declares landing.keep_days: 0)
+            subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(PEPPER.encode()))
             defs = build_definitions(policy)
             instance = dg.DagsterInstance.get()
             assert materialize_all(defs, instance).success
@@ -80,7 +82,6 @@ def main(argv: list[str] | None = None) -> None:
             before = audit_rows(saved["model"], saved["features"], targets, holdout)
             before_ctl = audit_rows(saved["model"], saved["features"], control, holdout)
 
-            subjects = read_landing_table(landing(), contracts_for(policy)["subjects"], policy.keyer(PEPPER.encode()))
             for sid in subjects.loc[subjects["subject_key"].isin(target_keys), "subject_id"]:
                 erase(sid, reason="benchmark")
             result = drain(defs, instance)
