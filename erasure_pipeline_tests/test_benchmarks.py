@@ -1,0 +1,54 @@
+"""The benchmarks still run: each at a toy size, in its own process, as `make bench` runs them at full size.
+
+Timings are not asserted (benchmarks/RESULTS.md holds them); what is asserted is that each command finishes and
+measures what it says: a benchmark that reads landing after a build that removed it measured nothing, silently,
+until these ran.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(module: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def _row(out: str, label: str) -> list[str]:
+    (line,) = [ln for ln in out.splitlines() if ln.startswith(f"| {label} |")]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.mark.slow
+def test_erasure_cost_measures_every_operation_against_a_floor_that_read_something():
+    out = _bench("erasure_cost", "--subjects", "300", "--batch", "5", "--subjects-per-file", "100")
+    rebuild = _row(out, "full rebuild")  # the floor table: read + write once, fits, merges, total
+    assert float(rebuild[1]) > 0, "the rebuild floor read no landing file"
+    for op in ("full rebuild of every asset (all partitions + merges)", "erase 1 subject (request -> certificate)",
+               "erase 5 subjects in one tick (request -> certificates)"):
+        runs, merges, wall, floor, ratio = _row(out, op)[1:6]
+        assert int(runs) == 1 and int(merges) == 3 and float(wall) > 0 and float(floor) > 0 and float(ratio) > 0
+
+
+@pytest.mark.slow
+def test_verify_batch_checks_every_certificate_it_filed():
+    out = _bench("verify_batch", "--subjects", "200", "--requests", "5")
+    row = _row(out, "5")  # requests, demo build s, process s, verify --since s, ...
+    assert all(float(v) > 0 for v in row[1:4])
+
+
+@pytest.mark.slow
+def test_membership_audit_audits_the_erased_and_the_kept():
+    out = _bench("membership_audit", "--subjects", "600", "--targets", "20", "--estimators", "logistic_regression")
+    for audited in ("erased subjects", "control: members kept"):
+        (line,) = [ln for ln in out.splitlines() if ln.startswith(f"| logistic_regression | {audited} |")]
+        assert line.split("|")[3].strip() == "20"
