@@ -180,7 +180,7 @@ def _carried(step: _Step) -> dict[int, pa.Table] | None:
 
 def _remove_rows(step: _Step, tables: dict[int, pa.Table]) -> None:
     """The carried rewrite: each bucket without the tombstoned subjects' rows, as stored otherwise."""
-    keys = [t.column("subject_key").to_pandas() for t in tables.values()]
+    keys = [_keys_of(t) for t in tables.values()]
     step.old = pd.DataFrame({"subject_key": pd.concat(keys, ignore_index=True) if keys else pd.Series(dtype=str)})
     step.counts.update(dropped=0, redacted=0, expired=0)
     for b, table in tables.items():

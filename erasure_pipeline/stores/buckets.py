@@ -157,10 +157,7 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
     unreadable: dict[str, int] = {}
     for b in wanted:
         name = object_name(asset, partition, b)
-        data = store.read_bytes(name)
-        if data is None:
-            raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
-        opened = lk.read_parquet(data, columns, name, keys, only)
+        opened = lk.read_parquet(_listed_bytes(store, name), columns, name, keys, only)
         tables.append(opened.table)
         for k, n in opened.unreadable.items():
             unreadable[k] = unreadable.get(k, 0) + n
@@ -184,14 +181,20 @@ def read_stored(store: Lake, asset: str, partition: str, buckets: Iterable[int],
     out = {}
     for b in sorted(set(buckets) & set(manifest.buckets)):
         name = object_name(asset, partition, b)
-        data = store.read_bytes(name)
-        if data is None:
-            raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
+        data = _listed_bytes(store, name)
         try:
             out[b] = pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError, ValueError):
             raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
     return out
+
+
+def _listed_bytes(store: Lake, name: str) -> bytes:
+    """A bucket file the manifest lists: its bytes, or ``DamagedObject`` when it is not in the lake."""
+    data = store.read_bytes(name)
+    if data is None:
+        raise DamagedObject(f"{name}: listed in its partition's manifest, but not in the lake")
+    return data
 
 
 _RECENT: dict[tuple, pd.DataFrame] = {}
