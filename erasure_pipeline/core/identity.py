@@ -142,7 +142,7 @@ def skeleton(subject_id: str) -> str:
     folded. ``аva@example.com`` (a Cyrillic а) and ``ava @example.com`` have the skeleton of ``ava@example.com``.
     Two ids with one skeleton are not merged: an erasure that finds no data under its key but some under
     a look-alike waits for a person (``needs_review``)."""
-    folded = "".join(c for c in without_format(subject_id) if not c.isspace()).casefold()
+    folded = "".join(without_format(subject_id).split()).casefold()  # split(): on exactly what isspace() calls blank
     out = folded
     for _ in range(2):  # case folding can make a character confusable again (I → i; then i's prototype)
         out = unicodedata.normalize("NFD", _translated(unicodedata.normalize("NFD", out))).casefold()
@@ -176,12 +176,16 @@ class Keyer:
 
     def skeleton_keys(self, subject_ids: Iterable[str]) -> list[str]:
         """Keyed hashes of the ids' skeletons (``skeleton``), each distinct id computed once: look-alikes share one."""
+        mac = hmac.new(self.pepper, b"skeleton\x00", hashlib.sha256)  # the prefix hashed once, each skeleton after it
         seen: dict[str, str] = {}
         out = []
         for sid in subject_ids:
-            if sid not in seen:
-                seen[sid] = subject_key(self.pepper, "skeleton\x00" + skeleton(normalise(sid, self.rule)))
-            out.append(seen[sid])
+            key = seen.get(sid)
+            if key is None:
+                m = mac.copy()
+                m.update(skeleton(normalise(sid, self.rule)).encode("utf-8"))
+                key = seen[sid] = m.hexdigest()
+            out.append(key)
         return out
 
     def keys(self, subject_ids: Iterable[str]) -> list[str]:
