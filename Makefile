@@ -17,10 +17,13 @@ example: install
 	$(EXAMPLE_ENV) erasure-pipeline materialize
 
 # The whole suite, then its exactness and concurrency tests (marker `executor`) again on Dagster's
-# multiprocess executor: shard steps of different shards at once, in their shards' pools.
+# multiprocess executor: shard steps of different shards at once, in their shards' pools. Both on WORKERS
+# pytest-xdist workers (worksteal: the longest tests take 1-1.5 min; each test has its own home, database
+# and ports, so workers share nothing but the PostgreSQL server). WORKERS=0 runs in one process.
+WORKERS ?= 2
 test:
-	$(PY) -m pytest -q --durations=15
-	ERASURE_PIPELINE_TEST_EXECUTOR=multiprocess:2 $(PY) -m pytest -q -m executor
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15
+	ERASURE_PIPELINE_TEST_EXECUTOR=multiprocess:2 $(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m executor
 
 # Load and validate the definitions as Dagster does, without starting anything.
 check:
