@@ -22,7 +22,7 @@ example: install
 # and ports, so workers share nothing but the PostgreSQL server). WORKERS=0 runs in one process.
 WORKERS ?= 2
 test:
-	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15
+	$(PY) -m pytest -q -rs -n $(WORKERS) --dist worksteal --durations=15
 	ERASURE_PIPELINE_TEST_EXECUTOR=multiprocess:2 $(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m executor
 
 # Load and validate the definitions as Dagster does, without starting anything.

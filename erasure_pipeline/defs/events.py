@@ -51,7 +51,9 @@ def provenance_tags(instance: dg.DagsterInstance, node: Node, code: str, data_ve
     """The tags Dagster writes on an asset step's materialisation: code version, data version, and for
     each parent the data version and storage id of its latest materialisation (what staleness compares)."""
     out = {CODE_VERSION_TAG: code, DATA_VERSION_TAG: data_version, _DATA_VERSION_IS_USER_PROVIDED: "true"}
-    records = {r.asset_entry.asset_key: r for r in instance.get_asset_records([dg.AssetKey(p) for p in node.parents])}
+    # No parents, no query: an instance answers even an empty one in ~8 ms (SQLite, measured), once per raw node.
+    keys = [dg.AssetKey(p) for p in node.parents]
+    records = {r.asset_entry.asset_key: r for r in instance.get_asset_records(keys)} if keys else {}
     for parent in node.parents:
         key = dg.AssetKey(parent)
         record = records.get(key)
