@@ -32,7 +32,7 @@ def drain(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Calla
 
     First, runs of this host whose process died (a killed ``process``) are marked failed and their
     requests handed back, so nothing a crash left behind waits for a person."""
-    env = env_of(defs)
+    env = env_of(defs, instance=instance)
     runtime.sweep_interrupted(instance, env.ledger, progress)
     runtime.ensure_pools(instance, env.graph.partitions)
     sensor = defs.resolve_sensor_def(names.ERASURE_SENSOR)
@@ -67,8 +67,9 @@ class CycleResult:
 def run_cycle(defs: dg.Definitions, instance: dg.DagsterInstance, as_of: dt.datetime | None = None, *,
               progress: Callable[[str], None] = lambda _m: None) -> CycleResult:
     """Evaluate the retraining schedule at ``as_of`` (default now) and run its request here."""
-    runtime.sweep_interrupted(instance, env_of(defs).ledger, progress)
-    runtime.ensure_pools(instance, env_of(defs).graph.partitions)
+    env = env_of(defs, instance=instance)
+    runtime.sweep_interrupted(instance, env.ledger, progress)
+    runtime.ensure_pools(instance, env.graph.partitions)
     out = CycleResult()
     if as_of is None:  # the schedule's own tick, now
         schedule = defs.resolve_schedule_def(names.CYCLE_SCHEDULE)
@@ -80,13 +81,12 @@ def run_cycle(defs: dg.Definitions, instance: dg.DagsterInstance, as_of: dt.date
             return out
         (request,) = data.run_requests
     else:  # as of a time the caller gives (`cycle --as-of`): what the schedule asks for, at that time, whatever its age
-        env = env_of(defs)
         request = ticks.cycle_request(env.ledger, instance, env.landing, env.graph, env.policy, as_of)
         if request is None:
             progress("no new landing files and nothing past retention")
             return out
     config = request.run_config["ops"][names.CLAIM_LANDING_OP]["config"]
     out.batch_id, out.files = config["batch_id"], len(config["landing_files"])
-    out.summary = launch(defs, instance, request, progress)
+    out.summary = launch(defs, instance, request, progress, env)
     out.skipped = out.summary is None
     return out

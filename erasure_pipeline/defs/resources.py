@@ -135,7 +135,8 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             "secrets": secrets}
 
 
-def resolve(pipeline: PipelineResource) -> PipelineResource:
-    """The resource with its ``EnvVar`` fields resolved, as a run gets it: for use outside a run (the CLI's runner)."""
-    with dg.build_resources({"pipeline": pipeline}) as built:
+def resolve(pipeline: PipelineResource, instance: dg.DagsterInstance | None = None) -> PipelineResource:
+    """The resource with its ``EnvVar`` fields resolved, as a run gets it: for use outside a run (the CLI's runner).
+    Without ``instance`` Dagster makes an ephemeral one to build it in."""
+    with dg.build_resources({"pipeline": pipeline}, instance=instance) as built:
         return built.pipeline
