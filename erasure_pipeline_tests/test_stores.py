@@ -12,6 +12,7 @@ from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.ml.embed import chunk_text, embed, point_id
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.landing import read_landing_table, scrub_landing
+from erasure_pipeline_tests import stores
 
 TICKETS = contracts_for(demo_policy())["tickets"]
 
@@ -51,6 +52,29 @@ def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):
     text = landing.read_bytes("tickets/t.csv").decode()
     assert "a@x" not in text and "b@x" in text
     assert read_landing_table(landing, TICKETS, keyer)["ticket_id"].tolist() == ["t2"]
+
+
+def test_staging_files_on_two_threads_writes_what_one_thread_writes_byte_for_byte(tmp_path):
+    """The claim stages landing files two at a time; the staged objects (sealed cells included: sealing is
+    deterministic under one key store) and what the batch records are those of one file at a time."""
+    from erasure_pipeline.app import demo
+    from erasure_pipeline.app.runner import env_of
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.stores.landing import STAGING, landing_files, stage
+    from erasure_pipeline_tests.conftest import project_env
+
+    with project_env(tmp_path / "home", demo.DEMO_POLICY.read_text()):
+        demo.write_landing(stores.landing(), demo.generate(300, 5), subjects_per_file=50)
+        env = env_of(build_definitions(load_policy()))
+        files = landing_files(env.landing, contracts_for(env.policy))
+        stones = Tombstones.load(env.ledger, env.keyer)
+        one, two = (stage(env.lake, env.landing, files, env.keyer, batch, env.policy.lake.buckets, None, stones, env.keys, workers=n)
+                    for batch, n in (("one", 1), ("two", 2)))
+        assert len(files) >= 12 and one.rows == two.rows > 0 and one.shards == two.shards
+        assert (one.index_entries, one.without_subject, one.scrubbed) == (two.index_entries, two.without_subject, two.scrubbed)
+        staged = {n.removeprefix(f"{STAGING}/one/"): env.lake.read_bytes(n) for n in env.lake.list(f"{STAGING}/one/")}
+        assert staged == {n.removeprefix(f"{STAGING}/two/"): env.lake.read_bytes(n) for n in env.lake.list(f"{STAGING}/two/")}
 
 
 def test_chunking_and_embedding_are_deterministic():

@@ -86,6 +86,8 @@ class RunPlan:
     what changes now is no measure of what held them; their footprint is the one kept since then."""
 
 
+STAGING_THREADS = 2
+"""Landing files an ingest's claim stages at once (``landing.stage``; measured on 2 cores: 2 threads 1.19 x faster than 1, 3 no faster)."""
 CERTIFICATE_DETAILS = ("noncurrent_versions_purged", "landing_files_scrubbed", "points_deleted_by_subject_filter", "rows")
 
 
@@ -190,7 +192,7 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
                 check_labels(frame, f.name, policy)
 
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
-                       env.keys)
+                       env.keys, workers=STAGING_THREADS)
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
     forced = _forced(env, kind, staged, as_of, stale or {})
     mode = "rebuild" if kind == "rebuild" else "ingest"

@@ -10,7 +10,9 @@ files that hold its subjects.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,9 +143,22 @@ class Staged:
     """Landing files rewritten without tombstoned subjects (a source sent them again): name -> new content hash."""
 
 
+@dataclass
+class _StagedFile:
+    """What staging one landing file wrote and found, folded into ``Staged`` in the batch's file order."""
+
+    file: LandingFile
+    rows: int
+    missing: int
+    keys: pd.Series
+    shards: set[int] = field(default_factory=set)
+    scrubbed: str | None = None
+    mentions: list[str] | None = None
+
+
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
           check: Callable[[pd.DataFrame, LandingFile], None] | None = None, tombstones: Tombstones | None = None,
-          keys: KeySource | None = None) -> Staged:
+          keys: KeySource | None = None, workers: int = 1) -> Staged:
     """Read each landing file once: write its rows of each shard to the staging area, index which
     subjects (and which ids inside its texts) it holds, and rewrite it without ``tombstones``' subjects
     when a source sent them again (every ingest path stages, so every ingest path scrubs landing). Files
@@ -155,29 +170,50 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
     landing_index.delete_batch(lake, batch)
     index = landing_index.IndexBuilder(batch, keyer.shards, buckets)
-    for number, f in enumerate(files):
+
+    def one(number: int, f: LandingFile) -> _StagedFile | None:
         _data, original, df = _parse(landing, f, keyer)
         if f.contract.is_lookup:  # validated here like every file; its node reads landing itself
-            continue
-        missing = int(contracts.without_subject(original, f.contract).sum())
-        if missing:
-            out.without_subject[f.table] = out.without_subject.get(f.table, 0) + missing
+            return None
+        done = _StagedFile(f, len(df), int(contracts.without_subject(original, f.contract).sum()), df["subject_key"])
         if check is not None:
             check(df, f)
         scrubbed = _without_tombstoned(f, original, df, tombstones) if tombstones else None
         if scrubbed is not None:
-            out.scrubbed[f.name] = _rewrite(landing, f.name, scrubbed)
-        out.rows += len(df)
+            done.scrubbed = _rewrite(landing, f.name, scrubbed)
         # Sealed once for the whole file (one key lookup, each subject's values once), then split by shard.
         shards = df["shard"].to_numpy()
         table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones))
         for shard in np.unique(shards).tolist():
             rows = table.filter(pa.array(shards == shard))
             lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.arrow_to_bytes(rows))
-            out.shards.setdefault(f.table, set()).add(int(shard))
-        index.add(f.name, df["subject_key"], landing_index.ROWS)
+            done.shards.add(int(shard))
         if f.contract.texts:
-            index.add(f.name, (k for ks in mentions_by_row(df, f.contract.texts, keyer) for k in ks), landing_index.MENTION)
+            done.mentions = [k for ks in mentions_by_row(df, f.contract.texts, keyer) for k in ks]
+        return done
+
+    # ``workers`` files at once (threads: parsing and Parquet release the GIL, the per-cell sealing does not;
+    # 14.7 -> 12.4 s for 60 files of 200 000 subjects with 2 on 2 cores, no gain from 3). The first file is staged
+    # before the pool starts, so each store's client and the key store are opened by one thread. Folded in the
+    # batch's file order.
+    first = [one(0, files[0])] if files else []
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
+        for done in itertools.chain(first, pool.map(one, range(1, len(files)), files[1:])):
+            if done is None:
+                continue
+            f = done.file
+            if done.missing:
+                out.without_subject[f.table] = out.without_subject.get(f.table, 0) + done.missing
+            if done.scrubbed is not None:
+                out.scrubbed[f.name] = done.scrubbed
+            out.rows += done.rows
+            out.shards.setdefault(f.table, set()).update(done.shards)
+            index.add(f.name, done.keys, landing_index.ROWS)
+            if done.mentions is not None:
+                index.add(f.name, done.mentions, landing_index.MENTION)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a file failed: the files not started are not staged
     out.index_entries = index.write(lake)
     return out
 
