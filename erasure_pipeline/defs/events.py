@@ -54,8 +54,7 @@ def provenance_tags(instance: dg.DagsterInstance, node: Node, code: str, data_ve
     # No parents, no query: an instance answers even an empty one in ~8 ms (SQLite, measured), once per raw node.
     keys = [dg.AssetKey(p) for p in node.parents]
     records = {r.asset_entry.asset_key: r for r in instance.get_asset_records(keys)} if keys else {}
-    for parent in node.parents:
-        key = dg.AssetKey(parent)
+    for key in keys:
         record = records.get(key)
         last = record.asset_entry.last_materialization_record if record else None
         out[get_input_event_pointer_tag(key)] = str(last.storage_id) if last else "NULL"
