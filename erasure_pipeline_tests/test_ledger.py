@@ -199,16 +199,17 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
     make_version_3_ledger(url)
     book = Ledger(url)
-    assert book.migrate() == t.CURRENT_VERSION == 8
+    assert book.migrate() == t.CURRENT_VERSION == 9
     insp = sa.inspect(book.db.engine)
     assert {"policy_snapshots", "notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names())
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
     assert "stamp" in {c["name"] for c in insp.get_columns("landing_files")}
     assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance")}
+    assert "ix_data_keys_grp" in {i["name"] for i in insp.get_indexes("data_keys")}  # 9: an erasure's rekey reads its group alone
     assert book.nodes.provenance_for([KEY_A])[0]["skeleton_key"] is None  # rows kept; their skeleton comes with the next ingest
     rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
     assert book.requests.get(rid)["skeleton_key"] == "s" * 64
-    assert book.migrate() == 8  # idempotent
+    assert book.migrate() == 9  # idempotent
 
 
 def test_a_request_is_revoked_only_before_anything_acted_on_it(book):

@@ -180,10 +180,11 @@ def test_a_version_3_ledger_is_migrated_to_the_current_version_in_its_schema_on_
 
     make_version_3_ledger(pg_database, schema="erasure_ledger")
     book = Ledger(pg_database)
-    assert book.migrate() == t.CURRENT_VERSION == 8
+    assert book.migrate() == t.CURRENT_VERSION == 9
     insp = sa.inspect(book.db._base_engine)
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests", schema="erasure_ledger")}
     assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance", schema="erasure_ledger")}
+    assert "ix_data_keys_grp" in {i["name"] for i in insp.get_indexes("data_keys", schema="erasure_ledger")}
     assert "policy_snapshots" in insp.get_table_names(schema="erasure_ledger")
     assert book.nodes.provenance_for([KEY_A])[0]["rows"] == 1
     assert {"notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names(schema="erasure_ledger"))

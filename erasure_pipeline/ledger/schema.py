@@ -321,8 +321,11 @@ data_keys = sa.Table(
     sa.Column("gen", sa.Integer, nullable=False),
     sa.Column("wrapped", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_data_keys_grp", "grp"),
 )
-"""Each subject's data key, wrapped by its group's key of generation ``gen``."""
+"""Each subject's data key, wrapped by its group's key of generation ``gen``. An erasure rekeys its subjects'
+groups: the index finds a group's keys without reading every subject's (a scan was 14 ms warm per group at
+200 000 subjects, and grew with them)."""
 
 key_erasures = sa.Table(
     "key_erasures",
@@ -344,13 +347,14 @@ A key is never created again for a subject listed here."""
 # sealed_ids, notices, drp_tokens, drp_requests (new tables; the ``outbox`` table is no longer written);
 # landing_files.stamp (a file re-delivered under a name already taken is ingested again). 7: the key store:
 # kek_versions, key_groups, data_keys, key_erasures (new tables). 8: erasure_requests.footprint.
-CURRENT_VERSION = 8
+# 9: the index of data_keys by group.
+CURRENT_VERSION = 9
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review"),
                      (provenance, "skeleton_key")],
                  6: [(landing_files, "stamp")],
                  8: [(erasure_requests, "footprint")]}
-ADDED_INDEXES = {4: ["ix_provenance_skeleton"]}
+ADDED_INDEXES = {4: ["ix_provenance_skeleton"], 9: ["ix_data_keys_grp"]}
 RECREATED_INDEXES = {6: [LIVE_SUBJECT_INDEX]}
 """Indexes whose definition changed (6: a revoked request is not live), dropped and created again."""
