@@ -73,14 +73,17 @@ def _bucket_hashes(env: Env, parent: str, partition: str) -> dict[str, str] | No
     return {} if manifest is None else {bk.bucket_name(b): i.hash for b, i in manifest.buckets.items()}
 
 
-def _changed_buckets(run: NodeRun, inputs: dict, previous: pd.DataFrame | None, tombstoned: set[str]) -> set[int] | None:
+def _changed_buckets(run: NodeRun, inputs: dict, stored: bytes | None, previous: pd.DataFrame | None,
+                     tombstoned: set[str]) -> set[int] | None:
     """The raw buckets whose subjects must be computed again (None: all of them). Diffed bucket by bucket only
-    when this build and the recorded one both read every parent in the policy's layout (a parent awaiting
-    relayout after a lake.buckets change records None)."""
+    when the stored table is the one the ledger recorded (a write whose record a crash lost: all again, so its
+    provenance is made whole) and this build and the recorded one both read every parent in the policy's layout
+    (a parent awaiting relayout after a lake.buckets change records None)."""
     env, p, node = run.env, run.partition, run.node
     recorded = lk.table_inputs(env.lake, node.name, p) if previous is not None else None
     record = env.ledger.nodes.records(p, [node.name]).get((node.name, p))
-    if recorded is None or record is None or record["code_version"] != run.code_version or set(recorded) != set(inputs) \
+    if recorded is None or record is None or record["data_version"] != lk.content_hash(stored) \
+            or record["code_version"] != run.code_version or set(recorded) != set(inputs) \
             or any(h is None for h in (*inputs.values(), *recorded.values())) \
             or any(LOOKUP_INPUT in inputs[parent] and inputs[parent] != recorded[parent] for parent in inputs):  # a lookup changed: all
         return None
@@ -145,8 +148,9 @@ class TrainingSet(Kind):
         tombstoned = env.ledger.tombstones.active(run.shard)
         base = raw.node_name(policy.features.dataset)
         inputs = {parent: _bucket_hashes(env, parent, p) for parent in node.parents}
-        previous = lk.read_table(store, node.name, p)
-        changed = _changed_buckets(run, inputs, previous, tombstoned)
+        stored = store.read_bytes(lk.table_name(node.name, p))
+        previous = None if stored is None else lk.table_from_bytes(stored, name=lk.table_name(node.name, p))
+        changed = _changed_buckets(run, inputs, stored, previous, tombstoned)
         frames = {}
         for parent in node.parents:
             rows = env.read_rows(parent, p, buckets=changed, cache=True)
@@ -157,19 +161,21 @@ class TrainingSet(Kind):
             keyed = ft.KEY in rows and len(rows)
             frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned | {NO_SUBJECT})] if keyed else rows
         training = ft.training_rows(frames, policy, node.model, where=f"{base}[{p}]")
-        rows = training.rows
+        rows, scope = training.rows, None
         if changed is not None:
-            kept = previous[~np.isin(bk.buckets_of(previous[ft.KEY], policy.lake.buckets), list(changed))]
+            in_changed = np.isin(bk.buckets_of(previous[ft.KEY], policy.lake.buckets), list(changed))
+            # the ledger's rows of these buckets' subjects (before and after) are rewritten; the others' stand as they are
+            scope = set(previous.loc[in_changed, ft.KEY]) | set(rows[ft.KEY])
+            kept = previous[~in_changed]
             rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
                 if len(rows) else kept.reset_index(drop=True)
             rows = rows.astype(training.rows.dtypes.to_dict())
         digest = lk.write_table(store, node.name, p, rows, inputs=inputs)
-        written = lk.read_table(store, node.name, p)
-        finish(run, digest, provenance=written[ft.KEY].value_counts().to_dict())
+        finish(run, digest, provenance=(training.rows if scope is not None else rows)[ft.KEY].value_counts().to_dict(), provenance_scope=scope)
         return NodeResult(digest, None, {
-            **_metadata(run, written, training, frames, changed), "content_hash": digest,
+            **_metadata(run, rows, training, frames, changed), "content_hash": digest,
             "noncurrent_versions_purged": purge(run, lk.table_name(node.name, p)),
-        }, (tombstone_check(written[ft.KEY], tombstoned),))
+        }, (tombstone_check(rows[ft.KEY], tombstoned),))
 
     def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
         """No rows of the subject, and no old version of the table holds them."""
