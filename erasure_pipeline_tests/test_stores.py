@@ -127,6 +127,26 @@ def test_vector_store_apply_delete_by_subject_and_physical_removal(tmp_path, kin
     assert len(hits) == 3 and all(h[1]["subject_key"] != "k0" and h[1]["shard"] == 1 for h in hits)
 
 
+def test_the_byte_scan_finds_keys_across_blocks_and_holes_and_searches_for_wanted_keys_alone(tmp_path):
+    """The proof's scan of a vector store's files: every key (the pattern) or only the wanted ones (a search),
+    the same answer, in a sparse file whose key straddles the 8 MiB read blocks."""
+    from erasure_pipeline.stores.vectors import MIB, keys_in_files
+
+    a, b, c, absent = ("a" * 63 + "1"), ("b" * 63 + "2"), ("c" * 63 + "3"), ("d" * 64)
+    with open(tmp_path / "segment.dat", "wb") as f:
+        f.write(b"payload " + a.encode())
+        f.seek(8 * MIB - 30)  # a hole, then a key cut by the block boundary
+        f.write(b.encode())
+        f.seek(40 * MIB)  # a hole of 32 MiB, then a key
+        f.write(c.encode() + b"\0")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "config.json").write_text('{"k": "%s"}' % a)
+    assert keys_in_files(tmp_path) == {a, b, c}
+    assert keys_in_files(tmp_path, [b, absent]) == {b}
+    assert keys_in_files(tmp_path, [c]) == {c} and keys_in_files(tmp_path, [absent]) == set()
+    assert keys_in_files(tmp_path / "nowhere", [a]) == set()
+
+
 def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_version():
     graph = demo_graph()
     assert [n.name for n in graph.raw_nodes] == ["raw_subjects", "raw_events", "raw_tickets"]

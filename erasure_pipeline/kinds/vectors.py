@@ -189,9 +189,7 @@ class VectorIndex(Kind):
         points = env.vectors.count_subjects(shard, [subject_key])
         out = [Finding("no vector points of the subject (count by subject_key filter)", f"{node.name}[{partition}]",
                        points == 0, f"{points} points")]
-        if ("vector_bytes", shard) not in cache:  # one scan of the shard's files per proof batch
-            cache[("vector_bytes", shard)] = env.vectors.stored_keys(shard)
-        stored = cache[("vector_bytes", shard)]
+        stored = env.vectors.stored_keys(shard, [subject_key])  # the shard's files searched for this key
         if stored is not None:  # a server's disk cannot be scanned from here: the count is what it has
             out.append(Finding("no bytes of the subject left in the vector store's files (a scan for its key)",
                                f"{node.name}[{partition}]", subject_key not in stored,

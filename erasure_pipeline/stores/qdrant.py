@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,9 +158,9 @@ class ClientStore:
             self.compact(shard)
         return before, left
 
-    def stored_keys(self, shard: int) -> set[str] | None:
-        """Local mode: the keys whose bytes are in its files. A server's disk is not ours to scan (None)."""
-        return keys_in_files(self._local_path(shard)) if self.is_local else None
+    def stored_keys(self, shard: int, wanted: Collection[str] | None = None) -> set[str] | None:
+        """Local mode: the keys (of ``wanted``) whose bytes are in its files. A server's disk is not ours to scan (None)."""
+        return keys_in_files(self._local_path(shard), wanted) if self.is_local else None
 
     def compact(self, shard: int) -> None:
         """Local mode keeps payloads pickled in SQLite; deleted rows stay in free pages until VACUUM."""
