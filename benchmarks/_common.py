@@ -31,6 +31,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def child_peak_rss_mib() -> float:
+    """The largest peak RSS of this process's ended children."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 @contextlib.contextmanager
 def project_home(policy_text: str, keep: str | None = None) -> Iterator[Path]:
     """A fresh project home with ``policy_text``; every project setting points at it."""
