@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table(["floor (s)", "read + write once", "fits (one per shard estimator)", "merges", "total"],
                 [[k, f.read_write, f.fits, f.merges, f.total] for k, f in floors.items()]))
-    print(f"\npeak RSS of the benchmark process: {peak_rss_mib():,.0f} MiB (the pipeline's builds and erasures, in process; "
-          f"the landing generator's child: {child_peak_rss_mib():,.0f} MiB)\n")
+    inline = args.executor == "in_process"
+    print(f"\npeak RSS of the benchmark process: {peak_rss_mib():,.0f} MiB ("
+          + ("the pipeline's builds and erasures, in process" if inline else "the runs' own process; their steps ran in child processes")
+          + f"); largest child process: {child_peak_rss_mib():,.0f} MiB (the landing generator{'' if inline else ', or a step process'})\n")
     step_names = sorted({s for _, (steps, _, _) in parts.items() for s in steps})
     print(table(["step (seconds, summed over shards)", *parts], [[s, *(parts[p][0].get(s, 0.0) for p in parts)] for s in step_names]))
     print()
