@@ -77,7 +77,7 @@ def _sources(env: Env, subject_key: str, part: str, cache: dict) -> list[Finding
     in_landing, named_in_landing = _landing_holding(env, subject_key, rule, cache)
     staged = sum(int((lk.table_from_bytes(env.lake.read_bytes(n), ["subject_key"])["subject_key"] == subject_key).sum())
                  for n in staged_files(env.lake, shard=identity.shard_from_partition(part)))
-    mentions = named_in_landing + _lake_mentions(env, subject_key, rule)
+    mentions = named_in_landing + _lake_mentions(env, subject_key, rule, cache)
     return [Finding("no rows of the subject in landing files", "landing", in_landing == 0, f"{in_landing} rows"),
             Finding("no rows of the subject in an ingest's staging area", "lake/_staging", staged == 0, f"{staged} rows"),
             Finding("no text column of the lake or landing holds the subject's id", "text columns", mentions == 0, f"{mentions} mentions")]
@@ -116,9 +116,10 @@ def _landing_holding(env: Env, subject_key: str, rule: tuple[str, ...], cache: d
     return rows, named
 
 
-def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...]) -> int:
+def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...], cache: dict) -> int:
     """Mentions of the subject's id in the text columns of the lake: the buckets whose manifest names
-    them, read now (under an earlier identity rule, every text bucket)."""
+    them, read now (under an earlier identity rule, every text bucket). Each partition's manifest is read
+    once per batch (every subject's proof asks every partition's)."""
     keyer = env.keyer.under(rule)
     tables = contracts.contracts_for(env.policy)
     count = 0
@@ -127,7 +128,9 @@ def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...]) -> int:
         if not texts:
             continue
         for p in env.partitions:
-            manifest = bk.read_manifest(env.lake, node.name, p)
+            if ("manifest", node.name, p) not in cache:
+                cache[("manifest", node.name, p)] = bk.read_manifest(env.lake, node.name, p)
+            manifest = cache[("manifest", node.name, p)]
             if manifest is None:
                 continue
             wanted = manifest.mentioning(subject_key) if rule == env.keyer.rule else None
