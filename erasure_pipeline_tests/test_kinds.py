@@ -90,3 +90,30 @@ def test_an_unknown_kind_fails_loudly_naming_the_known_ones():
         graph_for(demo_policy(shards=2), registry)
     with pytest.raises(ValueError, match="registered already"):
         registry.register(Stray())
+
+
+def test_the_ensemble_reads_holdout_label_and_features_of_each_shard_and_combines_differing_column_types(tmp_path):
+    """What an ensemble reads of every shard's training table: the holdout rows as a frame, the training labels,
+    never the subject keys; and training rows of shards whose tables type a column differently (a feature filled
+    with a fraction in one shard, whole numbers in another) combine into one frame for the unsharded baseline."""
+    from types import SimpleNamespace
+
+    from erasure_pipeline.kinds import models
+    from erasure_pipeline.ml import features as ft
+
+    lake = lk.LocalLake(tmp_path)
+    tables = {"shard_00": pd.DataFrame({ft.KEY: ["a", "b", "c"], ft.HOLDOUT: [False, True, False], ft.LABEL: [0, 1, 1],
+                                        "num_age": [30, 40, 50]}),
+              "shard_01": pd.DataFrame({ft.KEY: ["d", "e"], ft.HOLDOUT: [False, False], ft.LABEL: [1, 0], "num_age": [31.5, 44.0]})}
+    for p, df in tables.items():
+        lk.write_table(lake, "training", p, df)
+        lake.write_bytes(lk.model_name("shard_models", p), lk.dumps_model({"model": f"model of {p}", "train_rows": 2}))
+    run = SimpleNamespace(env=SimpleNamespace(lake=lake, partitions=("shard_00", "shard_01")),
+                          node=SimpleNamespace(parents=("shard_models", "training")))
+    shards = models._read_shards(run, ["num_age"])
+    assert shards.constituents == ["model of shard_00", "model of shard_01"]
+    assert [list(h.columns) for h in shards.holdouts] == [[ft.HOLDOUT, ft.LABEL, "num_age"]] * 2  # no subject keys
+    assert [len(h) for h in shards.holdouts] == [1, 0] and shards.holdouts[0]["num_age"].tolist() == [40]
+    assert [t.tolist() for t in shards.trained] == [[0, 1], [1, 0]]
+    train = shards.training_frame()
+    assert train["num_age"].tolist() == [30.0, 50.0, 31.5, 44.0] and len(shards.inputs) == 4

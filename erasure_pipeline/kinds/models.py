@@ -157,6 +157,11 @@ class _Shards:
     per_shard: list = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
 
+    def training_frame(self) -> pd.DataFrame:
+        """Every shard's training rows as one frame. Shards' tables may type a column differently (whole numbers
+        here, a fraction filled in there): combined as pandas combines them."""
+        return pa.concat_tables(self.train_rows, promote_options="permissive").to_pandas()
+
 
 def _read_shards(run: NodeRun, names: list[str]) -> _Shards:
     """Every shard's model and its training table's holdout flag, label and ``names`` (not the subject keys: no
@@ -256,7 +261,7 @@ class Ensemble(Kind):
             before = (lk.loads_model(blob).get("baseline") if blob else None) or {}
             if before.get("code_version") == run.code_version:  # measured under the same policy values
                 return {**before, "carried_over": True}
-        train = pa.concat_tables(shards.train_rows).to_pandas()
+        train = shards.training_frame()
         fitted = train_unsharded(policy, node.model, train)
         if fitted is None:
             return {}
