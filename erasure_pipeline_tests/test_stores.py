@@ -134,8 +134,8 @@ def test_the_byte_scan_finds_keys_across_blocks_and_holes_and_searches_for_wante
 
     a, b, c, absent = ("a" * 63 + "1"), ("b" * 63 + "2"), ("c" * 63 + "3"), ("d" * 64)
     with open(tmp_path / "segment.dat", "wb") as f:
-        f.write(b"payload " + a.encode())
-        f.seek(8 * MIB - 30)  # a hole, then a key cut by the block boundary
+        head = b"payload " + a.encode()
+        f.write(head + b"x" * (8 * MIB - 30 - len(head)))  # data from 0: the 8 MiB block boundary cuts the next key
         f.write(b.encode())
         f.seek(40 * MIB)  # a hole of 32 MiB, then a key
         f.write(c.encode() + b"\0")

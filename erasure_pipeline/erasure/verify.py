@@ -14,6 +14,7 @@ from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.tombstones import mentioned_keys
 from erasure_pipeline.kinds.base import Env, Finding, input_key
+from erasure_pipeline.kinds.raw_rows import proof_manifest
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores import landing_index
@@ -118,8 +119,7 @@ def _landing_holding(env: Env, subject_key: str, rule: tuple[str, ...], cache: d
 
 def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...], cache: dict) -> int:
     """Mentions of the subject's id in the text columns of the lake: the buckets whose manifest names
-    them, read now (under an earlier identity rule, every text bucket). Each partition's manifest is read
-    once per batch (every subject's proof asks every partition's)."""
+    them, read now (under an earlier identity rule, every text bucket)."""
     keyer = env.keyer.under(rule)
     tables = contracts.contracts_for(env.policy)
     count = 0
@@ -128,9 +128,7 @@ def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...], cache: dic
         if not texts:
             continue
         for p in env.partitions:
-            if ("manifest", node.name, p) not in cache:
-                cache[("manifest", node.name, p)] = bk.read_manifest(env.lake, node.name, p)
-            manifest = cache[("manifest", node.name, p)]
+            manifest = proof_manifest(env, node.name, p, cache)
             if manifest is None:
                 continue
             wanted = manifest.mentioning(subject_key) if rule == env.keyer.rule else None

@@ -45,6 +45,7 @@ from erasure_pipeline.kinds.raw_rows import (
     consent_changes,
     declared_reads,
     lake_held,
+    proof_manifest,
     rewrite_partition,
     sealed_as_declared,
     unlisted_finding,
@@ -388,7 +389,7 @@ class Raw(Kind):
         """No rows of the subject in their bucket; no old version of that bucket (in the current layout and the
         policy's) holds them; no version of the manifest predates the erasure request."""
         target, B = f"{node.name}[{partition}]", env.policy.lake.buckets
-        manifest = bk.read_manifest(env.lake, node.name, partition)
+        manifest = proof_manifest(env, node.name, partition, cache)
         # the keys alone: a proof counts the subject's rows, it opens no sealed field
         rows = self.read_rows(env, node, partition, buckets=[manifest.bucket_of(subject_key, B)] if manifest is not None else None,
                               columns=["subject_key"])

@@ -153,3 +153,10 @@ def unlisted_finding(env: Env, node: Node, partition: str, manifest: bk.Manifest
               "left by a crash); `erasure-pipeline housekeeping --lake` removes it, as does the next write of the partition"
               if bad else f"{len(names)} unlisted files, none holding the subject")
     return Finding("no object outside the partition's manifest holds the subject", f"{node.name}[{partition}]", not bad, detail)
+
+
+def proof_manifest(env: Env, name: str, partition: str, cache: dict) -> bk.Manifest | None:
+    """A raw partition's bucket manifest as a proof batch reads it: once per batch (every subject's proof asks)."""
+    if ("manifest", name, partition) not in cache:
+        cache[("manifest", name, partition)] = bk.read_manifest(env.lake, name, partition)
+    return cache[("manifest", name, partition)]

@@ -80,7 +80,7 @@ def _changed_buckets(run: NodeRun, inputs: dict, stored: bytes | None, previous:
     provenance is made whole) and this build and the recorded one both read every parent in the policy's layout
     (a parent awaiting relayout after a lake.buckets change records None)."""
     env, p, node = run.env, run.partition, run.node
-    recorded = lk.table_inputs(env.lake, node.name, p) if previous is not None else None
+    recorded = lk.table_inputs(env.lake, node.name, p, stored) if previous is not None else None
     record = env.ledger.nodes.records(p, [node.name]).get((node.name, p))
     if recorded is None or record is None or record["data_version"] != lk.content_hash(stored) \
             or record["code_version"] != run.code_version or set(recorded) != set(inputs) \

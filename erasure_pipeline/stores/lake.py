@@ -298,9 +298,9 @@ def object_hash(lake: Lake, name: str) -> str | None:
     return None if data is None else content_hash(data)
 
 
-def table_inputs(lake: Lake, asset: str, partition: str) -> dict[str, str] | None:
-    """The ``inputs`` a table was written with (None when absent or written without)."""
-    data = lake.read_bytes(table_name(asset, partition))
+def table_inputs(lake: Lake, asset: str, partition: str, data: bytes | None = None) -> dict[str, str] | None:
+    """The ``inputs`` a table was written with (None when absent or written without); ``data``: its bytes, if read."""
+    data = data if data is not None else lake.read_bytes(table_name(asset, partition))
     if data is None:
         return None
     meta = pq.read_schema(io.BytesIO(data)).metadata or {}
