@@ -41,7 +41,7 @@ from erasure_pipeline.core.crypto import DATA_KEY_BYTES, forget_ciphers
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
-from erasure_pipeline.ledger.db import Database, chunks, rows_by_subject, utcnow
+from erasure_pipeline.ledger.db import Database, chunks, insert_many, rows_by_subject, utcnow
 
 GROUPS = 256
 KEY_CHUNK = 5000  # keys per IN (...) list: under SQLite's 32 766 bound parameters (3.32+), few round trips
@@ -212,7 +212,7 @@ class KeyRing:
                 rows.append({"subject_key": k, "grp": grp, "gen": gen, "created_at": now, "wrapped": _seal(aead, made[k], _dek_aad(k))})
             inserted, counted = 0, True
             for part in chunks(rows, KEY_CHUNK):
-                n = self._insert_keys(conn, part)
+                n = insert_many(conn, t.data_keys, part, or_ignore=True)
                 counted, inserted = counted and n is not None and n >= 0, inserted + max(n or 0, 0)
             # Another process may have made some of them first (its row stays): keep ours only where ours is
             # stored. Every row inserted (the driver counted them): all ours, nothing to read back.
@@ -222,19 +222,6 @@ class KeyRing:
         ours = {r["subject_key"] for r in rows if stored is None or stored.get(r["subject_key"]) == r["wrapped"]}
         raced = [k for k in new if k not in ours]
         return {**{k: made[k] for k in ours}, **(self._read(raced) if raced else {})}
-
-    def _insert_keys(self, conn: Connection, rows: list[dict]) -> int | None:
-        """Insert data-key rows, leaving any another process stored first; the driver's count of rows inserted. On
-        SQLite through the driver's executemany (SQLAlchemy's per-row parameter processing was four fifths of making
-        200 000 keys); Postgres keeps SQLAlchemy's batched ``INSERT ... VALUES`` (one round trip per batch)."""
-        if self.db.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-            return conn.execute(insert(t.data_keys).on_conflict_do_nothing(), rows).rowcount
-        at = t.data_keys.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        created = at(rows[0]["created_at"]) if at is not None else rows[0]["created_at"]
-        return conn.exec_driver_sql(
-            "INSERT OR IGNORE INTO data_keys (subject_key, grp, gen, wrapped, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(r["subject_key"], r["grp"], r["gen"], r["wrapped"], created) for r in rows]).rowcount
 
     def has_key(self, subject_key: str) -> bool:
         with self.db.connect() as conn:
