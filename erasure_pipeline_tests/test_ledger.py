@@ -230,3 +230,24 @@ def test_a_request_is_revoked_only_before_anything_acted_on_it(book):
     book.runs.claim_landing("lb-1", "cycle", [], utcnow(), "run-10", is_live=lambda _r: True, host="h", pid=1)
     with pytest.raises(LedgerError, match="an ingest has run since"):
         book.requests.revoke(late, None)  # that ingest may have dropped the subject's rows already
+
+
+def test_bulk_inserts_through_the_driver_keep_timestamps_skeletons_and_first_writers(book):
+    """Provenance and data keys are inserted through SQLite's executemany (``db.insert_many``): the rows read back
+    as SQLAlchemy wrote them, and ``or_ignore`` leaves a row another writer stored first."""
+    from erasure_pipeline.ledger.db import insert_many
+
+    book.nodes.record("raw_events", "shard_01", data_version="v1", code_version="c1", inputs={}, run_id="run1",
+                      provenance={KEY_B: 2, KEY_A: 3}, skeletons={KEY_A: "s" * 64})
+    rows = sorted(book.nodes.provenance_for([KEY_A, KEY_B]), key=lambda r: r["subject_key"])
+    assert [(r["subject_key"], r["rows"], r["skeleton_key"], r["run_id"]) for r in rows] == [(KEY_A, 3, "s" * 64, "run1"), (KEY_B, 2, None, "run1")]
+    assert all(isinstance(r["recorded_at"], dt.datetime) and abs((utcnow() - r["recorded_at"].replace(tzinfo=dt.UTC)).total_seconds()) < 60
+               for r in rows)
+    assert book.nodes.look_alikes("s" * 64, KEY_B) == {KEY_A}
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    first = {"subject_key": KEY_A, "grp": 1, "gen": 1, "wrapped": b"first", "created_at": at}
+    with book.db.tx() as conn:
+        assert insert_many(conn, t.data_keys, [first]) == 1
+        assert insert_many(conn, t.data_keys, [{**first, "wrapped": b"second"}, {**first, "subject_key": KEY_B}], or_ignore=True) == 1
+        stored = {r.subject_key: (r.wrapped, r.created_at) for r in conn.execute(sa.select(t.data_keys))}
+    assert stored == {KEY_A: (b"first", at.replace(tzinfo=None)), KEY_B: (b"first", at.replace(tzinfo=None))}
