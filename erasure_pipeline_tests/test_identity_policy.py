@@ -1,6 +1,8 @@
 import hashlib
 import hmac
 import logging
+import multiprocessing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,6 +46,31 @@ MINIMAL = {"datasets": {"people": {"id": "person_id", "subject": "email"}}}
 def _with_model(**model) -> dict:
     return {**MINIMAL, "features": {"dataset": "people", "numeric": ["age"]},
             "models": {"model": {"label": "churned", "task": "binary", **model}}}
+
+
+def _load_local_secrets(home: str, barrier, out) -> None:
+    from erasure_pipeline.core.signing import load_signer
+
+    barrier.wait()  # every process finds no pepper and no signing key, and makes them at once
+    out.put((identity.load_pepper(None, Path(home)), load_signer(None, Path(home)).key_id))
+
+
+def test_processes_starting_at_once_on_a_fresh_home_share_one_pepper_and_one_signing_key(tmp_path):
+    """A daemon, a webserver and a CLI started together on a new home: each must read the one pepper and signing key
+    the first of them wrote, not make its own (keys that match no other process's, certificates no key checks)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_load_local_secrets, args=(str(tmp_path), barrier, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:  # each result is a few bytes: the queue never holds a process back from exiting
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 6  # none failed making or reading them
+    seen = [out.get(timeout=10) for _ in procs]
+    assert len(set(seen)) == 1
+    assert seen[0][0] == (tmp_path / identity.PEPPER_FILE).read_text().strip().encode()
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted([identity.PEPPER_FILE, "signing.key"])  # no temporary file left
+    assert all((f.stat().st_mode & 0o777) == 0o600 for f in tmp_path.iterdir())
 
 
 def test_a_policy_file_named_but_missing_is_an_error_and_none_found_says_what_to_do(tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import importlib.util
 import logging
-import os
 import re
 import secrets
 import unicodedata
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from erasure_pipeline.core.errors import PipelineError
+from erasure_pipeline.core.files import create_once
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,12 +63,7 @@ def load_pepper(value: str | None, home: Path) -> bytes:
     if value:
         return value.encode("utf-8")
     path = home / PEPPER_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(secrets.token_hex(32))
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+    if not path.exists() and create_once(path, secrets.token_hex(32).encode()):
         log.warning(
             "ERASURE_PIPELINE_PEPPER is not set: generated a local pepper at %s. Keys made with it only match keys "
             "made with the same file; set ERASURE_PIPELINE_PEPPER from a secret store in any shared deployment.", path)

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from erasure_pipeline.core.errors import BlockingError
+from erasure_pipeline.core.files import create_once
 from erasure_pipeline.core.settings import Settings
 
 KEY_ENV = "ERASURE_PIPELINE_SIGNING_KEY"
@@ -147,14 +147,8 @@ def load_signer(value: str | None, home: Path) -> Signer:
     if value:
         return Signer(_parse_private(value, f"${KEY_ENV}"))
     path = home / KEY_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pem)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+    if not path.exists() and create_once(path, Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())):
         log.warning(
             "%s is not set: generated a local signing key at %s. Certificates and audit rows signed with it can "
             "be checked with its public key (erasure-pipeline signing-key); set %s from a secret store in any "
