@@ -95,10 +95,9 @@ def main(argv: list[str] | None = None) -> None:
 
         _quiet_dagster()
         policy = load_policy()
-        with Timer() as gen:
-            # In a child process: the generator's frames (1,644 MiB at 200 000 subjects) are not the pipeline's memory.
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
-                sizes, files, subjects = child.submit(write_synthetic_landing, args).result()
+        # In a child process: the generator's frames (1,644 MiB at 200 000 subjects) are not the pipeline's memory.
+        with Timer() as gen, ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
+            sizes, files, subjects = child.submit(write_synthetic_landing, args).result()
         print(f"landing: {sizes} in {len(files)} files, written in {gen.seconds:.1f} s", flush=True)
         defs = build_definitions(policy)
         instance = get_instance()

@@ -6,7 +6,7 @@ For each variant (the demo's declaration without ``personal`` and without ``land
 ``personal`` as the demo declares it), in a fresh project home: a full build of every asset from landing
 (one ingest_job run), then ``--erasures`` one-subject erasures one after another (request -> certificate,
 the sensor's code path), each timed. Prints the ratio sealed / plain of the build and of the median erasure,
-then what sealing alone costs per cell (seal and open, measured on the raw tables in memory), and what the
+then each build by step and node (where sealing's time goes), then what sealing alone costs per cell (seal and open, measured on the raw tables in memory), and what the
 key store holds.
 """
 
@@ -19,6 +19,7 @@ import statistics
 import time
 
 from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
+from benchmarks.erasure_cost import breakdown
 from erasure_pipeline.app.demo import DEMO_POLICY
 
 
@@ -49,7 +50,9 @@ def _run(sealed: bool, args) -> dict:
         defs = build_definitions(policy)
         instance = get_instance()
         with Timer() as build:
-            assert materialize_all(defs, instance).success, "the full build failed"
+            built = materialize_all(defs, instance)
+        assert built.success, "the full build failed"
+        steps, nodes, _ = breakdown(instance, [built.run_id])
         print(f"{'sealed' if sealed else 'plain'}: full build {build.seconds:.1f} s", flush=True)
         rng = random.Random(args.seed)
         erasures = []
@@ -60,7 +63,7 @@ def _run(sealed: bool, args) -> dict:
             erasures.append(time.perf_counter() - t0)
             assert ledger().requests.get(rid)["status"] == "completed" and not res.failed_runs
         print(f"  erasures: {', '.join(f'{s:.2f}' for s in erasures)} s", flush=True)
-        out = {"build": build.seconds, "erasures": erasures, "sizes": sizes, "shards": policy.shards}
+        out = {"build": build.seconds, "erasures": erasures, "sizes": sizes, "shards": policy.shards, "parts": {**steps, **nodes}}
         if sealed:
             out["cells"] = _cell_costs(env_of(defs), tables)
             out["keys"] = env_of(defs).keys.status()
@@ -116,6 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         [f"erase 1 subject, median of {args.erasures} (range plain {spread(plain['erasures'])}, sealed {spread(sealed['erasures'])})",
          p_med, s_med, s_med / p_med],
     ]))
+    print()
+    parts = [k for k in dict.fromkeys([*plain["parts"], *sealed["parts"]])]
+    print(table(["the builds by step and node (seconds; nodes: compute summed over partitions)", "plain", "sealed", "sealed - plain"],
+                [[k, plain["parts"].get(k, 0.0), sealed["parts"].get(k, 0.0), sealed["parts"].get(k, 0.0) - plain["parts"].get(k, 0.0)]
+                 for k in sorted(parts, key=lambda k: -(sealed["parts"].get(k, 0.0) - plain["parts"].get(k, 0.0)))]))
     c = sealed["cells"]
     print()
     print(table(["sealing alone (in memory)", "cells", "seconds", "µs per cell"], [
