@@ -73,6 +73,19 @@ def test_processes_starting_at_once_on_a_fresh_home_share_one_pepper_and_one_sig
     assert all((f.stat().st_mode & 0o777) == 0o600 for f in tmp_path.iterdir())
 
 
+def test_a_secret_file_is_made_once_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    from erasure_pipeline.core import files
+
+    def no_links(*_a):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    assert files.create_once(tmp_path / "pepper.key", b"first") is True
+    assert files.create_once(tmp_path / "pepper.key", b"second") is False
+    assert (tmp_path / "pepper.key").read_bytes() == b"first" and [f.name for f in tmp_path.iterdir()] == ["pepper.key"]
+    assert (tmp_path / "pepper.key").stat().st_mode & 0o777 == 0o600
+
+
 def test_a_policy_file_named_but_missing_is_an_error_and_none_found_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASURE_PIPELINE_POLICY", str(tmp_path / "typo.yaml"))
     with pytest.raises(PolicyError, match=r"typo.yaml: the policy file \(\$ERASURE_PIPELINE_POLICY\) does not exist"):

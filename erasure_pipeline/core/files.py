@@ -25,6 +25,10 @@ def create_once(path: Path, data: bytes) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: an atomic rename, the last of racing writers winning
+            if path.exists():
+                return False
+            os.replace(tmp, path)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
