@@ -6,8 +6,8 @@ For each variant (the demo's declaration without ``personal`` and without ``land
 ``personal`` as the demo declares it), in a fresh project home: a full build of every asset from landing
 (one ingest_job run), then ``--erasures`` one-subject erasures one after another (request -> certificate,
 the sensor's code path), each timed. Prints the ratio sealed / plain of the build and of the median erasure,
-then each build by step and node (where sealing's time goes), then what sealing alone costs per cell (seal and open, measured on the raw tables in memory), and what the
-key store holds.
+then each build by step and node (where sealing's time goes), then what sealing alone costs per cell (seal and
+open, measured on the raw tables in memory), and what the key store holds.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
          p_med, s_med, s_med / p_med],
     ]))
     print()
-    parts = [k for k in dict.fromkeys([*plain["parts"], *sealed["parts"]])]
+    parts = list(dict.fromkeys([*plain["parts"], *sealed["parts"]]))
     print(table(["the builds by step and node (seconds; nodes: compute summed over partitions)", "plain", "sealed", "sealed - plain"],
                 [[k, plain["parts"].get(k, 0.0), sealed["parts"].get(k, 0.0), sealed["parts"].get(k, 0.0) - plain["parts"].get(k, 0.0)]
                  for k in sorted(parts, key=lambda k: -(sealed["parts"].get(k, 0.0) - plain["parts"].get(k, 0.0)))]))

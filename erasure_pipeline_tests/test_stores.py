@@ -140,7 +140,7 @@ def test_the_byte_scan_finds_keys_across_blocks_and_holes_and_searches_for_wante
         f.seek(40 * MIB)  # a hole of 32 MiB, then a key
         f.write(c.encode() + b"\0")
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "config.json").write_text('{"k": "%s"}' % a)
+    (tmp_path / "sub" / "config.json").write_text(f'{{"k": "{a}"}}')
     assert keys_in_files(tmp_path) == {a, b, c}
     assert keys_in_files(tmp_path, [b, absent]) == {b}
     assert keys_in_files(tmp_path, [c]) == {c} and keys_in_files(tmp_path, [absent]) == set()
