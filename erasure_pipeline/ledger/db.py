@@ -58,11 +58,9 @@ def insert_many(conn: Connection, table: sa.Table, rows: list[dict], *, or_ignor
     if not rows:
         return 0
     if conn.dialect.name != "sqlite":
-        stmt = table.insert()
-        if or_ignore:
-            from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(table).on_conflict_do_nothing()
-        return conn.execute(stmt, rows).rowcount
+        from sqlalchemy.dialects.postgresql import insert
+
+        return conn.execute(insert(table).on_conflict_do_nothing() if or_ignore else table.insert(), rows).rowcount
     names = list(rows[0])
     prep = conn.dialect.identifier_preparer
     processors = [table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names]
