@@ -24,6 +24,7 @@ from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.ledger.keys import KeyRing, group_of
 from erasure_pipeline.stores import buckets as bk
+from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.kms import AwsKms, KekUnusable, LocalKms
 from erasure_pipeline.stores.lake import LocalLake
 from erasure_pipeline.stores.vectors import EdgeStore
@@ -100,6 +101,28 @@ def test_two_key_stores_in_one_process_never_share_a_sealed_cell():
     assert crypto.open_table(other, second).table.equals(table)
     with pytest.raises(DamagedObject, match="does not open"):
         crypto.open_table(sealed, second)
+
+
+def test_carried_cells_stay_as_stored_and_are_written_back_as_sealing_them_again_would():
+    """A writer that moves rows without reading some sealed columns carries them: not opened, not sealed again,
+    and what it writes is byte for byte what opening and sealing them would have written (sealing is deterministic)."""
+    keys = Keys()
+    table = pa.table({"subject_key": ["a", "b", "a"], "id": ["1", "2", "3"], "phone": ["p1", None, "p1"], "name": ["n1", "n2", "n3"]})
+    stored = pa.Table.from_pandas(table.to_pandas(), preserve_index=False).replace_schema_metadata(None)  # as a lake file holds it
+    sealed = crypto.seal_table(stored, ["phone", "name"], keys)
+    opened = crypto.open_table(sealed, keys, carry=["phone", "absent"])
+    assert set(opened.carried) == {"phone"} and opened.table.column("phone").equals(sealed.column("phone"))
+    assert opened.table.column("name").to_pylist() == ["n1", "n2", "n3"]
+    moved = opened.table.to_pandas().iloc[[2, 0]]  # rows moved through pandas, as a raw step moves them
+    carried = crypto.seal_table(pa.Table.from_pandas(moved, preserve_index=False), ["phone", "name"], keys, carried=opened.carried)
+    resealed = crypto.seal_table(pa.Table.from_pandas(crypto.open_table(sealed, keys).table.to_pandas().iloc[[2, 0]], preserve_index=False),
+                                 ["phone", "name"], keys)
+    assert lk.arrow_to_bytes(carried) == lk.arrow_to_bytes(resealed)
+    # a carried column holding only nulls comes back from pandas untyped: written as sealed cells all the same
+    nulls = crypto.seal_table(pa.Table.from_pandas(opened.table.to_pandas().iloc[[1]], preserve_index=False), ["phone", "name"], keys,
+                              carried=opened.carried)
+    assert nulls.schema.field("phone").type == pa.binary() and set(crypto.sealed_columns(nulls.schema)) == {"phone", "name"}
+    assert crypto.open_table(nulls, keys).table.to_pylist() == [{"subject_key": "b", "id": "2", "phone": None, "name": "n2"}]
 
 
 def test_a_personal_column_the_files_lack_is_an_error_naming_the_field():
@@ -539,3 +562,57 @@ def test_declaring_personal_fields_on_a_built_home_reseals_it_and_leaves_no_plai
         assert texts and all(t.startswith(crypto.PAYLOAD_PREFIX) for t in texts)  # every point replaced, sealed
         assert _sealed_view(stores.lake(), stores.keys())[f"raw_subjects/{key(sid)}"]["full_name"] == needles[1]
         assert "every kept subject's fields open" in _cli("keys", "verify").stdout
+
+
+@pytest.mark.slow
+def test_a_raw_step_carries_the_personal_fields_it_does_not_read_and_writes_what_opening_them_would(tmp_path, monkeypatch):
+    """An ingest opens only the sealed columns its rewrite reads (the id, texts, timestamp, a reader's columns) and
+    carries the others from staging and the lake into the buckets it writes as stored. Ingesting the same files
+    again writes nothing new, carried or with every column opened and sealed again: the same bytes either way."""
+    from erasure_pipeline.app.runner import get_instance, materialize_all
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.kinds import raw
+    from erasure_pipeline.kinds.raw import Raw
+
+    with project_env(tmp_path / "home", SEALED_POLICY.replace("landing: {keep_days: 0}\n", "")):
+        _load_demo()
+        defs, instance = build_definitions(load_policy()), get_instance()
+        lake = stores.lake()
+        opened: dict[str, set[str]] = {}
+        steps: list[str] = []
+        real_open, real_compute = crypto.open_table, Raw.compute
+
+        def spy(table, keys, name="a lake object", *args, **kwargs):
+            out = real_open(table, keys, name, *args, **kwargs)
+            columns = set(crypto.sealed_columns(table.schema)) - set(out.carried)
+            if steps and columns:  # inside a raw step: what it opened (readers below open what they read)
+                opened.setdefault(steps[-1], set()).update(columns)
+            return out
+
+        def raw_step(self, run):
+            steps.append(run.node.name)
+            try:
+                return real_compute(self, run)
+            finally:
+                steps.pop()
+
+        def manifests() -> dict[str, bytes]:
+            return {f"{n}/{p}": lake.read_bytes(bk.manifest_name(n, p)) for n in RAW for p in PARTITIONS}
+
+        monkeypatch.setattr(crypto, "open_table", spy)
+        monkeypatch.setattr(Raw, "compute", raw_step)
+        assert materialize_all(defs, instance).success
+        built = manifests()
+        assert all(built.values())
+        assert opened == {"raw_subjects": {"subject_id"}, "raw_tickets": {"text"}}  # full_name, phone, events' subject_id carried
+        opened.clear()
+        assert materialize_all(defs, instance).success  # the same files again: staged and lake rows carried
+        assert manifests() == built and set(opened) <= {"raw_subjects", "raw_tickets"}
+        opened.clear()
+        monkeypatch.setattr(raw, "carried_in_step", lambda contract, stones: frozenset())
+        assert materialize_all(defs, instance).success  # every sealed column opened and sealed again
+        assert manifests() == built
+        assert opened["raw_events"] == {"subject_id"} and opened["raw_subjects"] == {"subject_id", "full_name", "phone"}
+        view = _sealed_view(lake, stores.keys())
+        assert view and all(v.get("full_name") for k, v in view.items() if k.startswith("raw_subjects/"))

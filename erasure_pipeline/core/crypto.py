@@ -11,7 +11,9 @@ sealed cell of that subject, in any backup, snapshot or replica, is noise.
 A sealed Parquet table keeps each sealed column as binary (``VERSION || nonce || ciphertext || tag``) and
 records, in its schema metadata, the column's original Arrow type, so opening gives back the table as
 it was written. Nulls stay null. Cells whose subject has no data key any more (erased) open as null and
-are counted (``Opened.unreadable``); a cell whose tag does not check is damage, never silently null.
+are counted (``Opened.unreadable``); a cell whose tag does not check is damage, never silently null. A
+writer that moves rows without reading some sealed columns carries them (``open_table``'s ``carry``,
+``seal_table``'s ``carried``): written back as stored, which is what sealing them again would write.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class Sealing:
     columns: tuple[str, ...]
     keys: KeySource
     withhold: frozenset[str] = frozenset()
+    carried: Mapping[str, str] = field(default_factory=dict)
+    """Columns of the frame that hold cells sealed already, read and left sealed (``open_table``'s ``carry``):
+    column -> its original field as the sealed metadata records it. Written as they are."""
 
 
 class SealedWithoutKeys(PipelineError):
@@ -173,15 +178,17 @@ def sealed_columns(schema: pa.Schema) -> dict[str, pa.Field]:
 
 
 def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject_column: str = "subject_key",
-               withhold: Collection[str] = ()) -> pa.Table:
+               withhold: Collection[str] = (), carried: Mapping[str, str] | None = None) -> pa.Table:
     """``table`` with each of ``columns`` (those it has) sealed per row under its subject's data key.
 
     Data keys are created for subjects that never had one. A subject whose key was destroyed (erased), or
     in ``withhold``, gets no key: their cells are written null. Each distinct (subject, value) pair is sealed
-    once, found with Arrow's dictionary encoding and NumPy (no Python object per row)."""
-    wanted = [c for c in dict.fromkeys(columns) if c in table.column_names and c not in sealed_columns(table.schema)]
+    once, found with Arrow's dictionary encoding and NumPy (no Python object per row). ``carried``: columns
+    whose cells are sealed already (column -> original field, as ``Opened.carried`` gives it), kept as they are."""
+    table, kept = _carry(table, carried or {})
+    wanted = [c for c in dict.fromkeys(columns) if c in table.column_names and c not in sealed_columns(table.schema) and c not in kept]
     if not wanted or table.num_rows == 0:
-        return _with_meta(table, {c: table.schema.field(c) for c in wanted}) if wanted else table
+        return _with_meta(table, {**kept, **{c: _field_text(table.schema.field(c)) for c in wanted}}) if wanted or kept else table
     subjects = _Codes(table.column(subject_column))
     fields: dict[str, pa.Field] = {}
     pairs: dict[str, tuple[_Codes, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -189,10 +196,8 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
     for c in wanted:
         fields[c] = table.schema.field(c)
         values = _Codes(_as_text(table.column(c)))
-        live = np.flatnonzero((values.codes >= 0) & (subjects.codes >= 0))
-        combined = subjects.codes[live].astype(np.int64) * max(len(values.values), 1) + values.codes[live]
-        _uniq, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
-        pairs[c] = (values, live, live[first], inverse)
+        live, rows, inverse = _pairs(subjects, values)
+        pairs[c] = (values, live, rows, inverse)
         present.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     present -= set(withhold)
     found = keys.data_keys(sorted(present), create=True) if present else {}
@@ -208,11 +213,41 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
                 sealed.append(None)
                 continue
             sealed.append(_memo_seal(cipher, column + s.encode(), values.values[v_code].encode()))
-        take = np.full(table.num_rows, -1, dtype=np.int64)
-        take[live] = inverse
-        column = pa.array(sealed, type=pa.binary()).take(pa.array(take, mask=take < 0))
+        column = _by_row(pa.array(sealed, type=pa.binary()), live, inverse, table.num_rows)
         table = table.set_column(table.column_names.index(c), pa.field(c, pa.binary()), column)
-    return _with_meta(table, fields)
+    return _with_meta(table, {**kept, **{c: _field_text(f) for c, f in fields.items()}})
+
+
+def as_sealed(table: pa.Table, carried: Mapping[str, str]) -> pa.Table:
+    """``table`` whose ``carried`` columns (column -> original field, ``Opened.carried``) hold sealed cells, recorded
+    as sealed in its schema: what ``open_table`` opens."""
+    table, kept = _carry(table, carried)
+    return _with_meta(table, kept) if kept else table
+
+
+def _carry(table: pa.Table, carried: Mapping[str, str]) -> tuple[pa.Table, dict[str, str]]:
+    """``table`` with its carried columns typed as sealed cells (binary: a column of nulls only comes back from
+    pandas untyped), and those of them it has."""
+    kept = {c: f for c, f in carried.items() if c in table.column_names}
+    for c in kept:
+        if table.schema.field(c).type != pa.binary():
+            table = table.set_column(table.column_names.index(c), pa.field(c, pa.binary()), table.column(c).cast(pa.binary()))
+    return table, kept
+
+
+def _pairs(subjects: _Codes, values: _Codes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows with a subject and a value, the first row of each distinct (subject, value) pair, each of those rows' pair)."""
+    live = np.flatnonzero((values.codes >= 0) & (subjects.codes >= 0))
+    combined = subjects.codes[live].astype(np.int64) * max(len(values.values), 1) + values.codes[live]
+    _uniq, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    return live, live[first], inverse
+
+
+def _by_row(per_pair: pa.Array, live: np.ndarray, inverse: np.ndarray, num_rows: int) -> pa.Array:
+    """A column of ``num_rows`` from one value per pair (``_pairs``): null where a row has no pair."""
+    take = np.full(num_rows, -1, dtype=np.int64)
+    take[live] = inverse
+    return per_pair.take(pa.array(take, mask=take < 0))
 
 
 class _Codes:
@@ -224,10 +259,11 @@ class _Codes:
         self.values = encoded.dictionary.to_pylist()
 
 
-def _with_meta(table: pa.Table, fields: Mapping[str, pa.Field]) -> pa.Table:
+def _with_meta(table: pa.Table, fields: Mapping[str, str]) -> pa.Table:
+    """``table`` whose schema records ``fields`` (column -> original field, as ``_field_text`` writes it) as sealed."""
     meta = dict(table.schema.metadata or {})
     known = json.loads(meta[SEALED_META]) if SEALED_META in meta else {}
-    meta[SEALED_META] = json.dumps({**known, **{c: _field_text(f) for c, f in fields.items()}}, sort_keys=True).encode()
+    meta[SEALED_META] = json.dumps({**known, **fields}, sort_keys=True).encode()
     return table.replace_schema_metadata(meta)
 
 
@@ -238,20 +274,25 @@ class Opened:
     table: pa.Table
     unreadable: dict[str, int] = field(default_factory=dict)
     """Subject key -> cells that opened as null because the subject has no data key (erased)."""
+    carried: dict[str, str] = field(default_factory=dict)
+    """Sealed columns left sealed (``carry``) -> their original field: what ``seal_table(carried=...)`` writes back."""
 
 
 def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake object", subject_column: str = "subject_key",
-               only: Collection[str] | None = None) -> Opened:
-    """``table`` with its sealed columns opened (those it has; the rest of its metadata kept). ``only``: open
-    just these sealed columns and leave the others out of the result (a reader that does not need them).
+               only: Collection[str] | None = None, carry: Collection[str] = ()) -> Opened:
+    """``table`` with its sealed columns opened (those it has; the rest of its metadata kept). ``carry``: sealed
+    columns left in it as they are stored (a writer that moves them with their rows and never reads them);
+    ``only``: open just these of the others and leave the rest out (a reader that does not need them).
     Each distinct (subject, sealed cell) pair is opened once: a cell copied to another subject's row does
     not open there."""
-    sealed = {c: f for c, f in sealed_columns(table.schema).items() if c in table.column_names}
+    stored = json.loads((table.schema.metadata or {}).get(SEALED_META, b"{}"))
+    carried = {c: t for c, t in stored.items() if c in carry and c in table.column_names}
+    sealed = {c: _field_of(t) for c, t in stored.items() if c in table.column_names and c not in carried}
     if only is not None and set(sealed) - set(only):
         table = table.drop_columns(sorted(set(sealed) - set(only)))
         sealed = {c: f for c, f in sealed.items() if c in only}
     if not sealed:
-        return Opened(_strip_meta(table))
+        return Opened(_strip_meta(table), carried=carried)
     if keys is None:
         raise SealedWithoutKeys(f"{name}: holds sealed personal fields ({', '.join(sealed)}) and no key store was given to open them")
     if subject_column not in table.column_names:
@@ -261,10 +302,8 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
     needed: set[str] = set()
     for c in sealed:
         cells = _Codes(table.column(c))
-        live = np.flatnonzero((cells.codes >= 0) & (subjects.codes >= 0))
-        combined = subjects.codes[live].astype(np.int64) * max(len(cells.values), 1) + cells.codes[live]
-        _uniq, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
-        plan[c] = (cells, live, live[first], inverse)
+        live, rows, inverse = _pairs(subjects, cells)
+        plan[c] = (cells, live, rows, inverse)
         needed.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     found = keys.data_keys(sorted(needed), create=False) if needed else {}
     ciphers = {s: _cipher(k) for s, k in found.items()}
@@ -290,11 +329,9 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
             for n in np.flatnonzero(lost).tolist():
                 s = subjects.values[subjects.codes[rows[n]]]
                 unreadable[s] = unreadable.get(s, 0) + int(per_pair[n])
-        take = np.full(table.num_rows, -1, dtype=np.int64)
-        take[live] = inverse
-        text = pa.array(opened, type=pa.string()).take(pa.array(take, mask=take < 0))
+        text = _by_row(pa.array(opened, type=pa.string()), live, inverse, table.num_rows)
         table = table.set_column(table.column_names.index(c), sealed[c], _from_text(text, sealed[c].type))
-    return Opened(_strip_meta(table), unreadable)
+    return Opened(_strip_meta(table), unreadable, carried)
 
 
 def _from_text(text: pa.Array, target: pa.DataType) -> pa.Array:

@@ -138,13 +138,14 @@ class KeysLost(BlockingError):
     """Personal fields of kept subjects do not open: their data keys are missing from the key store."""
 
 
-def sealing_for(env: Env, contract, withhold=()) -> Sealing | None:
-    """How a node writes ``contract``'s table: its declared personal columns sealed (None: nothing declared)."""
+def sealing_for(env: Env, contract, withhold=(), carried: Mapping[str, str] | None = None) -> Sealing | None:
+    """How a node writes ``contract``'s table: its declared personal columns sealed (None: nothing declared);
+    ``carried``: those the frames hold sealed already (read with ``carry``), written as they are."""
     if not contract.sealed:
         return None
     if env.keys is None:
         raise PipelineError(f"datasets.{contract.name}.personal is declared but no key store is open")
-    return Sealing(tuple(contract.sealed), env.keys, frozenset(withhold))
+    return Sealing(tuple(contract.sealed), env.keys, frozenset(withhold), dict(carried or {}))
 
 
 @dataclass

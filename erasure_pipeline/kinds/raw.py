@@ -41,6 +41,8 @@ from erasure_pipeline.kinds.raw_rows import (
     apply_retention,
     awaiting_erasure,
     carriable,
+    carried_alike,
+    carried_in_step,
     check_opened,
     consent_changes,
     declared_reads,
@@ -48,6 +50,7 @@ from erasure_pipeline.kinds.raw_rows import (
     proof_manifest,
     rewrite_partition,
     sealed_as_declared,
+    skeletons,
     unlisted_finding,
     without_keys,
 )
@@ -93,6 +96,9 @@ class _Step:
     relayout: bool
     cutoff: dt.datetime | None
     incoming: pd.DataFrame | None
+    carry: frozenset[str] = frozenset()
+    """The sealed columns moved with their rows as stored, never opened (``raw_rows.carried_in_step``)."""
+    carried: dict[str, str] = field(default_factory=dict)
     touched: set[int] = field(default_factory=set)
     erasing: set[str] = field(default_factory=set)
     old: pd.DataFrame | None = None
@@ -114,14 +120,15 @@ class _Step:
         return self.contract.timestamps[0] if self.contract.timestamps else None
 
 
-def _incoming(run: NodeRun, contract) -> pd.DataFrame | None:
-    """This shard's new rows: from the batch's staging area (one pass over landing), else from landing."""
+def _incoming(run: NodeRun, contract, carry: frozenset[str]) -> pd.DataFrame | None:
+    """This shard's new rows: from the batch's staging area (one pass over landing; ``carry``: the sealed
+    columns left sealed), else from landing."""
     if run.mode == "erasure":
         return None
     policy = run.env.policy
     check = (lambda frame, name: check_labels(frame, name, policy)) if is_features_dataset(policy, contract.name) else None
     if run.staged is not None:
-        return read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys)
+        return read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys, carry)
     rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
     return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
 
@@ -151,12 +158,13 @@ def _plan(run: NodeRun) -> _Step:
     # Laid out with another bucket count than the policy now gives (lake.buckets changed, no rebuild
     # yet): a subject's bucket is not where the new count puts it, so read it whole and lay it out anew.
     relayout = previous is not None and run.mode != "rebuild" and (previous.of not in (0, B) or any(b >= B for b in previous.buckets))
-    incoming = _incoming(run, contract)
+    stones = Tombstones.load(env.ledger, env.keyer, run.shard)
+    carry = carried_in_step(contract, stones)
+    incoming = _incoming(run, contract, carry)
     if incoming is not None and not incoming.empty:
         incoming = incoming.assign(_b=bk.buckets_of(incoming["subject_key"], B))
-    step = _Step(run, contract, Tombstones.load(env.ledger, env.keyer, run.shard), Tombstones.load(env.ledger, env.keyer), previous,
-                 run.mode == "rebuild" or previous is None or relayout, relayout,
-                 retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None, incoming)
+    step = _Step(run, contract, stones, Tombstones.load(env.ledger, env.keyer), previous, run.mode == "rebuild" or previous is None or relayout,
+                 relayout, retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None, incoming, carry)
     if step.whole:
         step.touched = set(range(B))
         if relayout and run.mode == "erasure":
@@ -203,13 +211,13 @@ def _rewrite(step: _Step) -> None:
         return
     if run.mode != "rebuild" and step.previous is not None and step.touched:
         step.old = bk.read_buckets(lake, run.node.name, run.partition, None if step.relayout else sorted(step.touched), step.previous,
-                                   keys=run.env.keys)
+                                   keys=run.env.keys, carry=step.carry)
     elif run.mode == "rebuild" and run.env.policy.landing.keep_days is not None:
         step.old = lake_held(run, contract)  # landing files expire: the lake is the record a rebuild starts from
-    check_opened(step.old, step.everyone.current | step.stones.current, f"{run.node.name}[{run.partition}]")
-    incoming = step.incoming
+    incoming, where = step.incoming, f"{run.node.name}[{run.partition}]"
     new = None if incoming is None or incoming.empty else incoming[incoming["_b"].isin(list(step.touched))].drop(columns=["_b"])
-    step.new = None if new is not None and new.empty else new
+    (step.old, step.new), step.carried = carried_alike([step.old, None if new is not None and new.empty else new], run.env.keys, where)
+    check_opened(step.old, step.everyone.current | step.stones.current, where)
     result, step.counts["dropped"] = rewrite_partition(step.old, step.new, contract.id_column,
                                                        step.stones.keys_in([step.old, step.new], contract.subject_column))
     # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
@@ -230,7 +238,7 @@ def _rewrite(step: _Step) -> None:
         step.mentions = {**{b: i.mentions for b, i in step.previous.buckets.items() if b not in step.frames}, **step.mentions}
     step.manifest, step.changed = bk.write_buckets(lake, run.node.name, run.partition, step.frames, step.previous, timestamp=step.timestamp,
                                                    of=step.buckets, mentions=step.mentions, replace_all=step.whole,
-                                                   sealing=sealing_for(run.env, contract, step.stones.current))
+                                                   sealing=sealing_for(run.env, contract, step.stones.current, step.carried))
 
 
 def _late_tombstones(step: _Step) -> None:
@@ -251,7 +259,7 @@ def _late_tombstones(step: _Step) -> None:
             step.counts["dropped"] += more
         step.manifest, more_changed = bk.write_buckets(run.env.lake, run.node.name, run.partition, {b: step.frames[b] for b in hit},
                                                        step.manifest, of=step.buckets, timestamp=step.timestamp, mentions=step.mentions,
-                                                       sealing=sealing_for(run.env, step.contract, step.stones.current))
+                                                       sealing=sealing_for(run.env, step.contract, step.stones.current, step.carried))
         step.changed = sorted(set(step.changed) | set(more_changed))
 
 
@@ -314,15 +322,6 @@ def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str
     return counts, None if step.whole else scope
 
 
-def _skeletons(step: _Step) -> dict[str, str]:
-    """The keyed skeleton (look-alike key) of each subject that arrived in this step, by subject key."""
-    new = step.new
-    if new is None or new.empty or step.contract.subject_column not in new:
-        return {}
-    pairs = new.loc[new["subject_key"] != NO_SUBJECT, ["subject_key", step.contract.subject_column]].drop_duplicates("subject_key")
-    return dict(zip(pairs["subject_key"], step.run.env.keyer.skeleton_keys(pairs[step.contract.subject_column].astype(str)), strict=True))
-
-
 def _result(step: _Step, present: pd.Series) -> NodeResult:
     run, manifest, c = step.run, step.manifest, step.counts
     return NodeResult(manifest.version, None, {
@@ -366,7 +365,8 @@ class Raw(Kind):
         footprint, scope = _provenance(step, written)
         manifest, c = step.manifest, step.counts
         oldest = pd.Timestamp(manifest.oldest).to_pydatetime() if manifest.oldest else None
-        finish(run, manifest.version, provenance=footprint, provenance_scope=scope, skeletons=_skeletons(step), stats=(manifest.rows, oldest),
+        finish(run, manifest.version, provenance=footprint, provenance_scope=scope, stats=(manifest.rows, oldest),
+               skeletons=skeletons(step.new, step.contract, run.env.keyer, run.env.keys, step.carried),
                consent=(run.shard, step.consent), retention={"rows": c["expired"], "cutoff": step.cutoff.isoformat(),
                                                              "noncurrent_versions_purged": c["purged"]} if c["expired"] else None)
         run.log(f"{run.node.name}[{run.partition}] {run.mode}: {len(step.frames)} of {step.buckets} buckets read, {len(step.changed)} "

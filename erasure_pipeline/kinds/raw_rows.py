@@ -11,15 +11,16 @@ step's readers, provenance and proof.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from erasure_pipeline.core import contracts
-from erasure_pipeline.core.crypto import sealed_columns
+from erasure_pipeline.core.crypto import as_sealed, open_table, sealed_columns
 from erasure_pipeline.core.graph import Node
+from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.kinds.base import Env, Finding, KeysLost, NodeRun
@@ -72,6 +73,52 @@ def sealed_as_declared(table: pa.Table, contract: contracts.TableContract) -> bo
     """A stored bucket whose sealed columns are the declared ones (not written before a column was declared
     personal, or after one stopped being): carried as it is, nothing to seal or open anew."""
     return set(sealed_columns(table.schema)) == {c for c in contract.sealed if c in table.column_names}
+
+
+def carried_in_step(contract: contracts.TableContract, stones: Tombstones) -> frozenset[str]:
+    """The sealed columns a raw step carries with their rows, never opened nor sealed again (sealing is
+    deterministic: what it would write is what is stored): all but the id (upserts match on it), texts (ids
+    inside are redacted), the timestamp (retention) and each column the declaration names for a reader (the
+    consent rule's). Empty while a tombstone filed under an earlier identity rule matches on the plaintext id."""
+    if stones.legacy:
+        return frozenset()
+    named = {c for c, by in contract.named_by.items() if not by.endswith(".personal")}
+    return frozenset(contract.sealed) - {contract.id_column, *contract.texts, *contract.timestamps, *named}
+
+
+def carried_alike(frames: list[pd.DataFrame | None], keys, where: str) -> tuple[list[pd.DataFrame | None], dict[str, str]]:
+    """(``frames``, the sealed columns they all carry): read with ``carry`` from places written under different
+    declarations (or one read in plaintext, from landing), they are opened wherever they differ."""
+    held = [f.attrs.get("carried") or {} for f in frames if f is not None and len(f)]
+    if all(h == held[0] for h in held[1:]):
+        return frames, dict(held[0]) if held else {}
+    return [open_carried(f, keys, where) for f in frames], {}
+
+
+def open_carried(df: pd.DataFrame | None, keys, where: str) -> pd.DataFrame | None:
+    """``df`` with the sealed columns it carries (``attrs["carried"]``) opened, their unreadable cells counted."""
+    carried = (df.attrs.get("carried") or {}) if df is not None else {}
+    if not carried:
+        return df
+    opened = open_table(as_sealed(pa.Table.from_pandas(df[["subject_key", *carried]], preserve_index=False), carried), keys, where)
+    out = df.assign(**{c: opened.table.column(c).to_pandas().set_axis(df.index) for c in carried})
+    unreadable = dict(df.attrs.get("unreadable") or {})
+    for k, n in opened.unreadable.items():
+        unreadable[k] = unreadable.get(k, 0) + n
+    out.attrs.update(carried={}, unreadable=unreadable)
+    return out
+
+
+def skeletons(new: pd.DataFrame | None, contract: contracts.TableContract, keyer, keys, carried: Mapping[str, str]) -> dict[str, str]:
+    """The keyed skeleton (look-alike key) of each subject that arrived in a raw step, by subject key (their
+    subject id opened once per subject when it is carried sealed)."""
+    if new is None or new.empty or contract.subject_column not in new:
+        return {}
+    pairs = new.loc[new["subject_key"] != NO_SUBJECT, ["subject_key", contract.subject_column]].drop_duplicates("subject_key")
+    if contract.subject_column in carried:
+        pairs.attrs["carried"] = {contract.subject_column: carried[contract.subject_column]}
+        pairs = open_carried(pairs, keys, f"raw_{contract.name}")
+    return dict(zip(pairs["subject_key"], keyer.skeleton_keys(pairs[contract.subject_column].astype(str)), strict=True))
 
 
 def without_keys(table: pa.Table, keys: Collection[str]) -> tuple[pa.Table, int]:

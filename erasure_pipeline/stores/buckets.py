@@ -138,29 +138,33 @@ def read_manifest(store: Lake, asset: str, partition: str) -> Manifest | None:
 
 def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int] | None = None,
                  manifest: Manifest | None = None, columns: list[str] | None = None, *, cache: bool = False,
-                 keys: KeySource | None = None, only: Collection[str] | None = None) -> pd.DataFrame | None:
+                 keys: KeySource | None = None, only: Collection[str] | None = None, carry: Collection[str] = ()) -> pd.DataFrame | None:
     """The rows of a partition's buckets (all in the manifest when ``buckets`` is None), in bucket order.
     None when the partition was never written. ``cache``: keep and reuse it in this process, by manifest
     version (for computations reading one partition several times; never for proofs, which read what is
     stored now). Sealed personal fields are opened with ``keys`` (in memory only); ``attrs["unreadable"]``
     counts, by subject key, the cells that did not open because the subject's key is destroyed. ``only``: the
-    sealed columns to open (the others are left out of the frame: a reader that does not need them)."""
+    sealed columns to open (the others are left out of the frame: a reader that does not need them). ``carry``:
+    sealed columns left in it sealed (``attrs["carried"]`` names them) when every bucket stores them alike."""
     manifest = manifest or read_manifest(store, asset, partition)
     if manifest is None:
         return None
     wanted = sorted(manifest.buckets if buckets is None else set(buckets) & set(manifest.buckets))
     key = (store.describe(), asset, partition, manifest.version, tuple(wanted), tuple(columns or ()),
-           None if only is None else tuple(sorted(only)))
+           None if only is None else tuple(sorted(only)), tuple(sorted(carry)))
     if cache and key in _RECENT:
         return _RECENT[key].copy()
-    tables = []
+    tables, carried = [], []
     unreadable: dict[str, int] = {}
     for b in wanted:
         name = object_name(asset, partition, b)
-        opened = lk.read_parquet(_listed_bytes(store, name), columns, name, keys, only)
+        opened = lk.read_parquet(_listed_bytes(store, name), columns, name, keys, only, carry)
         tables.append(opened.table)
+        carried.append(opened.carried)
         for k, n in opened.unreadable.items():
             unreadable[k] = unreadable.get(k, 0) + n
+    if any(c != carried[0] for c in carried):  # buckets written under different declarations: open them all
+        return read_buckets(store, asset, partition, wanted, manifest, columns, keys=keys, only=only)
     if not tables:
         return pd.DataFrame(columns=columns) if columns else pd.DataFrame({"subject_key": pd.Series(dtype=str)})
     # One conversion to pandas for all buckets: most of a small file's read is that conversion. Buckets
@@ -171,6 +175,7 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         df = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
     df.attrs["unreadable"] = unreadable
+    df.attrs["carried"] = carried[0]
     if cache and len(df) <= 500_000 and not unreadable:
         _remember(key, df)
     return df

@@ -246,7 +246,7 @@ def to_arrow(df: pd.DataFrame, sealing: Sealing | None = None) -> pa.Table:
     """A frame as the Arrow table a lake object stores: ``sealing``'s columns sealed."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     if sealing is not None and sealing.columns:
-        table = crypto.seal_table(table, sealing.columns, sealing.keys, withhold=sealing.withhold)
+        table = crypto.seal_table(table, sealing.columns, sealing.keys, withhold=sealing.withhold, carried=sealing.carried)
     return table
 
 
@@ -262,10 +262,10 @@ def arrow_to_bytes(table: pa.Table, inputs: dict[str, str] | None = None) -> byt
 
 
 def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
-                 keys: KeySource | None = None, only: Collection[str] | None = None) -> crypto.Opened:
-    """A Parquet object as Arrow, sealed columns opened with ``keys`` (their subject_key read with them);
-    ``only``: the sealed columns to open, the others left out. A column asked for and not stored is a
-    ``PipelineError`` naming it (not damage: the object was written under an earlier declaration)."""
+                 keys: KeySource | None = None, only: Collection[str] | None = None, carry: Collection[str] = ()) -> crypto.Opened:
+    """A Parquet object as Arrow, sealed columns opened with ``keys`` (their subject_key read with them); ``only``:
+    the sealed columns to open, the others left out (but ``carry``'s: left sealed). A column asked for and not stored
+    is a ``PipelineError`` naming it (not damage: the object was written under an earlier declaration)."""
     try:
         schema = pq.read_schema(io.BytesIO(data))
         absent = [c for c in columns or () if c not in schema.names]
@@ -276,7 +276,7 @@ def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a l
         raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
     if absent:  # declared column names, never values
         raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? materialise it again)")
-    opened = crypto.open_table(table, keys, name, only=only)
+    opened = crypto.open_table(table, keys, name, only=only, carry=carry)
     if extra:
         opened.table = opened.table.drop_columns(extra)
     return opened
@@ -308,12 +308,12 @@ def table_inputs(lake: Lake, asset: str, partition: str, data: bytes | None = No
 
 
 def table_from_bytes(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
-                     keys: KeySource | None = None) -> pd.DataFrame:
-    """A Parquet object as a frame, sealed columns opened with ``keys``; ``attrs["unreadable"]``: subject key ->
-    cells that did not open (the subject's key is destroyed)."""
-    opened = read_parquet(data, columns, name, keys)
+                     keys: KeySource | None = None, only: Collection[str] | None = None, carry: Collection[str] = ()) -> pd.DataFrame:
+    """A Parquet object as a frame, sealed columns opened with ``keys``; ``attrs["unreadable"]``: subject key -> cells
+    that did not open (key destroyed); ``attrs["carried"]``: those left sealed (``only``, ``carry``) -> original fields."""
+    opened = read_parquet(data, columns, name, keys, only, carry)
     df = opened.table.to_pandas()
-    df.attrs["unreadable"] = opened.unreadable
+    df.attrs.update(unreadable=opened.unreadable, carried=opened.carried)
     return df
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -226,14 +226,22 @@ def _sealing(contract: TableContract, keys: KeySource | None, tombstones: Tombst
     return Sealing(tuple(contract.sealed), keys, frozenset(tombstones.current) if tombstones else frozenset())
 
 
-def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int, keys: KeySource | None = None) -> pd.DataFrame | None:
-    """A shard's rows of one table from a batch's staging area, later files winning on id (None: no rows)."""
+def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int, keys: KeySource | None = None,
+                carry: Collection[str] = ()) -> pd.DataFrame | None:
+    """A shard's rows of one table from a batch's staging area, later files winning on id (None: no rows).
+    ``carry``: sealed columns left sealed (``attrs["carried"]``) when every file stores them alike, as
+    ``buckets.read_buckets`` does."""
     names = lake.list(f"{STAGING}/{batch}/{contract.name}/{identity.partition_key(shard)}/")
     if not names:
         return None
-    frames = [lk.table_from_bytes(lake.read_bytes(n), name=n, keys=keys) for n in names]
+    frames = [lk.table_from_bytes(lake.read_bytes(n), name=n, keys=keys, carry=carry) for n in names]
+    carried = frames[0].attrs["carried"]
+    if any(f.attrs["carried"] != carried for f in frames):  # staged under different declarations: open them all
+        return read_staged(lake, batch, contract, shard, keys)
     both = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return both.drop_duplicates(subset=[contract.id_column], keep="last")
+    out = both.drop_duplicates(subset=[contract.id_column], keep="last")
+    out.attrs["carried"] = carried
+    return out
 
 
 def drop_staging(lake: Lake, batch: str) -> None:
