@@ -125,6 +125,28 @@ def test_carried_cells_stay_as_stored_and_are_written_back_as_sealing_them_again
     assert crypto.open_table(nulls, keys).table.to_pylist() == [{"subject_key": "b", "id": "2", "phone": None, "name": "n2"}]
 
 
+def test_a_subjects_skeleton_is_made_once_per_process_and_their_carried_id_is_not_opened_for_it_again():
+    """One subject key is one normalised id, so one skeleton: a second dataset of the same subjects gets theirs
+    without opening the id it carries sealed; a subject met for the first time has theirs opened and made."""
+    from erasure_pipeline.core.contracts import TableContract
+    from erasure_pipeline.core.identity import Keyer
+    from erasure_pipeline.kinds.raw_rows import skeletons
+
+    keyer, keys = Keyer(os.urandom(32), 4), Keys()
+    ids = ["Ava@Example.com", "bob@example.com", "cat@example.com"]
+    subjects = pd.DataFrame({"subject_key": keyer.keys(ids), "subject_id": ids})
+    events = TableContract("events", "event_id", sealed=("subject_id",))
+    expected = dict(zip(subjects["subject_key"], keyer.skeleton_keys(ids), strict=True))
+    assert skeletons(subjects.iloc[:2], TableContract("subjects", "subject_id"), keyer, keys, {}) == dict(list(expected.items())[:2])
+    stored = crypto.seal_table(pa.Table.from_pandas(subjects, preserve_index=False).replace_schema_metadata(None), ["subject_id"], keys)
+    opened = crypto.open_table(stored, keys, carry=["subject_id"])
+    frame = opened.table.to_pandas()
+    assert skeletons(frame.iloc[:2], events, keyer, None, opened.carried) == dict(list(expected.items())[:2])  # no key store: none opened
+    assert skeletons(frame, events, keyer, keys, opened.carried) == expected  # the third opened and made
+    with pytest.raises(crypto.SealedWithoutKeys):
+        skeletons(frame.assign(subject_key=keyer.keys(["dan@example.com"] * 3)), events, keyer, None, opened.carried)
+
+
 def test_a_personal_column_the_files_lack_is_an_error_naming_the_field():
     import yaml
 

@@ -109,16 +109,33 @@ def open_carried(df: pd.DataFrame | None, keys, where: str) -> pd.DataFrame | No
     return out
 
 
+_SKELETONS: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
+"""Per identity rule (pepper, normalisation): subject key -> the keyed skeleton of their id. One key is one
+normalised id, so one skeleton: each dataset of a subject (their subjects row, their events, their tickets)
+finds it here after the first, without opening or hashing their id again. Keyed hashes only."""
+SKELETONS_MAX = 1_000_000
+
+
 def skeletons(new: pd.DataFrame | None, contract: contracts.TableContract, keyer, keys, carried: Mapping[str, str]) -> dict[str, str]:
     """The keyed skeleton (look-alike key) of each subject that arrived in a raw step, by subject key (their
-    subject id opened once per subject when it is carried sealed)."""
+    subject id opened, when it is carried sealed, only for subjects whose skeleton this process has not met)."""
     if new is None or new.empty or contract.subject_column not in new:
         return {}
     pairs = new.loc[new["subject_key"] != NO_SUBJECT, ["subject_key", contract.subject_column]].drop_duplicates("subject_key")
+    known = _SKELETONS.setdefault((keyer.pepper, keyer.rule), {})
+    out = {k: known[k] for k in pairs["subject_key"].tolist() if k in known}
+    pairs = pairs[~pairs["subject_key"].isin(list(out))] if out else pairs
+    if pairs.empty:
+        return out
     if contract.subject_column in carried:
         pairs.attrs["carried"] = {contract.subject_column: carried[contract.subject_column]}
         pairs = open_carried(pairs, keys, f"raw_{contract.name}")
-    return dict(zip(pairs["subject_key"], keyer.skeleton_keys(pairs[contract.subject_column].astype(str)), strict=True))
+    ids = pairs[contract.subject_column]
+    fresh = dict(zip(pairs["subject_key"], keyer.skeleton_keys(ids.astype(str)), strict=True))
+    if len(known) + len(fresh) > SKELETONS_MAX:
+        known.clear()
+    known.update((k, v) for k, v, present in zip(fresh, fresh.values(), ids.notna().tolist(), strict=True) if present)
+    return out | fresh
 
 
 def without_keys(table: pa.Table, keys: Collection[str]) -> tuple[pa.Table, int]:
