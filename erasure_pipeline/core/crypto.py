@@ -201,18 +201,13 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
         present.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     present -= set(withhold)
     found = keys.data_keys(sorted(present), create=True) if present else {}
-    ciphers = {s: _cipher(k) for s, k in found.items()}
+    ciphers = [_cipher(found[s]) if s in found else None for s in subjects.values]  # by subject code
     for c, (values, live, rows, inverse) in pairs.items():
-        sealed = []
-        column = c.encode() + b"\x00"
-        s_codes, v_codes = subjects.codes[rows].tolist(), values.codes[rows].tolist()
-        for s_code, v_code in zip(s_codes, v_codes, strict=True):
-            s = subjects.values[s_code]
-            cipher = ciphers.get(s)
-            if cipher is None:
-                sealed.append(None)
-                continue
-            sealed.append(_memo_seal(cipher, column + s.encode(), values.values[v_code].encode()))
+        prefix = c.encode() + b"\x00"
+        aads = [prefix + s.encode() for s in subjects.values]
+        texts = [v.encode() for v in values.values]
+        sealed = [None if ciphers[s] is None else _memo_seal(ciphers[s], aads[s], texts[v])
+                  for s, v in zip(subjects.codes[rows].tolist(), values.codes[rows].tolist(), strict=True)]
         column = _by_row(pa.array(sealed, type=pa.binary()), live, inverse, table.num_rows)
         table = table.set_column(table.column_names.index(c), pa.field(c, pa.binary()), column)
     return _with_meta(table, {**kept, **{c: _field_text(f) for c, f in fields.items()}})
@@ -306,29 +301,22 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
         plan[c] = (cells, live, rows, inverse)
         needed.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     found = keys.data_keys(sorted(needed), create=False) if needed else {}
-    ciphers = {s: _cipher(k) for s, k in found.items()}
+    ciphers = [_cipher(found[s]) if s in found else None for s in subjects.values]  # by subject code
     unreadable: dict[str, int] = {}
     for c, (cells, live, rows, inverse) in plan.items():
-        opened: list[str | None] = []
-        lost = np.zeros(len(rows), dtype=bool)
-        column = c.encode() + b"\x00"
-        s_codes, c_codes = subjects.codes[rows].tolist(), cells.codes[rows].tolist()
-        for n, (s_code, c_code) in enumerate(zip(s_codes, c_codes, strict=True)):
-            s = subjects.values[s_code]
-            cipher = ciphers.get(s)
-            if cipher is None:
-                opened.append(None)
-                lost[n] = True
-                continue
-            try:
-                opened.append(_memo_open(cipher, column + s.encode(), cells.values[c_code]).decode())
-            except InvalidTag:
-                raise DamagedObject(f"{name}: a sealed {c} cell does not open under its subject's key (damaged or moved)") from None
-        if lost.any():
+        prefix = c.encode() + b"\x00"
+        aads = [prefix + s.encode() for s in subjects.values]
+        s_codes = subjects.codes[rows].tolist()
+        try:
+            opened = [None if ciphers[s] is None else _memo_open(ciphers[s], aads[s], cells.values[v]).decode()
+                      for s, v in zip(s_codes, cells.codes[rows].tolist(), strict=True)]
+        except InvalidTag:
+            raise DamagedObject(f"{name}: a sealed {c} cell does not open under its subject's key (damaged or moved)") from None
+        lost = [n for n, s in enumerate(s_codes) if ciphers[s] is None]
+        if lost:
             per_pair = np.bincount(inverse, minlength=len(rows))
-            for n in np.flatnonzero(lost).tolist():
-                s = subjects.values[subjects.codes[rows[n]]]
-                unreadable[s] = unreadable.get(s, 0) + int(per_pair[n])
+            for n in lost:
+                unreadable[subjects.values[s_codes[n]]] = unreadable.get(subjects.values[s_codes[n]], 0) + int(per_pair[n])
         text = _by_row(pa.array(opened, type=pa.string()), live, inverse, table.num_rows)
         table = table.set_column(table.column_names.index(c), sealed[c], _from_text(text, sealed[c].type))
     return Opened(_strip_meta(table), unreadable, carried)
