@@ -121,8 +121,7 @@ class _Step:
 
 
 def _incoming(run: NodeRun, contract, carry: frozenset[str]) -> pd.DataFrame | None:
-    """This shard's new rows: from the batch's staging area (one pass over landing; ``carry``: the sealed
-    columns left sealed), else from landing."""
+    """This shard's new rows: from the batch's staging area (``carry``: sealed columns left sealed), else landing."""
     if run.mode == "erasure":
         return None
     policy = run.env.policy
@@ -163,8 +162,9 @@ def _plan(run: NodeRun) -> _Step:
     incoming = _incoming(run, contract, carry)
     if incoming is not None and not incoming.empty:
         incoming = incoming.assign(_b=bk.buckets_of(incoming["subject_key"], B))
-    step = _Step(run, contract, stones, Tombstones.load(env.ledger, env.keyer), previous, run.mode == "rebuild" or previous is None or relayout,
-                 relayout, retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None, incoming, carry)
+    cutoff = retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None
+    step = _Step(run, contract, stones, Tombstones.load(env.ledger, env.keyer), previous,
+                 run.mode == "rebuild" or previous is None or relayout, relayout, cutoff, incoming, carry)
     if step.whole:
         step.touched = set(range(B))
         if relayout and run.mode == "erasure":
