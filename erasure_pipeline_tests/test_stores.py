@@ -147,6 +147,35 @@ def test_the_byte_scan_finds_keys_across_blocks_and_holes_and_searches_for_wante
     assert keys_in_files(tmp_path / "nowhere", [a]) == set()
 
 
+def test_the_vector_stores_room_check_counts_what_is_there_when_other_processes_remove_files_beside_it(tmp_path, monkeypatch):
+    """``ensure_room`` walks the store's folder while a multiprocess run's other steps write and compact their
+    shards (Edge makes and removes folders): a folder or file gone between listing and reading is not counted,
+    never an error (a ``Path.rglob`` walk failed a build with FileNotFoundError)."""
+    import os
+
+    from erasure_pipeline.stores import vectors
+
+    for folder, size in (("shard_00", 8192), ("shard_01/segments", 4096), ("shard_02/tmp", 4096)):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "data").write_bytes(b"x" * size)
+    real_scandir, real_stat = os.scandir, os.stat
+
+    def scandir(path=".", *a):  # shard_02/tmp removed by its process after its parent was listed
+        if str(path).endswith("tmp"):
+            raise FileNotFoundError(path)
+        return real_scandir(path, *a)
+
+    def stat(path, *a, **k):  # shard_01's segment file compacted away after its folder was listed
+        if str(path).endswith(os.path.join("segments", "data")):
+            raise FileNotFoundError(path)
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "stat", stat)
+    assert vectors.blocks_used(tmp_path) == real_stat(tmp_path / "shard_00" / "data").st_blocks * 512
+    vectors.ensure_room(tmp_path, "vector store")  # room enough: no error
+
+
 def test_graph_table_derives_order_merges_and_the_fields_behind_each_code_version():
     graph = demo_graph()
     assert [n.name for n in graph.raw_nodes] == ["raw_subjects", "raw_events", "raw_tickets"]

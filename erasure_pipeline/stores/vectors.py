@@ -114,12 +114,24 @@ def ensure_room(path: Path, what: str, factor: float = 1.0, floor: int = 16 * MI
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None:
         raise StorageUnavailable(f"{what} {path}: the folder is gone; restore it (or its mount) and the erasure resumes by itself")
-    # Blocks in use, not sizes: Edge's memory-mapped files are sparse (80 MiB apparent, a few KiB used).
-    used = sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    used = blocks_used(path) if path.exists() else 0
     need, free = max(floor, int(used * factor)), shutil.disk_usage(existing).free
     if free < need:
         raise StorageUnavailable(f"{what} {path}: disk full ({free / MIB:.1f} MiB free, writing and compacting it needs about "
                                  f"{need / MIB:.0f} MiB); free space there and the erasure resumes by itself")
+
+
+def blocks_used(path: Path) -> int:
+    """Bytes in use below ``path``: blocks, not sizes (Edge's memory-mapped files are sparse: 80 MiB apparent, a
+    few KiB used). Other processes write and compact shards beside it (a multiprocess run's steps; Edge makes and
+    removes folders as it goes): a file or folder gone during the walk is not counted, never an error (a
+    ``Path.rglob`` here failed a multiprocess build with FileNotFoundError)."""
+    used = 0
+    for folder, _dirs, files in os.walk(path):  # a folder that cannot be listed (gone) is skipped
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                used += os.stat(os.path.join(folder, name)).st_blocks * 512
+    return used
 
 
 def hash_ids(ids: set[str] | list[str]) -> str:
