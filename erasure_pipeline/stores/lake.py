@@ -308,10 +308,10 @@ def table_inputs(lake: Lake, asset: str, partition: str, data: bytes | None = No
 
 
 def table_from_bytes(data: bytes, columns: list[str] | None = None, name: str = "a lake object",
-                     keys: KeySource | None = None, only: Collection[str] | None = None, carry: Collection[str] = ()) -> pd.DataFrame:
+                     keys: KeySource | None = None, carry: Collection[str] = ()) -> pd.DataFrame:
     """A Parquet object as a frame, sealed columns opened with ``keys``; ``attrs["unreadable"]``: subject key -> cells
-    that did not open (key destroyed); ``attrs["carried"]``: those left sealed (``only``, ``carry``) -> original fields."""
-    opened = read_parquet(data, columns, name, keys, only, carry)
+    that did not open (key destroyed); ``attrs["carried"]``: those left sealed (``carry``) -> their original fields."""
+    opened = read_parquet(data, columns, name, keys, carry=carry)
     df = opened.table.to_pandas()
     df.attrs.update(unreadable=opened.unreadable, carried=opened.carried)
     return df
