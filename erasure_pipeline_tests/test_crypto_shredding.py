@@ -507,6 +507,33 @@ def test_kms_unreachable_or_disabled_is_one_line_and_the_request_resumes_on_the_
         assert "every kept subject's fields open" in _cli("keys", "verify").stdout
 
 
+def _opened_in_raw_steps(monkeypatch) -> dict[str, set[str]]:
+    """Raw node -> the sealed columns its steps open from now on (readers below raw open what they read, not counted)."""
+    from erasure_pipeline.kinds.raw import Raw
+
+    opened: dict[str, set[str]] = {}
+    steps: list[str] = []
+    real_open, real_compute = crypto.open_table, Raw.compute
+
+    def spy(table, keys, name="a lake object", *args, **kwargs):
+        out = real_open(table, keys, name, *args, **kwargs)
+        columns = set(crypto.sealed_columns(table.schema)) - set(out.carried)
+        if steps and columns:
+            opened.setdefault(steps[-1], set()).update(columns)
+        return out
+
+    def raw_step(self, run):
+        steps.append(run.node.name)
+        try:
+            return real_compute(self, run)
+        finally:
+            steps.pop()
+
+    monkeypatch.setattr(crypto, "open_table", spy)
+    monkeypatch.setattr(Raw, "compute", raw_step)
+    return opened
+
+
 @pytest.mark.slow
 def test_an_erasure_carries_the_other_rows_of_a_sealed_bucket_as_stored_and_opens_none_of_them(tmp_path, monkeypatch):
     """Removing a subject from the buckets of datasets without text columns keeps every other row as it was
@@ -517,7 +544,6 @@ def test_an_erasure_carries_the_other_rows_of_a_sealed_bucket_as_stored_and_open
     from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.defs.pipeline import build_definitions
     from erasure_pipeline.erasure.intake import erase
-    from erasure_pipeline.kinds.raw import Raw
     from erasure_pipeline_tests.erasure_helpers import key
 
     with project_env(tmp_path / "home", SEALED_POLICY):
@@ -532,28 +558,12 @@ def test_an_erasure_carries_the_other_rows_of_a_sealed_bucket_as_stored_and_open
         names = {t: bk.object_name(t, part, bucket) for t in ("raw_subjects", "raw_events")}
         before = {t: pq.read_table(io.BytesIO(lake.read_bytes(n))) for t, n in names.items()}
         assert before["raw_subjects"].schema.field("full_name").type == pa.binary()  # stored sealed
-        opened, raw_steps = [], []
-        real_open, real_compute = crypto.open_table, Raw.compute
-
-        def spy(table, keys, name="a lake object", *args, **kwargs):  # inside a raw step (readers below open what they read)
-            if raw_steps and set(crypto.sealed_columns(table.schema)) & set(table.column_names):
-                opened.append((raw_steps[-1], name))
-            return real_open(table, keys, name, *args, **kwargs)
-
-        def raw_step(self, run):
-            raw_steps.append(run.node.name)
-            try:
-                return real_compute(self, run)
-            finally:
-                raw_steps.pop()
-
-        monkeypatch.setattr(crypto, "open_table", spy)
-        monkeypatch.setattr(Raw, "compute", raw_step)
+        opened = _opened_in_raw_steps(monkeypatch)
         rid = erase(sid)[0]
         assert not drain(defs, instance).failed_runs
         assert stores.default_ledger().requests.get(rid)["status"] == "completed"
         # tickets has a text column (an id inside another subject's text is redacted): opened there only
-        assert {step for step, _name in opened} <= {"raw_tickets"}
+        assert set(opened) <= {"raw_tickets"}
         for t, n in names.items():
             after = pq.read_table(io.BytesIO(lake.read_bytes(n)))
             hit = pc.equal(before[t].column("subject_key"), victim)
@@ -595,35 +605,15 @@ def test_a_raw_step_carries_the_personal_fields_it_does_not_read_and_writes_what
     from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.defs.pipeline import build_definitions
     from erasure_pipeline.kinds import raw
-    from erasure_pipeline.kinds.raw import Raw
 
     with project_env(tmp_path / "home", SEALED_POLICY.replace("landing: {keep_days: 0}\n", "")):
         _load_demo()
         defs, instance = build_definitions(load_policy()), get_instance()
         lake = stores.lake()
-        opened: dict[str, set[str]] = {}
-        steps: list[str] = []
-        real_open, real_compute = crypto.open_table, Raw.compute
-
-        def spy(table, keys, name="a lake object", *args, **kwargs):
-            out = real_open(table, keys, name, *args, **kwargs)
-            columns = set(crypto.sealed_columns(table.schema)) - set(out.carried)
-            if steps and columns:  # inside a raw step: what it opened (readers below open what they read)
-                opened.setdefault(steps[-1], set()).update(columns)
-            return out
-
-        def raw_step(self, run):
-            steps.append(run.node.name)
-            try:
-                return real_compute(self, run)
-            finally:
-                steps.pop()
-
         def manifests() -> dict[str, bytes]:
             return {f"{n}/{p}": lake.read_bytes(bk.manifest_name(n, p)) for n in RAW for p in PARTITIONS}
 
-        monkeypatch.setattr(crypto, "open_table", spy)
-        monkeypatch.setattr(Raw, "compute", raw_step)
+        opened = _opened_in_raw_steps(monkeypatch)
         assert materialize_all(defs, instance).success
         built = manifests()
         assert all(built.values())

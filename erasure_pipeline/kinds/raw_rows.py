@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from erasure_pipeline.core import contracts
-from erasure_pipeline.core.crypto import as_sealed, open_table, sealed_columns
+from erasure_pipeline.core import contracts, crypto
+from erasure_pipeline.core.crypto import as_sealed, sealed_columns
 from erasure_pipeline.core.graph import Node
 from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
@@ -100,7 +100,7 @@ def open_carried(df: pd.DataFrame | None, keys, where: str) -> pd.DataFrame | No
     carried = (df.attrs.get("carried") or {}) if df is not None else {}
     if not carried:
         return df
-    opened = open_table(as_sealed(pa.Table.from_pandas(df[["subject_key", *carried]], preserve_index=False), carried), keys, where)
+    opened = crypto.open_table(as_sealed(pa.Table.from_pandas(df[["subject_key", *carried]], preserve_index=False), carried), keys, where)
     out = df.assign(**{c: opened.table.column(c).to_pandas().set_axis(df.index) for c in carried})
     unreadable = dict(df.attrs.get("unreadable") or {})
     for k, n in opened.unreadable.items():

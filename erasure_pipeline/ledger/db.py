@@ -53,8 +53,8 @@ def insert_many(conn: Connection, table: sa.Table, rows: list[dict], *, or_ignor
     """Insert ``rows`` (dicts with the same keys); the driver's count of rows inserted. ``or_ignore``: leave a row
     another writer stored first. On SQLite through the driver's executemany, each column's bind processor applied
     once per distinct value: SQLAlchemy's per-row parameter handling was four fifths of making 200 000 data keys
-    and a quarter of recording a build's provenance (3.22 -> 2.36 s at 50 000 subjects). Postgres keeps SQLAlchemy's batched ``INSERT ... VALUES`` (one
-    round trip per batch)."""
+    and a quarter of recording a build's provenance (3.22 -> 2.36 s at 50 000 subjects). Postgres keeps
+    SQLAlchemy's batched ``INSERT ... VALUES`` (one round trip per batch)."""
     if not rows:
         return 0
     if conn.dialect.name != "sqlite":
