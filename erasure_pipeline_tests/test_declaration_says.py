@@ -174,6 +174,62 @@ def test_missing_numbers_are_an_error_with_the_count_or_filled_and_counted_as_de
             assert (trained["num_age"] == 0).sum() == 5
 
 
+@pytest.mark.parametrize("fill", ["zero", "mean"])
+def test_after_an_erasure_a_shards_training_rows_and_counts_are_those_a_build_without_the_subject_makes(tmp_path, fill):
+    """An erasure recomputes the training rows of the changed buckets only, unless a number is filled with the
+    shard's mean: that mean held the erased person's value in every filled row of the shard (a row of another
+    bucket kept it; a row of the changed one got the mean of that bucket alone). The counts in the metadata
+    are the shard's either way (from the changed buckets alone, subjects_without_consent went negative)."""
+    import dagster as dg
+
+    from erasure_pipeline.stores.buckets import bucket_of
+
+    declared = {**MINIMAL, "datasets": {**MINIMAL["datasets"], "visits": {"id": "visit_id", "subject": "email", "timestamp": "at"}},
+                "consent": {"column": "consent", "allowed_values": [True]},
+                "features": {"dataset": "people", "numeric": ["tenure", {"column": "age", "fill": fill}],
+                             "aggregates": [{"name": "n_visits", "dataset": "visits", "agg": "count"}]},
+                "models": {"churn": {"label": "churned", "task": "binary", "positive_class": "yes"}}}
+    rows = people()
+    rows["consent"] = np.random.default_rng(2).random(len(rows)) < 0.8
+    blanks = [3, 50, 77, 120, 201]
+    rows.loc[blanks, "age"] = np.nan
+    seen = visits([*rows["email"], *(f"stranger{i}@mail.example" for i in range(7))])
+    keys = [identity.Keyer(PEPPER.encode(), 2, tuple(identity.DEFAULT_NORMALISE)).key(e) for e in rows["email"]]
+    blank = keys[blanks[0]]
+    part = identity.partition_key(identity.shard_of(blank, 2))
+    # a consenting person with an age, in the blank row's shard but not in its bucket
+    victim = next(i for i, k in enumerate(keys) if i not in blanks and rows["consent"][i] and identity.shard_of(k, 2) == identity.shard_of(blank, 2)
+                  and bucket_of(k, 16) != bucket_of(blank, 16))
+
+    def shard_now() -> tuple[pd.DataFrame, dict]:
+        with dg.DagsterInstance.get() as inst:
+            record = inst.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("training_shards_churn"),
+                                                                      asset_partitions=[part]), limit=1).records[0]
+        meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        return stores.table(stores.lake(), "training_shards_churn", part).reset_index(drop=True), meta
+
+    with home(tmp_path, declared):
+        land("people/export.csv", rows)
+        land("visits/export.csv", seen)
+        assert _cli("materialize").exit_code == 0
+        _cli("erase", rows["email"][victim])
+        assert _cli("process").exit_code == 0
+        erased, meta = shard_now()
+    with home(tmp_path / "without", declared):
+        land("people/export.csv", rows.drop(index=victim))
+        land("visits/export.csv", seen[seen["email"] != rows["email"][victim]])
+        assert _cli("materialize").exit_code == 0
+        built, built_meta = shard_now()
+    pd.testing.assert_frame_equal(erased, built)
+    assert meta["subjects_recomputed"] == ("all (filled with the shard's mean: age)" if fill == "mean" else meta["subjects_recomputed"])
+    assert fill == "mean" or "changed buckets" in meta["subjects_recomputed"]
+    for count in ("rows", "subjects_without_consent", "subjects_without_features_row"):
+        assert meta[count] == built_meta[count], (count, meta[count], built_meta[count])
+    if fill == "mean":  # the whole shard was filled again (with zero: filled_age counts the rows of the recomputed buckets)
+        assert meta["filled_age"] == built_meta["filled_age"] > 0
+    assert meta["subjects_without_consent"] > 0 and meta["subjects_without_features_row"] > 0
+
+
 def test_subjects_without_a_features_row_are_counted_and_their_certificate_says_what_held_them(tmp_path):
     rows = people()
     strangers = [f"stranger{i}@mail.example" for i in range(7)]  # visit, never in the people table

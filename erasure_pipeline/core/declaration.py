@@ -165,6 +165,11 @@ class FeaturesPolicy(Strict):
     def fill_of(self, column: str) -> Fill:
         return next((n.fill for n in self.numeric_features if n.column == column and n.fill), self.fill)
 
+    @property
+    def shard_wide(self) -> list[str]:
+        """Numeric columns filled with the shard's mean: every filled row depends on every row of the shard."""
+        return [c for c in self.numeric_columns if self.fill_of(c) == "mean"]
+
 
 ESTIMATORS = {
     "logistic_regression": "classifier: StandardScaler + LogisticRegression (max_iter 1000)",

@@ -92,8 +92,23 @@ def _changed_buckets(run: NodeRun, inputs: dict, stored: bytes | None, previous:
     return changed | set(bk.buckets_of(previous.loc[previous[ft.KEY].isin(tombstoned), ft.KEY], env.policy.lake.buckets).tolist())
 
 
-def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, frames: dict, changed: set[int] | None) -> dict:
+def _shard_subjects(run: NodeRun, leave_out: set[str]) -> tuple[set[str], int]:
+    """(the shard's subjects with a row in the features' dataset, the number with rows only in an aggregated
+    one), from the ledger's provenance of the raw partitions: when only the changed buckets were read, their
+    rows are not the shard's (counting them made ``subjects_without_consent`` negative)."""
+    f, nodes = run.env.policy.features, run.env.ledger.nodes
+    base = nodes.subjects_in([raw.node_name(f.dataset)], run.partition) - leave_out
+    aggregated = {raw.node_name(a.dataset) for a in f.aggregates if not run.env.policy.datasets[a.dataset].is_lookup}
+    others = nodes.subjects_in(aggregated, run.partition) - leave_out if aggregated else set()
+    return base, len(others - base)
+
+
+def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, frames: dict, changed: set[int] | None,
+              leave_out: set[str]) -> dict:
     policy, model = run.env.policy, run.node.model
+    base_rows = frames[policy.features.dataset]
+    base, without_base_row = _shard_subjects(run, leave_out) if changed is not None else (
+        set(base_rows[ft.KEY]) if len(base_rows) else set(), training.without_base_row)
     names = ft.feature_names(policy)
     k = n_classes(policy, model)
     target = written[ft.LABEL].to_numpy()
@@ -104,13 +119,14 @@ def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, fra
         "rows": len(written),
         "train_rows": int((~written[ft.HOLDOUT]).sum()),
         "holdout_rows": int(written[ft.HOLDOUT].sum()),
-        "subjects_without_consent": int(frames[policy.features.dataset][ft.KEY].nunique() - written[ft.KEY].nunique()),
+        "subjects_without_consent": len(base) - int(written[ft.KEY].nunique()),
         **shape,
         "label_encoding": training.label_encoding,
         "features": len(names),
         "constant_features": ft.constant_features(written, names),
-        "subjects_recomputed": "all" if changed is None else f"{len(training.rows)} rows in {len(changed)} changed buckets",
-        "subjects_without_features_row": training.without_base_row,
+        "subjects_recomputed": f"{len(training.rows)} rows in {len(changed)} changed buckets" if changed is not None else
+                               f"all (filled with the shard's mean: {', '.join(policy.features.shard_wide)})" if policy.features.shard_wide else "all",
+        "subjects_without_features_row": without_base_row,
         **{f"filled_{c}": n for c, n in training.filled.items()},
     }
 
@@ -150,7 +166,9 @@ class TrainingSet(Kind):
         inputs = {parent: _bucket_hashes(env, parent, p) for parent in node.parents}
         stored = store.read_bytes(lk.table_name(node.name, p))
         previous = None if stored is None else lk.table_from_bytes(stored, name=lk.table_name(node.name, p))
-        changed = _changed_buckets(run, inputs, stored, previous, tombstoned)
+        # A missing number filled with the shard's mean depends on every row of the shard: a change (an erasure
+        # above all) in one bucket changes the filled rows of all of them, so the whole shard is computed again.
+        changed = None if policy.features.shard_wide else _changed_buckets(run, inputs, stored, previous, tombstoned)
         frames = {}
         for parent in node.parents:
             rows = env.read_rows(parent, p, buckets=changed, cache=True)
@@ -173,7 +191,7 @@ class TrainingSet(Kind):
         digest = lk.write_table(store, node.name, p, rows, inputs=inputs)
         finish(run, digest, provenance=(training.rows if scope is not None else rows)[ft.KEY].value_counts().to_dict(), provenance_scope=scope)
         return NodeResult(digest, None, {
-            **_metadata(run, rows, training, frames, changed), "content_hash": digest,
+            **_metadata(run, rows, training, frames, changed, tombstoned | {NO_SUBJECT}), "content_hash": digest,
             "noncurrent_versions_purged": purge(run, lk.table_name(node.name, p)),
         }, (tombstone_check(rows[ft.KEY], tombstoned),))
 
