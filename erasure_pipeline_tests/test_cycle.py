@@ -14,6 +14,7 @@ from erasure_pipeline.app.cli import main
 from erasure_pipeline.app.process import drain, run_cycle
 from erasure_pipeline.core import identity
 from erasure_pipeline.erasure.intake import erase
+from erasure_pipeline.kinds.training import COUNTS
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline_tests import stores
@@ -195,5 +196,6 @@ def test_training_sets_built_while_their_raw_parents_have_two_layouts(demo_home)
     assert materialize_assets(["raw_subjects", "training_shards"], "shard_01").success
     assert bk.read_manifest(store, "raw_subjects", "shard_01").of == 6
     inputs = lk.table_inputs(store, "training_shards", "shard_01")
-    assert set(inputs) == {"raw_subjects", "raw_events"} and all(inputs.values())  # built from the new layout
+    assert set(inputs) == {"raw_subjects", "raw_events", COUNTS} and all(inputs.values())  # built from the new layout
+    assert {int(b[2:]) for b in inputs[COUNTS]} <= set(range(6))  # the subjects counted by bucket of the new layout
     pd.testing.assert_frame_equal(stores.table(store, "training_shards", "shard_01"), before)  # same rows

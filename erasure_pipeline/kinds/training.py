@@ -73,14 +73,13 @@ def _bucket_hashes(env: Env, parent: str, partition: str) -> dict[str, str] | No
     return {} if manifest is None else {bk.bucket_name(b): i.hash for b, i in manifest.buckets.items()}
 
 
-def _changed_buckets(run: NodeRun, inputs: dict, stored: bytes | None, previous: pd.DataFrame | None,
+def _changed_buckets(run: NodeRun, inputs: dict, recorded: dict | None, stored: bytes | None, previous: pd.DataFrame | None,
                      tombstoned: set[str]) -> set[int] | None:
     """The raw buckets whose subjects must be computed again (None: all of them). Diffed bucket by bucket only
     when the stored table is the one the ledger recorded (a write whose record a crash lost: all again, so its
     provenance is made whole) and this build and the recorded one both read every parent in the policy's layout
     (a parent awaiting relayout after a lake.buckets change records None)."""
     env, p, node = run.env, run.partition, run.node
-    recorded = lk.table_inputs(env.lake, node.name, p, stored) if previous is not None else None
     record = env.ledger.nodes.records(p, [node.name]).get((node.name, p))
     if recorded is None or record is None or record["data_version"] != lk.content_hash(stored) \
             or record["code_version"] != run.code_version or set(recorded) != set(inputs) \
@@ -92,23 +91,24 @@ def _changed_buckets(run: NodeRun, inputs: dict, stored: bytes | None, previous:
     return changed | set(bk.buckets_of(previous.loc[previous[ft.KEY].isin(tombstoned), ft.KEY], env.policy.lake.buckets).tolist())
 
 
-def _shard_subjects(run: NodeRun, leave_out: set[str]) -> tuple[set[str], int]:
-    """(the shard's subjects with a row in the features' dataset, the number with rows only in an aggregated
-    one), from the ledger's provenance of the raw partitions: when only the changed buckets were read, their
-    rows are not the shard's (counting them made ``subjects_without_consent`` negative)."""
-    f, nodes = run.env.policy.features, run.env.ledger.nodes
-    base = nodes.subjects_in([raw.node_name(f.dataset)], run.partition) - leave_out
-    aggregated = {raw.node_name(a.dataset) for a in f.aggregates if not run.env.policy.datasets[a.dataset].is_lookup}
-    others = nodes.subjects_in(aggregated, run.partition) - leave_out if aggregated else set()
-    return base, len(others - base)
+COUNTS = "#subject_counts"
+"""An entry of the table's recorded inputs that names no node: per raw bucket, [subjects with a row in the
+features' dataset, subjects with rows only in an aggregated one], so a build that reads the changed buckets
+only still counts the shard's (from the rows read, ``subjects_without_consent`` went negative)."""
 
 
-def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, frames: dict, changed: set[int] | None,
-              leave_out: set[str]) -> dict:
+def _bucket_counts(frames: dict, policy: Policy) -> dict[str, list[int]]:
+    """The counts of ``COUNTS`` in the buckets ``frames`` hold (tombstoned subjects and rows of nobody left out)."""
+    f, n = policy.features, policy.lake.buckets
+    base = set(frames[f.dataset][ft.KEY].unique().tolist()) if len(frames[f.dataset]) else set()
+    others = {k for d in {a.dataset for a in f.aggregates} if len(frames[d]) for k in frames[d][ft.KEY].unique().tolist()}
+    with_row, without = (np.bincount(bk.buckets_of(pd.Series(list(keys), dtype=object), n), minlength=n) for keys in (base, others - base))
+    return {bk.bucket_name(b): [int(with_row[b]), int(without[b])] for b in range(n) if with_row[b] or without[b]}
+
+
+def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, counts: dict, changed: set[int] | None) -> dict:
     policy, model = run.env.policy, run.node.model
-    base_rows = frames[policy.features.dataset]
-    base, without_base_row = _shard_subjects(run, leave_out) if changed is not None else (
-        set(base_rows[ft.KEY]) if len(base_rows) else set(), training.without_base_row)
+    n_base, without_base_row = (sum(c[i] for c in counts.values()) for i in (0, 1))
     names = ft.feature_names(policy)
     k = n_classes(policy, model)
     target = written[ft.LABEL].to_numpy()
@@ -119,7 +119,7 @@ def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, fra
         "rows": len(written),
         "train_rows": int((~written[ft.HOLDOUT]).sum()),
         "holdout_rows": int(written[ft.HOLDOUT].sum()),
-        "subjects_without_consent": len(base) - int(written[ft.KEY].nunique()),
+        "subjects_without_consent": n_base - int(written[ft.KEY].nunique()),
         **shape,
         "label_encoding": training.label_encoding,
         "features": len(names),
@@ -168,7 +168,10 @@ class TrainingSet(Kind):
         previous = None if stored is None else lk.table_from_bytes(stored, name=lk.table_name(node.name, p))
         # A missing number filled with the shard's mean depends on every row of the shard: a change (an erasure
         # above all) in one bucket changes the filled rows of all of them, so the whole shard is computed again.
-        changed = None if policy.features.shard_wide else _changed_buckets(run, inputs, stored, previous, tombstoned)
+        recorded = lk.table_inputs(store, node.name, p, stored) if previous is not None else None
+        counted = recorded.pop(COUNTS, None) if recorded is not None else None  # None: a table written before they were kept
+        changed = None if policy.features.shard_wide or counted is None else \
+            _changed_buckets(run, inputs, recorded, stored, previous, tombstoned)
         frames = {}
         for parent in node.parents:
             rows = env.read_rows(parent, p, buckets=changed, cache=True)
@@ -188,10 +191,13 @@ class TrainingSet(Kind):
             rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
                 if len(rows) else kept.reset_index(drop=True)
             rows = rows.astype(training.rows.dtypes.to_dict())
-        digest = lk.write_table(store, node.name, p, rows, inputs=inputs)
+        counts = _bucket_counts(frames, policy)
+        if changed is not None:
+            counts = {b: c for b, c in counted.items() if int(b[2:]) not in changed} | counts
+        digest = lk.write_table(store, node.name, p, rows, inputs={**inputs, COUNTS: dict(sorted(counts.items()))})
         finish(run, digest, provenance=(training.rows if scope is not None else rows)[ft.KEY].value_counts().to_dict(), provenance_scope=scope)
         return NodeResult(digest, None, {
-            **_metadata(run, rows, training, frames, changed, tombstoned | {NO_SUBJECT}), "content_hash": digest,
+            **_metadata(run, rows, training, counts, changed), "content_hash": digest,
             "noncurrent_versions_purged": purge(run, lk.table_name(node.name, p)),
         }, (tombstone_check(rows[ft.KEY], tombstoned),))
 

@@ -105,12 +105,6 @@ class NodeRecords:
         with self.db.connect() as conn:
             return {r.subject_key for r in conn.execute(q)}
 
-    def subjects_in(self, assets: Iterable[str], partition: str) -> set[str]:
-        """The subjects the ledger records rows of in any of ``assets`` at ``partition``."""
-        q = sa.select(P.subject_key).where(P.asset.in_(list(assets)), P.partition == partition).distinct()
-        with self.db.connect() as conn:
-            return set(conn.execute(q).scalars())
-
     def look_alikes(self, skeleton_key: str, subject_key: str) -> set[str]:
         """Subjects other than ``subject_key`` whose id has this skeleton and who hold data somewhere."""
         q = sa.select(P.subject_key).where(P.skeleton_key == skeleton_key, P.subject_key != subject_key).distinct()

@@ -87,8 +87,6 @@ class TrainingSet:
     """How the label's values became classes (or targets), for the materialisation's metadata."""
     filled: Mapping[str, int] = field(default_factory=dict)
     """Numeric feature -> rows whose missing value was filled (or dropped) as the declaration says."""
-    without_base_row: int = 0
-    """Subjects with rows in an aggregated dataset but none in the features' dataset: they feed no training row."""
 
 
 def _numbers(values: pd.Series) -> pd.Series:
@@ -201,12 +199,11 @@ def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str
     names = feature_names(policy)
     label = model_label(policy, model)
     base = frames[f.dataset]
-    without_base = _without_base_row(frames, f)
     chosen = base[consenting(base, policy)] if not base.empty else base
     if chosen.empty:
         label_dtype = "float64" if label.n_classes is None else "int64"
         return TrainingSet(pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype=label_dtype),
-                                         **{n: pd.Series(dtype="float64") for n in names}}), "no rows", {}, without_base)
+                                         **{n: pd.Series(dtype="float64") for n in names}}), "no rows", {})
     chosen = joined(chosen.sort_values([KEY, policy.datasets[f.dataset].id], kind="stable"), frames, f.joins, where=where)
     numbers, drop, filled = filled_numbers(chosen, f, where=where)
     chosen, numbers = chosen[~drop], {c: v[~drop] for c, v in numbers.items()}
@@ -226,18 +223,7 @@ def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str
         computed = function_features(fn, i, frames, keys, policy.code_dirs)
         for o in fn.outputs:
             out[o] = computed[o].to_numpy()
-    return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding, filled, without_base)
-
-
-def _without_base_row(frames: Mapping[str, pd.DataFrame], f: FeaturesPolicy) -> int:
-    """Subjects that aggregated datasets hold rows of, with no row in the features' dataset."""
-    base = set(frames[f.dataset][KEY]) if len(frames[f.dataset]) else set()
-    others = set()
-    for agg in f.aggregates:
-        rows = frames[agg.dataset]
-        if len(rows):
-            others.update(rows[KEY].unique().tolist())
-    return len(others - base)
+    return TrainingSet(out[[KEY, HOLDOUT, LABEL, *names]].reset_index(drop=True), encoding, filled)
 
 
 def training_labels(rows: pd.DataFrame, policy: Policy, model: str, *, where: str) -> np.ndarray:
