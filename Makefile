@@ -55,3 +55,4 @@ bench:
 	$(PY) -m benchmarks.verify_batch
 	$(PY) -m benchmarks.recipients_delivery
 	$(PY) -m benchmarks.sealing_cost --subjects 200000
+	$(PY) -m benchmarks.fill_cost --subjects 200000
