@@ -166,10 +166,10 @@ class TrainingSet(Kind):
         inputs = {parent: _bucket_hashes(env, parent, p) for parent in node.parents}
         stored = store.read_bytes(lk.table_name(node.name, p))
         previous = None if stored is None else lk.table_from_bytes(stored, name=lk.table_name(node.name, p))
-        # A missing number filled with the shard's mean depends on every row of the shard: a change (an erasure
-        # above all) in one bucket changes the filled rows of all of them, so the whole shard is computed again.
         recorded = lk.table_inputs(store, node.name, p, stored) if previous is not None else None
         counted = recorded.pop(COUNTS, None) if recorded is not None else None  # None: a table written before they were kept
+        # A missing number filled with the shard's mean depends on every row of the shard: a change (an erasure
+        # above all) in one bucket changes the filled rows of all of them, so the whole shard is computed again.
         changed = None if policy.features.shard_wide or counted is None else \
             _changed_buckets(run, inputs, recorded, stored, previous, tombstoned)
         frames = {}
