@@ -92,23 +92,25 @@ def _changed_buckets(run: NodeRun, inputs: dict, recorded: dict | None, stored: 
 
 
 COUNTS = "#subject_counts"
-"""An entry of the table's recorded inputs that names no node: per raw bucket, [subjects with a row in the
-features' dataset, subjects with rows only in an aggregated one], so a build that reads the changed buckets
-only still counts the shard's (from the rows read, ``subjects_without_consent`` went negative)."""
+"""An entry of the table's recorded inputs that names no node: per raw bucket, the subjects with a row in the
+features' dataset (``with_row``), those with rows only in an aggregated one (``only_aggregated``) and the
+training rows whose number each fill gave (``filled_<column>``), so a build that reads the changed buckets only
+still counts the shard's (from the rows read, ``subjects_without_consent`` went negative)."""
 
 
-def _bucket_counts(frames: dict, policy: Policy) -> dict[str, list[int]]:
+def _bucket_counts(frames: dict, training: ft.TrainingSet, policy: Policy) -> dict[str, dict[str, int]]:
     """The counts of ``COUNTS`` in the buckets ``frames`` hold (tombstoned subjects and rows of nobody left out)."""
     f, n = policy.features, policy.lake.buckets
     base = set(frames[f.dataset][ft.KEY].unique().tolist()) if len(frames[f.dataset]) else set()
     others = {k for d in {a.dataset for a in f.aggregates} if len(frames[d]) for k in frames[d][ft.KEY].unique().tolist()}
-    with_row, without = (np.bincount(bk.buckets_of(pd.Series(list(keys), dtype=object), n), minlength=n) for keys in (base, others - base))
-    return {bk.bucket_name(b): [int(with_row[b]), int(without[b])] for b in range(n) if with_row[b] or without[b]}
+    keys = {"with_row": list(base), "only_aggregated": list(others - base), **{f"filled_{c}": ks for c, ks in training.filled.items()}}
+    per = {name: np.bincount(bk.buckets_of(pd.Series(ks, dtype=object), n), minlength=n) for name, ks in keys.items()}
+    return {bk.bucket_name(b): {name: int(c[b]) for name, c in per.items() if c[b]} for b in range(n) if any(c[b] for c in per.values())}
 
 
 def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, counts: dict, changed: set[int] | None) -> dict:
     policy, model = run.env.policy, run.node.model
-    n_base, without_base_row = (sum(c[i] for c in counts.values()) for i in (0, 1))
+    total = {name: sum(c.get(name, 0) for c in counts.values()) for name in {name for c in counts.values() for name in c}}
     names = ft.feature_names(policy)
     k = n_classes(policy, model)
     target = written[ft.LABEL].to_numpy()
@@ -119,15 +121,15 @@ def _metadata(run: NodeRun, written: pd.DataFrame, training: ft.TrainingSet, cou
         "rows": len(written),
         "train_rows": int((~written[ft.HOLDOUT]).sum()),
         "holdout_rows": int(written[ft.HOLDOUT].sum()),
-        "subjects_without_consent": n_base - int(written[ft.KEY].nunique()),
+        "subjects_without_consent": total.get("with_row", 0) - int(written[ft.KEY].nunique()),
         **shape,
         "label_encoding": training.label_encoding,
         "features": len(names),
         "constant_features": ft.constant_features(written, names),
         "subjects_recomputed": f"{len(training.rows)} rows in {len(changed)} changed buckets" if changed is not None else
                                f"all (filled with the shard's mean: {', '.join(policy.features.shard_wide)})" if policy.features.shard_wide else "all",
-        "subjects_without_features_row": without_base_row,
-        **{f"filled_{c}": n for c, n in training.filled.items()},
+        "subjects_without_features_row": total.get("only_aggregated", 0),
+        **{name: n for name, n in sorted(total.items()) if name.startswith("filled_")},
     }
 
 
@@ -191,7 +193,7 @@ class TrainingSet(Kind):
             rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
                 if len(rows) else kept.reset_index(drop=True)
             rows = rows.astype(training.rows.dtypes.to_dict())
-        counts = _bucket_counts(frames, policy)
+        counts = _bucket_counts(frames, training, policy)
         if changed is not None:
             counts = {b: c for b, c in counted.items() if int(b[2:]) not in changed} | counts
         digest = lk.write_table(store, node.name, p, rows, inputs={**inputs, COUNTS: dict(sorted(counts.items()))})

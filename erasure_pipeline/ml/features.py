@@ -85,8 +85,8 @@ class TrainingSet:
     """One row per consenting row of the features' dataset: key, holdout flag, label, features; sorted by key."""
     label_encoding: str
     """How the label's values became classes (or targets), for the materialisation's metadata."""
-    filled: Mapping[str, int] = field(default_factory=dict)
-    """Numeric feature -> rows whose missing value was filled (or dropped) as the declaration says."""
+    filled: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Numeric feature -> the subject keys of the rows whose missing value was filled (or dropped) as declared."""
 
 
 def _numbers(values: pd.Series) -> pd.Series:
@@ -171,10 +171,10 @@ def require_numbers(rows: pd.DataFrame, policy: Policy, *, where: str) -> None:
                 raise FeatureError(_no_value(where, c, n))
 
 
-def filled_numbers(rows: pd.DataFrame, f: FeaturesPolicy, *, where: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
-    """(numeric feature -> values with missing ones filled, rows to drop, feature -> how many were missing).
+def filled_numbers(rows: pd.DataFrame, f: FeaturesPolicy, *, where: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(numeric feature -> values with missing ones filled, rows to drop, feature -> which rows were missing).
     ``mean`` is the mean over this shard's rows: a shard's features stay a function of its own rows."""
-    values, drop, counts = {}, np.zeros(len(rows), dtype=bool), {}
+    values, drop, missing_rows = {}, np.zeros(len(rows), dtype=bool), {}
     for c in f.numeric_columns:
         x = _numbers(rows[c]).to_numpy()
         missing = np.isnan(x)
@@ -187,9 +187,9 @@ def filled_numbers(rows: pd.DataFrame, f: FeaturesPolicy, *, where: str) -> tupl
                 drop |= missing
             else:
                 x = np.where(missing, float(np.nanmean(x)) if fill == "mean" and n < len(x) else 0.0, x)
-            counts[c] = n
+            missing_rows[c] = missing
         values[c] = x
-    return values, drop, counts
+    return values, drop, missing_rows
 
 
 def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str, *, where: str) -> TrainingSet:
@@ -205,7 +205,8 @@ def training_rows(frames: Mapping[str, pd.DataFrame], policy: Policy, model: str
         return TrainingSet(pd.DataFrame({KEY: pd.Series(dtype=str), HOLDOUT: pd.Series(dtype=bool), LABEL: pd.Series(dtype=label_dtype),
                                          **{n: pd.Series(dtype="float64") for n in names}}), "no rows", {})
     chosen = joined(chosen.sort_values([KEY, policy.datasets[f.dataset].id], kind="stable"), frames, f.joins, where=where)
-    numbers, drop, filled = filled_numbers(chosen, f, where=where)
+    numbers, drop, missing = filled_numbers(chosen, f, where=where)
+    filled = {c: chosen[KEY].to_numpy()[m] for c, m in missing.items()}
     chosen, numbers = chosen[~drop], {c: v[~drop] for c, v in numbers.items()}
     keys = chosen[KEY].reset_index(drop=True)
     out = pd.DataFrame({KEY: keys.to_numpy()})
