@@ -351,23 +351,34 @@ def test_the_cli_prints_no_telemetry_banner_on_an_instance_without_a_dagster_yam
         assert "enabled: false" in (bare / "dagster.yaml").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit: 'later files win on id' holds within a subject's shard (staged rows) and the buckets a cycle "
-    "rewrites; an id sent again under another subject (a corrected attribution) keeps its old row under the old "
-    "subject, in one batch when the two subjects fall in different shards and across cycles always. Needs ids "
-    "resolved across shards at staging and an index of ids by bucket (docs/ARCHITECTURE.md, 'Cycles'). Strict: "
-    "passing means it was fixed."))
-@pytest.mark.parametrize("batches", [1, 2])
-def test_an_id_sent_again_under_another_subject_is_one_row(tmp_path, batches):
+@pytest.mark.parametrize("shard", ["other", "same"])
+@pytest.mark.parametrize("how", ["one batch", "materialize again", "cycle"])
+def test_an_id_sent_again_under_another_subject_is_one_row_and_erasing_them_leaves_none(tmp_path, how, shard):
+    """Later files win on id across subjects: a corrected attribution moves the row, wherever the old one is (the
+    old subject's shard or another, the same batch or an earlier one), and erasing its new subject leaves no copy."""
     rows = people(40)
     keyer = identity.Keyer(PEPPER.encode(), 2, tuple(identity.DEFAULT_NORMALISE))
-    other = "someone.else@mail.example"
-    assert identity.shard_of(keyer.key(rows["email"][5]), 2) != identity.shard_of(keyer.key(other), 2)
+    old_shard = identity.shard_of(keyer.key(rows["email"][5]), 2)
+    other = next(e for i in range(100) if (e := f"someone{i}.else@mail.example")
+                 and (identity.shard_of(keyer.key(e), 2) == old_shard) == (shard == "same"))
     with home(tmp_path, MINIMAL):
         land("people/export1.csv", rows)
-        if batches == 2:
+        if how != "one batch":
             assert _cli("materialize").exit_code == 0
-        land("people/export2.csv", rows.iloc[[5]].assign(email=other))  # later files win on id
-        assert _cli("materialize").exit_code == 0
-        held = pd.concat([stores.table(stores.lake(), "raw_people", p) for p in ("shard_00", "shard_01")])
-        assert (held["person_id"] == "p-00005").sum() == 1
+        land("people/export2.csv", rows.iloc[[5]].assign(email=other, age=99.0))  # later files win on id
+        out = _cli("cycle") if how == "cycle" else _cli("materialize")
+        assert out.exit_code == 0, out.output
+
+        def held() -> pd.DataFrame:
+            return pd.concat([stores.table(stores.lake(), "raw_people", p) for p in ("shard_00", "shard_01")])
+
+        moved = held()[lambda df: df["person_id"] == "p-00005"]
+        assert len(moved) == 1 and moved["age"].tolist() == [99.0] and moved["email"].tolist() == [other], moved
+        assert len(held()) == 40
+        raw_held = {(r["asset"], r["partition"]) for r in stores.default_ledger().nodes.provenance_for([keyer.key(rows["email"][5])])
+                    if r["asset"] == "raw_people"}
+        assert raw_held == set(), raw_held  # the old subject holds nothing in the lake now, and the ledger says so
+        rid = _cli("erase", other).output.strip()
+        assert _cli("process").exit_code == 0
+        assert (held()["person_id"] == "p-00005").sum() == 0 and len(held()) == 39
+        assert _cli("verify", rid).exit_code == 0

@@ -2,15 +2,18 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from erasure_pipeline.app.demo import demo_graph, demo_policy
-from erasure_pipeline.core.contracts import contracts_for
+from erasure_pipeline.core import identity
+from erasure_pipeline.core.contracts import TableContract, contracts_for
 from erasure_pipeline.core.errors import DamagedObject, PipelineError
 from erasure_pipeline.core.identity import Keyer
 from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.ml.embed import chunk_text, embed, point_id
 from erasure_pipeline.stores import lake as lk
+from erasure_pipeline.stores import superseded
 from erasure_pipeline.stores.landing import read_landing_table, scrub_landing
 from erasure_pipeline_tests import stores
 
@@ -227,3 +230,59 @@ def test_model_fingerprint_survives_a_pickle_round_trip_for_every_estimator(name
     model.fit(X, y)
     saved = {"model": model, "features": ["a", "b", "c"]}
     assert lk.model_fingerprint(saved) == lk.model_fingerprint(lk.loads_model(lk.dumps_model(saved)))
+
+
+# ---------------------------------------------------------------- ids sent again under another subject
+def _people_file(number: int, pairs: list[tuple[str, str]], shards: int = 2):
+    contract = TableContract("people", "person_id", "email")
+    keys = [k * 64 for _i, k in pairs]
+    frame = pd.DataFrame({"person_id": [i for i, _k in pairs], "subject_key": keys, "shard": identity.shards_of(pd.Series(keys), shards)})
+    return contract, superseded.Sighting.of(number, frame, contract)
+
+
+def test_retractions_name_each_older_attribution_of_an_id_in_its_own_shard_and_never_the_id(tmp_path):
+    keyer = identity.Keyer(b"p" * 32, 2, ())
+    lake = stores.lake_at(str(tmp_path))
+    shard = {k: identity.shard_of(k * 64, 2) for k in "abcd"}
+    contract, first = _people_file(0, [("p1", "a"), ("p2", "b"), ("p3", "d")])
+    _, second = _people_file(1, [("p1", "c"), ("p2", "b")])
+    _, third = _people_file(2, [("p3", "a")])
+    in_lake = pd.DataFrame({"id": ["p3", "p9"], "subject_key": ["b" * 64, "d" * 64], "shard": [shard["b"], shard["d"]]})
+
+    def held():
+        return pa.Table.from_pandas(in_lake, preserve_index=False)
+
+    got = superseded.resolve(lake, "_staging", "b1", contract, [third, first, second], keyer, held)  # any order: by number
+    retracted = {s: superseded.read(lake, "_staging", "b1", "people", s) for s in (0, 1)}
+    pairs = {(s, k[0], h) for s, df in retracted.items() if df is not None for k, h in zip(df["subject_key"], df["id_hash"], strict=True)}
+    h = dict(zip(["p1", "p3"], superseded.id_hashes(keyer, ["p1", "p3"]), strict=True))
+    # p1: a -> c (a's copy goes); p2: b twice (nothing); p3: d in the batch and b in the lake, then a (both go)
+    assert pairs == {(shard["a"], "a", h["p1"]), (shard["d"], "d", h["p3"]), (shard["b"], "b", h["p3"])}
+    assert got == {s for s, _k, _h in pairs}
+    for s in got:
+        data = lake.read_bytes(superseded.retracted_name("_staging", "b1", "people", s))
+        assert b"p1" not in data and b"p3" not in data  # a keyed hash of the id, never the id
+
+
+def test_an_id_sent_again_under_its_own_subject_or_a_dataset_keyed_by_the_subject_retracts_nothing(tmp_path):
+    keyer = identity.Keyer(b"p" * 32, 2, ())
+    lake = stores.lake_at(str(tmp_path))
+    contract, seen = _people_file(0, [("p1", "a"), ("p2", "b")])
+    held = lambda: pa.table({"id": ["p1"], "subject_key": ["a" * 64], "shard": [identity.shard_of("a" * 64, 2)]})
+    assert superseded.resolve(lake, "_staging", "b1", contract, [seen], keyer, held) == set()
+    assert superseded.resolve(lake, "_staging", "b1", contract, [], keyer, held) == set()
+    by_subject = TableContract("people", "email", "email")
+    assert superseded.resolve(lake, "_staging", "b1", by_subject, [seen], keyer, held) == set()
+    assert lake.list("_staging/") == []
+
+
+def test_dropping_retracted_rows_takes_the_pair_only():
+    keyer = identity.Keyer(b"p" * 32, 2, ())
+    frame = pd.DataFrame({"person_id": ["p1", "p2", "p1", "p3"], "subject_key": ["a" * 64, "a" * 64, "c" * 64, "b" * 64]})
+    frame.attrs["carried"] = {"x": "y"}
+    retracted = pd.DataFrame({"subject_key": ["a" * 64, "b" * 64], "id_hash": superseded.id_hashes(keyer, ["p1", "p9"])})
+    out, n = superseded.drop(frame, retracted, "person_id", keyer)
+    assert n == 1 and out["person_id"].tolist() == ["p2", "p1", "p3"] and out["subject_key"].tolist() == ["a" * 64, "c" * 64, "b" * 64]
+    assert out.attrs["carried"] == {"x": "y"}
+    assert superseded.drop(frame, None, "person_id", keyer) == (frame, 0)
+    assert superseded.drop(None, retracted, "person_id", keyer) == (None, 0)

@@ -18,8 +18,9 @@ from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.kinds.base import Env, NodeResult
 from erasure_pipeline.kinds.staleness import expired_partitions
 from erasure_pipeline.ml.labels import check_labels
+from erasure_pipeline.stores import superseded
 from erasure_pipeline.stores.lake import content_hash
-from erasure_pipeline.stores.landing import Staged, landing_files, scrub_staging, scrub_subjects, stage
+from erasure_pipeline.stores.landing import STAGING, Staged, landing_files, scrub_staging, scrub_subjects, stage
 
 IsLive = Callable[[str, dict | None], bool]
 
@@ -194,6 +195,7 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
                        env.keys, workers=STAGING_THREADS)
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
+        _retract(env, staged, lake_is_record=kind != "rebuild" or policy.landing.keep_days is not None)
     forced = _forced(env, kind, staged, as_of, stale or {})
     mode = "rebuild" if kind == "rebuild" else "ingest"
     names = None if files is None else tuple(f.name for f in present)
@@ -206,6 +208,18 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
     return RunPlan(kind, batch_id, True, run_id, works, merges, landing_scrubbed=len(staged.scrubbed) if staged else 0,
                    without_subject=dict(staged.without_subject) if staged else {}, prepares=prepares,
                    unmatched=tuple(unmatched_files(env)))
+
+
+def _retract(env: Env, staged: Staged, lake_is_record: bool) -> None:
+    """Stage the retractions of ids this batch sends under another subject than before (``stores.superseded``);
+    the shards holding the rows they supersede join the batch's shards, so their raw steps run."""
+    contracts, raw_of = contracts_for(env.policy), {n.table: n for n in env.graph.raw_nodes}
+    for table, seen in staged.sightings.items():
+        contract, node = contracts[table], raw_of[table]
+        held = superseded.lake_rows(env.lake, node.name, env.graph.partitions, contract.id_column, env.keys) if lake_is_record else None
+        shards = superseded.resolve(env.lake, STAGING, staged.batch, contract, seen, env.keyer, held)
+        if shards:
+            staged.shards.setdefault(table, set()).update(shards)
 
 
 def _stale_derived(env: Env, visited: set[int], mode: str) -> tuple[ShardWork, ...]:

@@ -48,6 +48,7 @@ from erasure_pipeline.kinds.raw_rows import (
     declared_reads,
     lake_held,
     proof_manifest,
+    retention_cutoff,
     rewrite_partition,
     sealed_as_declared,
     skeletons,
@@ -57,7 +58,8 @@ from erasure_pipeline.kinds.raw_rows import (
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
-from erasure_pipeline.stores.landing import read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
+from erasure_pipeline.stores import superseded
+from erasure_pipeline.stores.landing import STAGING, read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
 
 
 def node_name(dataset: str) -> str:
@@ -67,19 +69,6 @@ def node_name(dataset: str) -> str:
 
 def is_features_dataset(policy: Policy, dataset: str) -> bool:
     return policy.features is not None and policy.features.dataset == dataset
-
-
-def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:
-    """The latest of this run's cutoff and every earlier cycle's (cutoffs only move forward); None without retention."""
-    if policy.retention_days is None:
-        return None
-    times = [b["as_of"] for b in book.runs.landing_batches() if b["kind"] == "cycle"]
-    if as_of:
-        times.append(as_of)
-    if not times:
-        return None
-    latest = max(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in times)
-    return latest - dt.timedelta(days=policy.retention_days)
 
 
 @dataclass
@@ -98,6 +87,8 @@ class _Step:
     incoming: pd.DataFrame | None
     carry: frozenset[str] = frozenset()
     """The sealed columns moved with their rows as stored, never opened (``raw_rows.carried_in_step``)."""
+    retracted: pd.DataFrame | None = None
+    """Rows of this shard an id sent again under another subject supersedes (``stores.superseded``)."""
     carried: dict[str, str] = field(default_factory=dict)
     touched: set[int] = field(default_factory=set)
     erasing: set[str] = field(default_factory=set)
@@ -164,7 +155,8 @@ def _plan(run: NodeRun) -> _Step:
         incoming = incoming.assign(_b=bk.buckets_of(incoming["subject_key"], B))
     cutoff = retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None
     step = _Step(run, contract, stones, Tombstones.load(env.ledger, env.keyer), previous,
-                 run.mode == "rebuild" or previous is None or relayout, relayout, cutoff, incoming, carry)
+                 run.mode == "rebuild" or previous is None or relayout, relayout, cutoff, incoming, carry,
+                 superseded.read(env.lake, STAGING, run.staged, contract.name, run.shard) if run.staged else None)
     if step.whole:
         step.touched = set(range(B))
         if relayout and run.mode == "erasure":
@@ -175,6 +167,8 @@ def _plan(run: NodeRun) -> _Step:
         step.touched = set() if incoming is None else set(np.unique(incoming["_b"]).tolist())
         if step.cutoff is not None and step.timestamp:
             step.touched |= {b for b, i in previous.buckets.items() if i.oldest and pd.Timestamp(i.oldest) < pd.Timestamp(step.cutoff)}
+        if step.retracted is not None:
+            step.touched |= set(bk.buckets_of(step.retracted["subject_key"], B).tolist()) & set(previous.buckets)
     return step
 
 
@@ -218,6 +212,8 @@ def _rewrite(step: _Step) -> None:
     new = None if incoming is None or incoming.empty else incoming[incoming["_b"].isin(list(step.touched))].drop(columns=["_b"])
     (step.old, step.new), step.carried = carried_alike([step.old, None if new is not None and new.empty else new], run.env.keys, where)
     check_opened(step.old, step.everyone.current | step.stones.current, where)
+    (step.old, gone), (step.new, late) = (superseded.drop(f, step.retracted, contract.id_column, run.env.keyer) for f in (step.old, step.new))
+    step.counts["superseded"] = gone + late
     result, step.counts["dropped"] = rewrite_partition(step.old, step.new, contract.id_column,
                                                        step.stones.keys_in([step.old, step.new], contract.subject_column))
     # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
@@ -314,6 +310,8 @@ def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str
     scope: set[str] = set(counts) | set(step.erasing) | named | set(awaiting)
     if step.old is not None and len(step.old):
         scope.update(step.old["subject_key"].unique().tolist())
+    if step.retracted is not None:  # a subject whose only row here moved to another subject holds nothing here now
+        scope.update(k for k in step.retracted["subject_key"] if bk.bucket_of(k, step.buckets) in step.frames)
     for key in named - set(counts):
         n = len(step.manifest.mentioning(key))
         if n:
@@ -334,6 +332,7 @@ def _result(step: _Step, present: pd.Series) -> NodeResult:
         "rows_without_subject_added": 0 if step.incoming is None else int((step.incoming["subject_key"] == NO_SUBJECT).sum()),
         "tombstoned_rows_dropped": c["dropped"],
         "tombstoned_ids_redacted_in_text": c["redacted"],
+        "rows_superseded_under_another_subject": c.get("superseded", 0),
         "rows_past_retention": c["expired"],
         "retention_cutoff": step.cutoff.isoformat() if step.cutoff else "",
         "consent_changes": len(step.consent),

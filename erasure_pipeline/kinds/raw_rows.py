@@ -29,6 +29,19 @@ from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores.landing import key_frame
 
 
+def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:
+    """The latest of this run's cutoff and every earlier cycle's (cutoffs only move forward); None without retention."""
+    if policy.retention_days is None:
+        return None
+    times = [b["as_of"] for b in book.runs.landing_batches() if b["kind"] == "cycle"]
+    if as_of:
+        times.append(as_of)
+    if not times:
+        return None
+    latest = max(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in times)
+    return latest - dt.timedelta(days=policy.retention_days)
+
+
 def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff: dt.datetime | None) -> tuple[pd.DataFrame, int]:
     """Drop rows whose timestamp is older than ``cutoff`` (datasets without a timestamp are kept)."""
     cols = contract.timestamps

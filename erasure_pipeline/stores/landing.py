@@ -28,7 +28,7 @@ from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.core.identity import Keyer
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
 from erasure_pipeline.stores import lake as lk
-from erasure_pipeline.stores import landing_index
+from erasure_pipeline.stores import landing_index, superseded
 from erasure_pipeline.stores.lake import Lake
 
 STAGING = "_staging"
@@ -141,6 +141,23 @@ class Staged:
     """Rows whose subject column was empty, by dataset (dropped or kept, as each dataset declares)."""
     scrubbed: dict[str, str] = field(default_factory=dict)
     """Landing files rewritten without tombstoned subjects (a source sent them again): name -> new content hash."""
+    sightings: dict[str, list[superseded.Sighting]] = field(default_factory=dict)
+    """Each dataset's staged ids by file, for ``superseded.resolve`` (datasets whose rows can change subject)."""
+
+    def add(self, done: _StagedFile, index: landing_index.IndexBuilder) -> None:
+        """Fold in one staged file (in the batch's file order) and index it."""
+        f = done.file
+        if done.missing:
+            self.without_subject[f.table] = self.without_subject.get(f.table, 0) + done.missing
+        if done.scrubbed is not None:
+            self.scrubbed[f.name] = done.scrubbed
+        self.rows += done.rows
+        self.shards.setdefault(f.table, set()).update(done.shards)
+        index.add(f.name, done.keys, landing_index.ROWS)
+        if done.mentions is not None:
+            index.add(f.name, done.mentions, landing_index.MENTION)
+        if done.sighting is not None:
+            self.sightings.setdefault(f.table, []).append(done.sighting)
 
 
 @dataclass
@@ -154,6 +171,7 @@ class _StagedFile:
     shards: set[int] = field(default_factory=set)
     scrubbed: str | None = None
     mentions: list[str] | None = None
+    sighting: superseded.Sighting | None = None
 
 
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
@@ -190,6 +208,8 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
             done.shards.add(int(shard))
         if f.contract.texts:
             done.mentions = [k for ks in mentions_by_row(df, f.contract.texts, keyer) for k in ks]
+        if superseded.movable(f.contract):
+            done.sighting = superseded.Sighting.of(number, df, f.contract)
         return done
 
     # ``workers`` files at once (threads: parsing and Parquet release the GIL, the per-cell sealing does not;
@@ -200,18 +220,8 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     pool = ThreadPoolExecutor(max(1, workers))
     try:
         for done in itertools.chain(first, pool.map(one, range(1, len(files)), files[1:])):
-            if done is None:
-                continue
-            f = done.file
-            if done.missing:
-                out.without_subject[f.table] = out.without_subject.get(f.table, 0) + done.missing
-            if done.scrubbed is not None:
-                out.scrubbed[f.name] = done.scrubbed
-            out.rows += done.rows
-            out.shards.setdefault(f.table, set()).update(done.shards)
-            index.add(f.name, done.keys, landing_index.ROWS)
-            if done.mentions is not None:
-                index.add(f.name, done.mentions, landing_index.MENTION)
+            if done is not None:
+                out.add(done, index)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a file failed: the files not started are not staged
     out.index_entries = index.write(lake)
@@ -231,7 +241,7 @@ def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int, key
     """A shard's rows of one table from a batch's staging area, later files winning on id (None: no rows).
     ``carry``: sealed columns left sealed (``attrs["carried"]``) when every file stores them alike, as
     ``buckets.read_buckets`` does."""
-    names = lake.list(f"{STAGING}/{batch}/{contract.name}/{identity.partition_key(shard)}/")
+    names = [n for n in lake.list(f"{STAGING}/{batch}/{contract.name}/{identity.partition_key(shard)}/") if not n.endswith(superseded.RETRACTED)]
     if not names:
         return None
     frames = [lk.table_from_bytes(lake.read_bytes(n), name=n, keys=keys, carry=carry) for n in names]
