@@ -56,3 +56,4 @@ bench:
 	$(PY) -m benchmarks.recipients_delivery
 	$(PY) -m benchmarks.sealing_cost --subjects 200000
 	$(PY) -m benchmarks.fill_cost --subjects 200000
+	$(PY) -m benchmarks.superseded_cost --subjects 200000
