@@ -79,6 +79,23 @@ def insert_many(conn: Connection, table: sa.Table, rows: list[dict], *, or_ignor
     return conn.exec_driver_sql(sql, [tuple(bound(i, r[n]) for i, n in enumerate(names)) for r in rows]).rowcount
 
 
+def update_many(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -> None:
+    """Set each row's other columns where ``key`` equals its ``key`` value (dicts with the same keys). On SQLite through
+    the driver's executemany, as ``insert_many`` (SQLAlchemy's per-row parameter handling was most of rewrapping a
+    key group's data keys); elsewhere SQLAlchemy's executemany."""
+    if not rows:
+        return
+    names = [n for n in rows[0] if n != key]
+    if conn.dialect.name != "sqlite":
+        conn.execute(table.update().where(table.c[key] == sa.bindparam("_key")).values({n: sa.bindparam("_" + n) for n in names}),
+                     [{"_key": r[key], **{"_" + n: r[n] for n in names}} for r in rows])
+        return
+    prep = conn.dialect.identifier_preparer
+    sql = (f"UPDATE {prep.quote(table.name)} SET " + ", ".join(f"{prep.quote(n)} = ?" for n in names)
+           + f" WHERE {prep.quote(key)} = ?")
+    conn.exec_driver_sql(sql, [(*(r[n] for n in names), r[key]) for r in rows])
+
+
 def rows_by_subject(conn: Connection, table: sa.Table, keys: list[str], size: int, *columns) -> list:
     """Rows of ``table`` (``columns``, its ``subject_key`` first) whose subject key is one of ``keys``: by
     ``IN`` lists of ``size`` when they are few against the table, else one scan kept to those wanted (a build

@@ -41,7 +41,7 @@ from erasure_pipeline.core.crypto import DATA_KEY_BYTES, forget_ciphers
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
-from erasure_pipeline.ledger.db import Database, chunks, insert_many, rows_by_subject, utcnow
+from erasure_pipeline.ledger.db import Database, chunks, insert_many, rows_by_subject, update_many, utcnow
 
 GROUPS = 256
 KEY_CHUNK = 5000  # keys per IN (...) list: under SQLite's 32 766 bound parameters (3.32+), few round trips
@@ -343,13 +343,11 @@ class KeyRing:
         row = conn.execute(sa.select(t.key_groups).where(t.key_groups.c.grp == grp)).first()
         old = self._group_key(conn, grp, row.gen, row.kek_version, row.wrapped)
         new, gen = secrets.token_bytes(32), row.gen + 1
-        members = list(conn.execute(sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.grp == grp)))
+        members = conn.execute(sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.grp == grp)).all()
         old_aead, new_aead = AESGCM(old), AESGCM(new)
-        updates = [{"k": m.subject_key, "w": _seal(new_aead, _open(old_aead, m.wrapped, _dek_aad(m.subject_key), "a data key"),
-                                                    _dek_aad(m.subject_key))} for m in members]
-        if updates:
-            conn.execute(t.data_keys.update().where(t.data_keys.c.subject_key == sa.bindparam("k")).values(wrapped=sa.bindparam("w"), gen=gen),
-                         updates)
+        update_many(conn, t.data_keys, "subject_key", [
+            {"subject_key": k, "gen": gen, "wrapped": _seal(new_aead, _open(old_aead, w, _dek_aad(k), "a data key"), _dek_aad(k))}
+            for k, w in members])
         conn.execute(t.key_groups.update().where(t.key_groups.c.grp == grp).values(
             gen=gen, kek_version=version, wrapped=_seal(AESGCM(root), new, _group_aad(grp, gen))))
         self._groups.pop((grp, row.gen), None)
