@@ -267,6 +267,8 @@ def _dataset_line(env: Env, node, t: dict, plan: dict) -> str:
                      f"older than {t.get('retention_cutoff', '')[:10]})")
     if t.get("tombstoned_rows_dropped"):
         parts.append(f"{t['tombstoned_rows_dropped']:,} of erased subjects dropped")
+    if t.get("rows_superseded_under_another_subject"):
+        parts.append(f"{t['rows_superseded_under_another_subject']:,} older rows replaced by their id sent again under another subject")
     if missing:
         parts.append(f"{missing:,} without a subject ({ {'drop': 'dropped', 'keep': 'kept as rows of nobody'}.get(rule)})")
     return f"{node.table}: " + ", ".join(parts) + f"; {t.get('rows', 0):,} rows in the partitions written"
