@@ -158,7 +158,7 @@ def read_buckets(store: Lake, asset: str, partition: str, buckets: Iterable[int]
     unreadable: dict[str, int] = {}
     for b in wanted:
         name = object_name(asset, partition, b)
-        opened = lk.read_parquet(_listed_bytes(store, name), columns, name, keys, only, carry)
+        opened = lk.read_parquet(listed_bytes(store, name), columns, name, keys, only, carry)
         tables.append(opened.table)
         carried.append(opened.carried)
         for k, n in opened.unreadable.items():
@@ -186,7 +186,7 @@ def read_stored(store: Lake, asset: str, partition: str, buckets: Iterable[int],
     out = {}
     for b in sorted(set(buckets) & set(manifest.buckets)):
         name = object_name(asset, partition, b)
-        data = _listed_bytes(store, name)
+        data = listed_bytes(store, name)
         try:
             out[b] = pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError, ValueError):
@@ -194,7 +194,7 @@ def read_stored(store: Lake, asset: str, partition: str, buckets: Iterable[int],
     return out
 
 
-def _listed_bytes(store: Lake, name: str) -> bytes:
+def listed_bytes(store: Lake, name: str) -> bytes:
     """A bucket file the manifest lists: its bytes, or ``DamagedObject`` when it is not in the lake."""
     data = store.read_bytes(name)
     if data is None:

@@ -87,7 +87,7 @@ def lake_rows(lake: Lake, asset: str, partitions: Iterable[str], id_column: str,
             manifest = bk.read_manifest(lake, asset, p)
             for b in sorted(manifest.buckets) if manifest is not None else ():
                 name = bk.object_name(asset, p, b)
-                t = lk.read_parquet(lake.read_bytes(name) or b"", [id_column, "subject_key"], name, keys).table
+                t = lk.read_parquet(bk.listed_bytes(lake, name), [id_column, "subject_key"], name, keys).table
                 tables.append(pa.table({"id": pc.cast(t.column(id_column), pa.string()), "subject_key": pc.cast(t.column("subject_key"), pa.string()),
                                         "shard": pa.array(np.full(t.num_rows, identity.shard_from_partition(p), dtype=np.int64))}))
         return pa.concat_tables(tables) if tables else None
@@ -117,8 +117,8 @@ def resolve(lake: Lake, staging: str, batch: str, contract: TableContract, seen:
     stale = rows.filter(pc.not_equal(rows.column("subject_key"), latest)).to_pandas()
     stale = stale.drop_duplicates(["id", "subject_key"])
     shards = set()
-    for shard, rows in stale.groupby("shard"):
-        out = pd.DataFrame({"subject_key": rows["subject_key"].astype(str).to_numpy(), "id_hash": id_hashes(keyer, rows["id"])})
+    for shard, group in stale.groupby("shard"):
+        out = pd.DataFrame({"subject_key": group["subject_key"].astype(str).to_numpy(), "id_hash": id_hashes(keyer, group["id"])})
         lake.write_bytes(retracted_name(staging, batch, contract.name, int(shard)), lk.table_to_bytes(out.sort_values(["subject_key", "id_hash"])))
         shards.add(int(shard))
     return shards
