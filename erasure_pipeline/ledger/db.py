@@ -212,6 +212,18 @@ class Database:
     def connect(self):
         return self.engine.connect()
 
+    def checkpoint(self, *, truncate: bool = False) -> None:
+        """SQLite: copy the write-ahead log into the database file, outside any transaction. ``truncate``: wait for
+        writers and readers and empty the log file (deleted rows' bytes leave it); else take what no reader holds,
+        without waiting. Other engines: nothing to do."""
+        if self.dialect != "sqlite":
+            return
+        raw = self.engine.raw_connection()
+        try:
+            raw.cursor().execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchall()
+        finally:
+            raw.close()
+
     def lock_chain(self, conn: Connection) -> None:
         """Serialise this transaction with every other writer of the chain (SQLite: BEGIN IMMEDIATE does)."""
         if self.dialect == "postgresql":

@@ -355,11 +355,7 @@ class KeyRing:
     def _forget_deleted(self) -> None:
         """Make the database engine let go of deleted rows' bytes (see the module's docstring)."""
         if self.db.dialect == "sqlite":  # outside any transaction (a checkpoint cannot run inside one)
-            raw = self.db.engine.raw_connection()
-            try:
-                raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            finally:
-                raw.close()
+            self.db.checkpoint(truncate=True)
         elif self.db.dialect == "postgresql":
             with self.db._base_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 prep = conn.dialect.identifier_preparer  # identifiers cannot be bound: quoted by the dialect
