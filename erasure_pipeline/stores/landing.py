@@ -183,7 +183,8 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     are numbered in the batch's order, so a shard reading its staged files in name order sees later files
     last (later files win on id). The staged rows are as read: the raw step drops tombstoned subjects and
     keeps the provenance of those whose erasure is still to run. Declared personal fields are staged sealed
-    (``keys``); tombstoned subjects get no key, their fields are staged empty."""
+    (``keys``); tombstoned subjects get no key, their fields are staged empty. Each file's ids are kept in memory
+    (``Staged.sightings``) for the claim to find ids sent again under another subject (``superseded.resolve``)."""
     out = Staged(batch)
     drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
     landing_index.delete_batch(lake, batch)
