@@ -14,7 +14,7 @@ from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.ml.embed import chunk_text, embed, point_id
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores import superseded
-from erasure_pipeline.stores.landing import read_landing_table, scrub_landing
+from erasure_pipeline.stores.landing import STAGING, read_landing_table, read_staged, scrub_landing, scrub_staging, staged_files
 from erasure_pipeline_tests import stores
 
 TICKETS = contracts_for(demo_policy())["tickets"]
@@ -286,3 +286,16 @@ def test_dropping_retracted_rows_takes_the_pair_only():
     assert out.attrs["carried"] == {"x": "y"}
     assert superseded.drop(frame, None, "person_id", keyer) == (frame, 0)
     assert superseded.drop(None, retracted, "person_id", keyer) == (None, 0)
+
+
+def test_an_erasure_scrubs_a_staged_retraction_of_the_subject_and_reading_the_shards_rows_skips_it(tmp_path):
+    keyer = identity.Keyer(b"p" * 32, 2, ())
+    lake = stores.lake_at(str(tmp_path))
+    contract, first = _people_file(0, [("p1", "a"), ("p2", "b")])
+    _, second = _people_file(1, [("p1", "c"), ("p2", "d")])
+    shards = superseded.resolve(lake, STAGING, "b1", contract, [first, second], keyer, None)
+    assert shards and all(superseded.retracted_name(STAGING, "b1", "people", s) in staged_files(lake) for s in shards)
+    assert all(read_staged(lake, "b1", contract, s) is None for s in shards)  # a retraction is not a staged row
+    assert scrub_staging(lake, {"a" * 64}) == 1  # the erased subject's retraction goes, the other's stays
+    left = pd.concat([superseded.read(lake, STAGING, "b1", "people", s) for s in shards])
+    assert left["subject_key"].tolist() == ["b" * 64]
