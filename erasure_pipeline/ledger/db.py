@@ -63,20 +63,29 @@ def insert_many(conn: Connection, table: sa.Table, rows: list[dict], *, or_ignor
         return conn.execute(insert(table).on_conflict_do_nothing() if or_ignore else table.insert(), rows).rowcount
     names = list(rows[0])
     prep = conn.dialect.identifier_preparer
+    sql = ("INSERT OR IGNORE INTO " if or_ignore else "INSERT INTO ") + prep.quote(table.name) + " (" + ", ".join(
+        prep.quote(n) for n in names) + ") VALUES (" + ", ".join("?" for _ in names) + ")"
+    return conn.exec_driver_sql(sql, _driver_rows(conn, table, names, rows)).rowcount
+
+
+def _driver_rows(conn: Connection, table: sa.Table, names: list[str], rows: list[dict]) -> list[tuple]:
+    """``rows`` as the driver's parameter tuples (``names`` in order), each column's bind processor applied: once per
+    distinct value (a build's rows share one timestamp: processed once, not once a row), except for binary columns,
+    whose values are each row's own (wrapped keys: remembering them cost more than wrapping them)."""
     processors = [table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names]
-    processed: list[dict] = [{} for _ in names]
+    processed: list[dict | None] = [None if isinstance(table.c[n].type, sa.LargeBinary) else {} for n in names]
 
     def bound(i: int, value):
         if processors[i] is None or value is None:
             return value
         seen = processed[i]
-        if value not in seen:  # a build's rows share one timestamp: processed once, not once a row
+        if seen is None:
+            return processors[i](value)
+        if value not in seen:
             seen[value] = processors[i](value)
         return seen[value]
 
-    sql = ("INSERT OR IGNORE INTO " if or_ignore else "INSERT INTO ") + prep.quote(table.name) + " (" + ", ".join(
-        prep.quote(n) for n in names) + ") VALUES (" + ", ".join("?" for _ in names) + ")"
-    return conn.exec_driver_sql(sql, [tuple(bound(i, r[n]) for i, n in enumerate(names)) for r in rows]).rowcount
+    return [tuple(bound(i, r[n]) for i, n in enumerate(names)) for r in rows]
 
 
 def update_many(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -> None:
@@ -91,9 +100,9 @@ def update_many(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -
                      [{"_key": r[key], **{"_" + n: r[n] for n in names}} for r in rows])
         return
     prep = conn.dialect.identifier_preparer
-    sql = (f"UPDATE {prep.quote(table.name)} SET " + ", ".join(f"{prep.quote(n)} = ?" for n in names)
-           + f" WHERE {prep.quote(key)} = ?")
-    conn.exec_driver_sql(sql, [(*(r[n] for n in names), r[key]) for r in rows])
+    sql = ("UPDATE " + prep.quote(table.name) + " SET " + ", ".join(prep.quote(n) + " = ?" for n in names)
+           + " WHERE " + prep.quote(key) + " = ?")
+    conn.exec_driver_sql(sql, _driver_rows(conn, table, [*names, key], rows))
 
 
 def rows_by_subject(conn: Connection, table: sa.Table, keys: list[str], size: int, *columns) -> list:
@@ -220,7 +229,7 @@ class Database:
             return
         raw = self.engine.raw_connection()
         try:
-            raw.cursor().execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchall()
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)" if truncate else "PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             raw.close()
 
