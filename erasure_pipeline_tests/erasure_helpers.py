@@ -101,3 +101,34 @@ def materialize_assets(names: list[str], partition: str | None = None):
     defs, _policy = defs_and_policy()
     return dg.materialize([*defs.assets, *(defs.asset_checks or [])], selection=dg.AssetSelection.assets(*names),
                           partition_key=partition, instance=instance(), resources=defs.resources, raise_on_error=False)
+
+
+def provenance_mismatches(n_shards: int) -> list[str]:
+    """Where the ledger's provenance of the raw and training partitions is not what the stores hold now:
+    a subject's rows in a partition, or (raw, text) the buckets whose text names a subject without rows there.
+    Each entry names the partition, a key prefix and both counts."""
+    from collections import defaultdict
+
+    import sqlalchemy as sa
+
+    from erasure_pipeline.core.identity import NO_SUBJECT, partition_keys
+    from erasure_pipeline.ledger import schema
+    from erasure_pipeline.stores import buckets as bk
+
+    P = schema.provenance.c
+    held: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    with stores.default_ledger().db.engine.connect() as conn:
+        for asset, part, k, n in conn.execute(sa.select(P.asset, P.partition, P.subject_key, P.rows)):
+            held[(asset, part)][k] = n
+    lake, out = stores.lake(), []
+    for asset in ("raw_subjects", "raw_events", "raw_tickets", "training_shards"):
+        for part in partition_keys(n_shards):
+            manifest = bk.read_manifest(lake, asset, part)
+            rows = stores.table(lake, asset, part)["subject_key"].value_counts().to_dict()
+            rows.pop(NO_SUBJECT, None)
+            recorded = held.get((asset, part), {})
+            for k in set(rows) | set(recorded):
+                named = len(manifest.mentioning(k)) if manifest is not None and k not in rows else None
+                if recorded.get(k) != rows.get(k, named or None):
+                    out.append(f"{asset}[{part}] {k[:8]}: ledger {recorded.get(k)}, stores {rows.get(k, named)}")
+    return sorted(out)

@@ -19,7 +19,14 @@ from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import defs_and_policy, instance
-from erasure_pipeline_tests.erasure_helpers import key, landing_frames, materialised_partitions, max_storage_id, pick_subjects
+from erasure_pipeline_tests.erasure_helpers import (
+    key,
+    landing_frames,
+    materialised_partitions,
+    max_storage_id,
+    pick_subjects,
+    provenance_mismatches,
+)
 from erasure_pipeline_tests.stores import default_ledger
 
 AS_OF = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # the demo's data ends 2026-11-01
@@ -72,6 +79,7 @@ def test_cycle_runs_only_shards_with_new_rows_and_is_repeat_safe(demo_home):
     assert batch["shards"] == sorted(s for _, s in chosen) and batch["batch_id"] in out.output and batch["status"] == "done"
     (run,) = inst.get_runs(dg.RunsFilter(tags={"erasure_pipeline/batch": batch["batch_id"]}))
     assert run.job_name == "cycle_job" and run.tags["dagster/run_key"] == batch["batch_id"]
+    assert provenance_mismatches(policy.shards) == []
 
 
 def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
@@ -97,6 +105,7 @@ def test_erased_subject_sent_again_by_the_source_stays_out(demo_home):
     assert key(sid) not in set(stores.table(stores.lake(), "training_shards", identity.partition_key(shard))["subject_key"])
     assert stores.vectors().count_subjects(shard, [key(sid)]) == 0
     assert _cli("verify", rid).exit_code == 0
+    assert provenance_mismatches(policy.shards) == []
 
 
 def test_retention_drops_old_rows_on_the_next_cycle_and_they_never_come_back(demo_home):
@@ -116,11 +125,13 @@ def test_retention_drops_old_rows_on_the_next_cycle_and_they_never_come_back(dem
         assert tickets.empty or pd.to_datetime(tickets["created_at"], utc=True).min() >= pd.Timestamp(cutoff)
     logged = [e for e in default_ledger().audit.entries() if e["event"] == "retention"]
     assert {(json_detail(e)["asset"]) for e in logged} == {"raw_events", "raw_tickets"}
+    assert provenance_mismatches(policy.shards) == []
     # A full re-ingest of every landing file (a backfill) applies the same cutoff.
     assert _cli("materialize").exit_code == 0
     events = stores.table(stores.lake(), "raw_events", identity.partition_key(0))
     assert pd.to_datetime(events["ts"], utc=True).min() >= pd.Timestamp(cutoff)
     assert run_cycle(defs, instance(), AS_OF).summary is None  # nothing left past retention
+    assert provenance_mismatches(policy.shards) == []
 
 
 def json_detail(entry):
@@ -146,6 +157,7 @@ def test_consent_withdrawal_leaves_training_but_keeps_raw_data(demo_home):
     assert change["consent"] is False and change["shard"] == shard
     assert book.requests.live_for(key(sid)) is None and key(sid) not in book.tombstones.active()  # not an erasure
     assert any(e["event"] == "consent_withdrawn" for e in book.audit.entries())
+    assert provenance_mismatches(policy.shards) == []
 
 
 def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monkeypatch):

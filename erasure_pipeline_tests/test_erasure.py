@@ -24,6 +24,7 @@ from erasure_pipeline_tests.erasure_helpers import (
     materialised_partitions,
     max_storage_id,
     pick_subjects,
+    provenance_mismatches,
     scan_for,
 )
 from erasure_pipeline_tests.stores import default_ledger
@@ -340,3 +341,4 @@ def test_an_erasure_changes_the_provenance_of_the_erased_subject_only(demo_home)
     after = rows()
     assert {r[0] for r in before ^ after} == {key(sid)}
     assert not any(r[0] == key(sid) for r in after) and len(before) - len(after) >= 3  # raw rows, training, vectors
+    assert provenance_mismatches(policy.shards) == []

@@ -315,6 +315,18 @@ def finish(run: NodeRun, data_version: str, **recorded) -> None:
                       run_id=run.run_id, policy_values=graph.policy_values(run.env.policy, run.node.name), **recorded)
 
 
+def recorded_as(run: NodeRun, data_version: str) -> bool:
+    """Whether the ledger's last record of this node partition is ``data_version`` under this code version: what a
+    computation that changes part of the partition may diff against (its provenance describes what is stored)."""
+    record = run.env.ledger.nodes.records(run.partition, [run.node.name]).get((run.node.name, run.partition or "all"))
+    return record is not None and record["data_version"] == data_version and record["code_version"] == run.code_version
+
+
+def rows_changed(before: Mapping[str, int], after: Mapping[str, int]) -> set[str]:
+    """The subjects whose number of rows differs between two counts (a subject absent from one has none there)."""
+    return {k for k, n in after.items() if before.get(k) != n} | {k for k in before if k not in after}
+
+
 def tombstone_check(keys_present, tombstoned: set[str], name: str = TOMBSTONE_CHECK.name) -> CheckOutcome:
     found = len(tombstoned.intersection(keys_present))
     return CheckOutcome(name, found == 0, {"tombstoned_subjects_found": found, "tombstones_checked": len(tombstoned)})

@@ -32,6 +32,8 @@ from erasure_pipeline.kinds.base import (
     NodeRun,
     finish,
     old_versions_holding,
+    recorded_as,
+    rows_changed,
     rows_of_subject,
     sealing_for,
     tombstone_check,
@@ -46,6 +48,8 @@ from erasure_pipeline.kinds.raw_rows import (
     check_opened,
     consent_changes,
     declared_reads,
+    incoming_rows,
+    is_features_dataset,
     lake_held,
     proof_manifest,
     retention_cutoff,
@@ -55,20 +59,15 @@ from erasure_pipeline.kinds.raw_rows import (
     unlisted_finding,
     without_keys,
 )
-from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores import superseded
-from erasure_pipeline.stores.landing import STAGING, read_landing_table, read_staged, scrub_landing, scrub_staging, scrub_subjects
+from erasure_pipeline.stores.landing import STAGING, scrub_landing, scrub_staging, scrub_subjects
 
 
 def node_name(dataset: str) -> str:
     """The raw node of a declared dataset (what other kinds name as their parents)."""
     return f"raw_{dataset}"
-
-
-def is_features_dataset(policy: Policy, dataset: str) -> bool:
-    return policy.features is not None and policy.features.dataset == dataset
 
 
 @dataclass
@@ -93,6 +92,8 @@ class _Step:
     touched: set[int] = field(default_factory=set)
     erasing: set[str] = field(default_factory=set)
     old: pd.DataFrame | None = None
+    before: pd.Series | None = None
+    """Rows per subject in the touched buckets as stored (a partial rewrite only): what the provenance diff compares."""
     new: pd.DataFrame | None = None
     frames: dict[int, pd.DataFrame] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -109,18 +110,6 @@ class _Step:
     @property
     def timestamp(self) -> str | None:
         return self.contract.timestamps[0] if self.contract.timestamps else None
-
-
-def _incoming(run: NodeRun, contract, carry: frozenset[str]) -> pd.DataFrame | None:
-    """This shard's new rows: from the batch's staging area (``carry``: sealed columns left sealed), else landing."""
-    if run.mode == "erasure":
-        return None
-    policy = run.env.policy
-    check = (lambda frame, name: check_labels(frame, name, policy)) if is_features_dataset(policy, contract.name) else None
-    if run.staged is not None:
-        return read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys, carry)
-    rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
-    return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
 
 
 def _erasing(run: NodeRun, manifest: bk.Manifest | None, contract) -> tuple[set[str], set[int]]:
@@ -150,7 +139,7 @@ def _plan(run: NodeRun) -> _Step:
     relayout = previous is not None and run.mode != "rebuild" and (previous.of not in (0, B) or any(b >= B for b in previous.buckets))
     stones = Tombstones.load(env.ledger, env.keyer, run.shard)
     carry = carried_in_step(contract, stones)
-    incoming = _incoming(run, contract, carry)
+    incoming = incoming_rows(run, contract, carry)
     if incoming is not None and not incoming.empty:
         incoming = incoming.assign(_b=bk.buckets_of(incoming["subject_key"], B))
     cutoff = retention_cutoff(env.policy, env.ledger, run.as_of) if run.mode != "erasure" else None
@@ -185,6 +174,7 @@ def _remove_rows(step: _Step, tables: dict[int, pa.Table]) -> None:
     """The carried rewrite: each bucket without the tombstoned subjects' rows, as stored otherwise."""
     keys = [_keys_of(t) for t in tables.values()]
     step.old = pd.DataFrame({"subject_key": pd.concat(keys, ignore_index=True) if keys else pd.Series(dtype=str)})
+    step.before = step.old["subject_key"].value_counts()
     step.counts.update(dropped=0, redacted=0, expired=0)
     for b, table in tables.items():
         step.frames[b], removed = without_keys(table, step.stones.current)
@@ -206,6 +196,7 @@ def _rewrite(step: _Step) -> None:
     if run.mode != "rebuild" and step.previous is not None and step.touched:
         step.old = bk.read_buckets(lake, run.node.name, run.partition, None if step.relayout else sorted(step.touched), step.previous,
                                    keys=run.env.keys, carry=step.carry)
+        step.before = None if step.old is None else step.old["subject_key"].value_counts()
     elif run.mode == "rebuild" and run.env.policy.landing.keep_days is not None:
         step.old = lake_held(run, contract)  # landing files expire: the lake is the record a rebuild starts from
     incoming, where = step.incoming, f"{run.node.name}[{run.partition}]"
@@ -307,15 +298,21 @@ def _provenance(step: _Step, written: dict[int, pd.DataFrame]) -> tuple[dict[str
     for df in written.values():
         if df is not None and len(df):
             counts.update({k: int(n) for k, n in _keys_of(df).value_counts().items() if k != NO_SUBJECT})
-    scope: set[str] = set(counts) | set(step.erasing) | named | set(awaiting)
-    if step.old is not None and len(step.old):
-        scope.update(step.old["subject_key"].unique().tolist())
+    scope: set[str] = set(step.erasing) | named | set(awaiting)
+    # A partial rewrite of what the ledger last recorded: only the subjects whose rows changed (a write whose record
+    # a crash lost: every subject of the buckets again, so the provenance is made whole).
+    if not step.whole and step.before is not None and recorded_as(run, step.previous.version):
+        scope |= rows_changed({k: n for k, n in step.before.items() if k != NO_SUBJECT}, counts)
+    else:
+        scope.update(counts)
+        if step.old is not None and len(step.old):
+            scope.update(step.old["subject_key"].unique().tolist())
     if step.retracted is not None:  # a subject whose only row here moved to another subject holds nothing here now
         scope.update(k for k in step.retracted["subject_key"] if bk.bucket_of(k, step.buckets) in step.frames)
-    for key in named - set(counts):
-        n = len(step.manifest.mentioning(key))
-        if n:
-            counts[key] = n
+    mentioned = {k: len(step.manifest.mentioning(k)) for k in named - set(counts)}
+    if not step.whole:
+        counts = {k: counts[k] for k in scope if k in counts}
+    counts.update({k: n for k, n in mentioned.items() if n})
     counts.update({k: n for k, n in awaiting.items() if k not in counts})
     return counts, None if step.whole else scope
 

@@ -4,8 +4,8 @@
 stored, when ``carriable`` says that is all an erasure does), ``apply_retention`` drops rows past the
 cutoff, ``consent_changes`` finds consent that flipped; ``lake_held`` is what the lake holds of a shard
 when landing files expire (``landing.keep_days``); ``check_opened`` stops a rewrite that would lose a kept
-subject's sealed fields; ``declared_reads``, ``awaiting_erasure`` and ``unlisted_finding`` serve the raw
-step's readers, provenance and proof.
+subject's sealed fields; ``incoming_rows`` reads a step's new rows; ``declared_reads``, ``awaiting_erasure`` and ``unlisted_finding`` serve
+the raw step's readers, provenance and proof.
 """
 
 from __future__ import annotations
@@ -25,8 +25,25 @@ from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.kinds.base import Env, Finding, KeysLost, NodeRun
 from erasure_pipeline.ml.features import consenting
+from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
-from erasure_pipeline.stores.landing import key_frame
+from erasure_pipeline.stores.landing import key_frame, read_landing_table, read_staged
+
+
+def is_features_dataset(policy: Policy, dataset: str) -> bool:
+    return policy.features is not None and policy.features.dataset == dataset
+
+
+def incoming_rows(run: NodeRun, contract, carry: frozenset[str]) -> pd.DataFrame | None:
+    """This shard's new rows: from the batch's staging area (``carry``: sealed columns left sealed), else landing."""
+    if run.mode == "erasure":
+        return None
+    policy = run.env.policy
+    check = (lambda frame, name: check_labels(frame, name, policy)) if is_features_dataset(policy, contract.name) else None
+    if run.staged is not None:
+        return read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys, carry)
+    rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
+    return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
 
 
 def retention_cutoff(policy: Policy, book, as_of: dt.datetime | None) -> dt.datetime | None:

@@ -24,6 +24,8 @@ from erasure_pipeline.kinds.base import (
     finish,
     old_versions_holding,
     purge,
+    recorded_as,
+    rows_changed,
     rows_of_subject,
     tombstone_check,
 )
@@ -79,10 +81,8 @@ def _changed_buckets(run: NodeRun, inputs: dict, recorded: dict | None, stored: 
     when the stored table is the one the ledger recorded (a write whose record a crash lost: all again, so its
     provenance is made whole) and this build and the recorded one both read every parent in the policy's layout
     (a parent awaiting relayout after a lake.buckets change records None)."""
-    env, p, node = run.env, run.partition, run.node
-    record = env.ledger.nodes.records(p, [node.name]).get((node.name, p))
-    if recorded is None or record is None or record["data_version"] != lk.content_hash(stored) \
-            or record["code_version"] != run.code_version or set(recorded) != set(inputs) \
+    env = run.env
+    if recorded is None or not recorded_as(run, lk.content_hash(stored)) or set(recorded) != set(inputs) \
             or any(h is None for h in (*inputs.values(), *recorded.values())) \
             or any(LOOKUP_INPUT in inputs[parent] and inputs[parent] != recorded[parent] for parent in inputs):  # a lookup changed: all
         return None
@@ -184,11 +184,11 @@ class TrainingSet(Kind):
             keyed = ft.KEY in rows and len(rows)
             frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned | {NO_SUBJECT})] if keyed else rows
         training = ft.training_rows(frames, policy, node.model, where=f"{base}[{p}]")
-        rows, scope = training.rows, None
+        rows, scope, held = training.rows, None, training.rows[ft.KEY].value_counts().to_dict()
         if changed is not None:
             in_changed = np.isin(bk.buckets_of(previous[ft.KEY], policy.lake.buckets), list(changed))
-            # the ledger's rows of these buckets' subjects (before and after) are rewritten; the others' stand as they are
-            scope = set(previous.loc[in_changed, ft.KEY]) | set(rows[ft.KEY])
+            # the ledger's rows of these buckets' subjects whose rows changed are rewritten; the others' stand as they are
+            scope = rows_changed(previous.loc[in_changed, ft.KEY].value_counts().to_dict(), held)
             kept = previous[~in_changed]
             rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
                 if len(rows) else kept.reset_index(drop=True)
@@ -197,7 +197,7 @@ class TrainingSet(Kind):
         if changed is not None:
             counts = {b: c for b, c in counted.items() if int(b[2:]) not in changed} | counts
         digest = lk.write_table(store, node.name, p, rows, inputs={**inputs, COUNTS: dict(sorted(counts.items()))})
-        finish(run, digest, provenance=(training.rows if scope is not None else rows)[ft.KEY].value_counts().to_dict(), provenance_scope=scope)
+        finish(run, digest, provenance=held if scope is None else {k: held[k] for k in scope if k in held}, provenance_scope=scope)
         return NodeResult(digest, None, {
             **_metadata(run, rows, training, counts, changed), "content_hash": digest,
             "noncurrent_versions_purged": purge(run, lk.table_name(node.name, p)),
