@@ -325,3 +325,40 @@ def test_the_evidence_key_comes_from_the_environment_as_pem_or_base64_and_errors
         local = load_signer(None, tmp_path)
     assert "ERASURE_PIPELINE_SIGNING_KEY is not set" in caplog.text
     assert load_signer(None, tmp_path).key_id == local.key_id  # generated once
+
+
+def test_a_batch_is_proven_one_read_per_partition_and_a_subject_found_again_is_named_alone(demo_home, monkeypatch):
+    """Two subjects of one shard erased in one batch: `verify` reads each raw partition's keys once for both (their
+    buckets together) and the vector shard's files once; a bucket of one of them restored afterwards fails that
+    subject's "no rows" claim and not the other's."""
+    from erasure_pipeline.app.process import drain
+    from erasure_pipeline.app.runner import env_of
+    from erasure_pipeline.erasure.evidence import verify_certificates
+    from erasure_pipeline.stores import buckets as bk
+
+    defs, policy = defs_and_policy()
+    subjects, tickets = landing_frames(policy.shards)
+    held = subjects[subjects["subject_id"].isin(set(tickets["subject_id"]))]
+    held = held.assign(bucket=[bk.bucket_of(key(s), policy.lake.buckets) for s in held["subject_id"]])
+    shard, group = next((s, g.drop_duplicates("bucket")) for s, g in held.groupby("shard") if g["bucket"].nunique() >= 2)
+    (a, b), part = group["subject_id"].iloc[:2].tolist(), identity.partition_key(int(shard))
+    lake = stores.lake()
+    bucket_a = bk.object_name("raw_events", part, bk.bucket_of(key(a), policy.lake.buckets))
+    saved = lake.read_bytes(bucket_a)
+    rids = [erase(a)[0], erase(b)[0]]
+    assert not drain(defs, instance()).failed_runs
+    env = env_of(defs, policy, instance())
+    reads, scans = [], []
+    read_buckets, stored_keys = bk.read_buckets, type(env.vectors).stored_keys
+    monkeypatch.setattr(bk, "read_buckets", lambda store, asset, p, *a, **k: reads.append((asset, p)) or read_buckets(store, asset, p, *a, **k))
+    monkeypatch.setattr(type(env.vectors), "stored_keys", lambda self, s, wanted=None: scans.append((s, sorted(wanted))) or stored_keys(self, s, wanted))
+    found = verify_certificates(rids, env)
+    assert all(f.ok for fs in found.values() for f in fs), [f for fs in found.values() for f in fs if not f.ok]
+    assert sorted(r for r in reads if r[1] == part) == [(n, part) for n in ("raw_events", "raw_subjects", "raw_tickets")]
+    assert scans == [(int(shard), sorted([key(a), key(b)]))]
+
+    lake.write_bytes(bucket_a, saved)  # an old copy of one of them restored behind the pipeline's back
+    found = verify_certificates(rids, env)
+    rows_claim = {rid: [f for f in found[rid] if f.claim == "no rows of the subject" and f.target == f"raw_events[{part}]"] for rid in rids}
+    assert [f.ok for f in rows_claim[rids[0]]] == [False] and rows_claim[rids[0]][0].detail != "0 rows"
+    assert [f.ok for f in rows_claim[rids[1]]] == [True]

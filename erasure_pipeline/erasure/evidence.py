@@ -66,14 +66,17 @@ def verify_certificates(request_ids: list[str], env: Env, anchors: list[Anchor] 
     """Many stored certificates in one pass: the audit log is checked once, each shard's vector store is
     opened once, and the claims that do not depend on the subject (a shard model's retrain, what a merge
     was built from, the partitions' recorded versions) are checked once per shard, not once per request."""
-    from erasure_pipeline.erasure.verify import verify_subject  # deferred: the stores (pandas); offline checks need none
+    from erasure_pipeline.erasure.verify import (  # deferred: the stores (pandas); offline checks need none
+        prove_together,
+        verify_subject,
+    )
 
     public = env.signer.public if env.signer else None
     audit = audit_log_finding(env.ledger, public, list(anchors))
     found = {rid: env.ledger.certificates.get(rid) for rid in dict.fromkeys(request_ids)}
     requests = {r["request_id"]: r for r in env.ledger.requests.by_ids([rid for rid, f in found.items() if f is not None])}
     out: dict[str, list[Finding]] = {}
-    cache: dict = {}
+    cache = prove_together([r["subject_key"] for r in requests.values()], env, {})
     with contextlib.ExitStack() as shards:
         for shard in sorted({identity.shard_of(r["subject_key"], env.policy.shards) for r in requests.values()}):
             shards.enter_context(env.vectors.session(shard))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.tombstones import mentioned_keys
-from erasure_pipeline.kinds.base import Env, Finding, input_key
+from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key
 from erasure_pipeline.kinds.raw_rows import proof_manifest
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
@@ -69,6 +69,16 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None, partit
         out.append(Finding("no data key of the subject in the key store (every sealed copy of their fields is unreadable)",
                            "ledger.data_keys", not held, "a data key is still held" if held else "none held"))
     return out
+
+
+def prove_together(subject_keys: Collection[str], env: Env, cache: dict) -> dict:
+    """Name a batch's subjects in ``cache``: each kind's proof then reads a partition once for all of its subjects
+    there (their buckets, the vector shard's count and file scan), not once per subject. Returns ``cache``."""
+    batch: dict[str, set[str]] = {}
+    for key in subject_keys:
+        batch.setdefault(identity.partition_key(identity.shard_of(key, env.policy.shards)), set()).add(key)
+    cache[BATCH] = {p: frozenset(keys) for p, keys in batch.items()}
+    return cache
 
 
 def _sources(env: Env, subject_key: str, part: str, cache: dict) -> list[Finding]:

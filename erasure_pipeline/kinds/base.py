@@ -224,7 +224,10 @@ class Kind(ABC):
 
     def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
         """What this node partition proves about an erased subject now. The default: none of its objects has a
-        version from before the subject's erasure request (a versioned bucket keeps old versions)."""
+        version from before the subject's erasure request (a versioned bucket keeps old versions).
+
+        ``cache`` is shared by the proofs of one batch; what a kind reads for the batch's subjects of a partition
+        at once (``proved_together``) it keeps there."""
         name = self.object_name(node, partition)
         return [versions_before_tombstone(env, name, subject_key)] if name else []
 
@@ -364,4 +367,18 @@ def old_versions_holding(env: Env, names: list[str], subject_key: str, target: s
 
 def rows_of_subject(df: pd.DataFrame | None, subject_key: str, target: str) -> Finding:
     present = int((df["subject_key"] == subject_key).sum()) if df is not None and "subject_key" in df else 0
+    return rows_found(present, target)
+
+
+def rows_found(present: int, target: str) -> Finding:
     return Finding("no rows of the subject", target, present == 0, f"{present} rows")
+
+
+BATCH = "proved_together"
+"""The ``cache`` entry naming the subjects a batch proves: partition -> their keys (``verify.prove_together``)."""
+
+
+def proved_together(cache: dict, partition: str | None, subject_key: str) -> frozenset[str]:
+    """The subjects whose proof reads this partition along with this one's: the batch's subjects of the partition
+    (one read of the stores for all of them), or this subject alone when no batch is named."""
+    return frozenset({*cache.get(BATCH, {}).get(partition, ()), subject_key})

@@ -32,9 +32,10 @@ from erasure_pipeline.kinds.base import (
     NodeRun,
     finish,
     old_versions_holding,
+    proved_together,
     recorded_as,
     rows_changed,
-    rows_of_subject,
+    rows_found,
     sealing_for,
     tombstone_check,
     versions_before_tombstone,
@@ -382,15 +383,18 @@ class Raw(Kind):
         return bk.stored_version(env.lake, node.name, partition)
 
     def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
-        """No rows of the subject in their bucket; no old version of that bucket (in the current layout and the
-        policy's) holds them; no version of the manifest predates the erasure request."""
+        """No rows of the subject in their bucket or its old versions (either layout); no manifest version before the request."""
         target, B = f"{node.name}[{partition}]", env.policy.lake.buckets
         manifest = proof_manifest(env, node.name, partition, cache)
-        # the keys alone: a proof counts the subject's rows, it opens no sealed field
-        rows = self.read_rows(env, node, partition, buckets=[manifest.bucket_of(subject_key, B)] if manifest is not None else None,
-                              columns=["subject_key"])
+        together, held = cache.get(("raw_keys", node.name, partition), (frozenset(), {}))
+        if subject_key not in together:  # the keys of every batch subject's bucket here, read once (no sealed field opened)
+            together = proved_together(cache, partition, subject_key)
+            rows = self.read_rows(env, node, partition, columns=["subject_key"],
+                                  buckets=sorted({manifest.bucket_of(k, B) for k in together}) if manifest is not None else None)
+            held = {} if rows is None else rows["subject_key"].value_counts().to_dict()
+            cache[("raw_keys", node.name, partition)] = together, held
         layouts = {B, *((manifest.of,) if manifest is not None and manifest.of else ())}
         names = [bk.object_name(node.name, partition, b) for b in sorted({bk.bucket_of(subject_key, n) for n in layouts})]
-        return [rows_of_subject(rows, subject_key, target), old_versions_holding(env, names, subject_key, target),
+        return [rows_found(int(held.get(subject_key, 0)), target), old_versions_holding(env, names, subject_key, target),
                 versions_before_tombstone(env, self.object_name(node, partition), subject_key),
-                unlisted_finding(env, node, partition, manifest, subject_key)]
+                unlisted_finding(env, node, partition, manifest, subject_key, cache)]

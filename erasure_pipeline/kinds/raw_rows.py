@@ -238,9 +238,12 @@ def awaiting_erasure(book, existing: pd.DataFrame | None, incoming: pd.DataFrame
     return {k: int(n) for k, n in counts.items() if book.requests.live_for(k) is not None}
 
 
-def unlisted_finding(env: Env, node: Node, partition: str, manifest: bk.Manifest | None, subject_key: str) -> Finding:
-    """What the lake stores, not what the manifest lists: no bucket file outside the manifest holds the subject."""
-    names = bk.unlisted(env.lake, node.name, partition, manifest)
+def unlisted_finding(env: Env, node: Node, partition: str, manifest: bk.Manifest | None, subject_key: str, cache: dict) -> Finding:
+    """What the lake stores, not what the manifest lists: no bucket file outside the manifest holds the subject
+    (the partition listed once per proof batch)."""
+    if ("unlisted", node.name, partition) not in cache:
+        cache[("unlisted", node.name, partition)] = bk.unlisted(env.lake, node.name, partition, manifest)
+    names = cache[("unlisted", node.name, partition)]
     holding, unreadable = bk.unlisted_holding(env.lake, names, subject_key)
     bad = holding + unreadable
     detail = (f"{', '.join(bad[:3])}: {'holds the subject' if holding else 'cannot be read'}, outside the manifest (restored or "
