@@ -132,3 +132,12 @@ def provenance_mismatches(n_shards: int) -> list[str]:
                 if recorded.get(k) != rows.get(k, named or None):
                     out.append(f"{asset}[{part}] {k[:8]}: ledger {recorded.get(k)}, stores {rows.get(k, named)}")
     return sorted(out)
+
+
+def actions_keep_their_order(book, rid: str) -> None:
+    """A certificate's actions, recorded in one statement, read back in the order given (recorded again: replaced)."""
+    actions = [{"asset": f"a{i:02d}", "partition": None if i % 2 else f"shard_{i:02d}", "action": "NO_DATA", "data_present": False,
+                "before_hash": None, "after_hash": None, "detail": "", "run_id": None} for i in (5, 1, 9, 0, 7, 3, 12, 2)]
+    for _ in range(2):
+        book.certificates.record_actions(rid, actions)
+    assert [a["asset"] for a in book.certificates.actions(rid)] == [a["asset"] for a in actions]

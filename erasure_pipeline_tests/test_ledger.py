@@ -251,3 +251,10 @@ def test_bulk_inserts_through_the_driver_keep_timestamps_skeletons_and_first_wri
         assert insert_many(conn, t.data_keys, [{**first, "wrapped": b"second"}, {**first, "subject_key": KEY_B}], or_ignore=True) == 1
         stored = {r.subject_key: (r.wrapped, r.created_at) for r in conn.execute(sa.select(t.data_keys))}
     assert stored == {KEY_A: (b"first", at.replace(tzinfo=None)), KEY_B: (b"first", at.replace(tzinfo=None))}
+
+
+def test_a_certificates_actions_keep_their_order(book):
+    from erasure_pipeline_tests.erasure_helpers import actions_keep_their_order
+
+    rid, _ = book.requests.file(KEY_A, 3, due_days=30)
+    actions_keep_their_order(book, rid)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from erasure_pipeline.ledger import Ledger
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline_tests.conftest import build_demo, instance, project_env
+from erasure_pipeline_tests.erasure_helpers import actions_keep_their_order
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECTS_PER_WORKER = 40
@@ -85,6 +86,7 @@ def test_ledger_lives_in_its_own_schema_and_migrates_itself(pg_database):
     assert not {"erasure_requests", "audit_log"} & set(insp.get_table_names(schema="public"))
     rid, created = book.requests.file("c" * 64, 2, due_days=30)
     assert created and _claim(book, "eb-1", [rid], 1).request_ids == (rid,)
+    actions_keep_their_order(book, rid)
     book.certificates.complete(rid, {"request_id": rid})
     assert book.requests.get(rid)["status"] == "completed" and book.audit.verify_chain() == (True, None)
     book.dispose()
