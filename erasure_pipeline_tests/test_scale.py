@@ -1,5 +1,6 @@
 """Parallel shards on Dagster's multiprocess executor: steps of different shards overlap, two writers of one
-shard never do (read back from Dagster's run storage), two runs at once stay exact, a killed run recovers;
+shard never do (read back from Dagster's run storage), two runs at once stay exact, a killed run recovers and so does a run whose step process
+alone is killed;
 in process: another run's shard write between a merge and its proof is merged again, and an asset step's
 pool slot waits for the shard's other writer."""
 
@@ -170,6 +171,38 @@ def test_a_multiprocess_run_killed_mid_shard_is_recovered_by_the_next_process(ho
     assert not any(inst.event_log_storage.get_concurrency_info(p).claimed_slots for p in names.pools(PARTITIONS))
     verified = _cli("verify", rid, executor="in_process")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_step_process_killed_alone_fails_its_run_and_the_same_command_certifies_the_subject(home16):
+    """The OOM killer's case: kill -9 of the shard step's own process only (the run's process lives on). The
+    executor fails the step and the run, the same ``process`` retries the request in a new batch and certifies
+    it; no run is left started, no slot held, and the subject's certificate verifies."""
+    (victim, _shard), = pick_subjects(SHARDS, with_tickets=1)
+    rid = _cli("erase", victim, executor="in_process").stdout.strip()
+    rows = {s: len(stores.table(stores.lake(), "raw_subjects", p)) for s, p in enumerate(PARTITIONS)}
+    inst, earlier = instance(), {r.run_id for r in instance().get_runs()}
+    proc = _cli("process", wait=False)
+    deadline, killed = time.time() + 180, None
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        for run in inst.get_runs(dg.RunsFilter(job_name=names.ERASURE_JOB)):
+            started = [e for e in inst.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+                       if run.run_id not in earlier and e.step_key in PARTITIONS]
+            if started:
+                os.kill(started[0].dagster_event.pid, signal.SIGKILL)  # the step's worker, not the command
+                killed = (run.run_id, started[0].step_key)
+        time.sleep(0.02)
+    output = proc.communicate(timeout=600)[0]
+    assert killed is not None, output[-3000:]
+    steps = {e.step_key for e in inst.all_logs(killed[0], of_type=dg.DagsterEventType.STEP_SUCCESS)}
+    assert killed[1] not in steps and not inst.get_run_by_id(killed[0]).is_success, output[-3000:]
+    assert "ChildProcessCrashException" in output and proc.returncode == 1, output[-3000:]  # one run failed, then one ok
+    assert default_ledger().requests.get(rid)["status"] == "completed", output[-3000:]
+    assert [r.run_id for r in inst.get_runs() if not r.is_finished] == []
+    assert not any(inst.event_log_storage.get_concurrency_info(p).claimed_slots for p in names.pools(PARTITIONS))
+    verified = _cli("verify", rid, executor="in_process")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    shard = identity.shard_of(key(victim), SHARDS)
+    assert {s: len(stores.table(stores.lake(), "raw_subjects", p)) for s, p in enumerate(PARTITIONS)} == {**rows, shard: rows[shard] - 1}
 
 
 def test_a_shard_another_run_rewrites_between_the_merge_and_the_proof_is_merged_again(demo_home, monkeypatch):
