@@ -227,7 +227,7 @@ class Kind(ABC):
         version from before the subject's erasure request (a versioned bucket keeps old versions).
 
         ``cache`` is shared by the proofs of one batch; what a kind reads for the batch's subjects of a partition
-        at once (``proved_together``) it keeps there."""
+        at once (``read_together``) it keeps there."""
         name = self.object_name(node, partition)
         return [versions_before_tombstone(env, name, subject_key)] if name else []
 
@@ -378,7 +378,12 @@ BATCH = "proved_together"
 """The ``cache`` entry naming the subjects a batch proves: partition -> their keys (``verify.prove_together``)."""
 
 
-def proved_together(cache: dict, partition: str | None, subject_key: str) -> frozenset[str]:
-    """The subjects whose proof reads this partition along with this one's: the batch's subjects of the partition
-    (one read of the stores for all of them), or this subject alone when no batch is named."""
-    return frozenset({*cache.get(BATCH, {}).get(partition, ()), subject_key})
+def read_together(cache: dict, key: tuple, partition: str | None, subject_key: str, read: Callable[[frozenset[str]], Any]) -> Any:
+    """What ``read`` gives for the subjects proven along with this one (the batch's subjects of the partition, or
+    this subject alone when no batch is named): read once per batch, kept in ``cache`` under ``key``."""
+    together, value = cache.get(key, (frozenset(), None))
+    if subject_key not in together:
+        together = frozenset({*cache.get(BATCH, {}).get(partition, ()), subject_key})
+        value = read(together)
+        cache[key] = together, value
+    return value

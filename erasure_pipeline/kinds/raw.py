@@ -32,7 +32,7 @@ from erasure_pipeline.kinds.base import (
     NodeRun,
     finish,
     old_versions_holding,
-    proved_together,
+    read_together,
     recorded_as,
     rows_changed,
     rows_found,
@@ -386,13 +386,11 @@ class Raw(Kind):
         """No rows of the subject in their bucket or its old versions (either layout); no manifest version before the request."""
         target, B = f"{node.name}[{partition}]", env.policy.lake.buckets
         manifest = proof_manifest(env, node.name, partition, cache)
-        together, held = cache.get(("raw_keys", node.name, partition), (frozenset(), {}))
-        if subject_key not in together:  # the keys of every batch subject's bucket here, read once (no sealed field opened)
-            together = proved_together(cache, partition, subject_key)
+        def keys_of(together: frozenset[str]) -> dict[str, int]:  # every batch subject's bucket here, keys only (nothing opened)
             rows = self.read_rows(env, node, partition, columns=["subject_key"],
                                   buckets=sorted({manifest.bucket_of(k, B) for k in together}) if manifest is not None else None)
-            held = {} if rows is None else rows["subject_key"].value_counts().to_dict()
-            cache[("raw_keys", node.name, partition)] = together, held
+            return {} if rows is None else rows["subject_key"].value_counts().to_dict()
+        held = read_together(cache, ("raw_keys", node.name, partition), partition, subject_key, keys_of)
         layouts = {B, *((manifest.of,) if manifest is not None and manifest.of else ())}
         names = [bk.object_name(node.name, partition, b) for b in sorted({bk.bucket_of(subject_key, n) for n in layouts})]
         return [rows_found(int(held.get(subject_key, 0)), target), old_versions_holding(env, names, subject_key, target),

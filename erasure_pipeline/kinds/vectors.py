@@ -17,7 +17,7 @@ from erasure_pipeline.core.graph import CheckSpec, Node
 from erasure_pipeline.core.identity import NO_SUBJECT, shard_from_partition
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds import raw
-from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish, proved_together
+from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish, read_together
 from erasure_pipeline.ml.embed import chunk_text, embedder_for, point_id
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores.vectors import PointData, hash_ids
@@ -186,11 +186,9 @@ class VectorIndex(Kind):
 
     def prove(self, env: Env, node: Node, subject_key: str, partition: str | None, cache: dict) -> list[Finding]:
         shard = shard_from_partition(partition)
-        together, points_of_all, stored = cache.get(("vector_keys", partition), (frozenset(), 0, None))
-        if subject_key not in together:  # one count and one scan of the shard's files for every subject of the batch here
-            together = proved_together(cache, partition, subject_key)
-            points_of_all, stored = env.vectors.count_subjects(shard, list(together)), env.vectors.stored_keys(shard, together)
-            cache[("vector_keys", partition)] = together, points_of_all, stored
+        # one count and one scan of the shard's files for every subject of the batch here
+        points_of_all, stored = read_together(cache, ("vector_keys", partition), partition, subject_key, lambda together: (
+            env.vectors.count_subjects(shard, list(together)), env.vectors.stored_keys(shard, together)))
         points = 0 if points_of_all == 0 else env.vectors.count_subjects(shard, [subject_key])
         out = [Finding("no vector points of the subject (count by subject_key filter)", f"{node.name}[{partition}]",
                        points == 0, f"{points} points")]
