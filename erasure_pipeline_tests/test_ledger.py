@@ -177,39 +177,103 @@ def test_no_raw_identifier_columns(book):
     assert "erasure_requests" in insp.get_table_names()
 
 
-def make_version_3_ledger(url: str, schema: str | None = None) -> None:
-    """A ledger as version 3 left it: every table, without the look-alike and blocked columns, one provenance row."""
+SKELETON = "5" * 64
+
+
+def make_old_ledger(url: str, version: int, schema: str | None = None) -> None:
+    """A ledger as ``version`` (3 or 9) left it: its tables without the columns added since, the provenance
+    table keyed by subject first (its skeleton column from version 4), two provenance rows."""
     engine = sa.create_engine(url)
-    v4 = {(table.name, name) for version, added in t.ADDED_COLUMNS.items() if version > 3 for table, name in added}
+    later = {(table.name, name) for v, added in t.ADDED_COLUMNS.items() if v > version for table, name in added}
     old = sa.MetaData(schema=schema)
     with engine.begin() as conn:
         if schema:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))  # a fixed test name, not input
         for table in t.metadata.sorted_tables:
-            columns = [c.copy() for c in table.columns if (table.name, c.name) not in v4]
-            sa.Table(table.name, old, *columns).create(conn)
+            if table.name == "subject_skeletons":
+                continue  # new in 10
+            if table.name == "provenance":
+                columns = [sa.Column("subject_key", sa.String(64), primary_key=True), sa.Column("asset", sa.String(64), primary_key=True),
+                           sa.Column("partition", sa.String(32), primary_key=True),
+                           *[c.copy() for c in table.columns if c.name not in ("subject_key", "asset", "partition")],
+                           *([sa.Column("skeleton_key", sa.String(64))] if version >= 4 else [])]
+                sa.Table(table.name, old, *columns, sa.Index("ix_provenance_asset_partition", "asset", "partition"),
+                         *([sa.Index("ix_provenance_skeleton", "skeleton_key")] if version >= 4 else [])).create(conn)
+                continue
+            sa.Table(table.name, old, *[c.copy() for c in table.columns if (table.name, c.name) not in later]).create(conn)
+        since = {name for v, names in t.ADDED_INDEXES.items() if v <= version for name in names}
+        for made in old.tables.values():
+            for index in t.metadata.tables[made.name].indexes:
+                if index.name in since:
+                    sa.Index(index.name, *[made.c[c.name] for c in index.columns]).create(conn)
         prefix = f'"{schema}".' if schema else ""
-        conn.execute(sa.text(f"INSERT INTO {prefix}provenance (subject_key, asset, partition, rows, content_hash, run_id, recorded_at) "
-                             "VALUES (:k, 'raw_subjects', 'shard_00', 1, 'h', 'r', :at)"), {"k": KEY_A, "at": dt.datetime(2026, 1, 1)})
-        conn.execute(sa.text(f"INSERT INTO {prefix}ledger_schema_version VALUES (3, :at)"), {"at": dt.datetime(2026, 1, 1)})
+        for key, asset, part in ((KEY_A, "raw_subjects", "shard_00"), (KEY_B, "raw_events", "shard_01")):
+            conn.execute(sa.text(f"INSERT INTO {prefix}provenance (subject_key, asset, partition, rows, content_hash, run_id, recorded_at"
+                                 + (", skeleton_key" if version >= 4 else "") + ") VALUES (:k, :a, :p, 1, 'h', 'r', :at"
+                                 + (", :s" if version >= 4 else "") + ")"),
+                         {"k": key, "a": asset, "p": part, "at": dt.datetime(2026, 1, 1), "s": SKELETON})
+        conn.execute(sa.text(f"INSERT INTO {prefix}ledger_schema_version VALUES (:v, :at)"), {"v": version, "at": dt.datetime(2026, 1, 1)})
     engine.dispose()
+
+
+def provenance_key(book: Ledger, schema: str | None = None) -> list[str]:
+    return sa.inspect(book.db._base_engine).get_pk_constraint("provenance", schema=schema)["constrained_columns"]
 
 
 def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_path):
     url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
-    make_version_3_ledger(url)
+    make_old_ledger(url, 3)
     book = Ledger(url)
-    assert book.migrate() == t.CURRENT_VERSION == 9
+    assert book.migrate() == t.CURRENT_VERSION == 10
     insp = sa.inspect(book.db.engine)
-    assert {"policy_snapshots", "notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names())
+    assert {"policy_snapshots", "notices", "sealed_ids", "drp_tokens", "drp_requests", "subject_skeletons"} <= set(insp.get_table_names())
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
     assert "stamp" in {c["name"] for c in insp.get_columns("landing_files")}
-    assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance")}
     assert "ix_data_keys_grp" in {i["name"] for i in insp.get_indexes("data_keys")}  # 9: an erasure's rekey reads its group alone
-    assert book.nodes.provenance_for([KEY_A])[0]["skeleton_key"] is None  # rows kept; their skeleton comes with the next ingest
+    assert provenance_key(book) == ["partition", "subject_key", "asset"]  # 10
+    assert [r["rows"] for r in book.nodes.provenance_for([KEY_A, KEY_B])] == [1, 1]  # rows kept
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == set()  # no skeletons before 4 ...
+    book.nodes.record("raw_subjects", "shard_00", data_version="d", code_version="c", inputs={}, run_id="r",
+                      provenance={KEY_A: 1}, skeletons={KEY_A: SKELETON})
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A}  # ... their skeleton comes with the next ingest
     rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
     assert book.requests.get(rid)["skeleton_key"] == "s" * 64
-    assert book.migrate() == 9  # idempotent
+    assert book.migrate() == 10  # idempotent
+
+
+def test_a_version_9_ledger_keeps_its_provenance_and_skeletons_keyed_by_partition_first(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v9.sqlite'}"
+    make_old_ledger(url, 9)
+    book = Ledger(url)
+    assert book.migrate() == 10
+    assert provenance_key(book) == ["partition", "subject_key", "asset"]
+    assert {i["name"] for i in sa.inspect(book.db.engine).get_indexes("provenance")} == set()  # the key is the only one
+    assert [(r["subject_key"], r["partition"], r["rows"]) for r in book.nodes.provenance_for([KEY_A, KEY_B])] == [
+        (KEY_A, "shard_00", 1), (KEY_B, "shard_01", 1)]
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A}
+    assert book.migrate() == 10
+
+
+def test_a_skeleton_is_kept_while_its_subject_holds_data_anywhere(book):
+    """A subject's skeleton (look-alikes) goes with their last provenance row, not before."""
+    def record(asset, part, rows):
+        book.nodes.record(asset, part, data_version="d", code_version="c", inputs={}, run_id="r", provenance=rows,
+                          skeletons={k: SKELETON for k in rows})
+
+    record("raw_subjects", "shard_00", {KEY_A: 1})
+    record("training_shards", "shard_00", {KEY_A: 1})
+    record("raw_subjects", "shard_01", {KEY_B: 2})
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A} and book.nodes.look_alikes(SKELETON, KEY_A) == {KEY_B}
+    record("raw_subjects", "shard_00", {})
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A}  # still in a training shard
+    record("training_shards", "shard_00", {})
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == set()
+    with book.db.connect() as conn:
+        assert list(conn.execute(sa.select(t.subject_skeletons.c.subject_key)).scalars()) == [KEY_B]
+    book.nodes.forget_provenance([KEY_B])
+    assert book.nodes.provenance_for([KEY_A, KEY_B]) == []
+    with book.db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.subject_skeletons)).scalar() == 0
 
 
 def test_a_request_is_revoked_only_before_anything_acted_on_it(book):
@@ -240,10 +304,12 @@ def test_bulk_inserts_through_the_driver_keep_timestamps_skeletons_and_first_wri
     book.nodes.record("raw_events", "shard_01", data_version="v1", code_version="c1", inputs={}, run_id="run1",
                       provenance={KEY_B: 2, KEY_A: 3}, skeletons={KEY_A: "s" * 64})
     rows = sorted(book.nodes.provenance_for([KEY_A, KEY_B]), key=lambda r: r["subject_key"])
-    assert [(r["subject_key"], r["rows"], r["skeleton_key"], r["run_id"]) for r in rows] == [(KEY_A, 3, "s" * 64, "run1"), (KEY_B, 2, None, "run1")]
+    assert [(r["subject_key"], r["rows"], r["run_id"]) for r in rows] == [(KEY_A, 3, "run1"), (KEY_B, 2, "run1")]
     assert all(isinstance(r["recorded_at"], dt.datetime) and abs((utcnow() - r["recorded_at"].replace(tzinfo=dt.UTC)).total_seconds()) < 60
                for r in rows)
     assert book.nodes.look_alikes("s" * 64, KEY_B) == {KEY_A}
+    with book.db.connect() as conn:
+        assert [tuple(r) for r in conn.execute(sa.select(t.subject_skeletons))] == [(KEY_A, "s" * 64)]
     at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     first = {"subject_key": KEY_A, "grp": 1, "gen": 1, "wrapped": b"first", "created_at": at}
     with book.db.tx() as conn:

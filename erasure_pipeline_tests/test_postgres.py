@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
@@ -177,18 +178,20 @@ def test_a_version_2_ledger_is_migrated_in_place_on_postgres(pg_database):
     book.dispose()
 
 
-def test_a_version_3_ledger_is_migrated_to_the_current_version_in_its_schema_on_postgres(pg_database):
-    from erasure_pipeline_tests.test_ledger import KEY_A, make_version_3_ledger
+@pytest.mark.parametrize("version", [3, 9])
+def test_an_old_ledger_is_migrated_to_the_current_version_in_its_schema_on_postgres(pg_database, version):
+    from erasure_pipeline_tests.test_ledger import KEY_A, KEY_B, SKELETON, make_old_ledger, provenance_key
 
-    make_version_3_ledger(pg_database, schema="erasure_ledger")
+    make_old_ledger(pg_database, version, schema="erasure_ledger")
     book = Ledger(pg_database)
-    assert book.migrate() == t.CURRENT_VERSION == 9
+    assert book.migrate() == t.CURRENT_VERSION == 10
     insp = sa.inspect(book.db._base_engine)
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests", schema="erasure_ledger")}
-    assert "ix_provenance_skeleton" in {i["name"] for i in insp.get_indexes("provenance", schema="erasure_ledger")}
+    assert provenance_key(book, "erasure_ledger") == ["partition", "subject_key", "asset"]
     assert "ix_data_keys_grp" in {i["name"] for i in insp.get_indexes("data_keys", schema="erasure_ledger")}
-    assert "policy_snapshots" in insp.get_table_names(schema="erasure_ledger")
-    assert book.nodes.provenance_for([KEY_A])[0]["rows"] == 1
+    assert {"policy_snapshots", "subject_skeletons"} <= set(insp.get_table_names(schema="erasure_ledger"))
+    assert [r["rows"] for r in book.nodes.provenance_for([KEY_A, KEY_B])] == [1, 1]
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == ({KEY_A} if version >= 4 else set())
     assert {"notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names(schema="erasure_ledger"))
     # The live-subject index was re-created so that a revoked request is not live: the subject can file again.
     rid, _ = book.requests.file("c" * 64, 0, due_days=30)

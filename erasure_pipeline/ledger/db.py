@@ -199,6 +199,27 @@ def _add_columns(conn: Connection, columns: list[tuple[sa.Table, str]], schema: 
         conn.execute(sa.DDL("ALTER TABLE " + target + " ADD COLUMN " + spec))
 
 
+def _provenance_by_partition(conn: Connection, schema: str | None) -> None:
+    """Version 10: the provenance table rebuilt keyed by (partition, subject_key, asset), each subject's skeleton
+    (kept on its raw rows until now, where a ledger of version 4 or later has them) moved to ``subject_skeletons``.
+    The old table is copied aside, dropped (SQLite's ``secure_delete`` overwrites its pages) and copied back."""
+    prep = conn.dialect.identifier_preparer
+
+    def name(table: str) -> str:
+        return (prep.quote_schema(schema) + "." if schema else "") + prep.quote(table)
+
+    old = {c["name"] for c in sa.inspect(conn).get_columns("provenance", schema=schema)}
+    columns = ", ".join(prep.quote(c.name) for c in t.provenance.columns)
+    conn.execute(sa.text(f"CREATE TABLE {name('provenance_v9')} AS SELECT * FROM {name('provenance')}"))
+    conn.execute(sa.text(f"DROP TABLE {name('provenance')}"))
+    t.provenance.create(conn)
+    conn.execute(sa.text(f"INSERT INTO {name('provenance')} ({columns}) SELECT {columns} FROM {name('provenance_v9')}"))
+    if "skeleton_key" in old:
+        conn.execute(sa.text(f"INSERT INTO {name('subject_skeletons')} (subject_key, skeleton_key) SELECT subject_key, MIN(skeleton_key) "
+                             f"FROM {name('provenance_v9')} WHERE skeleton_key IS NOT NULL GROUP BY subject_key"))
+    conn.execute(sa.text(f"DROP TABLE {name('provenance_v9')}"))
+
+
 class Database:
     """The engine every ledger store shares (on Postgres, in its own schema)."""
 
@@ -264,6 +285,8 @@ class Database:
                         for index in indexes:
                             index.drop(conn, checkfirst=True)
                             index.create(conn)
+                if current < 10:
+                    _provenance_by_partition(conn, self.schema)
             if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION
