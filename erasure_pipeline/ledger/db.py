@@ -70,22 +70,20 @@ def insert_many(conn: Connection, table: sa.Table, rows: list[dict], *, or_ignor
 
 def _driver_rows(conn: Connection, table: sa.Table, names: list[str], rows: list[dict]) -> list[tuple]:
     """``rows`` as the driver's parameter tuples (``names`` in order), each column's bind processor applied: once per
-    distinct value (a build's rows share one timestamp: processed once, not once a row), except for binary columns,
-    whose values are each row's own (wrapped keys: remembering them cost more than wrapping them)."""
-    processors = [table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names]
-    processed: list[dict | None] = [None if isinstance(table.c[n].type, sa.LargeBinary) else {} for n in names]
-
-    def bound(i: int, value):
-        if processors[i] is None or value is None:
-            return value
-        seen = processed[i]
-        if seen is None:
-            return processors[i](value)
-        if value not in seen:
-            seen[value] = processors[i](value)
-        return seen[value]
-
-    return [tuple(bound(i, r[n]) for i, n in enumerate(names)) for r in rows]
+    distinct value (a build's rows share one timestamp: processed once, not once a row); binary values are passed as
+    the bytes they are. Column by column (200 000 provenance rows 0.25 -> 0.13 s, data keys 0.70 -> 0.12 s)."""
+    columns = []
+    for n in names:
+        values = [r[n] for r in rows]
+        process = table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if process is not None:
+            if isinstance(table.c[n].type, sa.LargeBinary):  # the driver takes bytes as they are
+                values = [v if v is None or type(v) is bytes else process(v) for v in values]
+            else:
+                done = {v: process(v) for v in set(values) if v is not None}
+                values = [None if v is None else done[v] for v in values]
+        columns.append(values)
+    return list(zip(*columns, strict=True))
 
 
 def update_many(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -> None:
