@@ -118,10 +118,8 @@ class NodeRecords:
 
     def forget_provenance(self, subject_keys: Iterable[str]) -> None:
         with self.db.tx() as conn:
-            parts = _partitions(conn)
             for chunk in chunks(subject_keys):
-                if parts:
-                    conn.execute(t.provenance.delete().where(P.partition.in_(parts), P.subject_key.in_(chunk)))
+                conn.execute(t.provenance.delete().where(P.partition.in_(_partitions()), P.subject_key.in_(chunk)))
                 conn.execute(t.subject_skeletons.delete().where(t.subject_skeletons.c.subject_key.in_(chunk)))
 
     def consent_changes(self, subject_key: str | None = None) -> list[dict]:
@@ -139,24 +137,20 @@ class NodeRecords:
         return rows
 
 
-def _partitions(conn: Connection) -> list[str]:
-    """Every partition that holds provenance: the key's first column, walked one distinct value at a time
-    (a seek each; 17 for 16 shards), so a subject's rows are found by key without an index by subject."""
-    out: list[str] = []
-    while True:
-        q = sa.select(sa.func.min(P.partition))
-        nxt = conn.execute(q.where(P.partition > out[-1]) if out else q).scalar()
-        if nxt is None:
-            return out
-        out.append(nxt)
+def _partitions() -> sa.Select:
+    """Every partition that holds provenance, as a subquery: the key's first column walked one distinct value at a
+    time (a recursive CTE, an index seek each: 17 for 16 shards, ~0.5 ms), so a subject's rows are found through the
+    key without an index by subject."""
+    walk = sa.select(sa.func.min(P.partition).label("p")).cte("held_partitions", recursive=True)
+    walk = walk.union_all(sa.select(sa.select(sa.func.min(P.partition)).where(P.partition > walk.c.p).scalar_subquery())
+                          .where(walk.c.p.is_not(None)))
+    return sa.select(walk.c.p).where(walk.c.p.is_not(None))
 
 
 def _held(conn: Connection, subject_keys: Iterable[str]) -> list:
     """The provenance rows of ``subject_keys``, through each partition's stretch of the key."""
-    parts = _partitions(conn)
-    if not parts:
-        return []
-    return [r for chunk in chunks(subject_keys) for r in conn.execute(sa.select(t.provenance).where(P.partition.in_(parts), P.subject_key.in_(chunk)))]
+    return [r for chunk in chunks(subject_keys)
+            for r in conn.execute(sa.select(t.provenance).where(P.partition.in_(_partitions()), P.subject_key.in_(chunk)))]
 
 
 def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int],
@@ -195,9 +189,8 @@ def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key
 
 def _forget_skeletons_of_the_gone(conn: Connection, keys: list[str]) -> None:
     """Subjects of ``keys`` who hold no provenance row any more lose their skeleton (it was theirs while they held data)."""
-    parts = _partitions(conn)
     S = t.subject_skeletons.c
     for chunk in chunks(keys):
-        still = {r.subject_key for r in conn.execute(sa.select(P.subject_key).where(P.partition.in_(parts), P.subject_key.in_(chunk)))} if parts else set()
+        still = {r.subject_key for r in _held(conn, chunk)}
         if len(still) < len(chunk):
             conn.execute(t.subject_skeletons.delete().where(S.subject_key.in_([k for k in chunk if k not in still])))
