@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     dequeue = next((line.split(":")[1].strip() for line in config.splitlines() if "dequeue_interval_seconds" in line), "5 (default)")
     print(f"Machine: {machine()}")
     print(f"Demo: {args.subjects:,} subjects, S = {policy.shards}; dagster dev (daemon), in-process executor, erasure_sensor "
-          f"minimum interval 5 s (the sensor daemon's loop is 5 s), queued run coordinator dequeuing every {dequeue} s\n")
+          f"minimum interval 1 s (ticks every 5 s loop of the sensor daemon), queued run coordinator dequeuing every {dequeue} s\n")
     print(table(["pass (1 subject)", "erasure runs", "filed -> run created (s)", "created -> started (s)", "the run (s)",
                  "run end -> certificate seen (s)", "erase -> certificate (s)"], passes))
     print(f"\nmedian erase -> certificate, 1 subject: {statistics.median(p[-1] for p in passes):.1f} s over {len(passes)} passes")
