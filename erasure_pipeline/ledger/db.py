@@ -201,21 +201,20 @@ def _provenance_by_partition(conn: Connection, schema: str | None) -> None:
     """Version 10: the provenance table rebuilt keyed by (partition, subject_key, asset), each subject's skeleton
     (kept on its raw rows until now, where a ledger of version 4 or later has them) moved to ``subject_skeletons``.
     The old table is copied aside, dropped (SQLite's ``secure_delete`` overwrites its pages) and copied back."""
-    prep = conn.dialect.identifier_preparer
-
-    def name(table: str) -> str:
-        return (prep.quote_schema(schema) + "." if schema else "") + prep.quote(table)
-
-    old = {c["name"] for c in sa.inspect(conn).get_columns("provenance", schema=schema)}
-    columns = ", ".join(prep.quote(c.name) for c in t.provenance.columns)
-    conn.execute(sa.text(f"CREATE TABLE {name('provenance_v9')} AS SELECT * FROM {name('provenance')}"))
-    conn.execute(sa.text(f"DROP TABLE {name('provenance')}"))
+    old = sa.Table("provenance", sa.MetaData(), schema=schema, autoload_with=conn)
+    aside = sa.Table("provenance_v9", sa.MetaData(), *[sa.Column(c.name, c.type) for c in old.columns], schema=schema)
+    aside.create(conn)
+    conn.execute(aside.insert().from_select(list(old.c.keys()), sa.select(*old.columns)))
+    old.drop(conn)
     t.provenance.create(conn)
-    conn.execute(sa.text(f"INSERT INTO {name('provenance')} ({columns}) SELECT {columns} FROM {name('provenance_v9')}"))
-    if "skeleton_key" in old:
-        conn.execute(sa.text(f"INSERT INTO {name('subject_skeletons')} (subject_key, skeleton_key) SELECT subject_key, MIN(skeleton_key) "
-                             f"FROM {name('provenance_v9')} WHERE skeleton_key IS NOT NULL GROUP BY subject_key"))
-    conn.execute(sa.text(f"DROP TABLE {name('provenance_v9')}"))
+    names = [c.name for c in t.provenance.columns]
+    conn.execute(t.provenance.insert().from_select(names, sa.select(*[aside.c[n] for n in names])))
+    if "skeleton_key" in aside.c:
+        conn.execute(t.subject_skeletons.insert().from_select(
+            ["subject_key", "skeleton_key"],
+            sa.select(aside.c.subject_key, sa.func.min(aside.c.skeleton_key)).where(aside.c.skeleton_key.is_not(None))
+            .group_by(aside.c.subject_key)))
+    aside.drop(conn)
 
 
 class Database:
