@@ -276,6 +276,23 @@ def test_an_id_sent_again_under_its_own_subject_or_a_dataset_keyed_by_the_subjec
     assert lake.list("_staging/") == []
 
 
+def test_a_batch_of_a_million_ids_finds_the_one_sent_twice_and_retracts_it(tmp_path):
+    """Past 1 000 000 ids the batch's ids are checked for repeats a group at a time (by their last bytes), not in
+    one hash table: the one id sent again, in another file under another subject, is still found."""
+    keyer = identity.Keyer(b"p" * 32, 2, ())
+    lake = stores.lake_at(str(tmp_path))
+    contract = TableContract("people", "person_id", "email")
+    n = 1_100_000
+    ids = [f"p{i}" for i in range(n)]
+    frame = pd.DataFrame({"person_id": ids, "subject_key": ["a" * 64] * n, "shard": identity.shard_of("a" * 64, 2)})
+    first = superseded.Sighting.of(0, frame, contract)
+    assert superseded.resolve(lake, "_staging", "b1", contract, [first], keyer, None) == set()  # all distinct
+    _, again = _people_file(1, [("p765432", "c")])
+    assert superseded.resolve(lake, "_staging", "b1", contract, [first, again], keyer, None) == {identity.shard_of("a" * 64, 2)}
+    retracted = superseded.read(lake, "_staging", "b1", "people", identity.shard_of("a" * 64, 2))
+    assert retracted["id_hash"].tolist() == superseded.id_hashes(keyer, ["p765432"])
+
+
 def test_dropping_retracted_rows_takes_the_pair_only():
     keyer = identity.Keyer(b"p" * 32, 2, ())
     frame = pd.DataFrame({"person_id": ["p1", "p2", "p1", "p3"], "subject_key": ["a" * 64, "a" * 64, "c" * 64, "b" * 64]})

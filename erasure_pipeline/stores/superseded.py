@@ -60,16 +60,19 @@ def id_hashes(keyer: identity.Keyer, ids) -> list[str]:
 
 @dataclass(frozen=True)
 class Sighting:
-    """One staged file's ids, subject keys and shards, row for row (``number``: its place in the batch)."""
+    """One staged file's ids, subject keys and shards, row for row (``number``: its place in the batch). Kept for
+    every file of a batch until the claim resolves it, so kept compact: the keys dictionary-encoded (a file has
+    each subject's key on many rows; as Python strings they were 1.7 GiB of a 1 000 000-subject build's claim)."""
 
     number: int
     ids: pa.Array
-    keys: np.ndarray
+    keys: pa.DictionaryArray
     shards: np.ndarray
 
     @classmethod
     def of(cls, number: int, df: pd.DataFrame, contract: TableContract) -> Sighting:
-        return cls(number, _strings(df[contract.id_column]), df["subject_key"].to_numpy(dtype=object), df["shard"].to_numpy())
+        return cls(number, _strings(df[contract.id_column]), _strings(df["subject_key"]).dictionary_encode(),
+                   df["shard"].to_numpy().astype(np.int32))
 
 
 def _strings(values: pd.Series) -> pa.Array:
@@ -103,9 +106,9 @@ def resolve(lake: Lake, staging: str, batch: str, contract: TableContract, seen:
     seen = sorted(seen, key=lambda s: s.number)
     ids = pa.concat_arrays([s.ids for s in seen])
     in_lake = held() if held is not None else None
-    if (in_lake is None or not in_lake.num_rows) and len(pc.unique(ids)) == len(ids):  # unique: a third of count_distinct's time
+    if (in_lake is None or not in_lake.num_rows) and _all_distinct(ids):
         return set()  # no id sent twice, nothing in the lake: nothing superseded
-    sent = pa.table({"id": ids, "subject_key": pa.array(np.concatenate([s.keys for s in seen]), pa.string()),
+    sent = pa.table({"id": ids, "subject_key": pa.concat_arrays([s.keys.dictionary.take(s.keys.indices) for s in seen]),
                      "shard": pa.array(np.concatenate([s.shards for s in seen]).astype(np.int64))})  # in batch order
     rows = sent if in_lake is None else pa.concat_tables([sent, in_lake.select(sent.column_names).cast(sent.schema)])
     # Each row's id looked up in the batch's ids last first: the position of the id's last row, whose subject is its latest.
@@ -122,6 +125,22 @@ def resolve(lake: Lake, staging: str, batch: str, contract: TableContract, seen:
         lake.write_bytes(retracted_name(staging, batch, contract.name, int(shard)), lk.table_to_bytes(out.sort_values(["subject_key", "id_hash"])))
         shards.add(int(shard))
     return shards
+
+
+def _all_distinct(ids: pa.Array) -> bool:
+    """Whether no id occurs twice. Checked a part at a time, the ids grouped by their last two bytes (equal ids
+    always fall in one group): ``pc.unique`` over all 14.7 M ids of a 1 000 000-subject build held a hash table of
+    all of them at once (~0.5 GiB more at the claim's peak, measured; ``unique`` is a third of ``count_distinct``'s
+    time), in groups the largest group's (3.0 s against 3.3 s)."""
+    if len(ids) < 1_000_000:
+        return len(pc.unique(ids)) == len(ids)
+    groups = pc.binary_slice(ids.cast(pa.binary()), -2).dictionary_encode()
+    codes = groups.indices.fill_null(0).to_numpy(zero_copy_only=False)  # a null id: in the first group, as a value
+    sizes = np.bincount(codes, minlength=len(groups.dictionary))
+    grouped = ids.take(pa.array(np.argsort(codes, kind="stable").astype(np.int32)))
+    del groups, codes
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    return all(len(pc.unique(grouped.slice(int(a), int(n)))) == n for a, n in zip(starts, sizes, strict=True))
 
 
 def read(lake: Lake, staging: str, batch: str, table: str, shard: int) -> pd.DataFrame | None:
