@@ -76,6 +76,36 @@ def test_sealing_round_trips_every_type_deterministically_and_a_destroyed_key_op
         crypto.open_table(sealed, None)
 
 
+def test_the_sealing_lookups_stay_within_their_bound_and_give_what_sealing_afresh_gives(monkeypatch):
+    """Cells sealed or opened before are found by lookup (both ways), never more than ``MEMO_MAX`` of them are kept,
+    and what a lookup gives is byte for byte what sealing without one gives."""
+    keys = Keys()
+    table = pa.table({"subject_key": [f"s{i}" for i in range(5)], "phone": [f"+44 20 7946 000{i}" for i in range(5)]})
+    crypto.forget_ciphers()
+    fresh = crypto.seal_table(table, ["phone"], keys)
+    assert len(crypto._SEALED) == len(crypto._OPENED) == 5
+    assert crypto.seal_table(table, ["phone"], keys).equals(fresh)  # by lookup
+    crypto.forget_ciphers()
+    assert crypto.open_table(fresh, keys).table.equals(table)  # opened afresh, then kept both ways
+    assert crypto.seal_table(table, ["phone"], keys).equals(fresh)
+    monkeypatch.setattr(crypto, "MEMO_MAX", 3)
+    crypto.forget_ciphers()
+    assert crypto.seal_table(table, ["phone"], keys).equals(fresh)
+    assert len(crypto._SEALED) == len(crypto._OPENED) == 3
+    assert crypto.open_table(fresh, keys).table.equals(table)
+    assert len(crypto._SEALED) <= 3
+    monkeypatch.setattr(crypto, "MEMO_MAX", 0)  # no lookups at all
+    crypto.forget_ciphers()
+    assert crypto.seal_table(table, ["phone"], keys).equals(fresh) and not crypto._SEALED and not crypto._OPENED
+    monkeypatch.setattr(crypto, "MEMO_MAX", 100)
+    crypto.forget_ciphers()  # only the columns a later step opens are kept; the others still find what is kept
+    both = table.append_column("name", pa.array([f"N{i}" for i in range(5)]))
+    sealed = crypto.seal_table(both, ["phone", "name"], keys, remember={"name"})
+    assert sealed.column("phone").equals(fresh.column("phone")) and len(crypto._SEALED) == 5
+    assert crypto.seal_table(both, ["phone", "name"], keys, remember=set()).equals(sealed) and len(crypto._SEALED) == 5
+    crypto.forget_ciphers()
+
+
 def test_a_sealed_cell_moved_to_another_subject_or_column_does_not_open():
     keys = Keys()
     sealed = crypto.seal_table(pa.table({"subject_key": ["a", "b"], "phone": ["1", "2"], "name": ["n1", "n2"]}), ["phone", "name"], keys)

@@ -16,6 +16,7 @@ from erasure_pipeline.core import identity
 from erasure_pipeline.core.contracts import contracts_for
 from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.kinds.base import Env, NodeResult
+from erasure_pipeline.kinds.raw_rows import declared_reads
 from erasure_pipeline.kinds.staleness import expired_partitions
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import superseded
@@ -192,8 +193,11 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
             if policy.features is not None and f.table == policy.features.dataset:
                 check_labels(frame, f.name, policy)
 
+        # The sealing lookups keep the cells a later step opens, not those the raw steps carry sealed (at 1 000 000
+        # subjects the demo's names and phones alone would fill them twice over, and evict the ids the raw steps open).
+        opened_later = {name: None if (r := declared_reads(policy, c)) is None else frozenset(r) for name, c in contracts_for(policy).items()}
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
-                       env.keys, workers=STAGING_THREADS)
+                       env.keys, workers=STAGING_THREADS, remember=opened_later)
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
         _retract(env, staged, lake_is_record=kind != "rebuild" or policy.landing.keep_days is not None)
     forced = _forced(env, kind, staged, as_of, stale or {})

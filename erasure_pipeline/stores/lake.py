@@ -246,7 +246,8 @@ def to_arrow(df: pd.DataFrame, sealing: Sealing | None = None) -> pa.Table:
     """A frame as the Arrow table a lake object stores: ``sealing``'s columns sealed."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     if sealing is not None and sealing.columns:
-        table = crypto.seal_table(table, sealing.columns, sealing.keys, withhold=sealing.withhold, carried=sealing.carried)
+        table = crypto.seal_table(table, sealing.columns, sealing.keys, withhold=sealing.withhold, carried=sealing.carried,
+                                   remember=sealing.remember)
     return table
 
 

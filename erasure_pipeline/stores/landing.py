@@ -176,7 +176,7 @@ class _StagedFile:
 
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
           check: Callable[[pd.DataFrame, LandingFile], None] | None = None, tombstones: Tombstones | None = None,
-          keys: KeySource | None = None, workers: int = 1) -> Staged:
+          keys: KeySource | None = None, workers: int = 1, remember: Mapping[str, frozenset[str] | None] | None = None) -> Staged:
     """Read each landing file once: write its rows of each shard to the staging area, index which
     subjects (and which ids inside its texts) it holds, and rewrite it without ``tombstones``' subjects
     when a source sent them again (every ingest path stages, so every ingest path scrubs landing). Files
@@ -184,7 +184,9 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     last (later files win on id). The staged rows are as read: the raw step drops tombstoned subjects and
     keeps the provenance of those whose erasure is still to run. Declared personal fields are staged sealed
     (``keys``); tombstoned subjects get no key, their fields are staged empty. Each file's ids are kept in memory
-    (``Staged.sightings``) for the claim to find ids sent again under another subject (``superseded.resolve``)."""
+    (``Staged.sightings``) for the claim to find ids sent again under another subject (``superseded.resolve``).
+    ``remember``: per dataset, the sealed columns a later step opens (None: all), whose cells the process's sealing
+    lookups keep (``Sealing.remember``)."""
     out = Staged(batch)
     drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
     landing_index.delete_batch(lake, batch)
@@ -202,7 +204,7 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
             done.scrubbed = _rewrite(landing, f.name, scrubbed)
         # Sealed once for the whole file (one key lookup, each subject's values once), then split by shard.
         shards = df["shard"].to_numpy()
-        table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones))
+        table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones, (remember or {}).get(f.table)))
         for shard in np.unique(shards).tolist():
             rows = table.filter(pa.array(shards == shard))
             lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.arrow_to_bytes(rows))
@@ -229,12 +231,13 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     return out
 
 
-def _sealing(contract: TableContract, keys: KeySource | None, tombstones: Tombstones | None) -> Sealing | None:
+def _sealing(contract: TableContract, keys: KeySource | None, tombstones: Tombstones | None,
+             remember: frozenset[str] | None = None) -> Sealing | None:
     if not contract.sealed:
         return None
     if keys is None:
         raise SealedWithoutKeys(f"datasets.{contract.name}.personal is declared but no key store is open to seal it")
-    return Sealing(tuple(contract.sealed), keys, frozenset(tombstones.current) if tombstones else frozenset())
+    return Sealing(tuple(contract.sealed), keys, frozenset(tombstones.current) if tombstones else frozenset(), remember=remember)
 
 
 def read_staged(lake: Lake, batch: str, contract: TableContract, shard: int, keys: KeySource | None = None,
