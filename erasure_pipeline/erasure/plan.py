@@ -194,8 +194,11 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
                 check_labels(frame, f.name, policy)
 
         # The sealing lookups keep the cells a later step opens, not those the raw steps carry sealed (at 1 000 000
-        # subjects the demo's names and phones alone would fill them twice over, and evict the ids the raw steps open).
-        opened_later = {name: None if (r := declared_reads(policy, c)) is None else frozenset(r) for name, c in contracts_for(policy).items()}
+        # subjects the demo's names and phones alone would fill them twice over, and evict the ids the raw steps
+        # open). By column name: a cell is (data key, column, value), so events.subject_id's cells are the ones
+        # subjects.subject_id's readers open (events are staged first).
+        reads = [declared_reads(policy, c) for c in contracts_for(policy).values()]
+        opened_later = None if any(r is None for r in reads) else frozenset().union(*reads)
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
                        env.keys, workers=STAGING_THREADS, remember=opened_later)
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)

@@ -176,7 +176,7 @@ class _StagedFile:
 
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
           check: Callable[[pd.DataFrame, LandingFile], None] | None = None, tombstones: Tombstones | None = None,
-          keys: KeySource | None = None, workers: int = 1, remember: Mapping[str, frozenset[str] | None] | None = None) -> Staged:
+          keys: KeySource | None = None, workers: int = 1, remember: frozenset[str] | None = None) -> Staged:
     """Read each landing file once: write its rows of each shard to the staging area, index which
     subjects (and which ids inside its texts) it holds, and rewrite it without ``tombstones``' subjects
     when a source sent them again (every ingest path stages, so every ingest path scrubs landing). Files
@@ -185,8 +185,8 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
     keeps the provenance of those whose erasure is still to run. Declared personal fields are staged sealed
     (``keys``); tombstoned subjects get no key, their fields are staged empty. Each file's ids are kept in memory
     (``Staged.sightings``) for the claim to find ids sent again under another subject (``superseded.resolve``).
-    ``remember``: per dataset, the sealed columns a later step opens (None: all), whose cells the process's sealing
-    lookups keep (``Sealing.remember``)."""
+    ``remember``: the columns (by name, in any dataset) a later step opens (None: all), whose cells the process's
+    sealing lookups keep (``Sealing.remember``)."""
     out = Staged(batch)
     drop_staging(lake, batch)  # an earlier attempt of this batch: staged and indexed afresh, not added to
     landing_index.delete_batch(lake, batch)
@@ -204,7 +204,7 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
             done.scrubbed = _rewrite(landing, f.name, scrubbed)
         # Sealed once for the whole file (one key lookup, each subject's values once), then split by shard.
         shards = df["shard"].to_numpy()
-        table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones, (remember or {}).get(f.table)))
+        table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones, remember))
         for shard in np.unique(shards).tolist():
             rows = table.filter(pa.array(shards == shard))
             lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.arrow_to_bytes(rows))
