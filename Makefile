@@ -44,6 +44,7 @@ bench:
 	$(PY) -m benchmarks.erasure_cost --subjects 200000
 	$(PY) -m benchmarks.erasure_cost --subjects 200000 --executor multiprocess:2
 	$(PY) -m benchmarks.erasure_cost --subjects 1000000
+	$(PY) -m benchmarks.build_memory --subjects 1000000
 	$(PY) -m benchmarks.lake_layout --subjects 200000
 	$(PY) -m benchmarks.qdrant_delete
 	$(PY) -m benchmarks.sisa_accuracy

@@ -40,6 +40,15 @@ def test_erasure_cost_measures_every_operation_against_a_floor_that_read_somethi
 
 
 @pytest.mark.slow
+def test_build_memory_samples_the_claim_and_every_node():
+    out = _bench("build_memory", "--subjects", "300", "--subjects-per-file", "100", "--every", "0.01")
+    sampled = {ln.split("|")[1].strip(): float(ln.split("|")[2].replace(",", "")) for ln in out.splitlines()
+               if ln.startswith("| ") and not ln.startswith("| running")}
+    assert {"claim: staging", "raw_subjects", "training_shards", "ensemble_model"} <= set(sampled), sampled
+    assert all(v > 0 for v in sampled.values())
+
+
+@pytest.mark.slow
 def test_verify_batch_checks_every_certificate_it_filed():
     out = _bench("verify_batch", "--subjects", "200", "--requests", "5")
     row = _row(out, "5")  # requests, demo build s, process s, verify --since s, ...
