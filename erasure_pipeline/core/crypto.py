@@ -102,8 +102,8 @@ def _seal_pairs(ciphers: list, aads: list[bytes], texts: list[bytes], s_codes: l
                 keep: bool = True) -> list[bytes | None]:
     """Each (subject code, value code) pair sealed (None: the subject has no cipher), by memo lookup when this
     process sealed or opened the cell before; ``keep``: the cells sealed afresh join the lookups. One loop with
-    its names bound locally: at ~1 µs of AES a cell, a Python call per cell for the lookup and another for
-    ``_seal_cell`` were most of sealing's cost."""
+    its names bound locally: the two Python calls a cell made before (the lookup, then ``_seal_cell``) and the
+    lookups' bookkeeping took more than the AES itself under cProfile (2.4 s against 0.8 s for 659 000 cells)."""
     memo, blake2b, out, fresh = _SEALED, hashlib.blake2b, [], []
     for s, v in zip(s_codes, v_codes, strict=True):
         cipher = ciphers[s]

@@ -137,7 +137,7 @@ def _all_distinct(ids: pa.Array) -> bool:
     groups = pc.binary_slice(ids.cast(pa.binary()), -2).dictionary_encode()
     codes = groups.indices.fill_null(0).to_numpy(zero_copy_only=False)  # a null id: in the first group, as a value
     sizes = np.bincount(codes, minlength=len(groups.dictionary))
-    grouped = ids.take(pa.array(np.argsort(codes, kind="stable").astype(np.int32)))
+    grouped = ids.take(pa.array(np.argsort(codes, kind="stable").astype(np.int32 if len(ids) < 2**31 else np.int64)))
     del groups, codes
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     return all(len(pc.unique(grouped.slice(int(a), int(n)))) == n for a, n in zip(starts, sizes, strict=True))
