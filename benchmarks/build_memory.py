@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from benchmarks._common import Timer, machine, peak_rss_mib, project_home, table
-from benchmarks.erasure_cost import write_synthetic_landing
+from benchmarks.erasure_cost import landing_arguments, write_synthetic_landing
 from erasure_pipeline.app.demo import DEMO_POLICY
 
 
@@ -30,11 +30,7 @@ def _rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=200_000)
-    ap.add_argument("--events-per-subject", type=float, default=16.0)
-    ap.add_argument("--tickets-per-subject", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--subjects-per-file", type=int, default=10_000)
+    landing_arguments(ap)
     ap.add_argument("--every", type=float, default=0.5, help="seconds between samples")
     args = ap.parse_args(argv)
 

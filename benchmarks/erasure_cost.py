@@ -60,6 +60,16 @@ def breakdown(instance, run_ids: list[str]) -> tuple[dict[str, float], dict[str,
     return dict(steps), dict(nodes), merges
 
 
+def landing_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options ``write_synthetic_landing`` reads: the demo's landing set, at a size."""
+    ap.add_argument("--subjects", type=int, default=200_000)
+    ap.add_argument("--events-per-subject", type=float, default=16.0)
+    ap.add_argument("--tickets-per-subject", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--subjects-per-file", type=int, default=10_000,
+                    help="landing exports of this many subjects per file and table (0: one file per table)")
+
+
 def write_synthetic_landing(args: argparse.Namespace) -> tuple[dict[str, int], list[str], list[str]]:
     """(rows per table, landing files written, subject ids) of the demo's generator at ``args``' size."""
     from erasure_pipeline.app import demo
@@ -71,14 +81,9 @@ def write_synthetic_landing(args: argparse.Namespace) -> tuple[dict[str, int], l
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=200_000)
-    ap.add_argument("--events-per-subject", type=float, default=16.0)
-    ap.add_argument("--tickets-per-subject", type=float, default=0.3)
+    landing_arguments(ap)
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--subjects-per-file", type=int, default=10_000,
-                    help="landing exports of this many subjects per file and table (0: one file per table)")
     ap.add_argument("--keep", default=None, help="keep the project home here (default: a temporary directory)")
     ap.add_argument("--executor", default="in_process", help="in_process, or multiprocess:N (ERASURE_PIPELINE_EXECUTOR)")
     args = ap.parse_args(argv)
