@@ -5,9 +5,11 @@
 For each variant (the demo's declaration without ``personal`` and without ``landing.keep_days``, then with
 ``personal`` as the demo declares it), in a fresh project home: a full build of every asset from landing
 (one ingest_job run), then ``--erasures`` one-subject erasures one after another (request -> certificate,
-the sensor's code path), each timed. Prints the ratio sealed / plain of the build and of the median erasure,
-then each build by step and node (where sealing's time goes), then what sealing alone costs per cell (seal and
-open, measured on the raw tables in memory), and what the key store holds.
+the sensor's code path), each timed. ``--repeats`` pairs (plain then sealed, back to back), each in fresh
+homes: one build of each varies by ±10 % between runs on a shared VM, a pair's two builds less. Prints the
+ratio sealed / plain of the median builds, each pair's, and of the median erasure, then the builds by step and
+node (medians: where sealing's time goes), then what sealing alone costs per cell (seal and open, measured on
+the raw tables in memory), and what the key store holds.
 """
 
 from __future__ import annotations
@@ -96,6 +98,15 @@ def _cell_costs(env, tables) -> dict:
     return {"cells": int(cells), "seal_s": seal_s, "open_s": open_s}
 
 
+def _medians(runs: list[dict]) -> dict:
+    """One variant's runs as one: the median build and median of each step and node, every erasure, the last run's
+    key store and per-cell costs."""
+    parts = {k for r in runs for k in r["parts"]}
+    return {**runs[-1], "build": statistics.median(r["build"] for r in runs),
+            "erasures": [e for r in runs for e in r["erasures"]],
+            "parts": {k: statistics.median(r["parts"].get(k, 0.0) for r in runs) for k in parts}}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=200_000)
@@ -103,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tickets-per-subject", type=float, default=0.3)
     ap.add_argument("--erasures", type=int, default=5)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=2, help="pairs of builds, plain then sealed (default 2)")
     args = ap.parse_args(argv)
-    plain, sealed = _run(False, args), _run(True, args)
+    pairs = [(_run(False, args), _run(True, args)) for _ in range(max(1, args.repeats))]
+    plain, sealed = _medians([p for p, _ in pairs]), _medians([s for _, s in pairs])
     p_med, s_med = statistics.median(plain["erasures"]), statistics.median(sealed["erasures"])
     print()
     print(f"Machine: {machine()}")
@@ -114,9 +127,12 @@ def main(argv: list[str] | None = None) -> None:
           "embedded back-ends, local key file")
     print()
     spread = lambda xs: f"{min(xs):.2f}–{max(xs):.2f}"
+    seconds = lambda runs: ", ".join(f"{r['build']:.1f}" for r in runs)
+    builds = f"median of {len(pairs)} (plain {seconds(p for p, _ in pairs)}; sealed {seconds(s for _, s in pairs)})"
     print(table(["operation", "plain (s)", "sealed (s)", "sealed / plain"], [
-        ["full build of every asset from landing", plain["build"], sealed["build"], sealed["build"] / plain["build"]],
-        [f"erase 1 subject, median of {args.erasures} (range plain {spread(plain['erasures'])}, sealed {spread(sealed['erasures'])})",
+        [f"full build of every asset from landing, {builds}", plain["build"], sealed["build"], sealed["build"] / plain["build"]],
+        *[[f"pair {n} (back to back)", p["build"], s["build"], s["build"] / p["build"]] for n, (p, s) in enumerate(pairs, 1)],
+        [f"erase 1 subject, median of {len(plain['erasures'])} (range plain {spread(plain['erasures'])}, sealed {spread(sealed['erasures'])})",
          p_med, s_med, s_med / p_med],
     ]))
     print()
