@@ -22,7 +22,7 @@ import pytest
 from erasure_pipeline.core import crypto
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import Ledger
-from erasure_pipeline.ledger.keys import KeyRing, group_of
+from erasure_pipeline.ledger.keys import KeyRing, KeysRaced, group_of
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.kms import AwsKms, KekUnusable, LocalKms
@@ -240,6 +240,33 @@ def test_destroying_a_key_rekeys_its_group_rotates_the_kek_and_an_old_store_copy
     assert ring.rotate() == 3  # a rotation touches no data key: every kept one reads the same
     assert _ring(key_store_url, kms).data_keys([*same_group, other], create=False) == after
     assert group_of(victim) == group_of(same_group[1])
+
+
+def test_a_staging_passs_new_keys_are_stored_together_at_its_end_and_never_for_a_subject_erased_meanwhile(key_store_url, tmp_path):
+    kms = LocalKms(tmp_path / "kek.json")
+    ring = _ring(key_store_url, kms)
+    kept, fresh, erased_before, erased_meanwhile = (f"{g}{'0' * 62}" for g in ("0a", "1b", "2c", "3d"))
+    stored = ring.data_keys([kept, erased_before], create=True)
+    ring.destroy([erased_before])
+
+    pending = ring.pending()
+    got = pending.data_keys([kept, fresh, erased_before, erased_meanwhile], create=True)
+    assert got[kept] == stored[kept] and erased_before not in got  # keyed already: its key; destroyed: none ever
+    assert set(got) == {kept, fresh, erased_meanwhile} and pending.data_keys([fresh], create=True) == {fresh: got[fresh]}
+    reader = _ring(key_store_url, kms)  # another process: sees nothing made until the pass commits
+    assert reader.data_keys([fresh, erased_meanwhile], create=False) == {}
+    ring.destroy([erased_meanwhile])  # an erasure while the batch is staged
+    assert pending.commit() == 1
+    assert _ring(key_store_url, kms).data_keys([kept, fresh, erased_meanwhile], create=False) == {kept: got[kept], fresh: got[fresh]}
+
+    # Another writer stored a key for a subject this pass sealed under its own: the pass fails, theirs stays.
+    late = "4e" + "0" * 62
+    racing = ring.pending()
+    mine = racing.data_keys([late], create=True)[late]
+    theirs = _ring(key_store_url, kms).data_keys([late], create=True)[late]
+    with pytest.raises(KeysRaced, match="staged again"):
+        racing.commit()
+    assert mine != theirs and _ring(key_store_url, kms).data_keys([late], create=False) == {late: theirs}
 
 
 def test_a_process_forgets_its_lookups_once_for_its_own_erasure_and_again_for_another_processs(tmp_path):
@@ -624,6 +651,36 @@ def test_declaring_personal_fields_on_a_built_home_reseals_it_and_leaves_no_plai
         assert texts and all(t.startswith(crypto.PAYLOAD_PREFIX) for t in texts)  # every point replaced, sealed
         assert _sealed_view(stores.lake(), stores.keys())[f"raw_subjects/{key(sid)}"]["full_name"] == needles[1]
         assert "every kept subject's fields open" in _cli("keys", "verify").stdout
+
+
+def test_an_ingest_whose_new_keys_could_not_be_stored_writes_nothing_and_the_next_one_stages_again(tmp_path, monkeypatch):
+    """Staging seals new subjects' fields under keys held in memory until every file is staged; when storing them
+    fails (another writer raced it, or the process died), no raw bucket was written under them and the next ingest
+    stages the batch afresh: every subject's fields open."""
+    from erasure_pipeline.app.runner import RunFailed, get_instance, materialize_all
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.ledger.keys import PendingKeys
+
+    with project_env(tmp_path / "home", SEALED_POLICY.replace("landing: {keep_days: 0}\n", "")):
+        data = _load_demo()
+        defs, instance = build_definitions(load_policy()), get_instance()
+        real = PendingKeys.commit
+
+        def raced(self):
+            raise KeysRaced("1 data key(s) were made by another writer while this batch was staged; it is staged again on its next attempt")
+
+        monkeypatch.setattr(PendingKeys, "commit", raced)
+        with pytest.raises(RunFailed, match="staged again"):
+            materialize_all(defs, instance)
+        lake, ring = stores.lake(), stores.keys()
+        assert not [n for n in lake.list("") if n.startswith(RAW)] and ring.status()["data_keys"] == 0
+        monkeypatch.setattr(PendingKeys, "commit", real)
+        assert materialize_all(defs, instance).success
+        view = _sealed_view(lake, ring)
+        subjects = {k: v for k, v in view.items() if k.startswith("raw_subjects/")}
+        assert len(subjects) == len(data["subjects"]) and all(v["full_name"] and v["phone"] for v in subjects.values())
+        assert ring.status()["data_keys"] == len(data["subjects"])
 
 
 @pytest.mark.slow

@@ -199,8 +199,13 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
         # subjects.subject_id's readers open (events are staged first).
         reads = [declared_reads(policy, c) for c in contracts_for(policy).values()]
         opened_later = None if any(r is None for r in reads) else frozenset().union(*reads)
+        # New subjects' data keys are stored together once every file is staged (``PendingKeys``), before anything
+        # reads what was staged under them.
+        keys = env.keys.pending() if env.keys is not None else None
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
-                       env.keys, workers=STAGING_THREADS, remember=opened_later)
+                       keys, workers=STAGING_THREADS, remember=opened_later)
+        if keys is not None:
+            keys.commit()
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
         _retract(env, staged, lake_is_record=kind != "rebuild" or policy.landing.keep_days is not None)
     forced = _forced(env, kind, staged, as_of, stale or {})
