@@ -269,6 +269,24 @@ def test_a_staging_passs_new_keys_are_stored_together_at_its_end_and_never_for_a
     assert mine != theirs and _ring(key_store_url, kms).data_keys([late], create=False) == {late: theirs}
 
 
+def test_the_key_stores_first_version_forgets_nothing_a_staging_pass_sealed(tmp_path, monkeypatch):
+    """A build's staging pass makes the store's first KEK version when it stores its keys; the readers after it keep
+    the keys and sealing lookups it left (that version is no rotation), and an erasure's rotation still empties them."""
+    from erasure_pipeline.ledger import keys as key_store
+
+    monkeypatch.setattr(key_store, "EPOCH_CHECK_SECONDS", 0.0)  # every call reads the newest version
+    crypto.forget_ciphers()
+    ring = _ring(f"sqlite:///{tmp_path / 'ledger.sqlite'}", LocalKms(tmp_path / "kek.json"))
+    subjects = [f"{g:02x}{'0' * 62}" for g in range(4)]
+    pending = ring.pending()
+    crypto.seal_table(pa.table({"subject_key": subjects, "phone": ["1", "2", "3", "4"]}), ["phone"], pending)
+    held = dict(crypto._SEALED)
+    assert len(held) == 4 and pending.commit() == 4 and ring.status()["versions"][0]["version"] == 1
+    assert ring.data_keys(subjects, create=False) == pending.made and crypto._SEALED == held
+    ring.destroy(subjects[:1])
+    assert not crypto._SEALED
+
+
 def test_a_process_forgets_its_lookups_once_for_its_own_erasure_and_again_for_another_processs(tmp_path):
     """``destroy`` empties this process's key cache and sealing lookups before its rotation, so the rotation it
     makes itself is no news to it; a rotation made elsewhere (another process's erasure) empties them again."""

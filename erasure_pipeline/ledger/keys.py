@@ -152,10 +152,13 @@ class KeyRing:
             if now - self._checked >= EPOCH_CHECK_SECONDS:
                 with self.db.connect() as conn:
                     epoch = conn.execute(sa.select(sa.func.max(t.kek_versions.c.version))).scalar()
-                if epoch != self._epoch:  # a rotation (every erasure makes one) since these keys were read
+                # A rotation (every erasure makes one) since these keys were read: forget them. The store's first
+                # version (None -> 1) is no rotation: nothing was destroyed before it, and forgetting there threw
+                # away every cell a build's staging pass had just sealed (it makes the first version at its end).
+                if epoch != self._epoch and not (self._epoch is None and epoch == 1):
                     self._deks.clear()
                     forget_ciphers()
-                    self._epoch = epoch
+                self._epoch = epoch
                 self._checked = now
             found = {k: hit[0] for k in wanted if (hit := self._deks.get(k)) is not None and now - hit[1] < DEK_CACHE_SECONDS}
             rest = sorted(wanted - set(found))
