@@ -701,6 +701,32 @@ def test_an_ingest_whose_new_keys_could_not_be_stored_writes_nothing_and_the_nex
         assert ring.status()["data_keys"] == len(data["subjects"])
 
 
+def test_the_training_set_orders_by_the_sealed_id_as_stored_and_trains_on_what_opening_it_gives(tmp_path, monkeypatch):
+    """The training step reads the features dataset's sealed id only to order a subject's rows: it gets it as stored
+    (no cell opened) and builds the same training set as when it opened it."""
+    from erasure_pipeline.app.runner import get_instance, materialize_all
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.kinds import raw
+    from erasure_pipeline.ml import features as ft
+
+    with project_env(tmp_path / "home", SEALED_POLICY):
+        _load_demo()
+        policy = load_policy()
+        assert materialize_all(build_definitions(policy), get_instance()).success
+        env, tables = stores.default_env(), ("subjects", "events", "tickets")
+        stored = {p: {t: env.read_rows(f"raw_{t}", p) for t in tables} for p in PARTITIONS}
+        monkeypatch.setattr(raw, "ordered_by", lambda contract: frozenset())  # as before: the id opened
+        opened = {p: {t: env.read_rows(f"raw_{t}", p) for t in tables} for p in PARTITIONS}
+        for p in PARTITIONS:
+            ids = stored[p]["subjects"]
+            assert ids.attrs["carried"].keys() == {"subject_id"} and ids["subject_id"].map(type).eq(bytes).all()
+            assert "full_name" not in ids and opened[p]["subjects"]["subject_id"].map(type).eq(str).all()
+            for model in policy.models:
+                pd.testing.assert_frame_equal(ft.training_rows(stored[p], policy, model, where=p).rows,
+                                              ft.training_rows(opened[p], policy, model, where=p).rows)
+
+
 @pytest.mark.slow
 def test_a_raw_step_carries_the_personal_fields_it_does_not_read_and_writes_what_opening_them_would(tmp_path, monkeypatch):
     """An ingest opens only the sealed columns its rewrite reads (the id, texts, timestamp, a reader's columns) and

@@ -52,6 +52,7 @@ from erasure_pipeline.kinds.raw_rows import (
     incoming_rows,
     is_features_dataset,
     lake_held,
+    ordered_by,
     proof_manifest,
     retention_cutoff,
     rewrite_partition,
@@ -376,8 +377,15 @@ class Raw(Kind):
 
     def read_rows(self, env: Env, node: Node, partition: str, *, buckets: Iterable[int] | None = None,
                   columns: list[str] | None = None, cache: bool = False) -> pd.DataFrame | None:
-        only = None if columns is not None else declared_reads(env.policy, contracts.contracts_for(env.policy)[node.table])
-        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache, keys=env.keys, only=only)
+        """``columns`` of the partition's rows, or all of them: the sealed ones a reader below may read opened, the
+        id as stored when it only orders rows (``ordered_by``), the others left out."""
+        only, carry = None, frozenset()
+        if columns is None:
+            contract = contracts.contracts_for(env.policy)[node.table]
+            only = declared_reads(env.policy, contract)
+            carry = ordered_by(contract) if only is not None else frozenset()
+            only = None if only is None else only - carry
+        return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache, keys=env.keys, only=only, carry=carry)
 
     def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:
         return bk.stored_version(env.lake, node.name, partition)
