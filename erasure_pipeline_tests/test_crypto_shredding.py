@@ -98,12 +98,29 @@ def test_the_sealing_lookups_stay_within_their_bound_and_give_what_sealing_afres
     crypto.forget_ciphers()
     assert crypto.seal_table(table, ["phone"], keys).equals(fresh) and not crypto._SEALED and not crypto._OPENED
     monkeypatch.setattr(crypto, "MEMO_MAX", 100)
-    crypto.forget_ciphers()  # only the columns a later step opens are kept; the others still find what is kept
+    crypto.forget_ciphers()  # only the columns a later step opens are kept (and looked up); the others sealed afresh
     both = table.append_column("name", pa.array([f"N{i}" for i in range(5)]))
     sealed = crypto.seal_table(both, ["phone", "name"], keys, remember={"name"})
     assert sealed.column("phone").equals(fresh.column("phone")) and len(crypto._SEALED) == 5
-    assert crypto.seal_table(both, ["phone", "name"], keys, remember=set()).equals(sealed) and len(crypto._SEALED) == 5
+    looked = []
+    monkeypatch.setattr(crypto, "_SEALED", _Spy(crypto._SEALED, looked))
+    assert crypto.seal_table(both, ["phone", "name"], keys, remember={"name"}).equals(sealed) and len(crypto._SEALED) == 5
+    assert len(looked) == 5 and {aad.split(b"\x00")[0] for _nonce, aad, _value in looked} == {b"name"}  # phone: not looked up
+    assert crypto.seal_table(both, ["phone", "name"], keys, remember=set()).equals(sealed) and len(looked) == 5
+    monkeypatch.undo()
     crypto.forget_ciphers()
+
+
+class _Spy(dict):
+    """A sealing lookup that records what it was asked."""
+
+    def __init__(self, held: dict, asked: list):
+        super().__init__(held)
+        self.asked = asked
+
+    def get(self, key, default=None):
+        self.asked.append(key)
+        return super().get(key, default)
 
 
 def test_a_sealed_cell_moved_to_another_subject_or_column_does_not_open():
