@@ -22,7 +22,8 @@ import pytest
 from erasure_pipeline.core import crypto
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import Ledger
-from erasure_pipeline.ledger.keys import KeyRing, KeysRaced, group_of
+from erasure_pipeline.ledger.keys import KeyRing, group_of
+from erasure_pipeline.ledger.pending_keys import KeysRaced, PendingKeys
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.kms import AwsKms, KekUnusable, LocalKms
@@ -266,7 +267,7 @@ def test_a_staging_passs_new_keys_are_stored_together_at_its_end_and_never_for_a
     stored = ring.data_keys([kept, erased_before], create=True)
     ring.destroy([erased_before])
 
-    pending = ring.pending()
+    pending = PendingKeys(ring)
     got = pending.data_keys([kept, fresh, erased_before, erased_meanwhile], create=True)
     assert got[kept] == stored[kept] and erased_before not in got  # keyed already: its key; destroyed: none ever
     assert set(got) == {kept, fresh, erased_meanwhile} and pending.data_keys([fresh], create=True) == {fresh: got[fresh]}
@@ -278,7 +279,7 @@ def test_a_staging_passs_new_keys_are_stored_together_at_its_end_and_never_for_a
 
     # Another writer stored a key for a subject this pass sealed under its own: the pass fails, theirs stays.
     late = "4e" + "0" * 62
-    racing = ring.pending()
+    racing = PendingKeys(ring)
     mine = racing.data_keys([late], create=True)[late]
     theirs = _ring(key_store_url, kms).data_keys([late], create=True)[late]
     with pytest.raises(KeysRaced, match="staged again"):
@@ -295,7 +296,7 @@ def test_the_key_stores_first_version_forgets_nothing_a_staging_pass_sealed(tmp_
     crypto.forget_ciphers()
     ring = _ring(f"sqlite:///{tmp_path / 'ledger.sqlite'}", LocalKms(tmp_path / "kek.json"))
     subjects = [f"{g:02x}{'0' * 62}" for g in range(4)]
-    pending = ring.pending()
+    pending = PendingKeys(ring)
     crypto.seal_table(pa.table({"subject_key": subjects, "phone": ["1", "2", "3", "4"]}), ["phone"], pending)
     held = dict(crypto._SEALED)
     assert len(held) == 4 and pending.commit() == 4 and ring.status()["versions"][0]["version"] == 1
@@ -695,7 +696,6 @@ def test_an_ingest_whose_new_keys_could_not_be_stored_writes_nothing_and_the_nex
     from erasure_pipeline.app.runner import RunFailed, get_instance, materialize_all
     from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.defs.pipeline import build_definitions
-    from erasure_pipeline.ledger.keys import PendingKeys
 
     with project_env(tmp_path / "home", SEALED_POLICY.replace("landing: {keep_days: 0}\n", "")):
         data = _load_demo()
@@ -724,7 +724,7 @@ def test_the_training_set_orders_by_the_sealed_id_as_stored_and_trains_on_what_o
     from erasure_pipeline.app.runner import get_instance, materialize_all
     from erasure_pipeline.core.policy import load_policy
     from erasure_pipeline.defs.pipeline import build_definitions
-    from erasure_pipeline.kinds import raw
+    from erasure_pipeline.kinds import raw_rows
     from erasure_pipeline.ml import features as ft
 
     with project_env(tmp_path / "home", SEALED_POLICY):
@@ -733,7 +733,7 @@ def test_the_training_set_orders_by_the_sealed_id_as_stored_and_trains_on_what_o
         assert materialize_all(build_definitions(policy), get_instance()).success
         env, tables = stores.default_env(), ("subjects", "events", "tickets")
         stored = {p: {t: env.read_rows(f"raw_{t}", p) for t in tables} for p in PARTITIONS}
-        monkeypatch.setattr(raw, "ordered_by", lambda contract: frozenset())  # as before: the id opened
+        monkeypatch.setattr(raw_rows, "ordered_by", lambda contract: frozenset())  # as before: the id opened
         opened = {p: {t: env.read_rows(f"raw_{t}", p) for t in tables} for p in PARTITIONS}
         for p in PARTITIONS:
             ids = stored[p]["subjects"]

@@ -18,6 +18,7 @@ from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.kinds.base import Env, NodeResult
 from erasure_pipeline.kinds.raw_rows import declared_reads
 from erasure_pipeline.kinds.staleness import expired_partitions
+from erasure_pipeline.ledger.pending_keys import PendingKeys
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import superseded
 from erasure_pipeline.stores.lake import content_hash
@@ -201,7 +202,7 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
         opened_later = None if any(r is None for r in reads) else frozenset().union(*reads)
         # New subjects' data keys are stored together once every file is staged (``PendingKeys``), before anything
         # reads what was staged under them.
-        keys = env.keys.pending() if env.keys is not None else None
+        keys = PendingKeys(env.keys) if env.keys is not None else None
         staged = stage(env.lake, env.landing, present, env.keyer, batch_id, policy.lake.buckets, check, Tombstones.load(env.ledger, env.keyer),
                        keys, workers=STAGING_THREADS, remember=opened_later)
         if keys is not None:

@@ -48,12 +48,11 @@ from erasure_pipeline.kinds.raw_rows import (
     carried_in_step,
     check_opened,
     consent_changes,
-    declared_reads,
     incoming_rows,
     is_features_dataset,
     lake_held,
-    ordered_by,
     proof_manifest,
+    read_below,
     retention_cutoff,
     rewrite_partition,
     sealed_as_declared,
@@ -377,14 +376,7 @@ class Raw(Kind):
 
     def read_rows(self, env: Env, node: Node, partition: str, *, buckets: Iterable[int] | None = None,
                   columns: list[str] | None = None, cache: bool = False) -> pd.DataFrame | None:
-        """``columns`` of the partition's rows, or all of them: the sealed ones a reader below may read opened, the
-        id as stored when it only orders rows (``ordered_by``), the others left out."""
-        only, carry = None, frozenset()
-        if columns is None:
-            contract = contracts.contracts_for(env.policy)[node.table]
-            only = declared_reads(env.policy, contract)
-            carry = ordered_by(contract) if only is not None else frozenset()
-            only = None if only is None else only - carry
+        only, carry = read_below(env.policy, contracts.contracts_for(env.policy)[node.table]) if columns is None else (None, frozenset())
         return bk.read_buckets(env.lake, node.name, partition, buckets, columns=columns, cache=cache, keys=env.keys, only=only, carry=carry)
 
     def stored_version(self, env: Env, node: Node, partition: str | None) -> str | None:

@@ -234,6 +234,14 @@ def ordered_by(contract) -> frozenset[str]:
     return frozenset({contract.id_column} & set(contract.sealed) - named)
 
 
+def read_below(policy: Policy, contract) -> tuple[set[str] | None, frozenset[str]]:
+    """What a node below raw reading every column gets of its sealed ones: (those opened, None: all; those carried
+    as stored, ``ordered_by``)."""
+    only = declared_reads(policy, contract)
+    carry = ordered_by(contract) if only is not None else frozenset()
+    return (None if only is None else only - carry), carry
+
+
 def awaiting_erasure(book, existing: pd.DataFrame | None, incoming: pd.DataFrame | None, tombstoned: set[str]) -> dict[str, int]:
     """Subjects an ingest dropped because their erasure request is still live.
 

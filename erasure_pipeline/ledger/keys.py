@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
 from erasure_pipeline.core.crypto import DATA_KEY_BYTES, forget_ciphers
-from erasure_pipeline.core.errors import DamagedObject, PipelineError
+from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
 from erasure_pipeline.ledger.db import Database, chunks, insert_many, rows_by_subject, update_many, utcnow
@@ -166,10 +166,16 @@ class KeyRing:
                 fresh = self._read(rest)
                 missing = [k for k in rest if k not in fresh]
                 if create and missing:
-                    fresh.update(self._create(missing))
+                    material = secrets.token_bytes(DATA_KEY_BYTES * len(missing))
+                    fresh.update(self.store({k: material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES] for i, k in enumerate(missing)}))
                 self._remember(fresh, now)
                 found.update(fresh)
             return found
+
+    def remember(self, keys: dict[str, bytes]) -> None:
+        """Keep these keys (stored: ``store`` returned them) in this process's cache, as if just read."""
+        with self._lock:
+            self._remember(keys, time.monotonic())
 
     def _remember(self, keys: dict[str, bytes], now: float) -> None:
         if len(self._deks) + len(keys) > DEK_CACHE_MAX:
@@ -197,14 +203,9 @@ class KeyRing:
             found[subject_key] = _open(aead, wrapped, _dek_aad(subject_key), "a data key")
         return found
 
-    def _create(self, missing: list[str]) -> dict[str, bytes]:
-        material = secrets.token_bytes(DATA_KEY_BYTES * len(missing))
-        return self._store({k: material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES] for i, k in enumerate(missing)})
-
-    def _store(self, made: dict[str, bytes]) -> dict[str, bytes]:
-        """Store ``made`` (subject key -> a new data key) in one transaction, wrapped under each group's key; never for
-        a subject whose key was destroyed. Returns each stored subject's key: ours, or the one another writer stored
-        first (``INSERT OR IGNORE``, read back only when the driver did not count every row ours)."""
+    def store(self, made: dict[str, bytes]) -> dict[str, bytes]:
+        """Store ``made`` (subject key -> new data key) in one transaction, never for a subject whose key was destroyed;
+        returns each stored subject's key: ours, or the one another writer stored first (``INSERT OR IGNORE``)."""
         self._bootstrap()
         with self.db.tx() as conn:
             self._shared(conn)
@@ -224,8 +225,8 @@ class KeyRing:
             for part in chunks(rows, KEY_CHUNK):
                 n = insert_many(conn, t.data_keys, part, or_ignore=True)
                 counted, inserted = counted and n is not None and n >= 0, inserted + max(n or 0, 0)
-            # Another process may have made some of them first (its row stays): keep ours only where ours is
-            # stored. Every row inserted (the driver counted them): all ours, nothing to read back.
+            # Another writer may have made some first (its row stays): ours only where ours is stored. Every row
+            # inserted (the driver counted them): all ours, nothing to read back.
             stored = None if counted and inserted == len(rows) else {
                 r.subject_key: r.wrapped for part in chunks(new, KEY_CHUNK) for r in conn.execute(
                     sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.subject_key.in_(part)))}
@@ -237,11 +238,6 @@ class KeyRing:
         """Which of these subjects' keys were destroyed (``key_erasures``): never given a key again."""
         with self.db.connect() as conn:
             return {r.subject_key for r in rows_by_subject(conn, t.key_erasures, sorted(subject_keys), KEY_CHUNK, t.key_erasures.c.subject_key)}
-
-    def pending(self) -> PendingKeys:
-        """A key source for one staging pass: keys made for new subjects are kept in memory and stored together by
-        ``PendingKeys.commit`` (one transaction instead of one per landing file)."""
-        return PendingKeys(self)
 
     def has_key(self, subject_key: str) -> bool:
         with self.db.connect() as conn:
@@ -400,53 +396,3 @@ class KeyRing:
         return {"kms": self.kms.describe(), "versions": versions, "data_keys": int(count), "keys_destroyed": int(erased),
                 "rotations_pending": int(pending)}
 
-
-class KeysRaced(PipelineError):
-    """Another writer stored a data key for a subject this staging pass had sealed under a key of its own."""
-
-
-class PendingKeys:
-    """Data keys made during one staging pass, stored together at its end (``KeyRing.pending``).
-
-    Making them one landing file at a time cost a transaction each: 200 000 keys in 20 files, 3.3 s, most of it
-    SQLite rewriting the key index's pages at each commit (new keys fall all over it), under the ring's lock while
-    the other staging thread waited. Here a file's new subjects get their keys from memory; subjects already
-    keyed (or destroyed) are read from the ring as before. ``commit`` stores them in one transaction, before
-    anything but the staging area holds a cell sealed under them: if the process dies first, the batch is staged
-    again (its staging area is dropped first) with keys made afresh. A subject erased meanwhile gets no key (their
-    staged cells open as nothing, as an erased subject's do); one whose key another writer stored first is
-    ``KeysRaced``: the claim fails and its next attempt stages again."""
-
-    def __init__(self, ring: KeyRing):
-        self.ring = ring
-        self.made: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def data_keys(self, subject_keys: Collection[str], *, create: bool) -> dict[str, bytes]:
-        wanted = set(subject_keys)
-        with self._lock:
-            found = {k: self.made[k] for k in wanted if k in self.made}
-        rest = wanted - found.keys()
-        if rest:
-            found.update(self.ring.data_keys(rest, create=False))
-            missing = rest - found.keys()
-            if create and missing:
-                missing -= self.ring.erased(missing)
-                material = secrets.token_bytes(DATA_KEY_BYTES * len(missing))
-                with self._lock:  # two threads making one subject's key: the first one kept
-                    for i, k in enumerate(sorted(missing)):
-                        found[k] = self.made.setdefault(k, material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES])
-        return found
-
-    def commit(self) -> int:
-        """Store the keys made; returns how many. ``KeysRaced`` when another writer stored one of these subjects' keys
-        first (this pass's cells under ours would not open)."""
-        if not self.made:
-            return 0
-        stored = self.ring._store(self.made)
-        raced = sum(1 for k, v in stored.items() if v != self.made[k])
-        if raced:
-            raise KeysRaced(f"{raced} data key(s) were made by another writer while this batch was staged; it is staged again on its next attempt")
-        with self.ring._lock:
-            self.ring._remember(stored, time.monotonic())
-        return len(stored)
