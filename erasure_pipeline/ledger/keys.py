@@ -213,24 +213,21 @@ class KeyRing:
             new = sorted(k for k in made if k not in erased)  # in key order: fewer pages of the key index touched
             groups = self._groups_now(conn, {group_of(k) for k in new})
             aeads = {g: (gen, AESGCM(key)) for g, (gen, key) in groups.items()}
-            now = utcnow()
-            nonces = secrets.token_bytes(12 * len(new))
-            rows = []
-            for i, k in enumerate(new):
-                grp = group_of(k)
-                gen, aead = aeads[grp]
-                rows.append({"subject_key": k, "grp": grp, "gen": gen, "created_at": now,
-                             "wrapped": _seal(aead, made[k], _dek_aad(k), nonces[i * 12:(i + 1) * 12])})
-            inserted, counted = 0, True
-            for part in chunks(rows, KEY_CHUNK):
-                n = insert_many(conn, t.data_keys, part, or_ignore=True)
-                counted, inserted = counted and n is not None and n >= 0, inserted + max(n or 0, 0)
-            # Another writer may have made some first (its row stays): ours only where ours is stored. Every row
-            # inserted (the driver counted them): all ours, nothing to read back.
-            stored = None if counted and inserted == len(rows) else {
-                r.subject_key: r.wrapped for part in chunks(new, KEY_CHUNK) for r in conn.execute(
+            now, ours = utcnow(), set()
+            for part in chunks(new, KEY_CHUNK):  # a chunk's rows at a time: a staging pass stores all its keys here
+                nonces = secrets.token_bytes(12 * len(part))
+                rows = []
+                for i, k in enumerate(part):
+                    grp = group_of(k)
+                    gen, aead = aeads[grp]
+                    rows.append({"subject_key": k, "grp": grp, "gen": gen, "created_at": now,
+                                 "wrapped": _seal(aead, made[k], _dek_aad(k), nonces[i * 12:(i + 1) * 12])})
+                n = insert_many(conn, t.data_keys, rows, or_ignore=True)
+                # Another writer may have made some first (its row stays): ours only where ours is stored. Every row
+                # inserted (the driver counted them): all ours, nothing to read back.
+                stored = None if n is not None and n == len(rows) else {r.subject_key: r.wrapped for r in conn.execute(
                     sa.select(t.data_keys.c.subject_key, t.data_keys.c.wrapped).where(t.data_keys.c.subject_key.in_(part)))}
-        ours = {r["subject_key"] for r in rows if stored is None or stored.get(r["subject_key"]) == r["wrapped"]}
+                ours.update(r["subject_key"] for r in rows if stored is None or stored.get(r["subject_key"]) == r["wrapped"])
         raced = [k for k in new if k not in ours]
         return {**{k: made[k] for k in ours}, **(self._read(raced) if raced else {})}
 
@@ -395,4 +392,3 @@ class KeyRing:
             pending = conn.execute(sa.select(sa.func.count()).select_from(t.key_erasures).where(t.key_erasures.c.rotated_to.is_(None))).scalar()
         return {"kms": self.kms.describe(), "versions": versions, "data_keys": int(count), "keys_destroyed": int(erased),
                 "rotations_pending": int(pending)}
-
