@@ -261,6 +261,8 @@ def test_destroying_a_key_rekeys_its_group_rotates_the_kek_and_an_old_store_copy
 
 
 def test_a_staging_passs_new_keys_are_stored_together_at_its_end_and_never_for_a_subject_erased_meanwhile(key_store_url, tmp_path):
+    """A staging pass gives kept subjects their stored key and new ones a key of its own, stores nothing until it
+    commits, never keys a subject erased before or meanwhile, and fails (``KeysRaced``) where another writer won."""
     kms = LocalKms(tmp_path / "kek.json")
     ring = _ring(key_store_url, kms)
     kept, fresh, erased_before, erased_meanwhile = (f"{g}{'0' * 62}" for g in ("0a", "1b", "2c", "3d"))
