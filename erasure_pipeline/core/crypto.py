@@ -22,6 +22,7 @@ import base64
 import functools
 import hashlib
 import json
+import secrets
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -92,6 +93,13 @@ MEMO_MAX = 500_000
 """Cells each memo keeps before it starts afresh (a bound on memory: ~0.9 KiB a cell in both, measured). A build at
 200 000 subjects ends holding ~260 000 (what a later step opens); at 1 000 000 the bound was 1 000 000 (~0.9 GiB) and
 a shard's steps open their own cells only (62 500 ids and ~19 000 ticket texts there)."""
+
+
+def new_data_keys(subject_keys: Iterable[str]) -> dict[str, bytes]:
+    """A fresh random data key for each subject (one draw from the OS for all of them)."""
+    keys = list(subject_keys)
+    material = secrets.token_bytes(DATA_KEY_BYTES * len(keys))
+    return {k: material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES] for i, k in enumerate(keys)}
 
 
 def forget_ciphers() -> None:

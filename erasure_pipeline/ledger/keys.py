@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
-from erasure_pipeline.core.crypto import DATA_KEY_BYTES, forget_ciphers
+from erasure_pipeline.core.crypto import forget_ciphers, new_data_keys
 from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
@@ -57,6 +57,11 @@ EPOCH_CHECK_SECONDS = 1.0
 
 def group_of(subject_key: str) -> int:
     return int(subject_key[:2], 16)
+
+
+def _erased_in(conn: Connection, subject_keys: list[str]) -> set[str]:
+    """Which of these subjects' keys were destroyed (``key_erasures``)."""
+    return {r.subject_key for r in rows_by_subject(conn, t.key_erasures, subject_keys, KEY_CHUNK, t.key_erasures.c.subject_key)}
 
 
 def _seal(aead: AESGCM, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
@@ -166,8 +171,7 @@ class KeyRing:
                 fresh = self._read(rest)
                 missing = [k for k in rest if k not in fresh]
                 if create and missing:
-                    material = secrets.token_bytes(DATA_KEY_BYTES * len(missing))
-                    fresh.update(self.store({k: material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES] for i, k in enumerate(missing)}))
+                    fresh.update(self.store(new_data_keys(missing)))
                 self._remember(fresh, now)
                 found.update(fresh)
             return found
@@ -209,7 +213,7 @@ class KeyRing:
         self._bootstrap()
         with self.db.tx() as conn:
             self._shared(conn)
-            erased = {r.subject_key for r in rows_by_subject(conn, t.key_erasures, list(made), KEY_CHUNK, t.key_erasures.c.subject_key)}
+            erased = _erased_in(conn, list(made))
             new = sorted(k for k in made if k not in erased)  # in key order: fewer pages of the key index touched
             groups = self._groups_now(conn, {group_of(k) for k in new})
             aeads = {g: (gen, AESGCM(key)) for g, (gen, key) in groups.items()}
@@ -234,7 +238,7 @@ class KeyRing:
     def erased(self, subject_keys: Collection[str]) -> set[str]:
         """Which of these subjects' keys were destroyed (``key_erasures``): never given a key again."""
         with self.db.connect() as conn:
-            return {r.subject_key for r in rows_by_subject(conn, t.key_erasures, sorted(subject_keys), KEY_CHUNK, t.key_erasures.c.subject_key)}
+            return _erased_in(conn, sorted(subject_keys))
 
     def has_key(self, subject_key: str) -> bool:
         with self.db.connect() as conn:
@@ -335,8 +339,7 @@ class KeyRing:
             self._exclusive(conn)
             held = {r.subject_key: r for part in chunks(keys) for r in conn.execute(
                 sa.select(t.data_keys.c.subject_key, t.data_keys.c.grp).where(t.data_keys.c.subject_key.in_(part)))}
-            known = {r.subject_key for part in chunks(keys) for r in conn.execute(
-                sa.select(t.key_erasures.c.subject_key).where(t.key_erasures.c.subject_key.in_(part)))}
+            known = _erased_in(conn, keys)
             now = utcnow()
             for part in chunks(list(held)):
                 conn.execute(t.data_keys.delete().where(t.data_keys.c.subject_key.in_(part)))

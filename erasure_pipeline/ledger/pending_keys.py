@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Collection
 
-from erasure_pipeline.core.crypto import DATA_KEY_BYTES
+from erasure_pipeline.core.crypto import new_data_keys
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.ledger.keys import KeyRing
 
@@ -41,11 +40,9 @@ class PendingKeys:
             found.update(self.ring.data_keys(rest, create=False))
             missing = rest - found.keys()
             if create and missing:
-                missing -= self.ring.erased(missing)
-                material = secrets.token_bytes(DATA_KEY_BYTES * len(missing))
+                made = new_data_keys(missing - self.ring.erased(missing))
                 with self._lock:  # two threads making one subject's key: the first one kept
-                    for i, k in enumerate(sorted(missing)):
-                        found[k] = self.made.setdefault(k, material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES])
+                    found.update({k: self.made.setdefault(k, v) for k, v in made.items()})
         return found
 
     def commit(self) -> int:
