@@ -21,7 +21,7 @@ import statistics
 import time
 
 from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
-from benchmarks.erasure_cost import breakdown
+from benchmarks.erasure_cost import breakdown, landing_arguments
 from erasure_pipeline.app.demo import DEMO_POLICY
 
 
@@ -47,7 +47,7 @@ def _run(sealed: bool, args) -> dict:
         policy = load_policy()
         tables = demo.generate(args.subjects, args.seed, events_per_subject=args.events_per_subject,
                                tickets_per_subject=args.tickets_per_subject)
-        demo.write_landing(landing(), tables, subjects_per_file=10_000)
+        demo.write_landing(landing(), tables, subjects_per_file=args.subjects_per_file or None)
         sizes = {k: len(v) for k, v in tables.items()}
         defs = build_definitions(policy)
         instance = get_instance()
@@ -109,11 +109,8 @@ def _medians(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=200_000)
-    ap.add_argument("--events-per-subject", type=float, default=16.0)
-    ap.add_argument("--tickets-per-subject", type=float, default=0.3)
+    landing_arguments(ap)
     ap.add_argument("--erasures", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=2, help="pairs of builds, plain then sealed (default 2)")
     args = ap.parse_args(argv)
     pairs = [(_run(False, args), _run(True, args)) for _ in range(max(1, args.repeats))]
