@@ -272,3 +272,65 @@ def test_an_asset_step_waits_for_its_shards_other_writer_and_frees_the_slot():
         assert order == ["a", "b"]
         info = inst.event_log_storage.get_concurrency_info(pool)
         assert not info.claimed_slots and not info.pending_steps
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_an_asset_step_stranded_in_dagsters_pool_queue_joins_it_again(storage, request):
+    """Dagster queues a claim in two statements; a slot freed between them leaves the entry unassigned beside a
+    free slot, and nothing assigns it (a multiprocess run's second step of one shard waited 300 s in CI). Made
+    here in that order: the entry is queued after the only holder freed its slot."""
+    import threading
+
+    from erasure_pipeline.defs import runtime
+
+    overrides = {} if storage == "sqlite" else {"storage": {"postgres": {"postgres_url": request.getfixturevalue("pg_database")}}}
+    with dg.instance_for_test(overrides=overrides) as inst:
+        runtime.ensure_pools(inst, ["shard_00"])
+        pool, entered, storage_ = names.shard_pool("shard_00"), threading.Event(), inst.event_log_storage
+        with runtime.pool_slot(inst, "run-a", "training_shards", pool):
+            pass  # the only holder frees its slot: nothing waits yet, nothing is assigned
+        storage_.add_pending_step(pool, "run-b", f"cohort_partials/{pool}", should_assign=False)  # queued after the free
+        assert not storage_.check_concurrency_claim(pool, "run-b", f"cohort_partials/{pool}").is_assigned
+        said = []
+
+        def stranded_writer():
+            with runtime.pool_slot(inst, "run-b", "cohort_partials", pool, said.append, poll=0.05):
+                assert [s.run_id for s in storage_.get_concurrency_info(pool).claimed_slots] == ["run-b"]
+                entered.set()
+
+        waiting = threading.Thread(target=stranded_writer, daemon=True)
+        waiting.start()
+        assert entered.wait(10), "the stranded step never got the free slot"
+        waiting.join(10)
+        assert said == [f"waiting for pool {pool} (another run writes that shard)",
+                        f"pool {pool}: a step waited unassigned beside a free slot (a race in Dagster's claim); assigned it the slot"]
+        info = storage_.get_concurrency_info(pool)
+        assert not info.claimed_slots and not info.pending_steps
+
+
+def test_a_job_step_stranded_in_dagsters_pool_queue_is_assigned_by_the_next_command(demo_home):
+    """A job step's pool is claimed by Dagster's executor, which would wait on a stranded entry for good: the next
+    claim step or CLI command assigns it the free slot. An entry that waits behind a holder is left alone."""
+    from click.testing import CliRunner
+
+    from erasure_pipeline.app.cli import main
+    from erasure_pipeline.defs import runtime
+
+    stranded, held = names.shard_pool("shard_00"), names.shard_pool("shard_01")
+    with instance() as inst:
+        runtime.ensure_pools(inst, ["shard_00", "shard_01"])
+        storage = inst.event_log_storage
+        storage.add_pending_step(stranded, "run-x", "shard_00_op", should_assign=False)
+        assert storage.claim_concurrency_slot(held, "run-y", "shard_01_op").is_claimed
+        storage.claim_concurrency_slot(held, "run-z", "shard_01_op")  # waits behind run-y: not stranded
+        assert runtime.assign_stranded(inst, [held]) == []
+    out = CliRunner().invoke(main, ["process"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert f"pool {stranded}: a step waited unassigned" in out.output and f"pool {held}" not in out.output
+    with instance() as inst:
+        storage = inst.event_log_storage
+        assert storage.check_concurrency_claim(stranded, "run-x", "shard_00_op").is_assigned
+        assert storage.claim_concurrency_slot(stranded, "run-x", "shard_00_op").is_claimed
+        assert not storage.check_concurrency_claim(held, "run-z", "shard_01_op").is_assigned
+        for run_id in ("run-x", "run-y", "run-z"):
+            storage.free_concurrency_slots_for_run(run_id)

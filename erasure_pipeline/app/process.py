@@ -35,6 +35,7 @@ def drain(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Calla
     env = env_of(defs, instance=instance)
     runtime.sweep_interrupted(instance, env.ledger, progress)
     runtime.ensure_pools(instance, env.graph.partitions)
+    runtime.assign_stranded(instance, names.pools(env.graph.partitions), progress)
     sensor = defs.resolve_sensor_def(names.ERASURE_SENSOR)
     out = DrainResult()
     for _ in range(max_ticks):
@@ -70,6 +71,7 @@ def run_cycle(defs: dg.Definitions, instance: dg.DagsterInstance, as_of: dt.date
     env = env_of(defs, instance=instance)
     runtime.sweep_interrupted(instance, env.ledger, progress)
     runtime.ensure_pools(instance, env.graph.partitions)
+    runtime.assign_stranded(instance, names.pools(env.graph.partitions), progress)
     out = CycleResult()
     if as_of is None:  # the schedule's own tick, now
         schedule = defs.resolve_schedule_def(names.CYCLE_SCHEDULE)

@@ -79,14 +79,48 @@ def pool_slot(instance: dg.DagsterInstance, run_id: str, step_key: str, pool: st
     storage = instance.event_log_storage
     said = False
     try:  # freed (or taken out of the queue) however the block ends, waiting included
-        while not storage.claim_concurrency_slot(pool, run_id, key).is_claimed:
+        while not (status := storage.claim_concurrency_slot(pool, run_id, key)).is_claimed:
             if not said:
                 log(f"waiting for pool {pool} (another run writes that shard)")
                 said = True
+            if status.assigned_timestamp is None:
+                assign_stranded(instance, [pool], log, settle=poll)
             time.sleep(poll)
         yield
     finally:
         storage.free_concurrency_slot_for_step(run_id, key)
+
+
+def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], None] = lambda _m: None,
+                    settle: float = 0.25) -> list[str]:
+    """Assign the slot of each pool where a step waits stranded in Dagster's queue; return those pools.
+
+    Dagster's claim queues a step in two statements (is a slot free? then its queue entry, assigned if
+    so) and assigns waiting entries only when a slot is freed or added. A slot freed between the two
+    leaves the entry unassigned beside a free slot with nothing left to assign it: the step waits for
+    the pool's next writer, forever if there is none (``SqlEventLogStorage.claim_concurrency_slot``,
+    dagster 1.13; seen twice in CI as a multiprocess run's second step of one shard waiting 300 s).
+    Stranded: an entry waits unassigned while the pool has a slot no entry is assigned to, seen twice
+    ``settle`` seconds apart (a free under way assigns within milliseconds). The queue's head is assigned,
+    as a free would have; the slot rows stay the semaphore. An asset step's ``pool_slot`` checks its
+    own pool while it waits; a job step's pool is claimed by Dagster's executor, so every claim step and
+    CLI command checks all the project's pools (``sweep_interrupted``'s callers)."""
+    storage = instance.event_log_storage
+    if not getattr(storage, "supports_global_concurrency_limits", False) or not hasattr(storage, "has_unassigned_slots"):
+        return []
+
+    def stranded(among) -> list[str]:
+        return [p for p in among if storage.has_unassigned_slots(p)
+                and any(s.assigned_timestamp is None for s in storage.get_concurrency_info(p).pending_steps)]
+
+    seen = stranded(pools)
+    if seen:
+        time.sleep(settle)
+        seen = stranded(seen)
+    for pool in seen:
+        storage.assign_pending_steps([pool])
+        log(f"pool {pool}: a step waited unassigned beside a free slot (a race in Dagster's claim); assigned it the slot")
+    return seen
 
 
 # ---------------------------------------------------------------- who is alive
