@@ -108,7 +108,7 @@ def test_no_edge_crosses_shards():
 def test_sensors_are_running_by_default():
     defs = build_definitions(demo_policy(shards=4))
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor", "staleness_sensor", "notices_sensor"}
+    assert set(sensors) == {"erasure_sensor", "erasure_failure_sensor", "staleness_sensor", "notices_sensor", "pool_queue_sensor"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     assert sensors["erasure_sensor"].minimum_interval_seconds == 1  # every loop of the sensor daemon (5 s), not every other
     assert sensors["erasure_sensor"].job_name == names.ERASURE_JOB

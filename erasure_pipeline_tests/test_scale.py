@@ -334,3 +334,22 @@ def test_a_job_step_stranded_in_dagsters_pool_queue_is_assigned_by_the_next_comm
         assert not storage.check_concurrency_claim(held, "run-z", "shard_01_op").is_assigned
         for run_id in ("run-x", "run-y", "run-z"):
             storage.free_concurrency_slots_for_run(run_id)
+
+
+def test_the_pool_queue_sensor_gives_a_stranded_step_its_free_slot(empty_home):
+    """Under the daemon a stranded job step may have no run after it to assign it: the pool queue's sensor does,
+    every 30 s, and its tick says so; with nothing stranded it says that."""
+    from erasure_pipeline.defs import runtime
+    from erasure_pipeline_tests.conftest import defs_and_policy
+
+    defs, policy = defs_and_policy()
+    sensor = defs.resolve_sensor_def(names.POOL_QUEUE_SENSOR)
+    partitions, pool = [identity.partition_key(s) for s in range(policy.shards)], names.shard_pool("shard_02")
+    with dg.instance_for_test() as inst:
+        runtime.ensure_pools(inst, partitions)
+        quiet = sensor.evaluate_tick(dg.build_sensor_context(instance=inst))
+        assert quiet.skip_message == f"{len(names.pools(partitions))} pools: no step waits stranded"
+        inst.event_log_storage.add_pending_step(pool, "run-x", "shard_02_op", should_assign=False)
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=inst))
+        assert tick.skip_message == f"assigned a free slot to the step stranded in pool(s) {pool}" and not tick.run_requests
+        assert inst.event_log_storage.claim_concurrency_slot(pool, "run-x", "shard_02_op").is_claimed

@@ -104,7 +104,8 @@ def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], No
     ``settle`` seconds apart (a free under way assigns within milliseconds). The queue's head is assigned,
     as a free would have; the slot rows stay the semaphore. An asset step's ``pool_slot`` checks its
     own pool while it waits; a job step's pool is claimed by Dagster's executor, so every claim step and
-    CLI command checks all the project's pools (``sweep_interrupted``'s callers)."""
+    CLI command checks all the project's pools (``sweep_interrupted``'s callers), and so does the
+    ``pool_queue_sensor`` every 30 s under the daemon (a stranded run may have no run after it)."""
     storage = instance.event_log_storage
     if not getattr(storage, "supports_global_concurrency_limits", False) or not hasattr(storage, "has_unassigned_slots"):
         return []

@@ -1,5 +1,6 @@
-"""The erasure sensor (pending requests -> one run per tick), the failure sensor of the project's jobs, and the
-staleness sensor (the ``up_to_date`` check of every shard partition)."""
+"""The erasure sensor (pending requests -> one run per tick), the failure sensor of the project's jobs, the
+staleness sensor (the ``up_to_date`` check of every shard partition), and the pool queue's watch (a step
+stranded in Dagster's concurrency queue is given its free slot)."""
 
 
 import datetime as dt
@@ -9,7 +10,7 @@ import dagster as dg
 from erasure_pipeline.core import names
 from erasure_pipeline.core.graph import Graph
 from erasure_pipeline.core.policy import Policy
-from erasure_pipeline.defs import ticks
+from erasure_pipeline.defs import runtime, ticks
 from erasure_pipeline.defs.failures import failure_of
 from erasure_pipeline.defs.resources import PipelineResource
 from erasure_pipeline.ledger import utcnow
@@ -64,7 +65,23 @@ def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition
             return dg.SkipReason(summary)
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
-    return [erasure_sensor, erasure_failure_sensor, staleness_sensor, notices_sensor(policy, jobs)]
+    @dg.sensor(
+        name=names.POOL_QUEUE_SENSOR,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        owners=policy.owners,
+        description=("Watches the project's pools in Dagster's concurrency queue: a step left waiting unassigned beside a free "
+                     "slot (a race in Dagster's claim: a slot freed between its check and its queue entry) would wait for that "
+                     "pool's next writer, forever if there is none; this assigns it the slot, as the free would have. Runs "
+                     "nothing; its tick says what it did."),
+    )
+    def pool_queue_sensor(context: dg.SensorEvaluationContext):
+        pools = names.pools(graph.partitions)
+        assigned = runtime.assign_stranded(context.instance, pools, context.log.warning)
+        return dg.SkipReason(f"assigned a free slot to the step stranded in pool(s) {', '.join(assigned)}" if assigned
+                             else f"{len(pools)} pools: no step waits stranded")
+
+    return [erasure_sensor, erasure_failure_sensor, staleness_sensor, pool_queue_sensor, notices_sensor(policy, jobs)]
 
 
 def notices_sensor(policy: Policy, jobs: dict[str, dg.JobDefinition]) -> dg.SensorDefinition:
