@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import dagster as dg
+import sqlalchemy as sa
 
 from erasure_pipeline.core import names
 from erasure_pipeline.ledger import Ledger
@@ -111,8 +112,8 @@ def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], No
         return []
 
     def stranded(among) -> list[str]:
-        return [p for p in among if storage.has_unassigned_slots(p)
-                and any(s.assigned_timestamp is None for s in storage.get_concurrency_info(p).pending_steps)]
+        waiting = _waiting_pools(storage)  # one query; a pool's own check (two more) only where an entry waits
+        return [p for p in among if p in waiting and storage.has_unassigned_slots(p)]
 
     seen = stranded(pools)
     if seen:
@@ -122,6 +123,17 @@ def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], No
         storage.assign_pending_steps([pool])
         log(f"pool {pool}: a step waited unassigned beside a free slot (a race in Dagster's claim); assigned it the slot")
     return seen
+
+
+def _waiting_pools(storage) -> set[str]:
+    """The pools where an entry of Dagster's queue waits unassigned, in one query of its queue table (asking each of
+    the 18 pools through the storage's methods took 0.12 s of a one-subject erasure on SQLite, twice)."""
+    from dagster._core.storage.event_log.schema import PendingStepsTable  # dagster 1.13's queue of pool claims
+
+    pending = PendingStepsTable.c
+    with storage.index_connection() as conn:
+        rows = conn.execute(sa.select(pending.concurrency_key).where(pending.assigned_timestamp.is_(None)).distinct()).fetchall()
+    return {r[0] for r in rows}
 
 
 # ---------------------------------------------------------------- who is alive
