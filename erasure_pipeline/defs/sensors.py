@@ -65,23 +65,7 @@ def build_sensors(policy: Policy, graph: Graph, jobs: dict[str, dg.JobDefinition
             return dg.SkipReason(summary)
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
-    @dg.sensor(
-        name=names.POOL_QUEUE_SENSOR,
-        minimum_interval_seconds=30,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        owners=policy.owners,
-        description=("Watches the project's pools in Dagster's concurrency queue: a step left waiting unassigned beside a free "
-                     "slot (a race in Dagster's claim: a slot freed between its check and its queue entry) would wait for that "
-                     "pool's next writer, forever if there is none; this assigns it the slot, as the free would have. Runs "
-                     "nothing; its tick says what it did."),
-    )
-    def pool_queue_sensor(context: dg.SensorEvaluationContext):
-        pools = names.pools(graph.partitions)
-        assigned = runtime.assign_stranded(context.instance, pools, context.log.warning)
-        return dg.SkipReason(f"assigned a free slot to the step stranded in pool(s) {', '.join(assigned)}" if assigned
-                             else f"{len(pools)} pools: no step waits stranded")
-
-    return [erasure_sensor, erasure_failure_sensor, staleness_sensor, pool_queue_sensor, notices_sensor(policy, jobs)]
+    return [erasure_sensor, erasure_failure_sensor, staleness_sensor, pool_queue_sensor(policy, graph), notices_sensor(policy, jobs)]
 
 
 def notices_sensor(policy: Policy, jobs: dict[str, dg.JobDefinition]) -> dg.SensorDefinition:
@@ -101,3 +85,23 @@ def notices_sensor(policy: Policy, jobs: dict[str, dg.JobDefinition]) -> dg.Sens
         return [request]
 
     return notices_sensor
+
+
+def pool_queue_sensor(policy: Policy, graph: Graph) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=names.POOL_QUEUE_SENSOR,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        owners=policy.owners,
+        description=("Watches the project's pools in Dagster's concurrency queue: a step left waiting unassigned beside a free "
+                     "slot (a race in Dagster's claim: a slot freed between its check and its queue entry) would wait for that "
+                     "pool's next writer, forever if there is none; this assigns it the slot, as the free would have. Runs "
+                     "nothing; its tick says what it did."),
+    )
+    def pool_queue_sensor(context: dg.SensorEvaluationContext):
+        pools = names.pools(graph.partitions)
+        assigned = runtime.assign_stranded(context.instance, pools, context.log.warning)
+        return dg.SkipReason(f"assigned a free slot to the step stranded in pool(s) {', '.join(assigned)}" if assigned
+                             else f"{len(pools)} pools: no step waits stranded")
+
+    return pool_queue_sensor
