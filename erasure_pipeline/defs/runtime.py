@@ -127,7 +127,7 @@ def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], No
 
 def _waiting_pools(storage) -> set[str]:
     """The pools where an entry of Dagster's queue waits unassigned, in one query of its queue table (asking each of
-    the 18 pools through the storage's methods took 0.12 s of a one-subject erasure on SQLite, twice)."""
+    the 18 pools through the storage's methods took 0.12 s of a one-subject erasure under cProfile on SQLite, twice)."""
     from dagster._core.storage.event_log.schema import PendingStepsTable  # dagster 1.13's queue of pool claims
 
     pending = PendingStepsTable.c
