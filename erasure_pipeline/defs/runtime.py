@@ -78,14 +78,17 @@ def pool_slot(instance: dg.DagsterInstance, run_id: str, step_key: str, pool: st
     Concurrency page shows who holds and who waits) under ``step_key/pool``, and freed afterwards."""
     key = f"{step_key}/{pool}"
     storage = instance.event_log_storage
-    said = False
+    said, since = False, None
     try:  # freed (or taken out of the queue) however the block ends, waiting included
         while not (status := storage.claim_concurrency_slot(pool, run_id, key)).is_claimed:
             if not said:
                 log(f"waiting for pool {pool} (another run writes that shard)")
                 said = True
-            if status.assigned_timestamp is None:
-                assign_stranded(instance, [pool], log, settle=poll)
+            # Stranded (``assign_stranded``) at every look for STRANDED_SETTLE: assign; a look that is not ends it.
+            since = (since or time.monotonic()) if status.assigned_timestamp is None and _stranded(storage, [pool]) else None
+            if since is not None and time.monotonic() - since >= STRANDED_SETTLE and _assign_head(storage, pool):
+                log(_ASSIGNED.format(pool=pool))
+                since = None
             time.sleep(poll)
         yield
     finally:
@@ -102,27 +105,39 @@ def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], No
     the pool's next writer, forever if there is none (``SqlEventLogStorage.claim_concurrency_slot``,
     dagster 1.13; seen twice in CI as a multiprocess run's second step of one shard waiting 300 s).
     Stranded: an entry waits unassigned while the pool has a slot no entry is assigned to, seen twice
-    ``settle`` seconds apart (a free under way assigns within milliseconds). The queue's head is assigned,
-    as a free would have; the slot rows stay the semaphore. An asset step's ``pool_slot`` checks its
-    own pool while it waits; a job step's pool is claimed by Dagster's executor, so every claim step and
-    CLI command checks all the project's pools (``sweep_interrupted``'s callers), and so does the
-    ``pool_queue_sensor`` every 30 s under the daemon (a stranded run may have no run after it)."""
+    at least ``STRANDED_SETTLE`` apart (a free under way assigns within milliseconds). The queue's head
+    is assigned, as a free would have, if still no entry holds the slot (``_assign_head``). An asset
+    step's ``pool_slot`` checks its own pool at each look while it waits (no sleep of its own); a job
+    step's pool is claimed by Dagster's executor, so every claim step and CLI command checks all the
+    project's pools (``sweep_interrupted``'s callers), and so does the ``pool_queue_sensor`` every 30 s
+    under the daemon (a stranded run may have no run after it)."""
     storage = instance.event_log_storage
+    seen = _stranded(storage, pools)
+    if seen:
+        time.sleep(max(settle, STRANDED_SETTLE))
+        seen = [p for p in _stranded(storage, seen) if _assign_head(storage, p)]
+    for pool in seen:
+        log(_ASSIGNED.format(pool=pool))
+    return seen
+
+
+_ASSIGNED = "pool {pool}: a step waited unassigned beside a free slot (a race in Dagster's claim); assigned it the slot"
+
+
+def _stranded(storage, pools) -> list[str]:
+    """Of ``pools``, those where an entry waits unassigned (one query) and a slot has no entry assigned to it."""
     if not getattr(storage, "supports_global_concurrency_limits", False) or not hasattr(storage, "has_unassigned_slots"):
         return []
+    waiting = _waiting_pools(storage)
+    return [p for p in pools if p in waiting and storage.has_unassigned_slots(p)]
 
-    def stranded(among) -> list[str]:
-        waiting = _waiting_pools(storage)  # one query; a pool's own check (two more) only where an entry waits
-        return [p for p in among if p in waiting and storage.has_unassigned_slots(p)]
 
-    seen = stranded(pools)
-    if seen:
-        time.sleep(settle)
-        seen = stranded(seen)
-    for pool in seen:
-        storage.assign_pending_steps([pool])
-        log(f"pool {pool}: a step waited unassigned beside a free slot (a race in Dagster's claim); assigned it the slot")
-    return seen
+STRANDED_SETTLE = 1.0
+"""Seconds between the two looks that find a step stranded. A free assigns the next entry in a statement of its own
+after removing its own entry; between the two the pool looks stranded too, and an entry assigned then would be a
+second one for one slot (Dagster's free assigns unconditionally), which Dagster's claim does not stop from taking
+the slot row the first took (it reads a free row, then updates it by id, each statement committed alone).
+Dagster's own claims make that second entry too under contention (``benchmarks/pool_contention.py``)."""
 
 
 def _waiting_pools(storage) -> set[str]:
@@ -134,6 +149,24 @@ def _waiting_pools(storage) -> set[str]:
     with storage.index_connection() as conn:
         rows = conn.execute(sa.select(pending.concurrency_key).where(pending.assigned_timestamp.is_(None)).distinct()).fetchall()
     return {r[0] for r in rows}
+
+
+def _assign_head(storage, pool: str) -> bool:
+    """Assign the pool's first waiting entry (as Dagster orders its queue) if no entry holds a slot of it that is free,
+    in one statement: two processes healing one pool at once assign one entry, not two."""
+    from dagster._core.storage.event_log.schema import ConcurrencySlotsTable, PendingStepsTable
+
+    pending, slots = PendingStepsTable.c, ConcurrencySlotsTable.c
+    head = (sa.select(pending.id).where(pending.concurrency_key == pool, pending.assigned_timestamp.is_(None))
+            .order_by(pending.priority.desc(), pending.create_timestamp.asc()).limit(1).scalar_subquery())
+    assigned = sa.select(sa.func.count()).select_from(PendingStepsTable).where(
+        pending.concurrency_key == pool, pending.assigned_timestamp.is_not(None)).scalar_subquery()
+    total = sa.select(sa.func.count()).select_from(ConcurrencySlotsTable).where(
+        slots.concurrency_key == pool, slots.deleted.is_(False)).scalar_subquery()
+    with storage.index_connection() as conn:
+        done = conn.execute(PendingStepsTable.update().where(pending.id == head, assigned < total)
+                            .values(assigned_timestamp=sa.func.now()))
+    return bool(done.rowcount)
 
 
 # ---------------------------------------------------------------- who is alive
