@@ -14,6 +14,7 @@ on the slot row, and how many stranded steps ``assign_stranded`` assigned.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import tempfile
@@ -99,7 +100,7 @@ def _trial(pg_url: str | None, holds: int, heal: bool) -> tuple[int, float, int,
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
     spans = sorted(s for r in results for s in r[0])
-    overlaps = sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+    overlaps = sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
     return len(spans), wall, overlaps, sum(r[1] for r in results), sum(r[2] for r in results)
 
 
