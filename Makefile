@@ -57,4 +57,5 @@ bench:
 	$(PY) -m benchmarks.recipients_delivery
 	$(PY) -m benchmarks.sealing_cost --subjects 200000
 	$(PY) -m benchmarks.fill_cost --subjects 200000
+	$(PY) -m benchmarks.pool_contention --pg-url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
 	$(PY) -m benchmarks.superseded_cost --subjects 200000
