@@ -4,7 +4,8 @@ Four processes each take one pool (limit 1) ``--holds`` times in a tight loop th
 claim an asset step makes; a job op's claim goes through the same storage methods), hold it 5 ms and free it. Each
 holder records when it held the slot and, while holding, what Dagster's storage says: who holds the slot row and
 which queue entries are assigned. Printed per instance storage (SQLite in a fresh DAGSTER_HOME; Postgres when
-``--pg-url`` names a server) and per variant (with ``runtime.assign_stranded`` and without it): holds, wall time,
+``--pg-url`` names a server) and per variant (Dagster's claim alone; with ``runtime.assign_stranded``; and with
+the shard lease of ``ledger.leases`` taken inside the pool, as every shard writer does): holds, wall time,
 overlapping holds (two processes inside at once), holds that saw a second assigned entry or another holder's name
 on the slot row, and how many stranded steps ``assign_stranded`` assigned.
 
@@ -25,6 +26,7 @@ from benchmarks._common import machine, table
 
 POOL = "erasure_pipeline/shard_00"
 WORKERS = 4
+DAGSTER, STRANDED, LEASE = "Dagster's claim alone", "with assign_stranded", "with assign_stranded and the shard lease"
 
 
 def _instance_yaml(pg_url: str | None) -> str:
@@ -34,14 +36,18 @@ def _instance_yaml(pg_url: str | None) -> str:
     return text
 
 
-def _worker(home: str, worker: int, holds: int, heal: bool, out) -> None:
+def _worker(home: str, worker: int, holds: int, variant: str, ledger_url: str, out) -> None:
     os.environ["DAGSTER_HOME"] = home
+    import contextlib
+
     import dagster as dg
 
     from erasure_pipeline.defs import runtime
+    from erasure_pipeline.ledger import Ledger
 
-    if not heal:
+    if variant == DAGSTER:
         runtime.assign_stranded = lambda *_a, **_k: []
+    book = Ledger(ledger_url)
     instance = dg.DagsterInstance.get()
     storage = instance.event_log_storage
     spans, odd, healed = [], 0, 0
@@ -52,7 +58,9 @@ def _worker(home: str, worker: int, holds: int, heal: bool, out) -> None:
 
     for j in range(holds):
         key = f"step-{j}"
-        with runtime.pool_slot(instance, f"run-{worker}", key, POOL, log, poll=0.02):
+        lease = (book.leases.hold(POOL, f"run-{worker}/{key}", f"run-{worker}", live=lambda _row: True, poll=0.005)
+                 if variant == LEASE else contextlib.nullcontext())
+        with runtime.pool_slot(instance, f"run-{worker}", key, POOL, log, poll=0.02), lease:
             start = time.time()
             info = storage.get_concurrency_info(POOL)
             holders = [(c.run_id, c.step_key) for c in info.claimed_slots]
@@ -63,7 +71,7 @@ def _worker(home: str, worker: int, holds: int, heal: bool, out) -> None:
     out.put((spans, odd, healed))
 
 
-def _trial(pg_url: str | None, holds: int, heal: bool) -> tuple[int, float, int, int, int]:
+def _trial(pg_url: str | None, holds: int, variant: str) -> tuple[int, float, int, int, int]:
     home = tempfile.mkdtemp(prefix="pool-contention-")
     db_url = None
     if pg_url:
@@ -81,12 +89,15 @@ def _trial(pg_url: str | None, holds: int, heal: bool) -> tuple[int, float, int,
         import dagster as dg
 
         from erasure_pipeline.defs import runtime
+        from erasure_pipeline.ledger import Ledger
 
         with dg.DagsterInstance.get() as instance:
             runtime.ensure_pools(instance, ["shard_00"])
+        ledger_url = db_url or f"sqlite:///{os.path.join(home, 'ledger.sqlite')}"
+        Ledger(ledger_url).migrate()
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(home, w, holds, heal, out)) for w in range(WORKERS)]
+        procs = [ctx.Process(target=_worker, args=(home, w, holds, variant, ledger_url, out)) for w in range(WORKERS)]
         started = time.time()
         for p in procs:
             p.start()
@@ -112,11 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows = []
     for storage, url in [("SQLite", None), *([("Postgres", args.pg_url)] if args.pg_url else [])]:
-        for heal in (False, True):
+        for variant in (DAGSTER, STRANDED, LEASE):
             for r in range(args.repeats):
-                holds, wall, overlaps, odd, healed = _trial(url, args.holds, heal)
-                rows.append([storage, "with assign_stranded" if heal else "Dagster's claim alone", r + 1, holds, wall, overlaps, odd, healed])
-                print(f"  {storage}, {'with' if heal else 'without'} assign_stranded, trial {r + 1}: {overlaps} overlaps", flush=True)
+                holds, wall, overlaps, odd, healed = _trial(url, args.holds, variant)
+                rows.append([storage, variant, r + 1, holds, wall, overlaps, odd, healed])
+                print(f"  {storage}, {variant}, trial {r + 1}: {overlaps} overlaps", flush=True)
     print(f"\nMachine: {machine()}\n{WORKERS} processes, each taking pool {POOL} (limit 1) {args.holds} times, holding it 5 ms\n")
     print(table(["instance storage", "claims", "trial", "holds", "wall (s)", "overlapping holds", "holds seeing a second assigned entry or holder",
                  "stranded steps assigned"], rows))

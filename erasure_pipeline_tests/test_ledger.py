@@ -190,8 +190,8 @@ def make_old_ledger(url: str, version: int, schema: str | None = None) -> None:
         if schema:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))  # a fixed test name, not input
         for table in t.metadata.sorted_tables:
-            if table.name == "subject_skeletons":
-                continue  # new in 10
+            if table.name in ("subject_skeletons", "shard_leases"):
+                continue  # new in 10 and 11
             if table.name == "provenance":
                 columns = [sa.Column("subject_key", sa.String(64), primary_key=True), sa.Column("asset", sa.String(64), primary_key=True),
                            sa.Column("partition", sa.String(32), primary_key=True),
@@ -224,7 +224,7 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     url = f"sqlite:///{tmp_path / 'v3.sqlite'}"
     make_old_ledger(url, 3)
     book = Ledger(url)
-    assert book.migrate() == t.CURRENT_VERSION == 10
+    assert book.migrate() == t.CURRENT_VERSION == 11
     insp = sa.inspect(book.db.engine)
     assert {"policy_snapshots", "notices", "sealed_ids", "drp_tokens", "drp_requests", "subject_skeletons"} <= set(insp.get_table_names())
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests")}
@@ -238,20 +238,21 @@ def test_a_version_3_ledger_gains_look_alike_and_blocked_columns_in_place(tmp_pa
     assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A}  # ... their skeleton comes with the next ingest
     rid, _ = book.requests.file(KEY_B, 0, due_days=30, skeleton_key="s" * 64)
     assert book.requests.get(rid)["skeleton_key"] == "s" * 64
-    assert book.migrate() == 10  # idempotent
+    assert book.migrate() == t.CURRENT_VERSION  # idempotent
 
 
 def test_a_version_9_ledger_keeps_its_provenance_and_skeletons_keyed_by_partition_first(tmp_path):
     url = f"sqlite:///{tmp_path / 'v9.sqlite'}"
     make_old_ledger(url, 9)
     book = Ledger(url)
-    assert book.migrate() == 10
+    assert book.migrate() == t.CURRENT_VERSION
     assert provenance_key(book) == ["partition", "subject_key", "asset"]
     assert {i["name"] for i in sa.inspect(book.db.engine).get_indexes("provenance")} == set()  # the key is the only one
     assert [(r["subject_key"], r["partition"], r["rows"]) for r in book.nodes.provenance_for([KEY_A, KEY_B])] == [
         (KEY_A, "shard_00", 1), (KEY_B, "shard_01", 1)]
     assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A}
-    assert book.migrate() == 10
+    assert "shard_leases" in sa.inspect(book.db.engine).get_table_names()  # 11
+    assert book.migrate() == t.CURRENT_VERSION
 
 
 def test_a_skeleton_is_kept_while_its_subject_holds_data_anywhere(book):

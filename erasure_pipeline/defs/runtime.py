@@ -169,6 +169,23 @@ def _assign_head(storage, pool: str) -> bool:
     return bool(done.rowcount)
 
 
+@contextlib.contextmanager
+def shard_lease(instance: dg.DagsterInstance, book: Ledger, run_id: str, step_key: str, pool: str,
+                log: Callable[[str], None] = lambda _m: None) -> Iterator[None]:
+    """Hold the shard's lease in the ledger (``ledger.leases``) while the block writes it, inside its pool: Dagster's
+    pool alone admits two holders now and then under contention (benchmarks/pool_contention.py). A holder whose
+    run Dagster has finished, or whose process on this host is gone, is replaced."""
+
+    def live(row: dict) -> bool:
+        run = instance.get_run_by_id(row["run_id"])
+        if run is not None and run.is_finished:
+            return False
+        return pid_alive(row["pid"]) if row["host"] == HOST else run is not None
+
+    with book.leases.hold(pool, f"{run_id}/{step_key}", run_id, live, log=log):
+        yield
+
+
 # ---------------------------------------------------------------- who is alive
 def run_pid() -> int:
     """The process a run lives as long as: this one with the in-process executor; under the multiprocess

@@ -207,16 +207,18 @@ def _shard_op(policy: Policy, graph: Graph, partition: str) -> dg.OpDefinition:
     def shard_step(context: dg.OpExecutionContext, work: ShardWork, pipeline: PipelineResource):
         env = pipeline.env(policy)
         outcomes: list[NodeOutcome] = []
-        for node in graph.shard_nodes:
-            # Read the records afresh for each node: the ones computed before it in this step changed them.
-            records = env.ledger.nodes.records(work.partition, [node.name, *node.parents])
-            if node.name not in work.forced and (graph.stale_reason(policy, node.name, work.partition, records) is None
-                                                 or (work.derived_only and node.table is not None)):
-                continue
-            outcome, blocking = yield from _run_node(context, env, node, work.partition, work.mode, work)
-            outcomes.append(outcome)
-            if blocking:
-                raise runtime.blocked(blocking)
+        with runtime.shard_lease(context.instance, env.ledger, context.run_id, context.op.name, names.shard_pool(partition),
+                                 context.log.info):
+            for node in graph.shard_nodes:
+                # Read the records afresh for each node: the ones computed before it in this step changed them.
+                records = env.ledger.nodes.records(work.partition, [node.name, *node.parents])
+                if node.name not in work.forced and (graph.stale_reason(policy, node.name, work.partition, records) is None
+                                                     or (work.derived_only and node.table is not None)):
+                    continue
+                outcome, blocking = yield from _run_node(context, env, node, work.partition, work.mode, work)
+                outcomes.append(outcome)
+                if blocking:
+                    raise runtime.blocked(blocking)
         runtime.report_progress(f"{work.partition}: {len(outcomes)} nodes run, {sum(o.changed for o in outcomes)} changed")
         yield dg.Output(tuple(outcomes))
 

@@ -4,6 +4,7 @@
     ledger.runs          claims, batches, which process runs what ledger.nodes        node records, provenance
     ledger.certificates  actions, certificates, amendments       ledger.audit        the signed hash chain
     ledger.notices       the outbox to recipients, sealed ids, DRP intake records
+    ledger.leases        who writes each shard now
 
 Every store writes through the same ``Database.tx`` and appends to the same chain under the same lock.
 """
@@ -18,6 +19,7 @@ from erasure_pipeline.core.signing import Signer, signer_for
 from erasure_pipeline.ledger.audit import Anchor, AuditLog, AuditReport
 from erasure_pipeline.ledger.certificates import Certificates
 from erasure_pipeline.ledger.db import Database, LedgerError, LedgerUnavailable, utcnow
+from erasure_pipeline.ledger.leases import Leases
 from erasure_pipeline.ledger.nodes import NodeRecords
 from erasure_pipeline.ledger.notices import Notices
 from erasure_pipeline.ledger.requests import Requests, TombstoneTable
@@ -39,6 +41,7 @@ class Ledger:
         self.nodes = NodeRecords(self.db, self.audit)
         self.certificates = Certificates(self.db, self.audit)
         self.notices = Notices(self.db, self.audit)
+        self.leases = Leases(self.db)
 
     @property
     def dialect(self) -> str:

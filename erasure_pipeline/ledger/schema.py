@@ -197,6 +197,19 @@ job_runs = sa.Table(
     sa.Column("outcome", sa.String(24)),
 )
 
+shard_leases = sa.Table(
+    "shard_leases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),  # a shard's pool name: one writer of the shard at a time
+    sa.Column("owner", sa.String(255), nullable=False),  # run id and step key
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""Who writes each shard now (``ledger.leases``): taken inside the shard's Dagster pool, which alone admits two
+holders now and then under contention (benchmarks/pool_contention.py)."""
+
 consent_changes = sa.Table(
     "consent_changes",
     metadata,
@@ -360,7 +373,8 @@ A key is never created again for a subject listed here."""
 # kek_versions, key_groups, data_keys, key_erasures (new tables). 8: erasure_requests.footprint.
 # 9: the index of data_keys by group. 10: provenance keyed by partition first, its skeletons moved to
 # subject_skeletons (one per subject; ``Database.migrate`` rebuilds the table, ``_provenance_by_partition``).
-CURRENT_VERSION = 10
+# 11: shard_leases (a new table).
+CURRENT_VERSION = 11
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review")],
