@@ -36,7 +36,7 @@ class Leases:
         said = False
         while (holder := self._take(name, owner, run_id, live)) is not None:
             if not said:
-                log(f"waiting for {name}: run {holder[:8]} writes that shard")
+                log(f"waiting for {name}: " + (f"run {holder[:8]} writes that shard" if holder else "another writer took it first"))
                 said = True
             time.sleep(poll)
         try:
@@ -50,7 +50,7 @@ class Leases:
             conn.execute(t.shard_leases.delete().where(L.name == name, L.owner == owner))
 
     def _take(self, name: str, owner: str, run_id: str, live: Callable[[dict], bool]) -> str | None:
-        """None: the lease is ours now; else the live holder's run id."""
+        """None: the lease is ours now; else the live holder's run id ("": a writer whose insert came first)."""
         mine = {"owner": owner, "run_id": run_id, "host": HOST, "pid": os.getpid(), "taken_at": utcnow()}
         with self.db.tx() as conn:
             q = sa.select(t.shard_leases).where(L.name == name)
@@ -58,7 +58,7 @@ class Leases:
             if row is None:  # SQLite: BEGIN IMMEDIATE serialises takers; Postgres: the first insert wins, the other waits
                 insert = (pg_insert(t.shard_leases).on_conflict_do_nothing() if self.db.dialect == "postgresql"
                           else sa.insert(t.shard_leases))
-                return None if conn.execute(insert.values(name=name, **mine)).rowcount else "(taking it now)"
+                return None if conn.execute(insert.values(name=name, **mine)).rowcount else ""
             held = dict(row._mapping)
             if held["owner"] != owner and live(held):
                 return held["run_id"]
