@@ -184,12 +184,12 @@ def test_an_old_ledger_is_migrated_to_the_current_version_in_its_schema_on_postg
 
     make_old_ledger(pg_database, version, schema="erasure_ledger")
     book = Ledger(pg_database)
-    assert book.migrate() == t.CURRENT_VERSION == 10
+    assert book.migrate() == t.CURRENT_VERSION == 11
     insp = sa.inspect(book.db._base_engine)
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests", schema="erasure_ledger")}
     assert provenance_key(book, "erasure_ledger") == ["partition", "subject_key", "asset"]
     assert "ix_data_keys_grp" in {i["name"] for i in insp.get_indexes("data_keys", schema="erasure_ledger")}
-    assert {"policy_snapshots", "subject_skeletons"} <= set(insp.get_table_names(schema="erasure_ledger"))
+    assert {"policy_snapshots", "subject_skeletons", "shard_leases"} <= set(insp.get_table_names(schema="erasure_ledger"))
     assert [r["rows"] for r in book.nodes.provenance_for([KEY_A, KEY_B])] == [1, 1]
     assert book.nodes.look_alikes(SKELETON, KEY_B) == ({KEY_A} if version >= 4 else set())
     assert {"notices", "sealed_ids", "drp_tokens", "drp_requests"} <= set(insp.get_table_names(schema="erasure_ledger"))
