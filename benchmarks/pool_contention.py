@@ -45,8 +45,8 @@ def _worker(home: str, worker: int, holds: int, variant: str, ledger_url: str, o
     from erasure_pipeline.defs import runtime
     from erasure_pipeline.ledger import Ledger
 
-    if variant == DAGSTER:
-        runtime.assign_stranded = lambda *_a, **_k: []
+    if variant == DAGSTER:  # neither pool_slot's own looks nor assign_stranded find anything stranded
+        runtime._stranded = lambda *_a, **_k: []
     book = Ledger(ledger_url)
     instance = dg.DagsterInstance.get()
     storage = instance.event_log_storage

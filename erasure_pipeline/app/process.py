@@ -33,9 +33,7 @@ def drain(defs: dg.Definitions, instance: dg.DagsterInstance, *, progress: Calla
     First, runs of this host whose process died (a killed ``process``) are marked failed and their
     requests handed back, so nothing a crash left behind waits for a person."""
     env = env_of(defs, instance=instance)
-    runtime.sweep_interrupted(instance, env.ledger, progress)
-    runtime.ensure_pools(instance, env.graph.partitions)
-    runtime.assign_stranded(instance, names.pools(env.graph.partitions), progress)
+    runtime.before_work(instance, env.ledger, env.graph.partitions, progress)
     sensor = defs.resolve_sensor_def(names.ERASURE_SENSOR)
     out = DrainResult()
     for _ in range(max_ticks):
@@ -69,9 +67,7 @@ def run_cycle(defs: dg.Definitions, instance: dg.DagsterInstance, as_of: dt.date
               progress: Callable[[str], None] = lambda _m: None) -> CycleResult:
     """Evaluate the retraining schedule at ``as_of`` (default now) and run its request here."""
     env = env_of(defs, instance=instance)
-    runtime.sweep_interrupted(instance, env.ledger, progress)
-    runtime.ensure_pools(instance, env.graph.partitions)
-    runtime.assign_stranded(instance, names.pools(env.graph.partitions), progress)
+    runtime.before_work(instance, env.ledger, env.graph.partitions, progress)
     out = CycleResult()
     if as_of is None:  # the schedule's own tick, now
         schedule = defs.resolve_schedule_def(names.CYCLE_SCHEDULE)

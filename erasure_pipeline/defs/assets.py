@@ -57,12 +57,9 @@ def _node_asset(node: Node, policy: Policy, graph: Graph, partitions: dg.Partiti
         env = pipeline.env(policy)
         results = {}
         for partition in context.partition_keys if node.partitioned else [None]:
-            step_key = context.get_step_execution_context().step.key
-            slot, lease = ((runtime.pool_slot(context.instance, context.run_id, step_key, names.shard_pool(partition), context.log.info),
-                            runtime.shard_lease(context.instance, env.ledger, context.run_id, step_key, names.shard_pool(partition),
-                                                context.log.info))
-                           if partition else (contextlib.nullcontext(), contextlib.nullcontext()))
-            with slot, lease:
+            writer = (runtime.shard_writer(context.instance, env.ledger, context.run_id, context.get_step_execution_context().step.key,
+                                           partition, context.log.info) if partition else contextlib.nullcontext())
+            with writer:
                 started = time.perf_counter()
                 result = compute_node(NodeRun(env, node, partition, "ingest", context.run_id, log=context.log.info))
                 results[partition] = events.timed(result, time.perf_counter() - started)

@@ -95,8 +95,7 @@ def pool_slot(instance: dg.DagsterInstance, run_id: str, step_key: str, pool: st
         storage.free_concurrency_slot_for_step(run_id, key)
 
 
-def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], None] = lambda _m: None,
-                    settle: float = 0.25) -> list[str]:
+def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], None] = lambda _m: None) -> list[str]:
     """Assign the slot of each pool where a step waits stranded in Dagster's queue; return those pools.
 
     Dagster's claim queues a step in two statements (is a slot free? then its queue entry, assigned if
@@ -109,12 +108,12 @@ def assign_stranded(instance: dg.DagsterInstance, pools, log: Callable[[str], No
     is assigned, as a free would have, if still no entry holds the slot (``_assign_head``). An asset
     step's ``pool_slot`` checks its own pool at each look while it waits (no sleep of its own); a job
     step's pool is claimed by Dagster's executor, so every claim step and CLI command checks all the
-    project's pools (``sweep_interrupted``'s callers), and so does the ``pool_queue_sensor`` every 30 s
-    under the daemon (a stranded run may have no run after it)."""
+    project's pools (``before_work``), and so does the ``pool_queue_sensor`` every 30 s under the daemon
+    (a stranded run may have no run after it)."""
     storage = instance.event_log_storage
     seen = _stranded(storage, pools)
     if seen:
-        time.sleep(max(settle, STRANDED_SETTLE))
+        time.sleep(STRANDED_SETTLE)
         seen = [p for p in _stranded(storage, seen) if _assign_head(storage, p)]
     for pool in seen:
         log(_ASSIGNED.format(pool=pool))
@@ -177,13 +176,28 @@ def shard_lease(instance: dg.DagsterInstance, book: Ledger, run_id: str, step_ke
     run Dagster has finished, or whose process on this host is gone, is replaced."""
 
     def live(row: dict) -> bool:
-        run = instance.get_run_by_id(row["run_id"])
-        if run is not None and run.is_finished:
-            return False
-        return pid_alive(row["pid"]) if row["host"] == HOST else run is not None
+        return _alive(instance.get_run_by_id(row["run_id"]), row["host"], row["pid"])
 
     with book.leases.hold(pool, f"{run_id}/{step_key}", run_id, live, log=log):
         yield
+
+
+@contextlib.contextmanager
+def shard_writer(instance: dg.DagsterInstance, book: Ledger, run_id: str, step_key: str, partition: str,
+                 log: Callable[[str], None] = lambda _m: None) -> Iterator[None]:
+    """An asset step's turn at one shard partition: the shard's pool slot (``pool_slot``; a job's shard step has its
+    op's), then its lease (``shard_lease``)."""
+    pool = names.shard_pool(partition)
+    with pool_slot(instance, run_id, step_key, pool, log), shard_lease(instance, book, run_id, step_key, pool, log):
+        yield
+
+
+def before_work(instance: dg.DagsterInstance, book: Ledger, partitions, log: Callable[[str], None] = lambda _m: None) -> None:
+    """What every claim step and the CLI's ``process`` and ``cycle`` do first: sweep runs whose process died, set the
+    pools' limits, assign slots to steps stranded in a pool's queue."""
+    sweep_interrupted(instance, book, log)
+    ensure_pools(instance, partitions)
+    assign_stranded(instance, names.pools(partitions), log)
 
 
 # ---------------------------------------------------------------- who is alive
@@ -208,6 +222,14 @@ def pid_alive(pid: int) -> bool:
 _UNREAD = object()
 
 
+def _alive(run, host: str, pid: int) -> bool:
+    """Whether a holder (a run's process, or a step's) is alive: its run not finished in Dagster and, on this host,
+    its process there; on another host, its run known to Dagster (its run monitoring fails runs whose worker died)."""
+    if run is not None and run.is_finished:
+        return False
+    return pid_alive(pid) if host == HOST else run is not None
+
+
 def run_is_live(instance: dg.DagsterInstance, book: Ledger) -> Callable[..., bool]:
     """``live(run_id, record)``: a run is alive while Dagster has not finished it and, when its job-run
     record says it runs on this host, while that process exists. Runs on other hosts are left to
@@ -217,14 +239,14 @@ def run_is_live(instance: dg.DagsterInstance, book: Ledger) -> Callable[..., boo
     def live(run_id: str, record=_UNREAD) -> bool:
         run = instance.get_run_by_id(run_id)
         if run is not None and run.is_finished:
-            return False
+            return False  # before reading the record: a finished run needs no ledger read
         if record is _UNREAD:
             record = book.runs.job_run(run_id)
-        if record is not None and record["finished_at"] is not None:
+        if record is None:
+            return run is not None
+        if record["finished_at"] is not None:
             return False  # the ledger saw it end (e.g. Dagster's storage went away before it could record the failure)
-        if record is not None and record["finished_at"] is None and record["host"] == HOST:
-            return pid_alive(record["pid"])
-        return run is not None
+        return _alive(run, record["host"], record["pid"])
 
     return live
 

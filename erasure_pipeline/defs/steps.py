@@ -116,9 +116,7 @@ def _start(context, pipeline: PipelineResource, policy: Policy) -> tuple[Env, di
     """Every claim step begins here: set the pools' limits, sweep runs whose process died, assign slots to steps
     stranded in a pool's queue."""
     env = pipeline.env(policy)
-    runtime.ensure_pools(context.instance, env.graph.partitions)
-    runtime.sweep_interrupted(context.instance, env.ledger, context.log.warning)
-    runtime.assign_stranded(context.instance, names.pools(env.graph.partitions), context.log.warning)
+    runtime.before_work(context.instance, env.ledger, env.graph.partitions, context.log.warning)
     return env, {"is_live": runtime.run_is_live(context.instance, env.ledger), "host": runtime.HOST, "pid": runtime.run_pid()}
 
 
