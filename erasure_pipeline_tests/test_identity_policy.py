@@ -21,6 +21,23 @@ def test_subject_key_is_hmac_sha256_and_shard_rule():
     assert identity.shard_from_partition("shard_07") == 7
 
 
+
+@pytest.mark.parametrize("kind", ["list", "object series", "arrow series", "arrow", "chunked", "large", "sliced", "numpy", "ragged"])
+def test_hex_digits_of_keys_read_as_int_of_their_digits_whatever_holds_them(kind):
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    held = {"list": keys, "object series": pd.Series(keys, dtype=object), "arrow series": pd.Series(keys, dtype="string[pyarrow]"),
+            "arrow": pa.array(keys), "chunked": pa.chunked_array([keys[:7], keys[7:]]), "large": pa.array(keys, pa.large_string()),
+            "sliced": pa.array(["x", *keys]).slice(1), "numpy": np.array(keys), "ragged": [k + "0" * (i % 3) for i, k in enumerate(keys)]}[kind]
+    for start, end in [(0, 8), (16, 24), (0, 16), (3, 8)]:
+        got = identity.hex_digits(held, start, end)
+        assert got.dtype == np.uint64 and got.tolist() == [int(k[start:end], 16) for k in keys]
+    assert identity.shards_of(held, 16).tolist() == [identity.shard_of(k, 16) for k in keys]
+    assert identity.hex_digits([], 0, 8).tolist() == [] and identity.hex_digits(["ab"], 0, 2).tolist() == [0xAB]
+
 @pytest.mark.parametrize("bad", ["", "   ", "a\x00b", "x" * 600, 42, None])
 def test_invalid_subject_ids_are_refused_without_echo(bad):
     with pytest.raises(identity.InvalidSubjectId) as err:
