@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from erasure_pipeline.core.identity import hex_digits
 from erasure_pipeline.stores.buckets import bucket_of, buckets_of
@@ -67,7 +69,10 @@ class IndexBuilder:
         """Entries (key, file, kind) for each distinct key in ``keys``."""
         if file not in self.files:
             self.files.append(file)
-        distinct = pd.unique(pd.Series(list(keys) if not isinstance(keys, pd.Series) else keys, dtype=object))
+        # Distinct in Arrow, read by hex_digits from Arrow's buffers: as Python strings (pd.unique of an object Series)
+        # this took 2.1 s of a 200 000-subject build's claim, on the thread that folds the staged files in.
+        distinct = pc.unique(keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(
+            keys.array if isinstance(keys, pd.Series) else list(keys), type=pa.string()))
         if not len(distinct):
             return
         number = self.files.index(file)
