@@ -14,6 +14,7 @@ from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.ml.embed import chunk_text, embed, point_id
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores import superseded
+from erasure_pipeline.stores.lake_backends import LocalLake
 from erasure_pipeline.stores.landing import STAGING, read_landing_table, read_staged, scrub_landing, scrub_staging, staged_files
 from erasure_pipeline_tests import stores
 
@@ -21,7 +22,7 @@ TICKETS = contracts_for(demo_policy())["tickets"]
 
 
 def test_local_lake_is_atomic_and_refuses_path_tricks(tmp_path):
-    lake = lk.LocalLake(tmp_path)
+    lake = LocalLake(tmp_path)
     df = pd.DataFrame({"subject_key": ["a", "b"], "x": [1, 2]})
     h1 = lk.write_table(lake, "raw_events", "shard_00", df)
     assert h1 == lk.write_table(lake, "raw_events", "shard_00", df.copy())  # deterministic bytes
@@ -35,7 +36,7 @@ def test_local_lake_is_atomic_and_refuses_path_tricks(tmp_path):
 def test_a_column_the_object_does_not_store_is_named_not_called_damage(tmp_path):
     """A reader asking for a column written under an earlier declaration learns which one, and that the
     object is readable; bytes that are not Parquet stay "damaged"."""
-    lake = lk.LocalLake(tmp_path)
+    lake = LocalLake(tmp_path)
     lk.write_table(lake, "raw_subjects", "shard_00", pd.DataFrame({"subject_key": ["a"], "age": [30]}))
     data = lake.read_bytes("raw_subjects/shard_00.parquet")
     with pytest.raises(PipelineError, match="has no column region") as caught:
@@ -47,7 +48,7 @@ def test_a_column_the_object_does_not_store_is_named_not_called_damage(tmp_path)
 
 
 def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):
-    landing = lk.LocalLake(tmp_path)
+    landing = LocalLake(tmp_path)
     landing.write_bytes("tickets/t.csv", b"ticket_id,subject_id,created_at,text\nt1,a@x,2026-01-01,hi a@x\nt2,b@x,2026-01-01,hi b@x\n")
     pepper = b"p"
     keyer = Keyer(pepper, 4)
@@ -316,3 +317,16 @@ def test_an_erasure_scrubs_a_staged_retraction_of_the_subject_and_reading_the_sh
     assert scrub_staging(lake, {"a" * 64}) == 1  # the erased subject's retraction goes, the other's stays
     left = pd.concat([superseded.read(lake, STAGING, "b1", "people", s) for s in shards])
     assert left["subject_key"].tolist() == ["b" * 64]
+
+
+def test_split_by_bucket_gives_each_buckets_rows_in_the_frames_order():
+    from erasure_pipeline.stores.buckets import split_by_bucket
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"id": [f"e{i:04d}" for i in range(500)], "v": rng.random(500)}).astype({"id": "string[pyarrow]"})
+    in_bucket = rng.choice([0, 2, 3, 7], size=500)  # buckets 1, 4, 5 and 6 hold no row
+    got = split_by_bucket(frame, in_bucket, range(8))
+    for b in range(8):
+        want = frame[in_bucket == b].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[b], want)
+    assert split_by_bucket(frame.iloc[0:0], np.zeros(0, dtype=np.int64), [0, 1])[1].columns.tolist() == ["id", "v"]

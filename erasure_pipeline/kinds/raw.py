@@ -214,8 +214,7 @@ def _rewrite(step: _Step) -> None:
     if is_features_dataset(run.env.policy, contract.name):
         step.consent = consent_changes(step.old, result, run.env.policy)
     in_bucket = bk.buckets_of(result["subject_key"], step.buckets) if len(result) else np.zeros(0, dtype=np.int64)
-    rows_of = pd.Series(np.arange(len(in_bucket))).groupby(in_bucket).indices if len(in_bucket) else {}
-    step.frames = {b: result.take(rows_of[b]).reset_index(drop=True) if b in rows_of else result.iloc[0:0] for b in sorted(step.touched)}
+    step.frames = bk.split_by_bucket(result, in_bucket, sorted(step.touched))
     if contract.texts:  # every subject a rewritten bucket's text names, before or after
         keyer = run.env.keyer
         for b, keys in zip(in_bucket.tolist(), mentions_by_row(result, contract.texts, keyer), strict=True):

@@ -66,6 +66,8 @@ def apply_retention(df: pd.DataFrame, contract: contracts.TableContract, cutoff:
     if cutoff is None or not cols or df.empty or cols[0] not in df:
         return df, 0
     old = (pd.to_datetime(df[cols[0]], utc=True) < pd.Timestamp(cutoff)).to_numpy()
+    if not old.any():  # nothing past retention: the frame as it is, not a copy of every column
+        return df, 0
     return df[~old].reset_index(drop=True), int(old.sum())
 
 
@@ -87,7 +89,8 @@ def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | No
         return (existing if existing is not None else pd.DataFrame()), 0
     both = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[id_column], keep="last") if len(frames) > 1 else frames[0]
     keep = ~both["subject_key"].isin(tombstoned)
-    out = both[keep].sort_values(id_column, kind="stable").reset_index(drop=True)
+    kept = both if bool(keep.all()) else both[keep]  # a copy of every column only when a row goes
+    out = kept.sort_values(id_column, kind="stable").reset_index(drop=True)
     return out, int((~keep).sum())
 
 

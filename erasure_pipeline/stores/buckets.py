@@ -56,6 +56,20 @@ def buckets_of(keys: pd.Series | Iterable[str], buckets: int) -> np.ndarray:
     return (hex_digits(keys, 16, 24) % np.uint64(buckets)).astype(np.int64)
 
 
+def split_by_bucket(frame: pd.DataFrame, in_bucket: np.ndarray, wanted: Iterable[int]) -> dict[int, pd.DataFrame]:
+    """``frame``'s rows of each ``wanted`` bucket (``in_bucket``: each row's), in the frame's order (empty: none).
+    One take groups the rows by bucket, then each bucket is a slice: a take per bucket cost 0.96 s of a 200 000-subject
+    build in pyarrow's per-call overhead."""
+    order = np.argsort(in_bucket, kind="stable")
+    grouped = frame.take(order).reset_index(drop=True) if len(frame) else frame
+    ordered = in_bucket[order]
+    out = {}
+    for b in wanted:
+        lo, hi = np.searchsorted(ordered, [b, b + 1])
+        out[b] = grouped.iloc[lo:hi].reset_index(drop=True)
+    return out
+
+
 def bucket_name(bucket: int) -> str:
     return f"b_{bucket:03d}"
 
