@@ -59,3 +59,4 @@ bench:
 	$(PY) -m benchmarks.fill_cost --subjects 200000
 	$(PY) -m benchmarks.pool_contention --pg-url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
 	$(PY) -m benchmarks.superseded_cost --subjects 200000
+	$(PY) -m benchmarks.staging_format --subjects 10000

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     from erasure_pipeline.core import identity
     from erasure_pipeline.stores import buckets as bk
     from erasure_pipeline.stores import lake as lk
+    from erasure_pipeline.stores.lake_backends import LocalLake
 
     events = demo.generate(args.subjects, 7, events_per_subject=args.events_per_subject, tickets_per_subject=0.0)["events"]
     pepper = b"benchmark-pepper"
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # One file per shard partition.
-        store = lk.LocalLake(Path(tmp) / "one_file")
+        store = LocalLake(Path(tmp) / "one_file")
         store.write_bytes("raw_events/shard_00.parquet", lk.table_to_bytes(events))
         times = []
         for key in victim_keys:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(["one file per shard partition", 1, float(np.median(times)) * 1000, _scan(Path(tmp) / "one_file", needles)])
 
         # Bucket files.
-        store = lk.LocalLake(Path(tmp) / "buckets")
+        store = LocalLake(Path(tmp) / "buckets")
         by_bucket = bk.buckets_of(events["subject_key"], args.buckets)
         manifest, _ = bk.write_buckets(store, "raw_events", "shard_00",
                                        {int(b): g for b, g in events.groupby(by_bucket)}, None, of=args.buckets)

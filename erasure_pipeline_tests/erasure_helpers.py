@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from erasure_pipeline.app.demo import demo_policy
@@ -41,15 +42,25 @@ def pick_subjects(n_shards: int, with_tickets: int, without_tickets: int = 0, co
     return out
 
 
+def decoded(name: str, body: bytes) -> pa.Table | None:
+    """A Parquet or Arrow IPC file's table (read with pyarrow alone, not the project's readers: both compress, so a
+    byte scan would not see what they hold); None for anything else."""
+    if name.endswith(".parquet"):
+        return pq.read_table(pa.BufferReader(body))
+    if name.endswith(".arrow"):  # the ingest's staging area
+        return pa.ipc.open_file(pa.BufferReader(body)).read_all()
+    return None
+
+
 def scan_for(home: Path, needles: list[str]) -> list[str]:
-    """Every place under ``home`` that holds one of ``needles``: Parquet decoded, all else as raw bytes."""
+    """Every place under ``home`` that holds one of ``needles``: Parquet and Arrow files decoded, all else as raw bytes."""
     found = []
     raw_needles = [n.encode() for n in needles]
     for path in home.rglob("*"):
         if not path.is_file():
             continue
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
+        table = decoded(path.name, path.read_bytes()) if path.suffix in (".parquet", ".arrow") else None
+        if table is not None:
             for col in table.column_names:
                 values = set(map(str, table.column(col).to_pylist()))
                 for n in needles:

@@ -61,3 +61,11 @@ def test_membership_audit_audits_the_erased_and_the_kept():
     for audited in ("erased subjects", "control: members kept"):
         (line,) = [ln for ln in out.splitlines() if ln.startswith(f"| logistic_regression | {audited} |")]
         assert line.split("|")[3].strip() == "20"
+
+
+@pytest.mark.slow
+def test_staging_format_writes_and_reads_every_staged_file_in_both_formats():
+    out = _bench("staging_format", "--subjects", "200", "--repeats", "1")
+    for name in ("subjects", "events", "tickets"):
+        row = _row(out, name)  # files, rows per file, then write/read ms and bytes of each format
+        assert int(row[1]) > 0 and all(float(v.replace(",", "")) > 0 for v in row[2:]), row

@@ -19,6 +19,7 @@ from erasure_pipeline.kinds import raw
 from erasure_pipeline.kinds.base import Env, Finding, Kind, NodeResult, NodeRun, Registry, UnknownKind, finish, rows_of_subject
 from erasure_pipeline.kinds.registry import REGISTRY, graph_for, registered
 from erasure_pipeline.stores import lake as lk
+from erasure_pipeline.stores.lake_backends import LocalLake
 from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import build_demo, defs_and_policy, instance
 from erasure_pipeline_tests.erasure_helpers import key, materialised_partitions, max_storage_id, pick_subjects
@@ -101,7 +102,7 @@ def test_the_ensemble_reads_holdout_label_and_features_of_each_shard_and_combine
     from erasure_pipeline.kinds import models
     from erasure_pipeline.ml import features as ft
 
-    lake = lk.LocalLake(tmp_path)
+    lake = LocalLake(tmp_path)
     tables = {"shard_00": pd.DataFrame({ft.KEY: ["a", "b", "c"], ft.HOLDOUT: [False, True, False], ft.LABEL: [0, 1, 1],
                                         "num_age": [30, 40, 50]}),
               "shard_01": pd.DataFrame({ft.KEY: ["d", "e"], ft.HOLDOUT: [False, False], ft.LABEL: [1, 0], "num_age": [31.5, 44.0]})}

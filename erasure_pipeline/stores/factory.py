@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from erasure_pipeline.stores.lake import Lake, LocalLake, S3Lake
+from erasure_pipeline.stores.lake import Lake
+from erasure_pipeline.stores.lake_backends import LocalLake, S3Lake
 from erasure_pipeline.stores.vectors import EdgeStore, VectorStore
 
 

@@ -9,7 +9,6 @@ files that hold its subjects.
 
 from __future__ import annotations
 
-import io
 import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +18,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.contracts import TableContract
 from erasure_pipeline.core.crypto import KeySource, SealedWithoutKeys, Sealing
-from erasure_pipeline.core.errors import DamagedObject
 from erasure_pipeline.core.identity import Keyer
 from erasure_pipeline.core.tombstones import Tombstones, mentions_by_row
 from erasure_pipeline.stores import lake as lk
@@ -126,7 +123,7 @@ def read_landing_table(
 
 # ---------------------------------------------------------------- one pass: staging and the index
 def staged_name(batch: str, table: str, shard: int, number: int) -> str:
-    return f"{STAGING}/{batch}/{table}/{identity.partition_key(shard)}/{number:05d}.parquet"
+    return f"{STAGING}/{batch}/{table}/{identity.partition_key(shard)}/{number:05d}.arrow"
 
 
 @dataclass
@@ -207,7 +204,7 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
         table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones, remember))
         for shard in np.unique(shards).tolist():
             rows = table.filter(pa.array(shards == shard))
-            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.arrow_to_bytes(rows))
+            lake.write_bytes(staged_name(batch, f.table, int(shard), number), lk.arrow_to_ipc_bytes(rows))
             done.shards.add(int(shard))
         if f.contract.texts:
             done.mentions = [k for ks in mentions_by_row(df, f.contract.texts, keyer) for k in ks]
@@ -277,13 +274,11 @@ def scrub_staging(lake: Lake, keys: set[str], table: str | None = None, shard: i
     Rows are filtered as stored: sealed fields stay sealed, byte for byte."""
     rewritten = 0
     for name in staged_files(lake, table, shard):
-        try:
-            stored = pq.read_table(io.BytesIO(lake.read_bytes(name) or b""))
-        except (pa.ArrowException, OSError, ValueError):
-            raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+        stored = lk.stored_table(lake.read_bytes(name) or b"", name)
         hit = pc.is_in(stored.column("subject_key"), value_set=pa.array(sorted(keys), type=stored.schema.field("subject_key").type))
         if pc.any(hit).as_py():
-            lake.write_bytes(name, lk.arrow_to_bytes(stored.filter(pc.invert(hit))))
+            kept = stored.filter(pc.invert(hit))
+            lake.write_bytes(name, lk.arrow_to_ipc_bytes(kept) if name.endswith(".arrow") else lk.arrow_to_bytes(kept))
             lake.purge_noncurrent(name)
             rewritten += 1
     return rewritten
