@@ -60,3 +60,4 @@ bench:
 	$(PY) -m benchmarks.pool_contention --pg-url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
 	$(PY) -m benchmarks.superseded_cost --subjects 200000
 	$(PY) -m benchmarks.staging_format --subjects 10000
+	$(PY) -m benchmarks.build_pairs --base HEAD~1 --subjects 200000 --pairs 4

@@ -69,3 +69,11 @@ def test_staging_format_writes_and_reads_every_staged_file_in_both_formats():
     for name in ("subjects", "events", "tickets"):
         row = _row(out, name)  # files, rows per file, then write/read ms and bytes of each format
         assert int(row[1]) > 0 and all(float(v.replace(",", "")) > 0 for v in row[2:]), row
+
+
+@pytest.mark.slow
+def test_build_pairs_builds_the_base_and_this_checkout_and_compares_them():
+    out = _bench("build_pairs", "--base", "HEAD", "--subjects", "200", "--subjects-per-file", "100", "--pairs", "1")
+    base, this, ratio = (float(v) for v in _row(out, "median of 1 pairs")[1:4])
+    assert base > 0 and this > 0 and ratio == pytest.approx(this / base, rel=1e-2)
+    assert float(_row(out, "raw_events")[1]) > 0  # the steps and nodes come from each build's own event log
