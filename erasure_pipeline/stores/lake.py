@@ -91,8 +91,8 @@ ARROW_MAGIC = b"ARROW1"
 
 def arrow_to_ipc_bytes(table: pa.Table) -> bytes:
     """An Arrow table as Arrow IPC file bytes (zstd), for what the pipeline writes and reads back itself within a run
-    (the ingest's staging area): 0.9 ms to write a staged file of ~9 000 events and 0.5 ms to read it, against 4.4–5.7
-    and 2.2–3.3 ms as Parquet at the same size (docs/SCALING.md). Deterministic like ``arrow_to_bytes``; only the
+    (the ingest's staging area): 1.4–2.1 × faster to write and 2.2–4.3 × faster to read than Parquet, an events file
+    1.3 × the bytes (``benchmarks/staging_format.py``, RESULTS.md). Deterministic like ``arrow_to_bytes``; only the
     sealing metadata kept. ``read_parquet`` reads either format."""
     meta = {k: v for k, v in (table.schema.metadata or {}).items() if k == crypto.SEALED_META}
     table = table.replace_schema_metadata(meta or None)
