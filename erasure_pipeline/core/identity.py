@@ -254,8 +254,10 @@ def _key_bytes(keys: Iterable[str], start: int, end: int) -> np.ndarray:
     import numpy as np
     import pyarrow as pa
 
+    if not isinstance(keys, pa.Array | pa.ChunkedArray) and not hasattr(keys, "__array__"):
+        keys = list(keys)  # once: an iterator read here would be empty for the fallback below
     try:
-        arr = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys if hasattr(keys, "__array__") else list(keys))
+        arr = keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys)
     except (pa.ArrowException, TypeError):
         arr = None
     if isinstance(arr, pa.ChunkedArray):
@@ -270,7 +272,7 @@ def _key_bytes(keys: Iterable[str], start: int, end: int) -> np.ndarray:
             if int(lengths.max()) == int(lengths.min()):  # every key as long: a view of the buffer, no gather
                 return data[offsets[0] : offsets[-1]].reshape(len(arr), -1)[:, start:end]
             return data[offsets[:-1, None] + np.arange(start, end)]
-    values = np.asarray(keys if hasattr(keys, "__array__") else list(keys), dtype=object)
+    values = np.asarray(keys.to_pylist() if isinstance(keys, pa.Array | pa.ChunkedArray) else keys, dtype=object)
     if not len(values):
         return np.zeros((0, end - start), dtype=np.uint8)
     return values.astype(f"S{end}").view(np.uint8).reshape(len(values), end)[:, start:end]
