@@ -58,7 +58,8 @@ def _worker(home: str, worker: int, holds: int, variant: str, ledger_url: str, o
 
     for j in range(holds):
         key = f"step-{j}"
-        lease = (book.leases.hold(POOL, f"run-{worker}/{key}", f"run-{worker}", live=lambda _row: True, poll=0.005)
+        lease = (book.leases.hold(POOL, f"run-{worker}/{key}", f"run-{worker}", live=lambda _row: True, host=runtime.HOST,
+                                  pid=os.getpid(), poll=0.005)
                  if variant == LEASE else contextlib.nullcontext())
         with runtime.pool_slot(instance, f"run-{worker}", key, POOL, log, poll=0.02), lease:
             start = time.time()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import socket
 import time
 
 import pytest
@@ -13,13 +14,16 @@ import pytest
 from erasure_pipeline.ledger import Ledger
 
 NAME = "erasure_pipeline/shard_00"
+HOST = socket.gethostname()
+HERE = {"host": HOST, "pid": os.getpid()}
 
 
 def _holder(url: str, worker: int, holds: int, out) -> None:
     book = Ledger(url)
     spans = []
     for j in range(holds):
-        with book.leases.hold(NAME, f"run-{worker}/step-{j}", f"run-{worker}", live=lambda _row: True, poll=0.005):
+        with book.leases.hold(NAME, f"run-{worker}/step-{j}", f"run-{worker}", live=lambda _row: True, host=HOST, pid=os.getpid(),
+                               poll=0.005):
             start = time.time()
             time.sleep(0.003)
             spans.append((start, time.time()))
@@ -50,10 +54,10 @@ def test_four_processes_taking_one_lease_in_a_loop_never_hold_it_at_once(url):
 def test_a_holder_judged_gone_is_replaced_and_its_late_release_leaves_the_new_holders_lease(url):
     book = Ledger(url)
     alive = lambda _row: True
-    assert book.leases._take(NAME, "run-a/shard_00", "run-a", alive) is None
-    assert book.leases._take(NAME, "run-a/shard_00", "run-a", alive) is None  # its own owner again (a retried step): at once
-    assert book.leases._take(NAME, "run-b/shard_00", "run-b", alive) == "run-a"  # run-a alive: run-b waits
-    assert book.leases._take(NAME, "run-b/shard_00", "run-b", lambda row: row["run_id"] != "run-a") is None  # run-a gone
+    assert book.leases._take(NAME, "run-a/shard_00", "run-a", alive, **HERE) is None
+    assert book.leases._take(NAME, "run-a/shard_00", "run-a", alive, **HERE) is None  # its own owner again (a retried step): at once
+    assert book.leases._take(NAME, "run-b/shard_00", "run-b", alive, **HERE) == "run-a"  # run-a alive: run-b waits
+    assert book.leases._take(NAME, "run-b/shard_00", "run-b", lambda row: row["run_id"] != "run-a", **HERE) is None  # run-a gone
     assert book.leases.holder(NAME)["owner"] == "run-b/shard_00" and book.leases.holder(NAME)["pid"] == os.getpid()
     book.leases.release(NAME, "run-a/shard_00")  # run-a's release, late: not its lease any more
     assert book.leases.holder(NAME)["owner"] == "run-b/shard_00"

@@ -178,7 +178,7 @@ def shard_lease(instance: dg.DagsterInstance, book: Ledger, run_id: str, step_ke
     def live(row: dict) -> bool:
         return _alive(instance.get_run_by_id(row["run_id"]), row["host"], row["pid"])
 
-    with book.leases.hold(pool, f"{run_id}/{step_key}", run_id, live, log=log):
+    with book.leases.hold(pool, f"{run_id}/{step_key}", run_id, live, host=HOST, pid=os.getpid(), log=log):
         yield
 
 

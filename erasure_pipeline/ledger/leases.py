@@ -9,8 +9,6 @@ is replaced by the next writer, as the sweep replaces a dead run. Released howev
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,7 +19,6 @@ from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.db import Database, utcnow
 
 L = t.shard_leases.c
-HOST = socket.gethostname()
 
 
 class Leases:
@@ -29,12 +26,12 @@ class Leases:
         self.db = db
 
     @contextlib.contextmanager
-    def hold(self, name: str, owner: str, run_id: str, live: Callable[[dict], bool], *, poll: float = 0.05,
-             log: Callable[[str], None] = lambda _m: None) -> Iterator[None]:
-        """Hold lease ``name`` for ``owner`` (of run ``run_id``, this process) while the block runs, waiting while
-        a holder ``live(row)`` says is alive has it."""
+    def hold(self, name: str, owner: str, run_id: str, live: Callable[[dict], bool], *, host: str, pid: int,
+             poll: float = 0.05, log: Callable[[str], None] = lambda _m: None) -> Iterator[None]:
+        """Hold lease ``name`` for ``owner`` (of run ``run_id``, process ``pid`` on ``host``: the caller's, as
+        ``runs`` records a run's) while the block runs, waiting while a holder ``live(row)`` says is alive has it."""
         said = False
-        while (holder := self._take(name, owner, run_id, live)) is not None:
+        while (holder := self._take(name, owner, run_id, live, host=host, pid=pid)) is not None:
             if not said:
                 log(f"waiting for {name}: " + (f"run {holder[:8]} writes that shard" if holder else "another writer took it first"))
                 said = True
@@ -49,9 +46,9 @@ class Leases:
         with self.db.tx() as conn:
             conn.execute(t.shard_leases.delete().where(L.name == name, L.owner == owner))
 
-    def _take(self, name: str, owner: str, run_id: str, live: Callable[[dict], bool]) -> str | None:
+    def _take(self, name: str, owner: str, run_id: str, live: Callable[[dict], bool], *, host: str, pid: int) -> str | None:
         """None: the lease is ours now; else the live holder's run id ("": a writer whose insert came first)."""
-        mine = {"owner": owner, "run_id": run_id, "host": HOST, "pid": os.getpid(), "taken_at": utcnow()}
+        mine = {"owner": owner, "run_id": run_id, "host": host, "pid": pid, "taken_at": utcnow()}
         with self.db.tx() as conn:
             q = sa.select(t.shard_leases).where(L.name == name)
             row = conn.execute(q.with_for_update() if self.db.dialect == "postgresql" else q).first()
