@@ -169,8 +169,8 @@ def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monk
     filed = []
     original = raw.rewrite_partition
 
-    def rewrite_then_request(existing, incoming, id_column, tombstoned):
-        out = original(existing, incoming, id_column, tombstoned)
+    def rewrite_then_request(existing, incoming, by, tombstoned):
+        out = original(existing, incoming, by, tombstoned)
         if not filed:  # the request arrives after the step read the tombstones, before it wrote
             filed.append(erase(sid)[0])
         return out

@@ -55,6 +55,7 @@ from erasure_pipeline.kinds.raw_rows import (
     read_below,
     retention_cutoff,
     rewrite_partition,
+    row_key,
     sealed_as_declared,
     skeletons,
     unlisted_finding,
@@ -206,7 +207,7 @@ def _rewrite(step: _Step) -> None:
     check_opened(step.old, step.everyone.current | step.stones.current, where)
     (step.old, gone), (step.new, late) = (superseded.drop(f, step.retracted, contract.id_column, run.env.keyer) for f in (step.old, step.new))
     step.counts["superseded"] = gone + late
-    result, step.counts["dropped"] = rewrite_partition(step.old, step.new, contract.id_column,
+    result, step.counts["dropped"] = rewrite_partition(step.old, step.new, row_key(contract),
                                                        step.stones.keys_in([step.old, step.new], contract.subject_column))
     # Another subject's text may quote an erased subject's id: redact it (ids of every shard).
     result, step.counts["redacted"] = step.everyone.redact(result, contract.texts)
@@ -242,7 +243,7 @@ def _late_tombstones(step: _Step) -> None:
             if isinstance(step.frames[b], pa.Table):  # carried: filtered as stored
                 step.frames[b], more = without_keys(step.frames[b], late)
             else:
-                step.frames[b], more = rewrite_partition(step.frames[b], None, step.contract.id_column, set(late))
+                step.frames[b], more = rewrite_partition(step.frames[b], None, row_key(step.contract), set(late))
             step.counts["dropped"] += more
         step.manifest, more_changed = bk.write_buckets(run.env.lake, run.node.name, run.partition, {b: step.frames[b] for b in hit},
                                                        step.manifest, of=step.buckets, timestamp=step.timestamp, mentions=step.mentions,

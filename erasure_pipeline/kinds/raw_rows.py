@@ -82,15 +82,24 @@ def consent_changes(existing: pd.DataFrame | None, written: pd.DataFrame, policy
     return {k: bool(after.loc[k]) for k in flipped}
 
 
-def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | None, id_column: str, tombstoned: set[str]) -> tuple[pd.DataFrame, int]:
-    """Upsert ``incoming`` into ``existing`` by id, drop tombstoned subjects, sort by id."""
+def row_key(contract: contracts.TableContract) -> list[str]:
+    """The columns a raw step matches rows on (an upsert: a later row with them wins) and orders them by: the id; for
+    a dataset whose id is its subject column, the subject key first. Such an id is one subject key's, so matching on
+    both matches on the id alone; and within one subject key each id has one sealed form (sealing is deterministic
+    under the subject's one data key), so the step matches and orders on it sealed as well as in plaintext, and
+    carries it sealed (``carried_in_step``)."""
+    return ["subject_key", contract.id_column] if contract.id_column == contract.subject_column else [contract.id_column]
+
+
+def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | None, by: list[str], tombstoned: set[str]) -> tuple[pd.DataFrame, int]:
+    """Upsert ``incoming`` into ``existing`` on ``by`` (``row_key``), drop tombstoned subjects, sort by ``by``."""
     frames = [f for f in (existing, incoming) if f is not None and not f.empty]
     if not frames:
         return (existing if existing is not None else pd.DataFrame()), 0
-    both = pd.concat(frames, ignore_index=True).drop_duplicates(subset=[id_column], keep="last") if len(frames) > 1 else frames[0]
+    both = pd.concat(frames, ignore_index=True).drop_duplicates(subset=by, keep="last") if len(frames) > 1 else frames[0]
     keep = ~both["subject_key"].isin(tombstoned)
     kept = both if bool(keep.all()) else both[keep]  # a copy of every column only when a row goes
-    out = kept.sort_values(id_column, kind="stable").reset_index(drop=True)
+    out = kept.sort_values(by, kind="stable").reset_index(drop=True)
     return out, int((~keep).sum())
 
 
@@ -111,13 +120,15 @@ def sealed_as_declared(table: pa.Table, contract: contracts.TableContract) -> bo
 
 def carried_in_step(contract: contracts.TableContract, stones: Tombstones) -> frozenset[str]:
     """The sealed columns a raw step carries with their rows, never opened nor sealed again (sealing is
-    deterministic: what it would write is what is stored): all but the id (upserts match on it), texts (ids
-    inside are redacted), the timestamp (retention) and each column the declaration names for a reader (the
-    consent rule's). Empty while a tombstone filed under an earlier identity rule matches on the plaintext id."""
+    deterministic: what it would write is what is stored): all but the id (upserts match on it; unless it is the
+    subject column, ``row_key``), texts (ids inside are redacted), the timestamp (retention) and each column the
+    declaration names for a reader (the consent rule's). Empty while a tombstone filed under an earlier identity
+    rule matches on the plaintext id."""
     if stones.legacy:
         return frozenset()
     named = {c for c, by in contract.named_by.items() if not by.endswith(".personal")}
-    return frozenset(contract.sealed) - {contract.id_column, *contract.texts, *contract.timestamps, *named}
+    matched = {contract.id_column} if contract.id_column != contract.subject_column else set()
+    return frozenset(contract.sealed) - {*matched, *contract.texts, *contract.timestamps, *named}
 
 
 def carried_alike(frames: list[pd.DataFrame | None], keys, where: str) -> tuple[list[pd.DataFrame | None], dict[str, str]]:
