@@ -7,9 +7,10 @@ For each variant (the demo's declaration without ``personal`` and without ``land
 (one ingest_job run), then ``--erasures`` one-subject erasures one after another (request -> certificate,
 the sensor's code path), each timed. ``--repeats`` pairs (plain then sealed, back to back), each in fresh
 homes: one build of each varies by ±10 % between runs on a shared VM, a pair's two builds less. Each variant runs
-in a fresh process, as each Dagster run does: run one after another in one process, the later builds carried the
-earlier ones' caches (sealing lookups, ciphers, keyed skeletons), and three sealed builds took 49, 66 and 63 s
-where fresh processes took 48-55 s on the same machine that hour (2026-12-06). Prints the
+in a fresh process, as each Dagster run does: run one after another in one process, a later build carries the
+earlier ones' process-wide caches (sealing lookups, ciphers, keyed skeletons). Whether those slowed it was not
+settled: in one process three sealed builds took 49, 66 and 63 s, in fresh processes right after 63, 49 and 53 s
+(2026-12-06). Prints the
 ratio sealed / plain of the median builds, each pair's, and of the median erasure, then the builds by step and
 node (medians: where sealing's time goes), then what sealing alone costs per cell (seal and open, measured on
 the raw tables in memory), and what the key store holds.
