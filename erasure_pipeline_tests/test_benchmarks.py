@@ -77,3 +77,13 @@ def test_build_pairs_builds_the_base_and_this_checkout_and_compares_them():
     base, this, ratio = (float(v) for v in _row(out, "median of 1 pairs")[1:4])
     assert base > 0 and this > 0 and ratio == pytest.approx(this / base, rel=1e-2)
     assert float(_row(out, "raw_events")[1]) > 0  # the steps and nodes come from each build's own event log
+
+
+@pytest.mark.slow
+def test_sealing_cost_builds_each_variant_in_a_process_of_its_own_and_compares_them():
+    out = _bench("sealing_cost", "--subjects", "300", "--subjects-per-file", "150", "--repeats", "1", "--erasures", "1")
+    plain, sealed, ratio = (float(v) for v in _row(out, "pair 1 (back to back)")[1:4])
+    assert plain > 0 and sealed > 0 and ratio == pytest.approx(sealed / plain, rel=1e-2)
+    cells = _row(out, "seal (AES-256-GCM, one per distinct subject and value)")
+    assert int(cells[1].replace(",", "")) > 300  # every declared cell of the three tables sealed, in memory
+    assert "data keys held" in out and "peak RSS of a variant's process: plain" in out  # each child's own result
