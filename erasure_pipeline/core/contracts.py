@@ -48,6 +48,12 @@ class TableContract:
     def is_lookup(self) -> bool:
         return self.subject_column is None
 
+    @property
+    def id_is_subject(self) -> bool:
+        """Each row's id is its subject's own id (one row per subject): a row never changes subject
+        (``superseded.movable``), and its id is one subject key's (``raw_rows.row_key``)."""
+        return self.id_column == self.subject_column
+
 
 def _features_read(policy, name: str, need) -> None:
     """Columns of dataset ``name`` the features (and the models' labels, the consent rule) read."""

@@ -88,7 +88,7 @@ def row_key(contract: contracts.TableContract) -> list[str]:
     both matches on the id alone; and within one subject key each id has one sealed form (sealing is deterministic
     under the subject's one data key), so the step matches and orders on it sealed as well as in plaintext, and
     carries it sealed (``carried_in_step``)."""
-    return ["subject_key", contract.id_column] if contract.id_column == contract.subject_column else [contract.id_column]
+    return ["subject_key", contract.id_column] if contract.id_is_subject else [contract.id_column]
 
 
 def rewrite_partition(existing: pd.DataFrame | None, incoming: pd.DataFrame | None, by: list[str], tombstoned: set[str]) -> tuple[pd.DataFrame, int]:
@@ -127,7 +127,7 @@ def carried_in_step(contract: contracts.TableContract, stones: Tombstones) -> fr
     if stones.legacy:
         return frozenset()
     named = {c for c, by in contract.named_by.items() if not by.endswith(".personal")}
-    matched = {contract.id_column} if contract.id_column != contract.subject_column else set()
+    matched = set() if contract.id_is_subject else {contract.id_column}
     return frozenset(contract.sealed) - {*matched, *contract.texts, *contract.timestamps, *named}
 
 

@@ -40,7 +40,7 @@ Held = Callable[[], pa.Table | None]
 
 def movable(contract: TableContract) -> bool:
     """Can a row of this dataset change subject? Not a lookup's, not one whose id is the subject's own id."""
-    return not contract.is_lookup and contract.id_column != contract.subject_column
+    return not contract.is_lookup and not contract.id_is_subject
 
 
 def retracted_name(staging: str, batch: str, table: str, shard: int) -> str:
