@@ -128,6 +128,9 @@ def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a l
         schema, read = _open(data)
         absent = [c for c in columns or () if c not in schema.names]
         sealed = crypto.sealed_columns(schema)
+        left_out = set(sealed) - set(only) - set(carry) if columns is None and only is not None else set()
+        if left_out:  # not read at all (a training set's read of raw_subjects decoded the sealed names and phones to drop them)
+            columns = [c for c in schema.names if c not in left_out]
         extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
         table = None if absent else read([*columns, *extra] if columns is not None else None)
     except (pa.ArrowException, OSError, ValueError):
