@@ -228,19 +228,20 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
     subjects = _Codes(table.column(subject_column))
     fields: dict[str, pa.Field] = {}
     pairs: dict[str, tuple[_Codes, np.ndarray, np.ndarray, np.ndarray]] = {}
-    present: set[str] = set()
     for c in wanted:
         fields[c] = table.schema.field(c)
         values = _Codes(_as_text(table.column(c)))
         live, rows, inverse = _pairs(subjects, values)
         pairs[c] = (values, live, rows, inverse)
-        present.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
+    # The subjects with a cell to seal, once for all columns (each pair's first row names its subject).
+    present = {subjects.values[k] for k in np.unique(np.concatenate([subjects.codes[rows] for _v, _l, rows, _i in pairs.values()])).tolist()}
     present -= set(withhold)
-    found = keys.data_keys(sorted(present), create=True) if present else {}
-    ciphers = [_cipher(found[s]) if s in found else None for s in subjects.values]  # by subject code
+    found = keys.data_keys(present, create=True) if present else {}
+    ciphers = [None if (key := found.get(s)) is None else _cipher(key) for s in subjects.values]  # by subject code
+    encoded = [s.encode() for s in subjects.values]
     for c, (values, live, rows, inverse) in pairs.items():
         prefix = c.encode() + b"\x00"
-        aads = [prefix + s.encode() for s in subjects.values]
+        aads = [prefix + s for s in encoded]
         texts = [v.encode() for v in values.values]
         looked = remember is None or c in remember  # a column the lookups do not keep is never found in them
         sealed, fresh = _memo_pairs(_SEALED if looked else None, _seal_cell, ciphers, aads, texts, subjects.codes[rows].tolist(),
