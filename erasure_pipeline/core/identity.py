@@ -12,10 +12,11 @@ import hashlib
 import hmac
 import importlib.util
 import logging
+import math
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,6 +156,10 @@ def rule_name(rule: Sequence[str]) -> str:
     return ",".join(rule)
 
 
+_SKELETONS: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
+SKELETONS_MAX = 1_000_000
+
+
 @dataclass(frozen=True)
 class Keyer:
     """How an id becomes a key and a shard: the pepper, the shard count and the normalisation rule.
@@ -182,6 +187,34 @@ class Keyer:
                 key = seen[sid] = m.hexdigest()
             out.append(key)
         return out
+
+    def known_skeletons(self) -> dict[str, str]:
+        """Subject key -> the keyed skeleton of their id, as this process met them, per identity rule (pepper,
+        normalisation). One key is one normalised id, so one skeleton: each dataset of a subject (their subjects
+        row, their events, their tickets) and each step after the staging pass that made it finds it here, without
+        opening or hashing their id again. Keyed hashes only."""
+        return _SKELETONS.setdefault((self.pepper, self.rule), {})
+
+    def keep_skeletons(self, fresh: Mapping[str, str]) -> None:
+        known = self.known_skeletons()
+        if len(known) + len(fresh) > SKELETONS_MAX:
+            known.clear()
+        known.update(fresh)
+
+    def skeletons_by_key(self, keys: Sequence[str], ids: Sequence[str | None]) -> dict[str, str]:
+        """Subject key -> the keyed skeleton of their id, for aligned ``keys`` and plaintext ``ids`` (one id per key;
+        a null id gets none): those met before from ``known_skeletons``, the others made and kept there."""
+        known = self.known_skeletons()
+        out, todo = {}, {}
+        for k, sid in zip(keys, ids, strict=True):
+            met = known.get(k)
+            if met is not None:
+                out[k] = met
+            elif sid is not None and not (isinstance(sid, float) and math.isnan(sid)):  # a null id: none
+                todo[k] = str(sid)
+        fresh = dict(zip(todo, self.skeleton_keys(todo.values()), strict=True))
+        self.keep_skeletons(fresh)
+        return out | fresh
 
     def keys(self, subject_ids: Iterable[str]) -> list[str]:
         ids = list(subject_ids)

@@ -28,7 +28,7 @@ from erasure_pipeline.kinds.base import Env, Finding, KeysLost, NodeRun
 from erasure_pipeline.ml.features import consenting
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
-from erasure_pipeline.stores.landing import key_frame, read_landing_table, read_staged
+from erasure_pipeline.stores.landing import SKELETON, key_frame, read_landing_table, read_staged
 
 
 def is_features_dataset(policy: Policy, dataset: str) -> bool:
@@ -42,7 +42,12 @@ def incoming_rows(run: NodeRun, contract, carry: frozenset[str]) -> pd.DataFrame
     policy = run.env.policy
     check = (lambda frame, name: check_labels(frame, name, policy)) if is_features_dataset(policy, contract.name) else None
     if run.staged is not None:
-        return read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys, carry)
+        rows = read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys, carry)
+        if rows is not None and SKELETON in rows:  # made by the staging pass, where the ids were in the clear
+            made = rows[["subject_key", SKELETON]].dropna().drop_duplicates("subject_key")
+            run.env.keyer.keep_skeletons(dict(zip(made["subject_key"], made[SKELETON].astype(str), strict=True)))
+            rows = rows.drop(columns=[SKELETON])
+        return rows
     rows = read_landing_table(run.env.landing, contract, run.env.keyer, run.landing_files if run.mode == "ingest" else None, check=check)
     return None if rows.empty else rows[rows["shard"] == run.shard].drop(columns=["shard"])
 
@@ -154,20 +159,15 @@ def open_carried(df: pd.DataFrame | None, keys, where: str) -> pd.DataFrame | No
     return out
 
 
-_SKELETONS: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
-"""Per identity rule (pepper, normalisation): subject key -> the keyed skeleton of their id. One key is one
-normalised id, so one skeleton: each dataset of a subject (their subjects row, their events, their tickets)
-finds it here after the first, without opening or hashing their id again. Keyed hashes only."""
-SKELETONS_MAX = 1_000_000
-
-
 def skeletons(new: pd.DataFrame | None, contract: contracts.TableContract, keyer, keys, carried: Mapping[str, str]) -> dict[str, str]:
-    """The keyed skeleton (look-alike key) of each subject that arrived in a raw step, by subject key (their
-    subject id opened, when it is carried sealed, only for subjects whose skeleton this process has not met)."""
+    """The keyed skeleton (look-alike key) of each subject that arrived in a raw step, by subject key: made where
+    the id was in the clear (the staging pass: ``incoming_rows`` keeps them) or met before in this process
+    (``Keyer.known_skeletons``); the subject id opened, when it is carried sealed, only for the others (rows
+    materialised from landing by hand, or from a staging area an earlier version wrote)."""
     if new is None or new.empty or contract.subject_column not in new:
         return {}
     pairs = new.loc[new["subject_key"] != NO_SUBJECT, ["subject_key", contract.subject_column]].drop_duplicates("subject_key")
-    known = _SKELETONS.setdefault((keyer.pepper, keyer.rule), {})
+    known = keyer.known_skeletons()
     arrived = pairs["subject_key"].tolist()
     met = [known.get(k) for k in arrived]
     out = {k: v for k, v in zip(arrived, met, strict=True) if v is not None}
@@ -178,12 +178,7 @@ def skeletons(new: pd.DataFrame | None, contract: contracts.TableContract, keyer
     if contract.subject_column in carried:
         pairs.attrs["carried"] = {contract.subject_column: carried[contract.subject_column]}
         pairs = open_carried(pairs, keys, f"raw_{contract.name}")
-    ids = pairs[contract.subject_column]
-    fresh = dict(zip(pairs["subject_key"], keyer.skeleton_keys(ids.astype(str)), strict=True))
-    if len(known) + len(fresh) > SKELETONS_MAX:
-        known.clear()
-    known.update((k, v) for k, v, present in zip(fresh, fresh.values(), ids.notna().tolist(), strict=True) if present)
-    return out | fresh
+    return out | keyer.skeletons_by_key(pairs["subject_key"].tolist(), pairs[contract.subject_column].tolist())
 
 
 def without_keys(table: pa.Table, keys: Collection[str]) -> tuple[pa.Table, int]:

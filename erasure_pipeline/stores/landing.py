@@ -122,6 +122,21 @@ def read_landing_table(
 
 
 # ---------------------------------------------------------------- one pass: staging and the index
+SKELETON = "_skeleton_key"
+"""A staged file's column: the keyed skeleton (look-alike key) of a row's subject id, on each subject's first row in
+the file (null on the others: a shard's piece of the file holds each of its subjects' first rows). Made by the
+staging pass, where the ids are in the clear, so no raw step opens a sealed id to make it (in any process: a step
+process of the multiprocess executor too); the raw step keeps them and drops the column."""
+
+
+def _skeleton_column(df: pd.DataFrame, column: str, keyer: Keyer) -> pd.Series:
+    firsts = df.loc[df["subject_key"] != identity.NO_SUBJECT, ["subject_key", column]].drop_duplicates("subject_key")
+    made = keyer.skeletons_by_key(firsts["subject_key"].tolist(), firsts[column].tolist())
+    out = pd.Series(None, index=df.index, dtype=object)
+    out.loc[firsts.index] = [made.get(k) for k in firsts["subject_key"]]
+    return out
+
+
 def staged_name(batch: str, table: str, shard: int, number: int) -> str:
     return f"{STAGING}/{batch}/{table}/{identity.partition_key(shard)}/{number:05d}.arrow"
 
@@ -199,6 +214,8 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
         scrubbed = _without_tombstoned(f, original, df, tombstones) if tombstones else None
         if scrubbed is not None:
             done.scrubbed = _rewrite(landing, f.name, scrubbed)
+        if f.contract.subject_column is not None:
+            df[SKELETON] = _skeleton_column(df, f.contract.subject_column, keyer)
         # Sealed once for the whole file (one key lookup, each subject's values once), then split by shard.
         shards = df["shard"].to_numpy()
         table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones, remember))
