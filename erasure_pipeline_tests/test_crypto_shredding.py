@@ -195,6 +195,22 @@ def test_a_subjects_skeleton_is_made_once_per_process_and_their_carried_id_is_no
         skeletons(frame.assign(subject_key=keyer.keys(["dan@example.com"] * 3)), events, keyer, None, opened.carried)
 
 
+def test_the_staged_skeleton_sits_on_each_subjects_last_row_so_an_id_sent_twice_in_a_file_keeps_it():
+    """The staging pass stages each subject's skeleton once per file (``landing.SKELETON``); ``read_staged`` keeps the
+    last row of an id, so the skeleton rides on the subject's last row and a repeated id does not drop it."""
+    from erasure_pipeline.core.identity import Keyer
+    from erasure_pipeline.stores.landing import _skeleton_column
+
+    keyer = Keyer(os.urandom(32), 4)
+    df = pd.DataFrame({"event_id": ["e1", "e2", "e1", "e3"], "subject_id": ["a@x.com", "b@x.com", "a@x.com", "A@X.com "]})
+    df["subject_key"] = keyer.keys(df["subject_id"])  # rows 0, 2, 3: one subject under the default rule
+    column = _skeleton_column(df, "subject_id", keyer)
+    assert column.notna().tolist() == [False, True, False, True]
+    kept = df.assign(skeleton=column).drop_duplicates("event_id", keep="last").dropna()
+    assert dict(zip(kept["subject_key"], kept["skeleton"], strict=True)) == dict(
+        zip(keyer.keys(["a@x.com", "b@x.com"]), keyer.skeleton_keys(["a@x.com", "b@x.com"]), strict=True))
+
+
 def test_a_personal_column_the_files_lack_is_an_error_naming_the_field():
     import yaml
 

@@ -123,17 +123,18 @@ def read_landing_table(
 
 # ---------------------------------------------------------------- one pass: staging and the index
 SKELETON = "_skeleton_key"
-"""A staged file's column: the keyed skeleton (look-alike key) of a row's subject id, on each subject's first row in
-the file (null on the others: a shard's piece of the file holds each of its subjects' first rows). Made by the
+"""A staged file's column: the keyed skeleton (look-alike key) of a row's subject id, on each subject's last row in
+the file (null on the others: a shard's piece of the file holds its subjects' last rows, which a later row's id
+supersedes least: ``read_staged`` keeps the last row of an id). Made by the
 staging pass, where the ids are in the clear, so no raw step opens a sealed id to make it (in any process: a step
 process of the multiprocess executor too); the raw step keeps them and drops the column."""
 
 
 def _skeleton_column(df: pd.DataFrame, column: str, keyer: Keyer) -> pd.Series:
-    firsts = df.loc[df["subject_key"] != identity.NO_SUBJECT, ["subject_key", column]].drop_duplicates("subject_key")
-    made = keyer.skeletons_by_key(firsts["subject_key"].tolist(), firsts[column].tolist())
+    lasts = df.loc[df["subject_key"] != identity.NO_SUBJECT, ["subject_key", column]].drop_duplicates("subject_key", keep="last")
+    made = keyer.skeletons_by_key(lasts["subject_key"].tolist(), lasts[column].tolist())
     out = pd.Series(None, index=df.index, dtype=object)
-    out.loc[firsts.index] = [made.get(k) for k in firsts["subject_key"]]
+    out.loc[lasts.index] = [made.get(k) for k in lasts["subject_key"]]
     return out
 
 
