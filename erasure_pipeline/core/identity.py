@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import importlib.util
 import logging
-import math
 import re
 import secrets
 import unicodedata
@@ -203,14 +202,14 @@ class Keyer:
 
     def skeletons_by_key(self, keys: Sequence[str], ids: Sequence[str | None]) -> dict[str, str]:
         """Subject key -> the keyed skeleton of their id, for aligned ``keys`` and plaintext ``ids`` (one id per key;
-        a null id gets none): those met before from ``known_skeletons``, the others made and kept there."""
+        None, a null id, gets none): those met before from ``known_skeletons``, the others made and kept there."""
         known = self.known_skeletons()
         out, todo = {}, {}
         for k, sid in zip(keys, ids, strict=True):
             met = known.get(k)
             if met is not None:
                 out[k] = met
-            elif sid is not None and not (isinstance(sid, float) and math.isnan(sid)):  # a null id: none
+            elif sid is not None:
                 todo[k] = str(sid)
         fresh = dict(zip(todo, self.skeleton_keys(todo.values()), strict=True))
         self.keep_skeletons(fresh)

@@ -21,14 +21,13 @@ import pyarrow.compute as pc
 from erasure_pipeline.core import contracts, crypto
 from erasure_pipeline.core.crypto import as_sealed, sealed_columns
 from erasure_pipeline.core.graph import Node
-from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.core.tombstones import Tombstones
 from erasure_pipeline.kinds.base import Env, Finding, KeysLost, NodeRun
 from erasure_pipeline.ml.features import consenting
 from erasure_pipeline.ml.labels import check_labels
 from erasure_pipeline.stores import buckets as bk
-from erasure_pipeline.stores.landing import SKELETON, key_frame, read_landing_table, read_staged
+from erasure_pipeline.stores.landing import SKELETON, key_frame, read_landing_table, read_staged, skeletons_of, subject_rows
 
 
 def is_features_dataset(policy: Policy, dataset: str) -> bool:
@@ -166,7 +165,7 @@ def skeletons(new: pd.DataFrame | None, contract: contracts.TableContract, keyer
     materialised from landing by hand, or from a staging area an earlier version wrote)."""
     if new is None or new.empty or contract.subject_column not in new:
         return {}
-    pairs = new.loc[new["subject_key"] != NO_SUBJECT, ["subject_key", contract.subject_column]].drop_duplicates("subject_key")
+    pairs = subject_rows(new, contract.subject_column)
     known = keyer.known_skeletons()
     arrived = pairs["subject_key"].tolist()
     met = [known.get(k) for k in arrived]
@@ -178,7 +177,7 @@ def skeletons(new: pd.DataFrame | None, contract: contracts.TableContract, keyer
     if contract.subject_column in carried:
         pairs.attrs["carried"] = {contract.subject_column: carried[contract.subject_column]}
         pairs = open_carried(pairs, keys, f"raw_{contract.name}")
-    return out | keyer.skeletons_by_key(pairs["subject_key"].tolist(), pairs[contract.subject_column].tolist())
+    return out | skeletons_of(pairs, contract.subject_column, keyer)
 
 
 def without_keys(table: pa.Table, keys: Collection[str]) -> tuple[pa.Table, int]:

@@ -130,9 +130,20 @@ staging pass, where the ids are in the clear, so no raw step opens a sealed id t
 process of the multiprocess executor too); the raw step keeps them and drops the column."""
 
 
+def subject_rows(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Each subject's last row (``subject_key`` and ``column``) among the rows with a subject."""
+    return df.loc[df["subject_key"] != identity.NO_SUBJECT, ["subject_key", column]].drop_duplicates("subject_key", keep="last")
+
+
+def skeletons_of(rows: pd.DataFrame, column: str, keyer: Keyer) -> dict[str, str]:
+    """``Keyer.skeletons_by_key`` of ``subject_rows``: pandas' nulls (NaN, ``pd.NA``) handed over as None."""
+    ids = rows[column]
+    return keyer.skeletons_by_key(rows["subject_key"].tolist(), ids.astype(object).where(ids.notna(), None).tolist())
+
+
 def _skeleton_column(df: pd.DataFrame, column: str, keyer: Keyer) -> pd.Series:
-    lasts = df.loc[df["subject_key"] != identity.NO_SUBJECT, ["subject_key", column]].drop_duplicates("subject_key", keep="last")
-    made = keyer.skeletons_by_key(lasts["subject_key"].tolist(), lasts[column].tolist())
+    lasts = subject_rows(df, column)
+    made = skeletons_of(lasts, column, keyer)
     out = pd.Series(None, index=df.index, dtype=object)
     out.loc[lasts.index] = [made.get(k) for k in lasts["subject_key"]]
     return out
