@@ -214,6 +214,24 @@ def test_verify_fails_when_data_comes_back(demo_home):
     assert f"FAIL stored partition is what its last materialisation recorded [raw_subjects[{part}]]" in out.output
 
 
+def test_the_certificate_takes_the_shard_steps_retrain_of_the_same_bytes_and_verify_retrains_other_bytes(demo_home):
+    """The certificate step's proof that the shard model equals an independent retrain is the shard step's check
+    of the same stored bytes (in one process); a model written over since, in the same process, is retrained."""
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
+    rid = erase(sid)[0]
+    drain(defs, instance())
+    part, other = identity.partition_key(shard), identity.partition_key((shard + 1) % policy.shards)
+    claim = "shard model equals an independent retrain without the subject"
+    found = [f for f in default_ledger().certificates.get(rid)[0]["verification"] if f["claim"] == claim]
+    assert [(f["target"], f["ok"]) for f in found] == [(f"shard_models[{part}]", True)]
+    assert "(retrained by the shard step from the same stored bytes)" in found[0]["detail"]
+    store = stores.lake()
+    store.write_bytes(lk.model_name("shard_models", part), store.read_bytes(lk.model_name("shard_models", other)))
+    out = _cli("verify", rid)
+    assert out.exit_code == 1 and f"FAIL {claim} [shard_models[{part}]]" in out.output
+
+
 def test_verify_fails_when_a_merge_was_not_built_from_the_current_shards(demo_home):
     """A pre-erasure ensemble restored into the lake passes every per-subject claim; its inputs do not."""
     defs, policy = defs_and_policy()

@@ -99,7 +99,7 @@ def test_the_ensemble_reads_holdout_label_and_features_of_each_shard_and_combine
     with a fraction in one shard, whole numbers in another) combine into one frame for the unsharded baseline."""
     from types import SimpleNamespace
 
-    from erasure_pipeline.kinds import models
+    from erasure_pipeline.kinds import models, training
     from erasure_pipeline.ml import features as ft
 
     lake = LocalLake(tmp_path)
@@ -118,3 +118,9 @@ def test_the_ensemble_reads_holdout_label_and_features_of_each_shard_and_combine
     assert [t.tolist() for t in shards.trained] == [[0, 1], [1, 0]]
     train = shards.training_frame()
     assert train["num_age"].tolist() == [30.0, 50.0, 31.5, 44.0] and len(shards.inputs) == 4
+    # an erasure carrying the baseline over reads the holdout's features and the training rows' labels only,
+    # from a table written as the training node writes it (holdout last, a row group of its own) or as before
+    lk.write_table(lake, "training", "shard_00", *training.holdout_last(tables["shard_00"]))  # type: ignore[misc]
+    held = models._read_shards(run, ["num_age"], training=False)
+    assert [h[ft.LABEL].tolist() for h in held.holdouts] == [[1], []] and held.holdouts[0]["num_age"].tolist() == [40]
+    assert [t.tolist() for t in held.trained] == [[0, 1], [1, 0]] and held.train_rows == [] and held.inputs.keys() == shards.inputs.keys()

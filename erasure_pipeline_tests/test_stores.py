@@ -1,5 +1,7 @@
 """Lake, landing scrub and the Qdrant vector store (embedded mode)."""
 
+import io
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -45,6 +47,29 @@ def test_a_column_the_object_does_not_store_is_named_not_called_damage(tmp_path)
     assert lk.read_parquet(data, ["age"]).table.column("age").to_pylist() == [30]
     with pytest.raises(DamagedObject, match="cannot be read as Parquet"):
         lk.read_parquet(data[: len(data) // 2], ["age"], "raw_subjects/shard_00.parquet")
+
+
+def test_flagged_rows_written_last_are_read_from_their_own_row_group_and_any_other_layout_reads_the_same_rows(tmp_path):
+    """A table written with its flagged rows last (``split``) keeps them in a row group of their own, which
+    ``read_flagged`` reads alone; a table of one mixed row group (written before) reads the same rows by filtering;
+    a missing column is named, bytes that are not Parquet are damage."""
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"subject_key": list("abcdef"), "holdout": [False, False, False, False, True, True], "x": [1.0, 2, 3, 4, 5, 6]})
+    split = lk.table_to_bytes(df, split=4)
+    mixed = lk.table_to_bytes(df.sample(frac=1.0, random_state=1).sort_values("subject_key", ascending=False))
+    meta = pq.ParquetFile(io.BytesIO(split)).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [4, 2]
+    assert pq.ParquetFile(io.BytesIO(mixed)).metadata.num_row_groups == 1
+    assert lk.read_flagged(split, ["x"], "holdout").column("x").to_pylist() == [5.0, 6.0]
+    assert lk.read_flagged(mixed, ["x", "subject_key"], "holdout").to_pydict() == {"x": [6.0, 5.0], "subject_key": ["f", "e"]}
+    assert lk.table_to_bytes(df, split=0) == lk.table_to_bytes(df) == lk.table_to_bytes(df, split=6)  # one side empty: one group
+    none = lk.table_to_bytes(df.assign(holdout=False), split=6)
+    assert lk.read_flagged(none, ["x"], "holdout").num_rows == 0
+    with pytest.raises(PipelineError, match="has no column label"):
+        lk.read_flagged(split, ["label"], "holdout", "training/shard_00.parquet")
+    with pytest.raises(DamagedObject, match="cannot be read as Parquet"):
+        lk.read_flagged(split[: len(split) // 2], ["x"], "holdout", "training/shard_00.parquet")
 
 
 def test_landing_scrub_removes_only_tombstoned_rows(tmp_path):

@@ -64,6 +64,17 @@ def declared_classes(policy: Policy, model: str) -> list | None:
     return [str(c) for c in spec.classes] if spec.task == "multiclass" else None
 
 
+def holdout_last(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """(the training rows, then the holdout rows, each in the order they came; how many training rows). Written so,
+    the holdout is a row group of its own: what the ensemble reads of every shard (``lake.read_flagged``), a fifth
+    of the table, where it read and split every row (what grew most with the data in one subject's erasure)."""
+    held = rows[ft.HOLDOUT].astype(bool).to_numpy()
+    n_train = int((~held).sum())
+    if n_train in (0, len(rows)) or not held[:n_train].any():
+        return rows, n_train
+    return pd.concat([rows[~held], rows[held]], ignore_index=True), n_train
+
+
 def _bucket_hashes(env: Env, parent: str, partition: str) -> dict[str, str] | None:
     """The parent partition's bucket hashes (a lookup table: its one object's); None when it is laid out with
     another bucket count than the policy gives (lake.buckets changed and the raw partition not yet rewritten)."""
@@ -152,7 +163,8 @@ class TrainingSet(Kind):
                 node_name(model), self.name, "training", True, parents, reads, self.action,
                 subject_rows=True, checks=(TOMBSTONE_CHECK,), kinds=("parquet",), model=model,
                 description=f"Feature rows of one shard's consenting subjects for model `{model}` ({spec.task}, label "
-                            f"`{spec.label}`), sorted by subject_key; a key-derived holdout flag."))
+                            f"`{spec.label}`): the training rows, then the key-derived holdout in a row group of its own, each "
+                            "sorted by subject_key."))
         return out
 
     def compute(self, run: NodeRun) -> NodeResult:
@@ -196,7 +208,8 @@ class TrainingSet(Kind):
         counts = _bucket_counts(frames, training, policy)
         if changed is not None:
             counts = {b: c for b, c in counted.items() if int(b[2:]) not in changed} | counts
-        digest = lk.write_table(store, node.name, p, rows, inputs={**inputs, COUNTS: dict(sorted(counts.items()))})
+        rows, n_train = holdout_last(rows)
+        digest = lk.write_table(store, node.name, p, rows, inputs={**inputs, COUNTS: dict(sorted(counts.items()))}, split=n_train)
         finish(run, digest, provenance=held if scope is None else {k: held[k] for k in scope if k in held}, provenance_scope=scope)
         return NodeResult(digest, None, {
             **_metadata(run, rows, training, counts, changed), "content_hash": digest,

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import ipc
 
@@ -56,14 +57,16 @@ def table_name(asset: str, partition: str) -> str:
 INPUTS_KEY = b"erasure_pipeline.inputs"
 
 
-def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None, sealing: Sealing | None = None) -> bytes:
+def table_to_bytes(df: pd.DataFrame, inputs: dict[str, str] | None = None, sealing: Sealing | None = None,
+                   split: int | None = None) -> bytes:
     """Deterministic Parquet bytes: the same frame (and ``inputs``) always gives the same bytes and hash.
 
     ``inputs`` (name -> fingerprint of what the table was computed from) is kept in the file's schema
     metadata, so a merge carries the proof of what it was built from (``verify`` re-derives it).
     ``sealing``: its columns are written sealed under each row's subject's data key (``core.crypto``).
+    ``split``: the rows from this one on go in a row group of their own (``read_flagged``).
     """
-    return arrow_to_bytes(to_arrow(df, sealing), inputs)
+    return arrow_to_bytes(to_arrow(df, sealing), inputs, split)
 
 
 def to_arrow(df: pd.DataFrame, sealing: Sealing | None = None) -> pa.Table:
@@ -75,15 +78,52 @@ def to_arrow(df: pd.DataFrame, sealing: Sealing | None = None) -> pa.Table:
     return table
 
 
-def arrow_to_bytes(table: pa.Table, inputs: dict[str, str] | None = None) -> bytes:
-    """Deterministic Parquet bytes of an Arrow table (``to_arrow``): only the project's own metadata kept."""
+def arrow_to_bytes(table: pa.Table, inputs: dict[str, str] | None = None, split: int | None = None) -> bytes:
+    """Deterministic Parquet bytes of an Arrow table (``to_arrow``): only the project's own metadata kept. ``split``:
+    rows before it and rows from it on in row groups of their own (each side that has rows)."""
     meta = {INPUTS_KEY: json.dumps(inputs, sort_keys=True).encode()} if inputs is not None else {}
     meta.update({k: v for k, v in (table.schema.metadata or {}).items() if k == crypto.SEALED_META})
     table = table.replace_schema_metadata(meta or None)
     buf = io.BytesIO()
     # Key-value metadata is only written with the Arrow schema; both are deterministic for one schema.
-    pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=bool(meta))
+    if split is None or split <= 0 or split >= table.num_rows:
+        pq.write_table(table, buf, compression="zstd", write_statistics=True, store_schema=bool(meta))
+    else:
+        with pq.ParquetWriter(buf, table.schema, compression="zstd", write_statistics=True, store_schema=bool(meta)) as writer:
+            writer.write_table(table.slice(0, split))
+            writer.write_table(table.slice(split))
     return buf.getvalue()
+
+
+def read_flagged(data: bytes, columns: list[str], flag: str, name: str = "a lake object") -> pa.Table:
+    """``columns`` of the rows of a Parquet object whose boolean ``flag`` column is true, reading only the row groups
+    whose statistics say they may hold such rows: a table written with those rows last (``split``) reads them
+    alone (a training set's holdout: a fifth of the bytes decoded). Unsealed columns (the lake's derived tables)."""
+    try:
+        f = pq.ParquetFile(io.BytesIO(data))
+        absent = [c for c in (*columns, flag) if c not in f.schema_arrow.names]
+    except (pa.ArrowException, OSError, ValueError):
+        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+    if absent:  # declared column names, never values
+        raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? materialise it again)")
+    try:
+        at, groups, pure = f.schema_arrow.get_field_index(flag), [], True
+        for g in range(f.num_row_groups):
+            stats = f.metadata.row_group(g).column(at).statistics
+            known = stats is not None and stats.has_min_max and stats.null_count == 0
+            if known and not stats.max:
+                continue  # no flagged row in it
+            groups.append(g)
+            pure = pure and known and bool(stats.min)
+        wanted = list(dict.fromkeys([*columns, flag]))
+        table = f.read_row_groups(groups, columns=wanted) if groups else f.schema_arrow.empty_table().select(wanted)
+    except (pa.ArrowException, OSError, ValueError):
+        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+    if set(crypto.sealed_columns(table.schema)) & set(wanted):
+        raise PipelineError(f"{name}: {', '.join(sorted(set(crypto.sealed_columns(table.schema)) & set(wanted)))} sealed: read with read_parquet")
+    if not pure:
+        table = table.filter(pc.fill_null(table[flag].cast(pa.bool_()), False))
+    return table.select(columns)
 
 
 ARROW_MAGIC = b"ARROW1"
@@ -147,8 +187,9 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_table(lake: Lake, asset: str, partition: str, df: pd.DataFrame, inputs: dict[str, str] | None = None) -> str:
-    data = table_to_bytes(df, inputs)
+def write_table(lake: Lake, asset: str, partition: str, df: pd.DataFrame, inputs: dict[str, str] | None = None,
+                split: int | None = None) -> str:
+    data = table_to_bytes(df, inputs, split=split)
     lake.write_bytes(table_name(asset, partition), data)
     return content_hash(data)
 
