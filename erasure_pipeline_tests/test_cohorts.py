@@ -58,3 +58,16 @@ def test_differencing_two_publications_does_not_reveal_the_erased_subject():
     # an attacker's estimate is off by the difference of two Laplace(500) draws: rarely within 10
     assert (errors < 10).mean() < 0.2
     assert np.median(errors) > 100
+
+
+def test_a_cells_member_digest_is_the_xor_of_its_members_hashes_as_one_integer_per_subject_gave_it():
+    """The partial's member digests, XORed 64 bits at a time, are the digests one Python integer per subject gave
+    (the published noise is keyed to them: a change would move every published number)."""
+    rng = np.random.default_rng(3)
+    keys = pd.Series([f"k{i:05d}" for i in rng.permutation(5000)])
+    cells = pd.Series(rng.choice(["region=n|age=30", "region=s|age=30", "region=n|age=40", "solo"], size=5000, p=[.5, .3, .2 - 1e-4, 1e-4]))
+    cells.iloc[17] = "solo"
+    got = cm.member_digests(cells, keys)
+    expected = {c: cm._xor_hex([cm._member_hash(k) for k in keys[cells == c]]) for c in sorted(set(cells))}
+    assert got.to_dict() == expected and list(got.index) == sorted(expected)
+    assert cm.member_digests(pd.Series([], dtype=object), pd.Series([], dtype=object)).empty
