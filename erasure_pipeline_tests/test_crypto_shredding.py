@@ -319,8 +319,11 @@ def test_the_key_stores_first_version_forgets_nothing_a_staging_pass_sealed(tmp_
     held = dict(crypto._SEALED)
     assert len(held) == 4 and pending.commit() == 4 and ring.status()["versions"][0]["version"] == 1
     assert ring.data_keys(subjects, create=False) == pending.made and crypto._SEALED == held
+    assert set(crypto._CIPHERS) == set(subjects)
     ring.destroy(subjects[:1])
     assert not crypto._SEALED
+    # the erased subject's cipher is gone; the others' stay (freeing every one after a build cost most of a claim)
+    assert set(crypto._CIPHERS) == set(subjects[1:]) and set(ring.data_keys(subjects, create=False)) == set(subjects[1:])
 
 
 def test_a_process_forgets_its_lookups_once_for_its_own_erasure_and_again_for_another_processs(tmp_path):

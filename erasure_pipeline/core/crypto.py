@@ -1,25 +1,22 @@
 """Crypto-shredding: declared personal fields sealed under a key of their subject's own (no Dagster import).
 
-Each subject has a data key of 64 random bytes (``ledger.keys`` keeps them, wrapped): the first 32 are an
-AES-256-GCM key, the last 32 key a synthetic nonce, BLAKE2b of (column, subject key, value). One value of
-one subject in one column so always seals to the same bytes (Parquet files stay deterministic and their
-content hashes stable: an unchanged bucket is not rewritten), while two different values never share a
-nonce under one key. The column name and the subject key are the associated data: a sealed cell moved to
-another column or another subject's row does not open. Destroy the data key and every copy of every
-sealed cell of that subject, in any backup, snapshot or replica, is noise.
+Each subject has a data key of 64 random bytes (``ledger.keys`` keeps them, wrapped): the first 32 an AES-256-GCM
+key, the last 32 key a synthetic nonce, BLAKE2b of (column, subject key, value). One value of one subject in one
+column always seals to the same bytes (Parquet files stay deterministic, an unchanged bucket is not rewritten),
+while two different values never share a nonce under one key. Column and subject key are the associated data: a
+cell moved to another column or subject's row does not open. Destroy the data key and every copy of every sealed
+cell of that subject, in any backup, snapshot or replica, is noise.
 
-A sealed Parquet table keeps each sealed column as binary (``VERSION || nonce || ciphertext || tag``) and
-records, in its schema metadata, the column's original Arrow type, so opening gives back the table as
-it was written. Nulls stay null. Cells whose subject has no data key any more (erased) open as null and
-are counted (``Opened.unreadable``); a cell whose tag does not check is damage, never silently null. A
-writer that moves rows without reading some sealed columns carries them (``open_table``'s ``carry``,
-``seal_table``'s ``carried``): written back as stored, which is what sealing them again would write.
+A sealed Parquet table keeps each sealed column as binary (``VERSION || nonce || ciphertext || tag``) and records the
+column's original Arrow type in its schema metadata, so opening gives back the table as written. Nulls stay null.
+Cells whose subject has no data key any more (erased) open as null and are counted (``Opened.unreadable``); a cell
+whose tag does not check is damage, never silently null. A writer that moves rows without reading some sealed
+columns carries them (``open_table``'s ``carry``, ``seal_table``'s ``carried``): written back as stored.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import json
 import secrets
@@ -62,37 +59,43 @@ class Sealing:
     keys: KeySource
     withhold: frozenset[str] = frozenset()
     carried: Mapping[str, str] = field(default_factory=dict)
-    """Columns of the frame that hold cells sealed already, read and left sealed (``open_table``'s ``carry``):
-    column -> its original field as the sealed metadata records it. Written as they are."""
+    """Columns holding cells sealed already (``open_table``'s ``carry``) -> their original field: written as they are."""
     remember: frozenset[str] | None = None
-    """Columns whose newly sealed cells this process's lookups keep (None: every column). A column no later step
-    opens (one the raw steps carry sealed) would only take their room."""
+    """Columns whose newly sealed cells this process's lookups keep (None: all; one no later step opens takes room)."""
 
 
 class SealedWithoutKeys(PipelineError):
     """A reader asked for sealed columns without a key source."""
 
 
-@functools.lru_cache(maxsize=250_000)
-def _cipher(key: bytes) -> tuple[AESGCM, bytes]:
-    """(AES-GCM under the key's first half, the nonce key): built once per data key, not once per call (building
-    one costs as much as sealing a cell). ``forget_ciphers`` empties it when the key store's cache empties."""
-    return AESGCM(key[:32]), key[32:]
+_CIPHERS: dict[str, tuple[bytes, tuple[AESGCM, bytes]]] = {}
+"""subject key -> (data key, ``_cipher``): by subject, so an erasure forgets just its subjects' (emptying it whole after
+a build cost 0.42 s of a one-subject erasure's 0.63 s claim at 200 000 subjects: 250 000 AES-GCM contexts freed)."""
+CIPHERS_MAX = 250_000
+
+
+def _cipher(subject_key: str, key: bytes) -> tuple[AESGCM, bytes]:
+    """(AES-GCM under the key's first half, the nonce key), built once per data key (building one costs as much as
+    sealing a cell); a subject whose key is not the one held (another key store in the process) gets theirs."""
+    held = _CIPHERS.get(subject_key)
+    if held is not None and held[0] == key:
+        return held[1]
+    if len(_CIPHERS) >= CIPHERS_MAX:
+        _CIPHERS.clear()
+    made = (AESGCM(key[:32]), key[32:])
+    _CIPHERS[subject_key] = (key, made)
+    return made
 
 
 _SEALED: dict[tuple[bytes, bytes, bytes], bytes] = {}
-"""(data key's nonce half, associated data, plaintext) -> the sealed cell: a value sealed or opened in this
-process, sealed again without AES (sealing is deterministic). A build seals each value into staging, opens it
-in the raw step and seals it again, and the steps below open it again: each is a lookup after the first. The
-key is part of the entry, so two key stores in one process (two homes) never share one."""
+"""(data key's nonce half, associated data, plaintext) -> the sealed cell: sealed again without AES (sealing is
+deterministic): a build seals a value into staging, the raw step opens and reseals it, steps below open it. The key is
+part of the entry: two key stores in one process (two homes) never share one."""
 _OPENED: dict[tuple[bytes, bytes, bytes], bytes] = {}
-"""(data key's nonce half, associated data, sealed cell) -> its plaintext, for the same reason. Both are used
-only for a subject whose data key the key store still gives, and are emptied with ``forget_ciphers`` (any
-erasure anywhere)."""
+"""(nonce half, associated data, sealed cell) -> its plaintext, likewise. Both are emptied by any erasure anywhere."""
 MEMO_MAX = 500_000
-"""Cells each memo keeps before it starts afresh (a bound on memory: ~0.9 KiB a cell in both, measured). A build at
-200 000 subjects ends holding ~260 000 (what a later step opens); at 1 000 000 the bound was 1 000 000 (~0.9 GiB) and
-a shard's steps open their own cells only (62 500 ids and ~19 000 ticket texts there)."""
+"""Cells each memo keeps before it starts afresh (~0.9 KiB a cell in both, measured). A build at 200 000 subjects ends
+holding ~260 000 (what a later step opens); a shard's steps at 1 000 000 open 62 500 ids and ~19 000 ticket texts."""
 
 
 def new_data_keys(subject_keys: Iterable[str]) -> dict[str, bytes]:
@@ -102,21 +105,24 @@ def new_data_keys(subject_keys: Iterable[str]) -> dict[str, bytes]:
     return {k: material[i * DATA_KEY_BYTES:(i + 1) * DATA_KEY_BYTES] for i, k in enumerate(keys)}
 
 
-def forget_ciphers() -> None:
-    _cipher.cache_clear()
+def forget_ciphers(subject_keys: Iterable[str] | None = None) -> None:
+    """Forget these subjects' ciphers (this process's erasure; None: everyone's, a rotation made elsewhere) and every
+    sealing lookup (they hold values by data key, not subject): no plaintext of an erased subject stays in memory."""
+    if subject_keys is None:
+        _CIPHERS.clear()
+    else:
+        for k in subject_keys:
+            _CIPHERS.pop(k, None)
     _SEALED.clear()
     _OPENED.clear()
 
 
 def _memo_pairs(memo: dict | None, make, ciphers: list, aads: list[bytes], values: list[bytes], s_codes: list[int],
                 v_codes: list[int]) -> tuple[list[bytes | None], list[tuple[bytes, bytes, bytes, bytes]]]:
-    """Each (subject code, value code) pair looked up in ``memo`` ((nonce key, aad, value) -> result), ``make(cipher,
-    aad, value)`` where it is not there; None where the subject has no cipher. Returns (the results, the pairs made,
-    as (nonce key, aad, value, result)). ``memo`` None: a column whose cells the lookups do not keep (``Sealing.
-    remember``), made without looking (they would not be found) and not returned. One loop with its names bound
-    locally: the two Python calls a cell made before (the lookup, then sealing or opening) and the lookups'
-    bookkeeping took more than the AES itself under cProfile (2.4 s against 0.8 s for 659 000 cells); a cell found
-    costs no call now."""
+    """Each (subject code, value code) pair looked up in ``memo`` ((nonce key, aad, value) -> result), else ``make(cipher,
+    aad, value)``; None where the subject has no cipher. (results, the pairs made as (nonce key, aad, value, result)).
+    ``memo`` None: a column the lookups do not keep (``Sealing.remember``), made without looking, not returned. One
+    loop, names bound locally: a call per cell and the bookkeeping cost 2.4 s against the AES's 0.8 s (659 000 cells)."""
     out, fresh = [], []
     if memo is None:
         for s, v in zip(s_codes, v_codes, strict=True):
@@ -160,7 +166,7 @@ def _aad(column: str, subject_key: str) -> bytes:
 
 def _seal_cell(cipher: tuple[AESGCM, bytes], aad: bytes, plaintext: bytes) -> bytes:
     """The one cell format: ``VERSION || nonce || ciphertext || tag``, the nonce BLAKE2b of (aad, value) under the
-    data key's second half. ``cipher``: ``_cipher(data key)``."""
+    data key's second half. ``cipher``: ``_cipher(subject, data key)``."""
     nonce = hashlib.blake2b(aad + b"\x00" + plaintext, key=cipher[1], digest_size=NONCE_BYTES).digest()
     return VERSION + nonce + cipher[0].encrypt(nonce, plaintext, aad)
 
@@ -174,12 +180,12 @@ def _open_cell(aead: AESGCM, aad: bytes, sealed: bytes) -> bytes:
 
 def seal_value(key: bytes, column: str, subject_key: str, plaintext: bytes) -> bytes:
     """One cell sealed: deterministic for (key, column, subject, value), bound to column and subject."""
-    return _seal_cell(_cipher(key), _aad(column, subject_key), plaintext)
+    return _seal_cell(_cipher(subject_key, key), _aad(column, subject_key), plaintext)
 
 
 def open_value(key: bytes, column: str, subject_key: str, sealed: bytes) -> bytes:
     """The plaintext of one sealed cell; ``InvalidTag`` when it was not sealed so (damage, or moved)."""
-    return _open_cell(_cipher(key)[0], _aad(column, subject_key), sealed)
+    return _open_cell(_cipher(subject_key, key)[0], _aad(column, subject_key), sealed)
 
 
 # ---------------------------------------------------------------- tables
@@ -216,11 +222,10 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
                remember: Collection[str] | None = None) -> pa.Table:
     """``table`` with each of ``columns`` (those it has) sealed per row under its subject's data key.
 
-    Data keys are created for subjects that never had one. A subject whose key was destroyed (erased), or
-    in ``withhold``, gets no key: their cells are written null. Each distinct (subject, value) pair is sealed
-    once, found with Arrow's dictionary encoding and NumPy (no Python object per row). ``carried``: columns
-    whose cells are sealed already (column -> original field, as ``Opened.carried`` gives it), kept as they are.
-    ``remember``: the columns whose newly sealed cells the process's lookups keep (``Sealing.remember``)."""
+    Data keys are created for subjects that never had one; one destroyed (erased), or in ``withhold``, gets none:
+    their cells are written null. Each distinct (subject, value) pair is sealed once (Arrow's dictionary encoding).
+    ``carried``: columns sealed already (column -> original field, ``Opened.carried``), kept as they are;
+    ``remember``: the columns whose new cells the process's lookups keep (``Sealing.remember``)."""
     table, kept = _carry(table, carried or {})
     wanted = [c for c in dict.fromkeys(columns) if c in table.column_names and c not in sealed_columns(table.schema) and c not in kept]
     if not wanted or table.num_rows == 0:
@@ -237,7 +242,7 @@ def seal_table(table: pa.Table, columns: Iterable[str], keys: KeySource, subject
     present = {subjects.values[k] for k in np.unique(np.concatenate([subjects.codes[rows] for _v, _l, rows, _i in pairs.values()])).tolist()}
     present -= set(withhold)
     found = keys.data_keys(present, create=True) if present else {}
-    ciphers = [None if (key := found.get(s)) is None else _cipher(key) for s in subjects.values]  # by subject code
+    ciphers = [None if (key := found.get(s)) is None else _cipher(s, key) for s in subjects.values]  # by subject code
     encoded = [s.encode() for s in subjects.values]
     for c, (values, live, rows, inverse) in pairs.items():
         prefix = c.encode() + b"\x00"
@@ -314,11 +319,9 @@ class Opened:
 
 def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake object", subject_column: str = "subject_key",
                only: Collection[str] | None = None, carry: Collection[str] = ()) -> Opened:
-    """``table`` with its sealed columns opened (those it has; the rest of its metadata kept). ``carry``: sealed
-    columns left in it as they are stored (a writer that moves them with their rows and never reads them);
-    ``only``: open just these of the others and leave the rest out (a reader that does not need them).
-    Each distinct (subject, sealed cell) pair is opened once: a cell copied to another subject's row does
-    not open there."""
+    """``table`` with its sealed columns opened (the rest of its metadata kept). ``carry``: sealed columns left as
+    stored (a writer that moves them with their rows, unread); ``only``: open just these of the others, leave the rest
+    out. Each distinct (subject, sealed cell) pair is opened once: a cell copied to another subject's row does not open."""
     stored = json.loads((table.schema.metadata or {}).get(SEALED_META, b"{}"))
     carried = {c: t for c, t in stored.items() if c in carry and c in table.column_names}
     sealed = {c: _field_of(t) for c, t in stored.items() if c in table.column_names and c not in carried}
@@ -340,7 +343,7 @@ def open_table(table: pa.Table, keys: KeySource | None, name: str = "a lake obje
         plan[c] = (cells, live, rows, inverse)
         needed.update(subjects.values[k] for k in np.unique(subjects.codes[live]).tolist())
     found = keys.data_keys(sorted(needed), create=False) if needed else {}
-    ciphers = [_cipher(found[s]) if s in found else None for s in subjects.values]  # by subject code
+    ciphers = [_cipher(s, found[s]) if s in found else None for s in subjects.values]  # by subject code
     unreadable: dict[str, int] = {}
     for c, (cells, live, rows, inverse) in plan.items():
         prefix = c.encode() + b"\x00"

@@ -318,7 +318,7 @@ class KeyRing:
         with self._lock:
             for k in keys:
                 self._deks.pop(k, None)
-            forget_ciphers()
+            forget_ciphers(keys)
             if keys:
                 self._destroy_keys(keys)
             with self.db.connect() as conn:
