@@ -206,8 +206,6 @@ def _read_shards(run: NodeRun, names: list[str], training: bool = True) -> _Shar
     ``training`` False (the unsharded baseline is carried over): of the training rows only their labels, and of
     the features only the holdout's row group (``training.holdout_last``): at 1 000 000 subjects reading and
     splitting every row was ~0.5 s of an erasure's 0.9 s ensemble on a VM at half speed."""
-    if not training:
-        return _read_holdouts(run, names)
     store, (models_node, rows_node) = run.env.lake, run.node.parents
     out = _Shards()
     for p in run.env.partitions:
@@ -221,32 +219,16 @@ def _read_shards(run: NodeRun, names: list[str], training: bool = True) -> _Shar
         out.inputs[input_key(rows_node, p)] = lk.content_hash(data)
         saved = lk.loads_model(blob)
         out.constituents.append(saved["model"])
-        rows = lk.read_parquet(data, [ft.HOLDOUT, ft.LABEL, *names], lk.table_name(rows_node, p)).table
-        is_holdout = pc.fill_null(rows[ft.HOLDOUT].cast(pa.bool_()), False)
-        train = rows.filter(pc.invert(is_holdout))
-        out.holdouts.append(rows.filter(is_holdout).to_pandas())
-        out.trained.append(train[ft.LABEL].to_numpy())
-        out.train_rows.append(train)
-        out.per_shard.append({"shard": p, "train_rows": saved["train_rows"], "model": type(saved["model"]).__name__})
-    return out
-
-
-def _read_holdouts(run: NodeRun, names: list[str]) -> _Shards:
-    """``_read_shards`` without the training rows' features."""
-    store, (models_node, rows_node) = run.env.lake, run.node.parents
-    out = _Shards()
-    for p in run.env.partitions:
-        blob, data = store.read_bytes(lk.model_name(models_node, p)), store.read_bytes(lk.table_name(rows_node, p))
-        if blob is None or data is None:
-            raise lk.not_materialised(store, models_node if blob is None else rows_node, p)
-        out.inputs[input_key(models_node, p)] = lk.content_hash(blob)
-        out.inputs[input_key(rows_node, p)] = lk.content_hash(data)
-        saved = lk.loads_model(blob)
-        out.constituents.append(saved["model"])
         name = lk.table_name(rows_node, p)
-        out.holdouts.append(lk.read_flagged(data, [ft.LABEL, *names], ft.HOLDOUT, name).to_pandas())
-        labels = lk.read_parquet(data, [ft.HOLDOUT, ft.LABEL], name).table
-        out.trained.append(labels.filter(pc.invert(pc.fill_null(labels[ft.HOLDOUT].cast(pa.bool_()), False)))[ft.LABEL].to_numpy())
+        rows = lk.read_parquet(data, [ft.HOLDOUT, ft.LABEL, *(names if training else ())], name).table
+        held = pc.fill_null(rows[ft.HOLDOUT].cast(pa.bool_()), False)
+        train = rows.filter(pc.invert(held))
+        if training:
+            out.holdouts.append(rows.filter(held).to_pandas())
+            out.train_rows.append(train)
+        else:
+            out.holdouts.append(lk.read_flagged(data, [ft.LABEL, *names], ft.HOLDOUT, name).to_pandas())
+        out.trained.append(train[ft.LABEL].to_numpy())
         out.per_shard.append({"shard": p, "train_rows": saved["train_rows"], "model": type(saved["model"]).__name__})
     return out
 
