@@ -7,7 +7,9 @@
 2. files one erasure request and times ``drain`` (the sensor's code path: one run that claims, erases,
    proves and certifies) from request to certificate;
 3. files ``--batch`` requests at once (spread over shards as they fall) and times the drain: one tick,
-   one run, each merge once.
+   one run, each merge once;
+4. erases ``--fresh`` more subjects one at a time in a process started for them (as the daemon's run workers
+   are): steps 2 and 3 run in the process that built everything, which holds what the build left in memory.
 Beside each operation it prints its floor (``benchmarks/floor.py``: the reads, writes and fits no implementation
 can skip, timed in the same process on the same data) and the ratio to it. ``--executor multiprocess:2`` runs
 the pipeline's jobs on Dagster's multiprocess executor (shard steps of different shards at once).
@@ -21,6 +23,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import statistics
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -79,6 +82,28 @@ def write_synthetic_landing(args: argparse.Namespace) -> tuple[dict[str, int], l
     return {k: len(v) for k, v in tables.items()}, files, tables["subjects"]["subject_id"].tolist()
 
 
+def erase_in_a_fresh_process(subject_ids: list[str]) -> list[float]:
+    """Seconds from request to certificate of each subject, one after another, in this process: one started for
+    them (``spawn``), which built nothing, as a run worker under the daemon is (its first erasure also pays the
+    imports and the stores' opening)."""
+    from erasure_pipeline.app.cli.common import quiet_dagster
+    from erasure_pipeline.app.process import drain
+    from erasure_pipeline.app.runner import get_instance
+    from erasure_pipeline.core.policy import load_policy
+    from erasure_pipeline.defs.pipeline import build_definitions
+    from erasure_pipeline.erasure.intake import erase
+
+    quiet_dagster()
+    defs, instance, out = build_definitions(load_policy()), get_instance(), []
+    for sid in subject_ids:
+        t0 = time.perf_counter()
+        rid, _ = erase(sid, reason="benchmark")
+        result = drain(defs, instance)
+        out.append(time.perf_counter() - t0)
+        assert ledger().requests.get(rid)["status"] == "completed" and not result.failed_runs
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     landing_arguments(ap)
@@ -86,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--keep", default=None, help="keep the project home here (default: a temporary directory)")
     ap.add_argument("--executor", default="in_process", help="in_process, or multiprocess:N (ERASURE_PIPELINE_EXECUTOR)")
+    ap.add_argument("--fresh", type=int, default=5,
+                    help="then erase this many more subjects one at a time in a process that built nothing (after one more that warms it)")
     args = ap.parse_args(argv)
 
     policy_text = DEMO_POLICY.read_text().replace("shards: 16 ", f"shards: {args.shards} ")
@@ -118,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         rng = random.Random(args.seed)
         one = rng.choice(subjects)
         batch = rng.sample([s for s in subjects if s != one], args.batch)
+        fresh = rng.sample(sorted(set(subjects) - {one, *batch}), args.fresh + 1) if args.fresh else []
         del subjects
         floors["1 subject"] = erasure_floor(env, [env.keyer.key(one)])
         floors[f"{args.batch} subjects"] = erasure_floor(env, env.keyer.keys(batch))
@@ -137,6 +165,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.batch} subjects: {batch_s:.1f} s in {len(resn.runs)} run(s)", flush=True)
         parts = {"full rebuild": breakdown(instance, [built.run_id]), "1 subject": breakdown(instance, res1.runs),
                  f"{args.batch} subjects": breakdown(instance, resn.runs)}
+        fresh_s: list[float] = []
+        if fresh:  # the same home and settings (the child inherits this environment), a process of its own
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+                fresh_s = child.submit(erase_in_a_fresh_process, fresh).result()[1:]
+            print(f"{len(fresh_s)} subjects in a fresh process: median {statistics.median(fresh_s):.2f} s", flush=True)
 
     print()
     print(f"Machine: {machine()}")
@@ -155,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
                    (f"{args.batch} subjects", f"erase {args.batch} subjects in one tick (request -> certificates)", len(resn.runs),
                     parts[f"{args.batch} subjects"][2])]],
     ))
+    if fresh_s:
+        print()
+        print(table(["one subject in a process that built nothing (as a run worker under the daemon)", "subjects", "median (s)",
+                     "min (s)", "max (s)", "median / in-process figure"],
+                    [["erase 1 subject, one after another (the first, which warms the process, left out)", len(fresh_s),
+                      statistics.median(fresh_s), min(fresh_s), max(fresh_s), statistics.median(fresh_s) / one_s]]))
     print()
     print(table(["floor (s)", "read + write once", "fits (one per shard estimator)", "merges", "total"],
                 [[k, f.read_write, f.fits, f.merges, f.total] for k, f in floors.items()]))

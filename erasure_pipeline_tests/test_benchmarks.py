@@ -30,9 +30,12 @@ def _row(out: str, label: str) -> list[str]:
 
 @pytest.mark.slow
 def test_erasure_cost_measures_every_operation_against_a_floor_that_read_something():
-    out = _bench("erasure_cost", "--subjects", "300", "--batch", "5", "--subjects-per-file", "100")
+    out = _bench("erasure_cost", "--subjects", "300", "--batch", "5", "--subjects-per-file", "100", "--fresh", "2")
     rebuild = _row(out, "full rebuild")  # the floor table: read + write once, fits, merges, total
     assert float(rebuild[1]) > 0, "the rebuild floor read no landing file"
+    # two more timed in a process that built nothing: subjects, median, min, max
+    fresh = _row(out, "erase 1 subject, one after another (the first, which warms the process, left out)")
+    assert int(fresh[1]) == 2 and 0 < float(fresh[3]) <= float(fresh[2]) <= float(fresh[4])
     for op in ("full rebuild of every asset (all partitions + merges)", "erase 1 subject (request -> certificate)",
                "erase 5 subjects in one tick (request -> certificates)"):
         runs, merges, wall, floor, ratio = _row(out, op)[1:6]
