@@ -95,6 +95,15 @@ def arrow_to_bytes(table: pa.Table, inputs: dict[str, str] | None = None, split:
     return buf.getvalue()
 
 
+def _damaged(name: str) -> DamagedObject:
+    return DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)")
+
+
+def _no_column(name: str, absent: list[str]) -> PipelineError:
+    """A column asked for and not stored: named (declared column names, never values), not called damage."""
+    return PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? materialise it again)")
+
+
 def read_flagged(data: bytes, columns: list[str], flag: str, name: str = "a lake object") -> pa.Table:
     """``columns`` of the rows of a Parquet object whose boolean ``flag`` column is true, reading only the row groups
     whose statistics say they may hold such rows: a table written with those rows last (``split``) reads them
@@ -103,9 +112,9 @@ def read_flagged(data: bytes, columns: list[str], flag: str, name: str = "a lake
         f = pq.ParquetFile(io.BytesIO(data))
         absent = [c for c in (*columns, flag) if c not in f.schema_arrow.names]
     except (pa.ArrowException, OSError, ValueError):
-        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
-    if absent:  # declared column names, never values
-        raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? materialise it again)")
+        raise _damaged(name) from None
+    if absent:
+        raise _no_column(name, absent)
     try:
         at, groups, pure = f.schema_arrow.get_field_index(flag), [], True
         for g in range(f.num_row_groups):
@@ -118,7 +127,7 @@ def read_flagged(data: bytes, columns: list[str], flag: str, name: str = "a lake
         wanted = list(dict.fromkeys([*columns, flag]))
         table = f.read_row_groups(groups, columns=wanted) if groups else f.schema_arrow.empty_table().select(wanted)
     except (pa.ArrowException, OSError, ValueError):
-        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
+        raise _damaged(name) from None
     if set(crypto.sealed_columns(table.schema)) & set(wanted):
         raise PipelineError(f"{name}: {', '.join(sorted(set(crypto.sealed_columns(table.schema)) & set(wanted)))} sealed: read with read_parquet")
     if not pure:
@@ -174,9 +183,9 @@ def read_parquet(data: bytes, columns: list[str] | None = None, name: str = "a l
         extra = ["subject_key"] if columns is not None and sealed and set(columns) & set(sealed) and "subject_key" not in columns else []
         table = None if absent else read([*columns, *extra] if columns is not None else None)
     except (pa.ArrowException, OSError, ValueError):
-        raise DamagedObject(f"{name}: cannot be read as Parquet (damaged or not what was written)") from None
-    if absent:  # declared column names, never values
-        raise PipelineError(f"{name}: has no column {', '.join(absent)} (written under an earlier declaration? materialise it again)")
+        raise _damaged(name) from None
+    if absent:
+        raise _no_column(name, absent)
     opened = crypto.open_table(table, keys, name, only=only, carry=carry)
     if extra:
         opened.table = opened.table.drop_columns(extra)
