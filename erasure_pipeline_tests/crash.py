@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import multiprocessing.forkserver
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -55,7 +56,7 @@ def install() -> None:
     Database.tx = tx
 
 
-def _forkserver_stopped() -> None:
+def forkserver_stopped() -> None:
     """Stop this process's forkserver, so the next multiprocess run starts one with this environment."""
     server = multiprocessing.forkserver._forkserver
     if getattr(server, "_forkserver_pid", None) is not None:
@@ -63,9 +64,8 @@ def _forkserver_stopped() -> None:
 
 
 @contextlib.contextmanager
-def _planned(at: str) -> Iterator[Path]:
-    """This process (and every process it starts) counting writes under a plan of ``at``; the plan's path."""
-    folder = Path(tempfile.mkdtemp(prefix="crash-"))
+def _planned(at: str, folder: Path) -> Iterator[Path]:
+    """This process (and every process it starts) counting writes under a plan of ``at`` kept in ``folder``."""
     plan = folder / "plan"
     plan.write_text(at)
     saved = {k: os.environ.get(k) for k in (PLAN, "PYTHONPATH")}
@@ -87,21 +87,22 @@ def _planned(at: str) -> Iterator[Path]:
 def count_writes(fn: Callable[[], object]) -> tuple[int, int]:
     """(ledger writes of ``fn``'s run, processes that wrote them: 1 in process; the drain's and step processes' on
     the multiprocess executor)."""
-    _forkserver_stopped()
+    forkserver_stopped()
     try:
-        with _planned("count") as plan:
+        with tempfile.TemporaryDirectory(prefix="crash-") as folder, _planned("count", Path(folder)) as plan:
             fn()
             counter = plan.with_suffix(".count")
             writers = counter.read_text().splitlines() if counter.exists() else []
             return len(writers), len(set(writers))
     finally:
-        _forkserver_stopped()  # its step processes would count on into this plan
+        forkserver_stopped()  # its step processes would count on into this plan
 
 
 def run_and_crash(fn: Callable[[], object], n: int) -> int:
     """Run ``fn`` in a forked child that leads its own process group, killed with all its processes at the run's
     n-th ledger write; returns ``CRASHED`` if that write was reached, else the child's exit code (0: ``fn``
     finished first)."""
+    folder = Path(tempfile.mkdtemp(prefix="crash-"))  # the parent's to remove: the child dies before it could
     pid = os.fork()
     if pid == 0:  # the child: a group of its own, fresh connections and forkserver, then run until the n-th write
         try:
@@ -109,7 +110,7 @@ def run_and_crash(fn: Callable[[], object], n: int) -> int:
             server = multiprocessing.forkserver._forkserver  # the parent's, not this process's to stop: forget it
             server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
             forget_open()
-            with _planned(str(n)):
+            with _planned(str(n), folder):
                 fn()
         except BaseException:  # noqa: BLE001  (any other way the child ended is a test failure)
             os._exit(1)
@@ -117,6 +118,7 @@ def run_and_crash(fn: Callable[[], object], n: int) -> int:
     _, status = os.waitpid(pid, 0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)  # nothing of the run outlives it
+    shutil.rmtree(folder, ignore_errors=True)
     forget_open()  # the parent reconnects too: the child's writes happened behind its back
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
         return CRASHED

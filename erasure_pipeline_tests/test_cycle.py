@@ -27,6 +27,7 @@ from erasure_pipeline_tests.erasure_helpers import (
     pick_subjects,
     provenance_mismatches,
 )
+from erasure_pipeline_tests.injected import injected, request_filed_mid_rewrite
 from erasure_pipeline_tests.stores import default_ledger
 
 AS_OF = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # the demo's data ends 2026-11-01
@@ -160,24 +161,15 @@ def test_consent_withdrawal_leaves_training_but_keeps_raw_data(demo_home):
     assert provenance_mismatches(policy.shards) == []
 
 
-def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home, monkeypatch):
-    from erasure_pipeline.kinds import raw
-
+@pytest.mark.executor
+def test_erasure_filed_while_a_cycle_runs_is_not_lost_nor_undone(demo_home):
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
     _drop_csv("events/during.csv", _events_for([sid], 200))  # the cycle brings the subject new rows
-    filed = []
-    original = raw.rewrite_partition
-
-    def rewrite_then_request(existing, incoming, by, tombstoned):
-        out = original(existing, incoming, by, tombstoned)
-        if not filed:  # the request arrives after the step read the tombstones, before it wrote
-            filed.append(erase(sid)[0])
-        return out
-
-    monkeypatch.setattr(raw, "rewrite_partition", rewrite_then_request)
-    result = run_cycle(defs, instance(), AS_OF)
-    monkeypatch.undo()
+    # the request arrives after a shard step read the tombstones, before it wrote (in that step's process)
+    with injected(request_filed_mid_rewrite, subject_id=sid) as fault:
+        result = run_cycle(defs, instance(), AS_OF)
+        filed = [(fault / "filed").read_text()] if (fault / "filed").exists() else []
     assert result.summary.success and filed
     assert key(sid) not in _raw_keys("raw_events", shard)  # the late tombstone was honoured in the same step ...
     training = stores.table(stores.lake(), "training_shards", identity.partition_key(shard))

@@ -27,6 +27,7 @@ from erasure_pipeline_tests.erasure_helpers import (
     provenance_mismatches,
     scan_for,
 )
+from erasure_pipeline_tests.injected import certify_outage, injected
 from erasure_pipeline_tests.stores import default_ledger
 
 NEVER_SEEN = "nobody.ever@nowhere.example"
@@ -173,24 +174,16 @@ def test_held_request_is_not_processed_and_released_one_is(demo_home):
     assert ext.exit_code != 0 and "nothing to extend" in ext.output
 
 
-def test_failed_run_leaves_requests_failed_retries_once_then_waits_for_the_operator(demo_home, monkeypatch):
+@pytest.mark.executor
+def test_failed_run_leaves_requests_failed_retries_once_then_waits_for_the_operator(demo_home):
     defs, policy = defs_and_policy()
     (sid, _shard), = pick_subjects(policy.shards, with_tickets=1)
     rid = erase(sid)[0]
-    from erasure_pipeline.erasure import certify
-
-    def broken(*a, **k):
-        raise RuntimeError("simulated outage")
-
-    monkeypatch.setattr(certify, "certify", broken)
-    result = drain(defs, instance())
+    with injected(certify_outage):  # in whichever process certifies (a step process on the multiprocess executor)
+        result = drain(defs, instance())
     request = default_ledger().requests.get(rid)
     assert len(result.failed_runs) == 2 and request["status"] == "failed" and request["attempts"] == 2  # retried once at once
     assert "run" in (request["error"] or "")
-    monkeypatch.undo()
-    import os
-
-    os.environ["ERASURE_PIPELINE_PEPPER"] = PEPPER  # monkeypatch.undo() also restored the env it never set
     assert _cli("retry", rid).exit_code == 0
     result = drain(defs, instance())
     assert not result.failed_runs and default_ledger().requests.get(rid)["status"] == "completed"

@@ -22,6 +22,7 @@ from erasure_pipeline_tests import stores
 from erasure_pipeline_tests.conftest import SMALL_POLICY, build_demo, defs_and_policy, instance, project_env
 from erasure_pipeline_tests.crash import CRASHED, count_writes, run_and_crash
 from erasure_pipeline_tests.erasure_helpers import key, pick_subjects
+from erasure_pipeline_tests.injected import injected, proof_fails_once
 from erasure_pipeline_tests.stores import default_env, default_ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,10 +37,15 @@ def _raw_rows(n_shards: int) -> int:
 
 
 # ---------------------------------------------------------------- crashes
+CRASH_PARTS = 4
+"""The crash points in four tests (~30 s each in process, ~1.5 min each on multiprocess:2 here, where each crashed
+run and each recovery starts a forkserver), so pytest-xdist's workers share them."""
+
+
 @pytest.mark.slow
 @pytest.mark.executor
-@pytest.mark.parametrize("half", ["odd", "even"])  # two tests of ~1 min in process, ~3 min on the multiprocess executor
-def test_a_crash_at_every_ledger_write_of_an_erasure_is_recovered_by_the_next_process(built_demo, tmp_path, half):
+@pytest.mark.parametrize("part", range(CRASH_PARTS))
+def test_a_crash_at_every_ledger_write_of_an_erasure_is_recovered_by_the_next_process(built_demo, tmp_path, part):
     """kill -9 of every process of the run (``crash.run_and_crash``) at the n-th ledger write of ``process``, for
     every n on the erasure path (on the multiprocess executor, writes of its step processes too); then a plain
     ``process``: the request completes and verifies, no run is left in progress, no pool slot held, every other
@@ -58,8 +64,9 @@ def test_a_crash_at_every_ledger_write_of_an_erasure_is_recovered_by_the_next_pr
     assert writes >= 10
     # on the multiprocess executor the step processes' writes are counted (and crashed at) too
     assert processes > 1 if os.environ.get("ERASURE_PIPELINE_TEST_EXECUTOR", "in_process").startswith("multiprocess") else processes == 1
-    print(f"\n{writes} ledger writes by {processes} processes on the erasure path of one subject; a crash before each {half} one")
-    for n in range(1 if half == "odd" else 2, writes + 1, 2):
+    print(f"\n{writes} ledger writes by {processes} processes on the erasure path of one subject; a crash before write "
+          f"{part + 1} and every {CRASH_PARTS}th after it")
+    for n in range(part + 1, writes + 1, CRASH_PARTS):
         with project_env(fresh(f"crash-{n}")):
             defs, policy = defs_and_policy()
             rows_before = _raw_rows(policy.shards)
@@ -235,6 +242,7 @@ def test_a_command_whose_tick_raced_another_stands_aside_without_creating_a_run(
     assert book.requests.get(rid)["run_id"] == "run-of-the-other-command"
 
 
+@pytest.mark.executor
 def test_a_request_retried_after_its_proof_failed_certifies_the_data_the_first_run_erased(demo_home, monkeypatch):
     """The first run rewrites every store that held the subject, then cannot prove it (another run kept changing a
     shard under its merges); the retry finds the subject nowhere. Its certificate must still say what held them and
@@ -242,27 +250,17 @@ def test_a_request_retried_after_its_proof_failed_certifies_the_data_the_first_r
     import datetime as dt
 
     from erasure_pipeline.defs import ticks
-    from erasure_pipeline.erasure import certify
 
     defs, policy = defs_and_policy()
     (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
     rid, _ = erase(sid)
-    real, calls = certify.verify_subject, []
-
-    def fails_once(*args, **kwargs):
-        findings = real(*args, **kwargs)
-        if not calls:
-            calls.append(1)
-            raise certify.ErasureNotProven(rid, ["published merge was built from the current shard partitions (ensemble_model: moved)"])
-        return findings
-
-    monkeypatch.setattr(certify, "verify_subject", fails_once)
-    monkeypatch.setattr(ticks, "retry_backoff", lambda _attempts: dt.timedelta(0))
+    monkeypatch.setattr(ticks, "retry_backoff", lambda _attempts: dt.timedelta(0))  # the ticks run in this process
     inst = instance()
-    first = drain(defs, inst, max_ticks=1)
-    assert first.failed_runs and default_ledger().requests.get(rid)["status"] == "failed"
-    assert not any(r["subject_key"] == key(sid) for r in default_ledger().nodes.provenance_for([key(sid)]))  # rewritten already
-    again = drain(defs, inst)
+    with injected(proof_fails_once, request_id=rid):  # once for the run's processes together
+        first = drain(defs, inst, max_ticks=1)
+        assert first.failed_runs and default_ledger().requests.get(rid)["status"] == "failed"
+        assert not any(r["subject_key"] == key(sid) for r in default_ledger().nodes.provenance_for([key(sid)]))  # rewritten already
+        again = drain(defs, inst)
     assert not again.failed_runs
     request = default_ledger().requests.get(rid)
     assert request["status"] == "completed" and request["review"] is None
