@@ -16,8 +16,9 @@ example: install
 	$(EXAMPLE_ENV) $(PY) examples/$(NAME)/generate.py
 	$(EXAMPLE_ENV) erasure-pipeline materialize
 
-# The whole suite, then its exactness and concurrency tests (marker `executor`) again on Dagster's
-# multiprocess executor: shard steps of different shards at once, in their shards' pools. Both on WORKERS
+# The whole suite, then its exactness, concurrency, crash and fault tests (marker `executor`) again on Dagster's
+# multiprocess executor: shard steps of different shards at once, in their shards' pools; crashes and faults
+# reach the step processes through erasure_pipeline_tests/crash_site (docs/ORCHESTRATION.md). Both on WORKERS
 # pytest-xdist workers (worksteal: the longest tests take 1-1.5 min; each test has its own home, database
 # and ports, so workers share nothing but the PostgreSQL server). WORKERS=0 runs in one process.
 WORKERS ?= 2

@@ -89,7 +89,7 @@ def project_env(home: Path, policy_text: str = SMALL_POLICY, **extra: str) -> It
         "ERASURE_PIPELINE_PEPPER": PEPPER,
         "ERASURE_PIPELINE_POLICY": str(home / "policy.yaml"),
         # The suite's executor: ``ERASURE_PIPELINE_TEST_EXECUTOR=multiprocess:2 pytest -m executor`` runs the
-        # exactness, crash and concurrency tests on Dagster's multiprocess executor (``make test-multiprocess``).
+        # exactness, concurrency, crash and fault tests on Dagster's multiprocess executor (the second pass of ``make test``).
         **({"ERASURE_PIPELINE_EXECUTOR": os.environ["ERASURE_PIPELINE_TEST_EXECUTOR"]} if os.environ.get("ERASURE_PIPELINE_TEST_EXECUTOR") else {}),
         **extra,
     })
