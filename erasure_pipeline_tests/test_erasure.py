@@ -207,6 +207,36 @@ def test_verify_fails_when_data_comes_back(demo_home):
     assert f"FAIL stored partition is what its last materialisation recorded [raw_subjects[{part}]]" in out.output
 
 
+def test_a_batchs_proof_reads_staging_and_provenance_once_per_shard_and_still_finds_each_subject(demo_home, monkeypatch):
+    """Subjects proved together share one read of their shard's staging area and one provenance query; what each
+    finds is still their own (rows staged by an ingest still running count against the subject they belong to)."""
+    import pyarrow as pa
+
+    from erasure_pipeline.erasure.verify import prove_together, verify_subject
+    from erasure_pipeline.stores import landing
+
+    defs, policy = defs_and_policy()
+    (sid, shard), = pick_subjects(policy.shards, with_tickets=1)
+    erase(sid)
+    drain(defs, instance())
+    env = stores.default_env()
+    subjects, _ = landing_frames(policy.shards)
+    kept = next(key(s) for s, sh in zip(subjects["subject_id"], subjects["shard"]) if sh == shard and s != sid)
+    # an ingest still running staged two rows of the erased subject (as a restore of old landing files would)
+    env.lake.write_bytes(landing.staged_name("lb-test", "events", shard, 0),
+                         lk.arrow_to_ipc_bytes(pa.table({"subject_key": [key(sid), kept, key(sid)]})))
+    reads, queries = [], []
+    monkeypatch.setattr(env.lake, "read_bytes", lambda name, _real=env.lake.read_bytes: reads.append(name) or _real(name))
+    monkeypatch.setattr(env.ledger.nodes, "provenance_for", lambda keys, _real=env.ledger.nodes.provenance_for: queries.append(1) or _real(keys))
+    cache = prove_together([key(sid), kept], env, {})
+    staged = {k: next(f for f in verify_subject(k, env, cache) if f.target == "lake/_staging") for k in (key(sid), kept)}
+    assert (staged[key(sid)].ok, staged[key(sid)].detail) == (False, "2 rows")
+    assert (staged[kept].ok, staged[kept].detail) == (False, "1 rows")
+    held = {k: next(f for f in verify_subject(k, env, cache) if f.target == "ledger.provenance") for k in (key(sid), kept)}
+    assert held[key(sid)].ok and not held[kept].ok  # the kept subject's rows are still listed
+    assert sum(name.startswith(landing.STAGING) for name in reads) == 1 and len(queries) == 1
+
+
 def test_the_certificate_takes_the_shard_steps_retrain_of_the_same_bytes_and_verify_retrains_other_bytes(demo_home):
     """The certificate step's proof that the shard model equals an independent retrain is the shard step's check
     of the same stored bytes (in one process); a model written over since, in the same process, is retrained."""

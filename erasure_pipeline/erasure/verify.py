@@ -8,6 +8,7 @@ inputs, every partition against its recorded version, and the provenance index. 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection
 
 from erasure_pipeline.core import contracts, identity
@@ -62,8 +63,8 @@ def verify_subject(subject_key: str, env: Env, cache: dict | None = None, partit
     if ("recorded", part) not in cache:
         cache[("recorded", part)] = recorded_version_claims(env, part)
     out += cache[merges] + cache[("recorded", part)]
-    prov = env.ledger.nodes.provenance_for([subject_key])
-    out.append(Finding("provenance lists no data for the subject", "ledger.provenance", not prov, f"{len(prov)} rows"))
+    prov = _provenance_rows(env, subject_key, part, cache)
+    out.append(Finding("provenance lists no data for the subject", "ledger.provenance", not prov, f"{prov} rows"))
     if env.keys is not None:
         held = env.keys.has_key(subject_key)
         out.append(Finding("no data key of the subject in the key store (every sealed copy of their fields is unreadable)",
@@ -81,13 +82,33 @@ def prove_together(subject_keys: Collection[str], env: Env, cache: dict) -> dict
     return cache
 
 
+def _provenance_rows(env: Env, subject_key: str, part: str, cache: dict) -> int:
+    """The ledger's provenance rows of the subject: one query for every subject of the batch proved together
+    (``prove_together``), where 100 subjects made 100."""
+    together = frozenset({*cache.get(BATCH, {}).get(part, ()), subject_key})
+    if ("provenance", part) not in cache or subject_key not in cache[("provenance", part)][0]:
+        rows = env.ledger.nodes.provenance_for(sorted(together))
+        cache[("provenance", part)] = (together, Counter(r["subject_key"] for r in rows))
+    return cache[("provenance", part)][1][subject_key]
+
+
+def _staged_rows(env: Env, subject_key: str, part: str, cache: dict) -> int:
+    """The subject's rows in the shard's ingest staging area: its files read once per batch (each subject of a
+    batch listed and read them again)."""
+    if ("staged", part) not in cache:
+        held: Counter = Counter()
+        for name in staged_files(env.lake, shard=identity.shard_from_partition(part)):
+            held.update(lk.table_from_bytes(env.lake.read_bytes(name), ["subject_key"])["subject_key"].tolist())
+        cache[("staged", part)] = held
+    return cache[("staged", part)][subject_key]
+
+
 def _sources(env: Env, subject_key: str, part: str, cache: dict) -> list[Finding]:
     """Landing files, the ingest staging area, and ids quoted in the text columns of landing and the lake."""
     rule = env.ledger.tombstones.rule_of(subject_key)
     rule = tuple(rule.split(",")) if rule else (() if rule == "" else env.keyer.rule)
     in_landing, named_in_landing = _landing_holding(env, subject_key, rule, cache)
-    staged = sum(int((lk.table_from_bytes(env.lake.read_bytes(n), ["subject_key"])["subject_key"] == subject_key).sum())
-                 for n in staged_files(env.lake, shard=identity.shard_from_partition(part)))
+    staged = _staged_rows(env, subject_key, part, cache)
     mentions = named_in_landing + _lake_mentions(env, subject_key, rule, cache)
     return [Finding("no rows of the subject in landing files", "landing", in_landing == 0, f"{in_landing} rows"),
             Finding("no rows of the subject in an ingest's staging area", "lake/_staging", staged == 0, f"{staged} rows"),
