@@ -82,25 +82,30 @@ def prove_together(subject_keys: Collection[str], env: Env, cache: dict) -> dict
     return cache
 
 
+def _together(subject_key: str, part: str, cache: dict) -> frozenset[str]:
+    """The subjects proved with this one in its shard (``prove_together``), this one included."""
+    return frozenset({*cache.get(BATCH, {}).get(part, ()), subject_key})
+
+
 def _provenance_rows(env: Env, subject_key: str, part: str, cache: dict) -> int:
     """The ledger's provenance rows of the subject: one query for every subject of the batch proved together
-    (``prove_together``), where 100 subjects made 100."""
-    together = frozenset({*cache.get(BATCH, {}).get(part, ()), subject_key})
+    in its shard, where 100 subjects made 100."""
     if ("provenance", part) not in cache or subject_key not in cache[("provenance", part)][0]:
-        rows = env.ledger.nodes.provenance_for(sorted(together))
-        cache[("provenance", part)] = (together, Counter(r["subject_key"] for r in rows))
+        together = _together(subject_key, part, cache)
+        cache[("provenance", part)] = (together, Counter(r["subject_key"] for r in env.ledger.nodes.provenance_for(sorted(together))))
     return cache[("provenance", part)][1][subject_key]
 
 
 def _staged_rows(env: Env, subject_key: str, part: str, cache: dict) -> int:
-    """The subject's rows in the shard's ingest staging area: its files read once per batch (each subject of a
-    batch listed and read them again)."""
-    if ("staged", part) not in cache:
-        held: Counter = Counter()
+    """The subject's rows in the shard's ingest staging area: its files listed and read once for every subject of
+    the batch proved together in its shard (each subject listed and read them again); only their rows counted."""
+    if ("staged", part) not in cache or subject_key not in cache[("staged", part)][0]:
+        together, held = _together(subject_key, part, cache), Counter()
         for name in staged_files(env.lake, shard=identity.shard_from_partition(part)):
-            held.update(lk.table_from_bytes(env.lake.read_bytes(name), ["subject_key"])["subject_key"].tolist())
-        cache[("staged", part)] = held
-    return cache[("staged", part)][subject_key]
+            keys = lk.table_from_bytes(env.lake.read_bytes(name), ["subject_key"])["subject_key"]
+            held.update(keys[keys.isin(together)].tolist())
+        cache[("staged", part)] = (together, held)
+    return cache[("staged", part)][1][subject_key]
 
 
 def _sources(env: Env, subject_key: str, part: str, cache: dict) -> list[Finding]:
