@@ -64,24 +64,34 @@ def forkserver_stopped() -> None:
 
 
 @contextlib.contextmanager
-def _planned(at: str, folder: Path) -> Iterator[Path]:
-    """This process (and every process it starts) counting writes under a plan of ``at`` kept in ``folder``."""
-    plan = folder / "plan"
-    plan.write_text(at)
-    saved = {k: os.environ.get(k) for k in (PLAN, "PYTHONPATH")}
-    os.environ[PLAN] = str(plan)
+def site_environ(variable: str, value: str) -> Iterator[None]:
+    """``variable`` set and ``crash_site`` first on ``PYTHONPATH`` for the duration (the processes started meanwhile
+    load its ``sitecustomize``); both restored after."""
+    saved = {k: os.environ.get(k) for k in (variable, "PYTHONPATH")}
+    os.environ[variable] = value
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), saved["PYTHONPATH"]) if p)
-    original = Database.tx
     try:
-        install()
-        yield plan
+        yield
     finally:
-        Database.tx = original
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _planned(at: str, folder: Path) -> Iterator[Path]:
+    """This process (and every process it starts) counting writes under a plan of ``at`` kept in ``folder``."""
+    plan = folder / "plan"
+    plan.write_text(at)
+    original = Database.tx
+    with site_environ(PLAN, str(plan)):
+        try:
+            install()
+            yield plan
+        finally:
+            Database.tx = original
 
 
 def count_writes(fn: Callable[[], object]) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from erasure_pipeline_tests.crash import SITE, forkserver_stopped
+from erasure_pipeline_tests.crash import forkserver_stopped, site_environ
 
 FAULT = "ERASURE_PIPELINE_TEST_INJECT"
 """``<folder>``: the fault's name and parameters are in ``<folder>/params.json``."""
@@ -91,20 +91,15 @@ def injected(fault: Callable[[Path, dict], Callable[[], None]], **params: str) -
     """``fault`` with ``params`` in this process and in every step process of the multiprocess runs started inside;
     the fault's folder. The forkserver is stopped before (the next run starts one that applies the fault) and after
     (its step processes would apply it on)."""
-    saved = {k: os.environ.get(k) for k in (FAULT, "PYTHONPATH")}
     with tempfile.TemporaryDirectory(prefix="fault-") as folder:
         (Path(folder) / "params.json").write_text(json.dumps({"fault": fault.__name__, **params}))
         forkserver_stopped()
-        os.environ[FAULT] = folder
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), saved["PYTHONPATH"]) if p)
-        undo = install(folder)
         try:
-            yield Path(folder)
+            with site_environ(FAULT, folder):
+                undo = install(folder)
+                try:
+                    yield Path(folder)
+                finally:
+                    undo()
         finally:
-            undo()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             forkserver_stopped()

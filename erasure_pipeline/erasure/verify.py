@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.tombstones import mentioned_keys
-from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key
+from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key, read_together
 from erasure_pipeline.kinds.raw_rows import proof_manifest
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
@@ -82,30 +82,24 @@ def prove_together(subject_keys: Collection[str], env: Env, cache: dict) -> dict
     return cache
 
 
-def _together(subject_key: str, part: str, cache: dict) -> frozenset[str]:
-    """The subjects proved with this one in its shard (``prove_together``), this one included."""
-    return frozenset({*cache.get(BATCH, {}).get(part, ()), subject_key})
-
-
 def _provenance_rows(env: Env, subject_key: str, part: str, cache: dict) -> int:
     """The ledger's provenance rows of the subject: one query for every subject of the batch proved together
     in its shard, where 100 subjects made 100."""
-    if ("provenance", part) not in cache or subject_key not in cache[("provenance", part)][0]:
-        together = _together(subject_key, part, cache)
-        cache[("provenance", part)] = (together, Counter(r["subject_key"] for r in env.ledger.nodes.provenance_for(sorted(together))))
-    return cache[("provenance", part)][1][subject_key]
+    def query(together: frozenset[str]) -> Counter:
+        return Counter(r["subject_key"] for r in env.ledger.nodes.provenance_for(sorted(together)))
+    return read_together(cache, ("provenance", part), part, subject_key, query)[subject_key]
 
 
 def _staged_rows(env: Env, subject_key: str, part: str, cache: dict) -> int:
     """The subject's rows in the shard's ingest staging area: its files listed and read once for every subject of
     the batch proved together in its shard (each subject listed and read them again); only their rows counted."""
-    if ("staged", part) not in cache or subject_key not in cache[("staged", part)][0]:
-        together, held = _together(subject_key, part, cache), Counter()
+    def read(together: frozenset[str]) -> Counter:
+        held: Counter = Counter()
         for name in staged_files(env.lake, shard=identity.shard_from_partition(part)):
             keys = lk.table_from_bytes(env.lake.read_bytes(name), ["subject_key"])["subject_key"]
             held.update(keys[keys.isin(together)].tolist())
-        cache[("staged", part)] = (together, held)
-    return cache[("staged", part)][1][subject_key]
+        return held
+    return read_together(cache, ("staged", part), part, subject_key, read)[subject_key]
 
 
 def _sources(env: Env, subject_key: str, part: str, cache: dict) -> list[Finding]:

@@ -56,9 +56,8 @@ def cell_keys(qi: pd.DataFrame) -> pd.Series:
 def member_digests(cells: pd.Series, keys: pd.Series) -> pd.Series:
     """Per cell (sorted, as ``groupby`` sorts), the XOR of its members' SHA-256 of ``cohort-member:<subject key>`` as
     64 hex digits: the hashes' bytes XORed with NumPy, 64 bits at a time, not a Python integer per subject and a loop
-    per cell. Four
-    fifths of a shard's partial went there at 62 500 subjects (1 000 000 in all), which an erasure recomputes whole:
-    0.19-0.23 -> 0.09 s a partial (2026-12-07, a VM at about half speed), the same bytes."""
+    per cell. Four fifths of a shard's partial went there at 62 500 subjects (1 000 000 in all), which an erasure
+    recomputes whole: 0.19-0.23 -> 0.09 s a partial (2026-12-07, a VM at about half speed), the same bytes."""
     # keys as a list first: iterating an Arrow-backed Series costs more than the hashing (41 against 30 ms at 62 500)
     hashes = b"".join([hashlib.sha256(b"cohort-member:" + k.encode()).digest() for k in keys.to_numpy(dtype=object).tolist()])
     limbs = np.frombuffer(hashes, dtype=np.uint64).reshape(-1, 4)
