@@ -144,7 +144,11 @@ def test_the_repo_root_instance_says_what_the_cli_instance_says_but_where_storag
     from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
 
     template = yaml.safe_load(INSTANCE_TEMPLATE.read_text())
-    storage = {"storage", "compute_logs", "local_artifact_storage"}
-    assert {k: v for k, v in root.items() if k not in storage} == template
-    assert root["storage"]["sqlite"]["base_dir"] == ".erasure_home/dagster"
+    storages = {"run_storage", "event_log_storage", "schedule_storage"}
+    storage = {*storages, "compute_logs", "local_artifact_storage"}
+    assert {k: v for k, v in root.items() if k not in storage} == {k: v for k, v in template.items() if k not in storages}
+    for name in storages:  # the same classes; the home named by path here, by $DAGSTER_HOME there
+        assert {**root[name], "config": None} == {**template[name], "config": None}
+        assert root[name]["config"] == {"dagster_home": ".erasure_home/dagster"}
+        assert template[name]["config"] == {"dagster_home": {"env": "DAGSTER_HOME"}}
     assert root["compute_logs"]["config"]["base_dir"] == ".erasure_home/dagster/storage"

@@ -1,0 +1,121 @@
+"""The embedded default's instance storage: Dagster's SQLite storages with their connections kept open.
+
+What Dagster's own classes give by closing every connection must still hold: a second process (the webserver)
+following a run's log live, forked processes, deletion of a run's files, and Dagster's files and layout."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import EngineEventData
+
+from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
+from erasure_pipeline.defs import instance_storage
+from erasure_pipeline.defs.instance_storage import (
+    PooledSqliteEventLogStorage,
+    PooledSqliteRunStorage,
+    PooledSqliteScheduleStorage,
+)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A Dagster home with the project's instance file, as the CLI writes it."""
+    root = tmp_path / "dagster"
+    root.mkdir()
+    (root / "dagster.yaml").write_text(INSTANCE_TEMPLATE.read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(root))
+    return root
+
+
+def _event(instance: dg.DagsterInstance, run_id: str, text: str) -> None:
+    instance.report_engine_event(text, job_name="storage_test", run_id=run_id, engine_event_data=EngineEventData())
+
+
+def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [r.event_log_entry.message for r in instance.get_records_for_run(run_id).records]
+
+
+def test_the_project_instance_uses_the_kept_connection_storages_in_dagsters_own_files(home):
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.run_storage, PooledSqliteRunStorage)
+    assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+    assert isinstance(instance.schedule_storage, PooledSqliteScheduleStorage)
+    _event(instance, "a" * 32, "one")
+    for path in ("history/runs.db", "history/runs/index.db", f"history/runs/{'a' * 32}.db", "schedules/schedules.db"):
+        assert (home / path).exists(), path  # where Dagster's SqliteStorage keeps them: a home can switch back
+    # Dagster's own classes read what these wrote
+    plain = dg.DagsterInstance.from_config(str(home), config_filename="absent.yaml")
+    assert type(plain.event_log_storage).__name__ == "SqliteEventLogStorage"
+    assert _messages(plain, "a" * 32) == ["one"]
+
+
+def test_a_run_written_over_kept_connections_wakes_another_instance_watching_its_log(home):
+    """The UI follows a running run by watching its ``<run_id>.db`` file: writes must reach it, not stay in the WAL."""
+    writer, watcher = dg.DagsterInstance.get(), dg.DagsterInstance.get()  # two storages, as two processes have
+    assert writer.event_log_storage is not watcher.event_log_storage
+    run_id = "b" * 32
+    _event(writer, run_id, "started")
+    seen, woke = [], threading.Event()
+
+    def on_event(entry, _cursor):
+        seen.append(entry.message)
+        if entry.message == "third":
+            woke.set()
+
+    watcher.watch_event_logs(run_id, None, on_event)
+    try:
+        time.sleep(0.5)  # the observer thread is watching
+        for text in ("first", "second", "third"):
+            _event(writer, run_id, text)
+        assert woke.wait(20), f"the watcher saw only {seen}"
+    finally:
+        watcher.end_watch_event_logs(run_id, on_event)
+        watcher.dispose()
+    assert seen[-3:] == ["first", "second", "third"]
+
+
+def _write_in_child(run_id: str) -> None:
+    instance = dg.DagsterInstance.get()
+    _event(instance, run_id, "child")
+
+
+def test_a_process_forked_from_one_holding_connections_writes_and_the_parent_goes_on(home):
+    instance = dg.DagsterInstance.get()
+    run_id = "c" * 32
+    _event(instance, run_id, "before")
+    assert instance.get_runs() == []  # the run storage's connection is open too
+    child = multiprocessing.get_context("fork").Process(target=_write_in_child, args=(run_id,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    _event(instance, run_id, "after")
+    assert _messages(instance, run_id) == ["before", "child", "after"]
+    assert _messages(dg.DagsterInstance.get(), run_id) == ["before", "child", "after"]
+
+
+def _open_run_databases(events_dir: Path) -> int:
+    fds = Path("/proc/self/fd")
+    targets = [Path(os.path.realpath(fds / fd)) for fd in os.listdir(fds)]
+    return sum(1 for t in targets if t.parent == events_dir.resolve() and t.suffix == ".db" and t.name != "index.db")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts open files through /proc")
+def test_a_process_keeps_a_bounded_number_of_runs_databases_open_and_wipe_lets_them_go(home):
+    instance = dg.DagsterInstance.get()
+    runs = [f"{i:032d}" for i in range(instance_storage.RUN_ENGINES + 5)]
+    for run_id in runs:
+        _event(instance, run_id, run_id[-2:])
+    assert 0 < _open_run_databases(home / "history" / "runs") <= instance_storage.RUN_ENGINES
+    assert _messages(instance, runs[0]) == [runs[0][-2:]]  # a run let go opens again
+    instance.event_log_storage.wipe()  # deletes the runs' files: nothing may write to the deleted ones
+    assert _open_run_databases(home / "history" / "runs") == 0
+    _event(instance, runs[1], "again")
+    assert _messages(instance, runs[1]) == ["again"]
+    assert (home / "history" / "runs" / f"{runs[1]}.db").exists()
