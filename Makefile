@@ -62,3 +62,4 @@ bench:
 	$(PY) -m benchmarks.superseded_cost --subjects 200000
 	$(PY) -m benchmarks.staging_format --subjects 10000
 	$(PY) -m benchmarks.build_pairs --base HEAD~1 --subjects 200000 --pairs 4
+	$(PY) -m benchmarks.instance_storage --subjects 200000 --passes 2

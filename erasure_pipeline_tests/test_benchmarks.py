@@ -90,3 +90,17 @@ def test_sealing_cost_builds_each_variant_in_a_process_of_its_own_and_compares_t
     cells = _row(out, "seal (AES-256-GCM, one per distinct subject and value)")
     assert int(cells[1].replace(",", "")) > 300  # every declared cell of the three tables sealed, in memory
     assert "data keys held" in out and "peak RSS of a variant's process: plain" in out  # each child's own result
+
+
+@pytest.mark.slow
+def test_instance_storage_erases_on_both_storages_of_one_home():
+    out = _bench("instance_storage", "--subjects", "300", "--subjects-per-file", "100", "-n", "1", "--batch", "2", "--passes", "1")
+    one = _row(out, "one subject, median of every erasure")  # Dagster's classes, the project's, ratio
+    assert float(one[1]) > 0 and float(one[2]) > 0
+    assert _row(out, "2 subjects in one tick, median of the passes")
+
+
+def test_the_demos_subject_ids_are_the_generators_without_generating_the_rest():
+    from erasure_pipeline.app.demo import generate, subject_ids
+
+    assert subject_ids(50, 3) == generate(50, 3)["subjects"]["subject_id"].tolist()

@@ -57,11 +57,22 @@ def generate(n_subjects: int, seed: int = 7, events_per_subject: float = 10.0, t
     return {"subjects": subjects, "events": events, "tickets": tickets}
 
 
-def _subjects(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, np.ndarray, pd.DatetimeIndex]:
+def subject_ids(n_subjects: int, seed: int = 7) -> list[str]:
+    """The ids ``generate(n_subjects, seed)`` gives its subjects, without generating the rest (a benchmark
+    erasing subjects of a home it did not build)."""
+    return _names(np.random.default_rng(seed), n_subjects)[2]
+
+
+def _names(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """First names, last names and ids (e-mail addresses): the stream's first draws."""
     first = rng.choice(FIRST, n)
     last = rng.choice(LAST, n)
     domain = rng.choice(DOMAINS, n)
-    emails = [f"{f.lower()}.{l.lower()}.{i}@{d}" for f, l, i, d in zip(first, last, np.arange(n), domain)]
+    return first, last, [f"{f.lower()}.{l.lower()}.{i}@{d}" for f, l, i, d in zip(first, last, np.arange(n), domain)]
+
+
+def _subjects(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, np.ndarray, pd.DatetimeIndex]:
+    first, last, emails = _names(rng, n)
     phones = [f"+44 7700 {900000 + int(x):06d}"[:16] for x in rng.integers(0, 99999, n)]
     region = rng.choice(REGIONS, n, p=[0.2, 0.2, 0.1, 0.1, 0.2, 0.1, 0.1])
     segment = rng.choice(SEGMENTS, n, p=[0.6, 0.3, 0.1])
