@@ -119,3 +119,26 @@ def test_a_process_keeps_a_bounded_number_of_runs_databases_open_and_wipe_lets_t
     _event(instance, runs[1], "again")
     assert _messages(instance, runs[1]) == ["again"]
     assert (home / "history" / "runs" / f"{runs[1]}.db").exists()
+
+
+def test_many_threads_hold_run_storage_connections_at_once_as_with_dagsters_classes(home):
+    """The webserver's threads query the run storage at once: none waits for another's connection to come back."""
+    storage = dg.DagsterInstance.get().run_storage
+    inside, release = threading.Semaphore(0), threading.Event()
+
+    def hold():
+        with storage.connect() as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM runs").fetchall()
+            inside.release()
+            release.wait(30)
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        assert all(inside.acquire(timeout=10) for _ in threads), "a thread waited for another's connection"
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert dg.DagsterInstance.get().get_runs() == []  # and the storage still answers after

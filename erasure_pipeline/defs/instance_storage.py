@@ -46,9 +46,10 @@ from sqlalchemy.engine import Connection, Engine
 RUN_ENGINES = 8
 """Engines of runs' event databases kept open in one process (the index's is always kept)."""
 
-_POOL = {"pool_size": 1, "max_overflow": 4, "pool_pre_ping": False}
-"""Each storage serialises its queries (the event log under its lock; a run storage is used by a few threads at
-most): one connection kept per database, a few more while threads overlap."""
+_POOL = {"pool_size": 1, "max_overflow": -1}
+"""One connection kept per database. The event log serialises its queries under its lock; a run or schedule
+storage may be used by many threads at once (the webserver's): each one past the first opens a connection of its
+own and closes it after, as Dagster's classes always do, rather than waiting for the kept one."""
 
 _OPEN: weakref.WeakSet = weakref.WeakSet()
 
