@@ -36,7 +36,11 @@ def instance_yaml() -> dict:
 
 
 def test_dagster_yaml_reads_postgres_and_compute_log_dir_from_the_environment(instance_yaml):
-    assert instance_yaml["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_PG_URL"}
+    for name, cls in (("run_storage", "PooledPostgresRunStorage"), ("event_log_storage", "PooledPostgresEventLogStorage"),
+                      ("schedule_storage", "PooledPostgresScheduleStorage")):
+        assert instance_yaml[name] == {"module": "erasure_pipeline.defs.instance_storage", "class": cls,
+                                       "config": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+    assert "storage" not in instance_yaml  # the three above, not dagster-postgres's own classes
     assert instance_yaml["compute_logs"]["config"]["base_dir"] == {"env": "DAGSTER_COMPUTE_LOG_DIR"}
     assert "tag_concurrency_limits" not in instance_yaml["run_coordinator"]["config"]  # the pool is set by code
     monitoring = instance_yaml["run_monitoring"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from dagster._core.events import EngineEventData
 from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
 from erasure_pipeline.defs import instance_storage
 from erasure_pipeline.defs.instance_storage import (
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+    PooledPostgresScheduleStorage,
     PooledSqliteEventLogStorage,
     PooledSqliteRunStorage,
     PooledSqliteScheduleStorage,
@@ -32,6 +36,9 @@ def home(tmp_path, monkeypatch) -> Path:
     (root / "dagster.yaml").write_text(INSTANCE_TEMPLATE.read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(root))
     return root
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _event(instance: dg.DagsterInstance, run_id: str, text: str) -> None:
@@ -142,3 +149,38 @@ def test_many_threads_hold_run_storage_connections_at_once_as_with_dagsters_clas
         for t in threads:
             t.join(30)
     assert dg.DagsterInstance.get().get_runs() == []  # and the storage still answers after
+
+
+def test_the_deploy_instance_keeps_a_postgres_connection_and_replaces_one_the_server_closed(pg_database, tmp_path, monkeypatch):
+    """deploy/dagster.yaml: one connection kept per storage; the server ending it (a restart, an idle timeout) costs
+    a reconnect on the next query, not a failed query. A process forked from it writes with connections of its own."""
+    import sqlalchemy as sa
+
+    root = tmp_path / "dagster"
+    root.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", root / "dagster.yaml")
+    for name, value in (("DAGSTER_HOME", str(root)), ("DAGSTER_PG_URL", pg_database), ("DAGSTER_COMPUTE_LOG_DIR", str(tmp_path / "logs"))):
+        monkeypatch.setenv(name, value)
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.run_storage, PooledPostgresRunStorage)
+    assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+    assert isinstance(instance.schedule_storage, PooledPostgresScheduleStorage)
+    run_id = "d" * 32
+    _event(instance, run_id, "before")
+    assert instance.get_runs() == []
+    admin = sa.create_engine(pg_database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        kept = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND pid <> pg_backend_pid()")).scalar()
+        assert 1 <= kept <= 3  # the storages' kept connections, idle
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND pid <> pg_backend_pid()"))
+    admin.dispose()
+    _event(instance, run_id, "after")
+    child = multiprocessing.get_context("fork").Process(target=_write_in_child, args=(run_id,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    _event(instance, run_id, "last")
+    assert _messages(instance, run_id) == ["before", "after", "child", "last"]
+    assert instance.get_runs() == []

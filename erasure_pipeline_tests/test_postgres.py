@@ -113,8 +113,11 @@ def _cli(*args):
 
 
 def test_demo_and_erasure_on_dagster_postgres_with_the_ledger_on_postgres(pg_database, tmp_path):
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
-
+    from erasure_pipeline.defs.instance_storage import (
+        PooledPostgresEventLogStorage,
+        PooledPostgresRunStorage,
+        PooledPostgresScheduleStorage,
+    )
     from erasure_pipeline_tests.erasure_helpers import pick_subjects, scan_for
     from erasure_pipeline_tests.stores import default_ledger
 
@@ -128,9 +131,9 @@ def test_demo_and_erasure_on_dagster_postgres_with_the_ledger_on_postgres(pg_dat
     }
     with project_env(home, **env):
         with instance() as inst:
-            assert isinstance(inst.run_storage, PostgresRunStorage)
-            assert isinstance(inst.event_log_storage, PostgresEventLogStorage)
-            assert isinstance(inst.schedule_storage, PostgresScheduleStorage)
+            assert isinstance(inst.run_storage, PooledPostgresRunStorage)
+            assert isinstance(inst.event_log_storage, PooledPostgresEventLogStorage)
+            assert isinstance(inst.schedule_storage, PooledPostgresScheduleStorage)
             assert type(inst.run_coordinator).__name__ == "QueuedRunCoordinator"
         build_demo(home, n_subjects=200)
         assert default_ledger().dialect == "postgresql"
