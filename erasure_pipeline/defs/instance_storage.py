@@ -73,19 +73,33 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _instance_config() -> dict[str, Any]:
-    return {"dagster_home": StringSource}
+INSTANCE_CONFIG = {"dagster_home": StringSource}
+"""Each SQLite storage's config: the instance's home, under which it keeps Dagster's own layout."""
 
 
 class _KeptEngine:
-    """One engine, made on first use, for a storage with one database."""
+    """A storage with one database (``<dagster_home>/<DIRECTORY…>``) and one engine for it, made on first use."""
 
+    DIRECTORY: tuple[str, ...] = ()
     _engine: Engine | None = None
 
-    def _kept_connect(self, conn_string: str) -> Iterator[Connection]:
+    def __init__(self, conn_string: str, inst_data=None):
+        self._engine_lock = threading.Lock()
+        super().__init__(conn_string, inst_data)
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return INSTANCE_CONFIG
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls.from_local(os.path.join(config_value["dagster_home"], *cls.DIRECTORY), inst_data=inst_data)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
         with self._engine_lock:
             if self._engine is None:
-                self._engine = create_engine(conn_string, **_POOL)
+                self._engine = create_engine(self._conn_string, **_POOL)
                 _OPEN.add(self)
             engine = self._engine
         with engine.connect() as conn, conn.begin():
@@ -106,41 +120,13 @@ class _KeptEngine:
 class PooledSqliteRunStorage(_KeptEngine, SqliteRunStorage):
     """Dagster's ``SqliteRunStorage`` (``<dagster_home>/history/runs.db``) with its connections kept open."""
 
-    def __init__(self, conn_string: str, inst_data=None):
-        self._engine_lock = threading.Lock()
-        super().__init__(conn_string, inst_data)
-
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return _instance_config()
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value) -> PooledSqliteRunStorage:
-        return cls.from_local(os.path.join(config_value["dagster_home"], "history", ""), inst_data=inst_data)
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        yield from self._kept_connect(self._conn_string)
+    DIRECTORY = ("history", "")
 
 
 class PooledSqliteScheduleStorage(_KeptEngine, SqliteScheduleStorage):
     """Dagster's ``SqliteScheduleStorage`` (``<dagster_home>/schedules/schedules.db``) with its connections kept open."""
 
-    def __init__(self, conn_string: str, inst_data=None):
-        self._engine_lock = threading.Lock()
-        super().__init__(conn_string, inst_data)
-
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:
-        return _instance_config()
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value) -> PooledSqliteScheduleStorage:
-        return cls.from_local(os.path.join(config_value["dagster_home"], "schedules"), inst_data=inst_data)
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        yield from self._kept_connect(self._conn_string)
+    DIRECTORY = ("schedules",)
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -154,7 +140,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return _instance_config()
+        return INSTANCE_CONFIG
 
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> PooledSqliteEventLogStorage:
@@ -207,9 +193,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
 
 class _KeptPostgres:
-    """A dagster-postgres storage whose engine keeps one connection open instead of one per query."""
+    """A dagster-postgres storage whose engine keeps one connection open instead of one per query; the same config
+    and tables."""
 
-    def _keep_connections(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._engine.dispose()
         self._engine = create_pg_engine(self.postgres_url, self._token_provider, isolation_level="AUTOCOMMIT",
                                         pool_pre_ping=True, **_POOL)
@@ -230,24 +218,12 @@ class _KeptPostgres:
 
 
 class PooledPostgresRunStorage(_KeptPostgres, PostgresRunStorage):
-    """dagster-postgres's ``PostgresRunStorage`` with one connection kept open; the same config and tables."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._keep_connections()
+    """dagster-postgres's ``PostgresRunStorage`` with one connection kept open."""
 
 
 class PooledPostgresEventLogStorage(_KeptPostgres, PostgresEventLogStorage):
-    """dagster-postgres's ``PostgresEventLogStorage`` with one connection kept open; the same config and tables."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._keep_connections()
+    """dagster-postgres's ``PostgresEventLogStorage`` with one connection kept open."""
 
 
 class PooledPostgresScheduleStorage(_KeptPostgres, PostgresScheduleStorage):
-    """dagster-postgres's ``PostgresScheduleStorage`` with one connection kept open; the same config and tables."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._keep_connections()
+    """dagster-postgres's ``PostgresScheduleStorage`` with one connection kept open."""
