@@ -129,7 +129,26 @@ class PooledSqliteScheduleStorage(_KeptEngine, SqliteScheduleStorage):
     DIRECTORY = ("schedules",)
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+class _TablesSeen:
+    """``has_table`` asked of the database once per table that exists, then answered from memory (Dagster asks it of
+    every asset check event, ``supports_asset_checks``: the SQLite class with an engine made for the question). A
+    table not there yet is asked again (a migration may add it); ``wipe`` forgets them all."""
+
+    def has_table(self, table_name: str) -> bool:
+        seen = self.__dict__.setdefault("_tables_seen", set())
+        if table_name in seen:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            seen.add(table_name)
+        return found
+
+    def wipe(self) -> None:
+        self.__dict__.pop("_tables_seen", None)
+        super().wipe()
+
+
+class PooledSqliteEventLogStorage(_TablesSeen, SqliteEventLogStorage):
     """Dagster's ``SqliteEventLogStorage`` (``<dagster_home>/history/runs/``: ``index.db`` and one database per
     run) with its connections kept open, the index's always and the last ``RUN_ENGINES`` runs'."""
 
@@ -221,7 +240,7 @@ class PooledPostgresRunStorage(_KeptPostgres, PostgresRunStorage):
     """dagster-postgres's ``PostgresRunStorage`` with one connection kept open."""
 
 
-class PooledPostgresEventLogStorage(_KeptPostgres, PostgresEventLogStorage):
+class PooledPostgresEventLogStorage(_TablesSeen, _KeptPostgres, PostgresEventLogStorage):
     """dagster-postgres's ``PostgresEventLogStorage`` with one connection kept open."""
 
 
