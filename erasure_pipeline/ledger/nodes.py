@@ -97,13 +97,16 @@ class NodeRecords:
         with self.db.tx() as conn:
             _update_provenance(conn, asset, partition, rows_by_key, None, content_hash, run_id)
 
-    def tombstoned_in(self, asset: str, partition: str) -> set[str]:
-        """Tombstoned subjects the ledger still records in an asset partition: what an erasure there must remove."""
+    def tombstoned_in(self, asset: str, partition: str, among: Iterable[str] | None = None) -> set[str]:
+        """Tombstoned subjects the ledger still records in an asset partition: what an erasure there must remove.
+        ``among``: of these subjects only (an erasure run's: looked up by key, not the partition's rows scanned)."""
         held = sa.select(t.erasure_requests.c.subject_key).where(t.erasure_requests.c.status == "on_hold")
         q = (sa.select(P.subject_key).join(t.tombstones, t.tombstones.c.subject_key == P.subject_key)
              .where(P.asset == asset, P.partition == partition, P.subject_key.not_in(held)))
         with self.db.connect() as conn:
-            return {r.subject_key for r in conn.execute(q)}
+            if among is None:
+                return {r.subject_key for r in conn.execute(q)}
+            return {r.subject_key for chunk in chunks(among) for r in conn.execute(q.where(P.subject_key.in_(chunk)))}
 
     def look_alikes(self, skeleton_key: str, subject_key: str) -> set[str]:
         """Subjects other than ``subject_key`` whose id has this skeleton and who hold data somewhere."""
