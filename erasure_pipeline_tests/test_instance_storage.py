@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.events import EngineEventData
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from erasure_pipeline.app.runner import INSTANCE_TEMPLATE
 from erasure_pipeline.defs import instance_storage
@@ -126,6 +127,20 @@ def test_a_process_keeps_a_bounded_number_of_runs_databases_open_and_wipe_lets_t
     _event(instance, runs[1], "again")
     assert _messages(instance, runs[1]) == ["again"]
     assert (home / "history" / "runs" / f"{runs[1]}.db").exists()
+
+
+def test_a_table_that_exists_is_asked_of_the_database_once(home, monkeypatch):
+    """Dagster asks ``has_table`` of every asset check event it stores; once a table is there the answer is kept."""
+    storage = dg.DagsterInstance.get().event_log_storage
+    asked: list[str] = []
+    real = SqliteEventLogStorage.has_table
+    monkeypatch.setattr(SqliteEventLogStorage, "has_table", lambda self, name: asked.append(name) or real(self, name))
+    assert storage.supports_asset_checks and storage.supports_asset_checks
+    assert asked == ["asset_check_executions"]
+    assert not storage.has_table("no_such_table") and not storage.has_table("no_such_table")
+    assert asked.count("no_such_table") == 2  # not there yet: asked again (a migration may add it)
+    storage.wipe()
+    assert storage.supports_asset_checks and asked.count("asset_check_executions") == 2
 
 
 def test_many_threads_hold_run_storage_connections_at_once_as_with_dagsters_classes(home):
