@@ -183,3 +183,14 @@ def test_missed_quality_floor_fails_the_command_names_the_check_and_publishes_no
     assert accepted.exit_code == 0 and "meets_quality_floor" in accepted.output
     audit = _cli("audit")
     assert audit.exit_code == 1 and "no published ensemble_model" in audit.output
+
+
+def test_a_category_falls_in_the_bucket_of_its_value_as_text_however_many_rows_share_it():
+    """Training sets hash each distinct category value once: every row still gets its own value's bucket."""
+    from erasure_pipeline.ml.features import _bucket, _buckets
+
+    values = pd.Series(["basic", "pro", None, float("nan"), pd.NA, 3, "3", "basic"] * 50, dtype=object)
+    assert _buckets("plan", values).tolist() == [_bucket("plan", str(v)) for v in values]
+    arrow = pd.Series(["basic", None, "pro", "basic"], dtype="string[pyarrow]")
+    assert _buckets("plan", arrow).tolist() == [_bucket("plan", str(v)) for v in arrow]
+    assert len(_buckets("plan", pd.Series([], dtype=object))) == 0
