@@ -100,6 +100,15 @@ def test_instance_storage_erases_on_both_storages_of_one_home():
     assert _row(out, "2 subjects in one tick, median of the passes")
 
 
+@pytest.mark.slow
+def test_erasure_pairs_erases_the_same_subjects_with_the_base_and_this_checkout():
+    out = _bench("erasure_pairs", "--base", "HEAD", "--subjects", "300", "--subjects-per-file", "100", "-n", "1", "--batch", "2",
+                 "--pairs", "1")
+    for what in ("one subject, median of the copy's singles", "2 subjects in one tick"):
+        base, this, ratio = (float(v) for v in _row(out, f"{what}: median of 1 pairs")[1:4])
+        assert base > 0 and this > 0 and ratio == pytest.approx(this / base, rel=1e-2)
+
+
 def test_the_demos_subject_ids_are_the_generators_without_generating_the_rest():
     from erasure_pipeline.app.demo import generate, subject_ids
 

@@ -1,0 +1,151 @@
+"""Erasures by two versions of the code on copies of one home, in pairs back to back: is a change faster?
+
+    python -m benchmarks.erasure_pairs --base HEAD~3 --keep /path/to/home --pairs 4
+
+``build_pairs`` does this for a build; this is its counterpart for the erasure path. Needs a home that
+``erasure_cost`` built and kept (``--keep DIR``; or builds one at ``--subjects`` itself, with this checkout). Each pair
+copies the home twice and erases the same subjects on both copies, one with ``--base`` (checked out into a temporary
+git worktree) and one with this checkout (with any uncommitted change), each in a process started for it: one
+erasure warms the process, then ``-n`` subjects are erased one at a time, then ``--batch`` subjects in one tick. The
+order is swapped every pair, so the VM's drift (tens of percent within an hour on a shared 2-core VM) favours neither.
+One erasure of a run-to-run spread of ±10 % says nothing about a change of 5 %: read the medians of the pairs' ratios.
+Both versions must read the home as it is stored (a change to the lake's layout or the ledger's schema needs its own
+comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks._common import PEPPER, machine, table
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Run in a child with only ``code`` on the path before the installed package: that checkout's pipeline.
+_CHILD = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+home, singles, batch = sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+for k in [k for k in os.environ if k.startswith("ERASURE_PIPELINE_") or k == "DAGSTER_HOME"]:
+    os.environ.pop(k)
+os.environ.update({"ERASURE_PIPELINE_HOME": home, "ERASURE_PIPELINE_PEPPER": sys.argv[5],
+                   "ERASURE_PIPELINE_POLICY": os.path.join(home, "policy.yaml")})
+import erasure_pipeline
+assert erasure_pipeline.__file__.startswith(sys.argv[1]), erasure_pipeline.__file__
+from erasure_pipeline.app.cli.common import quiet_dagster
+from erasure_pipeline.app.process import drain
+from erasure_pipeline.app.runner import ensure_dagster_home, get_instance
+from erasure_pipeline.core.policy import load_policy
+from erasure_pipeline.defs.pipeline import build_definitions
+from erasure_pipeline.erasure.intake import erase_many
+
+ensure_dagster_home()
+quiet_dagster()
+defs, instance = build_definitions(load_policy()), get_instance()
+
+def erase(ids):
+    t0 = time.perf_counter()
+    erase_many(ids, reason="benchmark")
+    result = drain(defs, instance)
+    assert not result.failed_runs, "an erasure run failed"
+    return time.perf_counter() - t0
+
+singles_s = [erase([s]) for s in singles]
+batch_s = erase(batch) if batch else None
+print("RESULT " + json.dumps({"singles": singles_s, "batch": batch_s}))
+"""
+
+
+def _copy(home: Path, to: Path) -> None:
+    shutil.copytree(home, to, symlinks=True)
+    kek = home.parent / f"{home.name}.kek.json"  # the default key file lives beside the home
+    if kek.exists():
+        shutil.copy(kek, to.parent / f"{to.name}.kek.json")
+
+
+def _erase(code: Path, home: Path, singles: list[str], batch: list[str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(code), str(home), json.dumps(singles), json.dumps(batch), PEPPER],
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"the erasures with {code} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def _built(args: argparse.Namespace, where: Path) -> Path:
+    from benchmarks import erasure_cost
+
+    erasure_cost.main(["--subjects", str(args.subjects), "--seed", str(args.seed), "--subjects-per-file",
+                       str(args.subjects_per_file), "--batch", "1", "--fresh", "0", "--keep", str(where)])
+    return where
+
+
+def _rev(rev: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="the commit to compare this checkout with (any git revision)")
+    ap.add_argument("--keep", default=None, help="a home erasure_cost built and kept (default: build one here)")
+    ap.add_argument("--subjects", type=int, default=200_000, help="the home's size, as erasure_cost was given it")
+    ap.add_argument("--seed", type=int, default=7, help="the home's landing seed, as erasure_cost was given it")
+    ap.add_argument("--subjects-per-file", type=int, default=10_000, help="for a home built here")
+    ap.add_argument("-n", type=int, default=7, help="single erasures per copy (after one that warms the process)")
+    ap.add_argument("--batch", type=int, default=100, help="then this many in one tick (0: none)")
+    ap.add_argument("--pairs", type=int, default=4)
+    args = ap.parse_args(argv)
+
+    from erasure_pipeline.app.demo import subject_ids
+
+    base_rev, head_rev = _rev(args.base), _rev("HEAD")
+    scratch = Path(tempfile.mkdtemp(prefix="erasure-bench-pairs-"))
+    base = scratch / "base"
+    try:
+        home = Path(args.keep) if args.keep else _built(args, scratch / "built")
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, capture_output=True, check=True)
+        ids = subject_ids(args.subjects, args.seed)
+        pairs = []
+        for n in range(max(1, args.pairs)):
+            chosen = random.Random(2000 + n).sample(ids, 1 + args.n + args.batch)
+            singles, batch = chosen[:1 + args.n], chosen[1 + args.n:]
+            pair = {}
+            for label, code in ([("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]):
+                copy = scratch / f"pair{n}-{label}"
+                _copy(home, copy)
+                got = _erase(code, copy, singles, batch)
+                shutil.rmtree(copy, ignore_errors=True)
+                (scratch / f"{copy.name}.kek.json").unlink(missing_ok=True)
+                pair[label] = {"one": statistics.median(got["singles"][1:]), "batch": got["batch"]}
+            pairs.append(pair)
+            print(f"pair {n + 1}: one subject base {pair['base']['one']:.3f} s, this {pair['this']['one']:.3f} s", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True, check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print()
+    print(f"Machine: {machine()}")
+    print(f"Base {base_rev}, this checkout {head_rev} (with any uncommitted change); home of {args.subjects:,} subjects "
+          f"({'kept at ' + args.keep if args.keep else 'built here'}); each copy in a process started for it: one erasure "
+          f"that warms it, {args.n} single erasures, then one tick of {args.batch}")
+    print()
+    rows = []
+    for what, key in ([("one subject, median of the copy's singles", "one")] + ([(f"{args.batch} subjects in one tick", "batch")] if args.batch else [])):
+        ratios = [p["this"][key] / p["base"][key] for p in pairs]
+        rows += [[f"{what}: pair {n} ({'base first' if n % 2 else 'this first'})", p["base"][key], p["this"][key], r]
+                 for n, (p, r) in enumerate(zip(pairs, ratios, strict=True), 1)]
+        rows.append([f"{what}: median of {len(pairs)} pairs", statistics.median(p["base"][key] for p in pairs),
+                     statistics.median(p["this"][key] for p in pairs), statistics.median(ratios)])
+    print(table(["erasure", "base (s)", "this (s)", "this / base"], rows))
+
+
+if __name__ == "__main__":
+    main()
