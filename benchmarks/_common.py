@@ -65,6 +65,23 @@ def project_home(policy_text: str, keep: str | None = None) -> Iterator[Path]:
                 sibling.unlink(missing_ok=True)  # the default key file lives beside the home
 
 
+def copy_home(home: Path, to: Path) -> None:
+    """A copy of a kept project home at ``to``, with the default key file that lives beside it."""
+    shutil.copytree(home, to, symlinks=True)
+    kek = home.parent / f"{home.name}.kek.json"
+    if kek.exists():
+        shutil.copy(kek, to.parent / f"{to.name}.kek.json")
+
+
+def built_home(subjects: int, seed: int, subjects_per_file: int, where: Path) -> Path:
+    """A home ``erasure_cost`` builds and keeps at ``where`` (for a benchmark given no ``--keep``)."""
+    from benchmarks import erasure_cost
+
+    erasure_cost.main(["--subjects", str(subjects), "--seed", str(seed), "--subjects-per-file", str(subjects_per_file),
+                       "--batch", "1", "--fresh", "0", "--keep", str(where)])
+    return where
+
+
 class Timer:
     def __enter__(self) -> Self:
         self.t0 = time.perf_counter()

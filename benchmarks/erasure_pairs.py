@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import PEPPER, machine, table
+from benchmarks._common import PEPPER, built_home, copy_home, machine, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,13 +64,6 @@ print("RESULT " + json.dumps({"singles": singles_s, "batch": batch_s}))
 """
 
 
-def _copy(home: Path, to: Path) -> None:
-    shutil.copytree(home, to, symlinks=True)
-    kek = home.parent / f"{home.name}.kek.json"  # the default key file lives beside the home
-    if kek.exists():
-        shutil.copy(kek, to.parent / f"{to.name}.kek.json")
-
-
 def _erase(code: Path, home: Path, singles: list[str], batch: list[str]) -> dict:
     done = subprocess.run([sys.executable, "-c", _CHILD, str(code), str(home), json.dumps(singles), json.dumps(batch), PEPPER],
                           capture_output=True, text=True, check=False)
@@ -78,14 +71,6 @@ def _erase(code: Path, home: Path, singles: list[str], batch: list[str]) -> dict
     if done.returncode != 0 or not lines:
         raise SystemExit(f"the erasures with {code} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return json.loads(lines[-1].removeprefix("RESULT "))
-
-
-def _built(args: argparse.Namespace, where: Path) -> Path:
-    from benchmarks import erasure_cost
-
-    erasure_cost.main(["--subjects", str(args.subjects), "--seed", str(args.seed), "--subjects-per-file",
-                       str(args.subjects_per_file), "--batch", "1", "--fresh", "0", "--keep", str(where)])
-    return where
 
 
 def _rev(rev: str) -> str:
@@ -110,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="erasure-bench-pairs-"))
     base = scratch / "base"
     try:
-        home = Path(args.keep) if args.keep else _built(args, scratch / "built")
+        home = Path(args.keep) if args.keep else built_home(args.subjects, args.seed, args.subjects_per_file, scratch / "built")
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, capture_output=True, check=True)
         ids = subject_ids(args.subjects, args.seed)
         pairs = []
@@ -120,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             pair = {}
             for label, code in ([("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]):
                 copy = scratch / f"pair{n}-{label}"
-                _copy(home, copy)
+                copy_home(home, copy)
                 got = _erase(code, copy, singles, batch)
                 shutil.rmtree(copy, ignore_errors=True)
                 (scratch / f"{copy.name}.kek.json").unlink(missing_ok=True)

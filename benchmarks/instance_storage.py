@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import machine, project_home, table
+from benchmarks._common import built_home, copy_home, machine, project_home, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,10 +40,7 @@ STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
 
 
 def _copy(home: Path, to: Path, variant: str, postgres: bool) -> None:
-    shutil.copytree(home, to, symlinks=True)
-    kek = home.parent / f"{home.name}.kek.json"  # the default key file lives beside the home
-    if kek.exists():
-        shutil.copy(kek, to.parent / f"{to.name}.kek.json")
+    copy_home(home, to)
     config = to / "dagster" / "dagster.yaml"
     instance = yaml.safe_load(((REPO / "deploy" / "dagster.yaml") if postgres else config).read_text())
     if variant == "dagster":
@@ -101,14 +98,6 @@ def _database(server: str | None, copy: Path):
         admin.dispose()
 
 
-def _built(args: argparse.Namespace, where: Path) -> Path:
-    from benchmarks import erasure_cost
-
-    erasure_cost.main(["--subjects", str(args.subjects), "--seed", str(args.seed), "--subjects-per-file",
-                       str(args.subjects_per_file), "--batch", "1", "--fresh", "0", "--keep", str(where)])
-    return where
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", default=None, help="a home erasure_cost built and kept (default: build one here)")
@@ -125,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="erasure-bench-storage-"))
     try:
-        home = Path(args.keep) if args.keep else _built(args, scratch / "built")
+        home = Path(args.keep) if args.keep else built_home(args.subjects, args.seed, args.subjects_per_file, scratch / "built")
         ids = subject_ids(args.subjects, args.seed)
         rows, singles_of, batches_of = [], {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
         for p in range(args.passes):
