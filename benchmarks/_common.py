@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -73,12 +74,25 @@ def copy_home(home: Path, to: Path) -> None:
         shutil.copy(kek, to.parent / f"{to.name}.kek.json")
 
 
-def built_home(subjects: int, seed: int, subjects_per_file: int, where: Path) -> Path:
-    """A home ``erasure_cost`` builds and keeps at ``where`` (for a benchmark given no ``--keep``)."""
+def kept_home_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that erases on copies of a kept home: which home, and the erasures on each copy."""
+    ap.add_argument("--keep", default=None, help="a home erasure_cost built and kept (default: build one here)")
+    ap.add_argument("--subjects", type=int, default=200_000, help="the home's size, as erasure_cost was given it")
+    ap.add_argument("--seed", type=int, default=7, help="the home's landing seed, as erasure_cost was given it")
+    ap.add_argument("--subjects-per-file", type=int, default=10_000, help="for a home built here")
+    ap.add_argument("-n", type=int, default=7, help="single erasures per copy (after one that warms the process)")
+    ap.add_argument("--batch", type=int, default=100, help="then this many in one tick (0: none)")
+
+
+def kept_home(args: argparse.Namespace, scratch: Path) -> Path:
+    """``--keep``'s home, or one ``erasure_cost`` builds and keeps under ``scratch`` (``kept_home_arguments``)."""
+    if args.keep:
+        return Path(args.keep)
     from benchmarks import erasure_cost
 
-    erasure_cost.main(["--subjects", str(subjects), "--seed", str(seed), "--subjects-per-file", str(subjects_per_file),
-                       "--batch", "1", "--fresh", "0", "--keep", str(where)])
+    where = scratch / "built"
+    erasure_cost.main(["--subjects", str(args.subjects), "--seed", str(args.seed), "--subjects-per-file",
+                       str(args.subjects_per_file), "--batch", "1", "--fresh", "0", "--keep", str(where)])
     return where
 
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import PEPPER, built_home, copy_home, machine, table
+from benchmarks._common import PEPPER, copy_home, kept_home, kept_home_arguments, machine, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,10 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 _CHILD = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
-home, singles, batch = sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+home = sys.argv[2]
+singles, batch = json.load(sys.stdin)  # the subjects' ids on stdin, not in the process's command line
 for k in [k for k in os.environ if k.startswith("ERASURE_PIPELINE_") or k == "DAGSTER_HOME"]:
     os.environ.pop(k)
-os.environ.update({"ERASURE_PIPELINE_HOME": home, "ERASURE_PIPELINE_PEPPER": sys.argv[5],
+os.environ.update({"ERASURE_PIPELINE_HOME": home, "ERASURE_PIPELINE_PEPPER": sys.argv[3],
                    "ERASURE_PIPELINE_POLICY": os.path.join(home, "policy.yaml")})
 import erasure_pipeline
 assert erasure_pipeline.__file__.startswith(sys.argv[1]), erasure_pipeline.__file__
@@ -65,7 +66,7 @@ print("RESULT " + json.dumps({"singles": singles_s, "batch": batch_s}))
 
 
 def _erase(code: Path, home: Path, singles: list[str], batch: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(code), str(home), json.dumps(singles), json.dumps(batch), PEPPER],
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(code), str(home), PEPPER], input=json.dumps([singles, batch]),
                           capture_output=True, text=True, check=False)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -80,12 +81,7 @@ def _rev(rev: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the commit to compare this checkout with (any git revision)")
-    ap.add_argument("--keep", default=None, help="a home erasure_cost built and kept (default: build one here)")
-    ap.add_argument("--subjects", type=int, default=200_000, help="the home's size, as erasure_cost was given it")
-    ap.add_argument("--seed", type=int, default=7, help="the home's landing seed, as erasure_cost was given it")
-    ap.add_argument("--subjects-per-file", type=int, default=10_000, help="for a home built here")
-    ap.add_argument("-n", type=int, default=7, help="single erasures per copy (after one that warms the process)")
-    ap.add_argument("--batch", type=int, default=100, help="then this many in one tick (0: none)")
+    kept_home_arguments(ap)
     ap.add_argument("--pairs", type=int, default=4)
     args = ap.parse_args(argv)
 
@@ -95,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="erasure-bench-pairs-"))
     base = scratch / "base"
     try:
-        home = Path(args.keep) if args.keep else built_home(args.subjects, args.seed, args.subjects_per_file, scratch / "built")
+        home = kept_home(args, scratch)
         subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, capture_output=True, check=True)
         ids = subject_ids(args.subjects, args.seed)
         pairs = []

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import built_home, copy_home, machine, project_home, table
+from benchmarks._common import copy_home, kept_home, kept_home_arguments, machine, project_home, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,12 +100,7 @@ def _database(server: str | None, copy: Path):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep", default=None, help="a home erasure_cost built and kept (default: build one here)")
-    ap.add_argument("--subjects", type=int, default=200_000, help="the home's size, as erasure_cost was given it")
-    ap.add_argument("--seed", type=int, default=7, help="the home's landing seed, as erasure_cost was given it")
-    ap.add_argument("--subjects-per-file", type=int, default=10_000, help="for a home built here")
-    ap.add_argument("-n", type=int, default=7, help="single erasures per copy")
-    ap.add_argument("--batch", type=int, default=100, help="then this many in one tick (0: none)")
+    kept_home_arguments(ap)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--pg", default=None, help="a PostgreSQL server's URL (psycopg2): each copy's Dagster storage there")
     args = ap.parse_args(argv)
@@ -114,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="erasure-bench-storage-"))
     try:
-        home = Path(args.keep) if args.keep else built_home(args.subjects, args.seed, args.subjects_per_file, scratch / "built")
+        home = kept_home(args, scratch)
         ids = subject_ids(args.subjects, args.seed)
         rows, singles_of, batches_of = [], {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
         for p in range(args.passes):
