@@ -181,13 +181,13 @@ def test_a_version_2_ledger_is_migrated_in_place_on_postgres(pg_database):
     book.dispose()
 
 
-@pytest.mark.parametrize("version", [3, 9])
+@pytest.mark.parametrize("version", [3, 9, 11])
 def test_an_old_ledger_is_migrated_to_the_current_version_in_its_schema_on_postgres(pg_database, version):
     from erasure_pipeline_tests.test_ledger import KEY_A, KEY_B, SKELETON, make_old_ledger, provenance_key
 
     make_old_ledger(pg_database, version, schema="erasure_ledger")
     book = Ledger(pg_database)
-    assert book.migrate() == t.CURRENT_VERSION == 11
+    assert book.migrate() == t.CURRENT_VERSION == 12
     insp = sa.inspect(book.db._base_engine)
     assert {"skeleton_key", "blocked_by", "review", "footprint"} <= {c["name"] for c in insp.get_columns("erasure_requests", schema="erasure_ledger")}
     assert provenance_key(book, "erasure_ledger") == ["partition", "subject_key", "asset"]

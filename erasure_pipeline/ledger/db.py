@@ -197,12 +197,13 @@ def _add_columns(conn: Connection, columns: list[tuple[sa.Table, str]], schema: 
         conn.execute(sa.DDL("ALTER TABLE " + target + " ADD COLUMN " + spec))
 
 
-def _provenance_by_partition(conn: Connection, schema: str | None) -> None:
-    """Version 10: the provenance table rebuilt keyed by (partition, subject_key, asset), each subject's skeleton
-    (kept on its raw rows until now, where a ledger of version 4 or later has them) moved to ``subject_skeletons``.
+def _rebuild_provenance(conn: Connection, schema: str | None) -> None:
+    """Versions 10 and 12: the provenance table rebuilt as ``schema.provenance`` is now (keyed partition first since
+    10; its columns of each row's version, run and time dropped at 12), each subject's skeleton
+    (kept on its raw rows until 10, where a ledger of version 4 or later has them) moved to ``subject_skeletons``.
     The old table is copied aside, dropped (SQLite's ``secure_delete`` overwrites its pages) and copied back."""
     old = sa.Table("provenance", sa.MetaData(), schema=schema, autoload_with=conn)
-    aside = sa.Table("provenance_v9", sa.MetaData(), *[sa.Column(c.name, c.type) for c in old.columns], schema=schema)
+    aside = sa.Table("provenance_old", sa.MetaData(), *[sa.Column(c.name, c.type) for c in old.columns], schema=schema)
     aside.create(conn)
     conn.execute(aside.insert().from_select(list(old.c.keys()), sa.select(*old.columns)))
     old.drop(conn)
@@ -282,8 +283,8 @@ class Database:
                         for index in indexes:
                             index.drop(conn, checkfirst=True)
                             index.create(conn)
-                if current < 10:
-                    _provenance_by_partition(conn, self.schema)
+                if current < 12:
+                    _rebuild_provenance(conn, self.schema)
             if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION

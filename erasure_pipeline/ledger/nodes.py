@@ -53,7 +53,7 @@ class NodeRecords:
                 conn.execute(t.policy_snapshots.insert().values(code_version=code_version, fields=canonical_json(dict(policy_values)),
                                                                 recorded_at=now))
             if provenance is not None:
-                _update_provenance(conn, asset, part, provenance, provenance_scope, data_version, run_id, skeletons)
+                _update_provenance(conn, asset, part, provenance, provenance_scope, skeletons)
             if stats is not None:
                 conn.execute(t.partition_stats.delete().where(t.partition_stats.c.asset == asset, t.partition_stats.c.partition == part))
                 conn.execute(t.partition_stats.insert().values(asset=asset, partition=part, rows=stats[0], oldest=stats[1], recorded_at=now))
@@ -92,10 +92,10 @@ class NodeRecords:
             rows = conn.execute(sa.select(t.policy_snapshots).where(t.policy_snapshots.c.code_version.in_(wanted))).all()
         return {r.code_version: json.loads(r.fields) for r in rows}
 
-    def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int], content_hash: str, run_id: str) -> None:
+    def record_provenance(self, asset: str, partition: str, rows_by_key: Mapping[str, int]) -> None:
         """Make what the ledger knows of one asset partition's subjects what it now holds."""
         with self.db.tx() as conn:
-            _update_provenance(conn, asset, partition, rows_by_key, None, content_hash, run_id)
+            _update_provenance(conn, asset, partition, rows_by_key, None)
 
     def tombstoned_in(self, asset: str, partition: str, among: Iterable[str] | None = None) -> set[str]:
         """Tombstoned subjects the ledger still records in an asset partition: what an erasure there must remove.
@@ -157,7 +157,7 @@ def _held(conn: Connection, subject_keys: Iterable[str]) -> list:
 
 
 def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key: Mapping[str, int],
-                       scope: Iterable[str] | None, content_hash: str, run_id: str, skeletons: Mapping[str, str] | None = None) -> None:
+                       scope: Iterable[str] | None, skeletons: Mapping[str, str] | None = None) -> None:
     """Make the partition's provenance (of the subjects in ``scope``; None: all) equal ``rows_by_key``,
     writing only the rows that differ. ``skeletons``: subject key -> the keyed skeleton of their id, kept once per
     subject who holds rows; a subject who holds no row anywhere once it is written loses theirs."""
@@ -172,15 +172,11 @@ def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key
     gone = [k for k in existing if k not in wanted]
     for chunk in chunks(gone):
         conn.execute(t.provenance.delete().where(*where, P.subject_key.in_(chunk)))
-    now = utcnow()
-    changed = [{"k": k, "n": n, "h": content_hash, "r": run_id, "at": now} for k, n in wanted.items() if k in existing and existing[k] != n]
+    changed = [{"k": k, "n": n} for k, n in wanted.items() if k in existing and existing[k] != n]
     if changed:
-        conn.execute(t.provenance.update().where(*where, P.subject_key == sa.bindparam("k"))
-                     .values(rows=sa.bindparam("n"), content_hash=sa.bindparam("h"), run_id=sa.bindparam("r"), recorded_at=sa.bindparam("at")),
-                     changed)
+        conn.execute(t.provenance.update().where(*where, P.subject_key == sa.bindparam("k")).values(rows=sa.bindparam("n")), changed)
     added = sorted(k for k in wanted if k not in existing)  # in key order: filled in sequence
-    batch = [{"partition": partition, "subject_key": k, "asset": asset, "rows": wanted[k], "content_hash": content_hash, "run_id": run_id,
-              "recorded_at": now} for k in added]
+    batch = [{"partition": partition, "asset": asset, "subject_key": k, "rows": wanted[k]} for k in added]
     for chunk in chunks(batch, 5000):
         insert_many(conn, t.provenance, chunk)
     if skeletons:  # each subject's first; one who has none yet (a ledger older than look-alikes) gets it now

@@ -78,13 +78,13 @@ provenance = sa.Table(
     sa.Column("asset", sa.String(64), nullable=False),
     sa.Column("partition", sa.String(32), nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("run_id", sa.String(64), nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     # Partition first: a node records one partition at a time, so its rows land in one stretch of the key's B-tree
-    # (a subject's rows are found through the few partitions, ``NodeRecords._partitions``). Keyed by subject first,
-    # with an index of skeletons beside it, each record touched pages all over both (a 200 000-subject build's
-    # provenance 18.2 -> 4.1 s on SQLite, benchmarks/RESULTS.md). No rowid on SQLite: the key is the table.
+    # (a subject's rows are found through the few partitions, ``nodes._partitions``). Keyed by subject first, with an
+    # index of skeletons beside it, each record touched pages all over both (a 200 000-subject build's provenance
+    # 18.2 -> 4.1 s on SQLite, benchmarks/RESULTS.md). The partition's version and the run that wrote it are the
+    # node's record (``node_versions``), once per partition: a subject's row carries its count alone (since 12; the
+    # copies of both on every row were never read and were half of what a build wrote here). Why not asset before
+    # subject: benchmarks/RESULTS.md, "The ledger's provenance rows without their copies". No rowid on SQLite.
     sa.PrimaryKeyConstraint("partition", "subject_key", "asset", name="pk_provenance"),
     sqlite_with_rowid=False,
 )
@@ -372,9 +372,10 @@ A key is never created again for a subject listed here."""
 # landing_files.stamp (a file re-delivered under a name already taken is ingested again). 7: the key store:
 # kek_versions, key_groups, data_keys, key_erasures (new tables). 8: erasure_requests.footprint.
 # 9: the index of data_keys by group. 10: provenance keyed by partition first, its skeletons moved to
-# subject_skeletons (one per subject; ``Database.migrate`` rebuilds the table, ``_provenance_by_partition``).
-# 11: shard_leases (a new table).
-CURRENT_VERSION = 11
+# subject_skeletons (one per subject; ``Database.migrate`` rebuilds the table, ``db._rebuild_provenance``).
+# 11: shard_leases (a new table). 12: provenance without its per-row content_hash, run_id and recorded_at (never
+# read: the node's record holds them per partition; ``db._rebuild_provenance`` rebuilds the table again).
+CURRENT_VERSION = 12
 ADDED_COLUMNS = {3: [(erasure_requests, "run_id"), (landing_batches, "status"), (landing_batches, "run_id"),
                     (audit_log, "signature"), (tombstones, "rule")],
                  4: [(erasure_requests, "skeleton_key"), (erasure_requests, "blocked_by"), (erasure_requests, "review")],
