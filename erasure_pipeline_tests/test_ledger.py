@@ -271,6 +271,9 @@ def test_an_older_ledger_keeps_its_provenance_and_skeletons_keyed_by_partition_f
     assert book.migrate() == t.CURRENT_VERSION
     assert provenance_key(book) == ["partition", "subject_key", "asset"]
     assert {c["name"] for c in sa.inspect(book.db.engine).get_columns("provenance")} == {"subject_key", "asset", "partition", "rows"}
+    with book.db.connect() as conn:  # compacted after the rebuild: no freed page kept, the log emptied into the file
+        assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+    assert not (tmp_path / f"v{version}.sqlite-wal").exists() or (tmp_path / f"v{version}.sqlite-wal").stat().st_size == 0
     assert {i["name"] for i in sa.inspect(book.db.engine).get_indexes("provenance")} == set()  # the key is the only one
     assert [(r["subject_key"], r["partition"], r["rows"]) for r in book.nodes.provenance_for([KEY_A, KEY_B])] == [
         (KEY_A, "shard_00", 1), (KEY_B, "shard_01", 1)]

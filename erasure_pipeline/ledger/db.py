@@ -9,6 +9,7 @@ filing, claiming and logging at once never interleave a chain or claim one reque
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -262,6 +263,7 @@ class Database:
         with self._base_engine.begin() as conn:
             if self.schema:
                 conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+        rebuilt = False
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK + 1})
@@ -285,10 +287,32 @@ class Database:
                             index.create(conn)
                 if current < 12:
                     _rebuild_provenance(conn, self.schema)
+                    rebuilt = True
             if current is None or current < t.CURRENT_VERSION:
                 conn.execute(t.schema_version.insert().values(version=t.CURRENT_VERSION, applied_at=utcnow()))
                 current = t.CURRENT_VERSION
+        if rebuilt:
+            self.compact()
         return int(current)
+
+    def compact(self) -> None:
+        """SQLite, after a migration rebuilt a large table: its write-ahead log emptied into the file and the file
+        rewritten without the old table's freed pages. Left alone, the next runs read through and then checkpoint a
+        log of the whole rebuild (312 MiB for a 200 000-subject ledger; erasures 1.03 x and 100-subject batches 1.07 x
+        slower in two pairs) and the file keeps the freed half (429 MiB -> 170 MiB). Best effort: a database that another
+        process keeps busy stays as it is, its log emptied by later checkpoints and its free pages reused."""
+        if self.dialect != "sqlite":
+            return  # Postgres returns a dropped table's files at once
+        self.checkpoint(truncate=True)
+        raw = self.engine.raw_connection()
+        try:
+            raw.cursor().execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # busy or locked: nothing was changed
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        finally:
+            raw.close()
+        self.checkpoint(truncate=True)
 
     def dispose(self) -> None:
         self._base_engine.dispose()
