@@ -64,3 +64,4 @@ bench:
 	$(PY) -m benchmarks.build_pairs --base HEAD~1 --subjects 200000 --pairs 4
 	$(PY) -m benchmarks.instance_storage --subjects 200000 --passes 2
 	$(PY) -m benchmarks.erasure_pairs --base HEAD~1 --subjects 200000 --pairs 4
+	$(PY) -m benchmarks.provenance_records --base HEAD~1 --subjects 200000 --pairs 2

@@ -83,6 +83,15 @@ def test_build_pairs_builds_the_base_and_this_checkout_and_compares_them():
 
 
 @pytest.mark.slow
+def test_provenance_records_records_and_looks_up_with_the_base_and_this_checkout():
+    out = _bench("provenance_records", "--base", "HEAD", "--subjects", "2000", "--shards", "4", "--pairs", "1")
+    for label in ("a build's provenance recorded (s)", "provenance_for 100 subjects (ms)", "ledger file after them (MiB)"):
+        base, this, ratio = (float(v) for v in _row(out, label)[1:4])
+        assert base > 0 and this > 0 and ratio == pytest.approx(this / base, rel=1e-2)
+    assert "The base's ledger opened by this checkout (ledger version" in out
+
+
+@pytest.mark.slow
 def test_sealing_cost_builds_each_variant_in_a_process_of_its_own_and_compares_them():
     out = _bench("sealing_cost", "--subjects", "300", "--subjects-per-file", "150", "--repeats", "1", "--erasures", "1")
     plain, sealed, ratio = (float(v) for v in _row(out, "pair 1 (back to back)")[1:4])
