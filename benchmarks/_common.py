@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +18,9 @@ from pathlib import Path
 from typing import Self
 
 PEPPER = "benchmark-pepper-not-secret"
+REPO = Path(__file__).resolve().parents[1]
+RESULT = "RESULT "
+"""How a benchmark's child process hands its measurements back: one line of JSON after this prefix (its last wins)."""
 
 
 def machine() -> str:
@@ -94,6 +100,33 @@ def kept_home(args: argparse.Namespace, scratch: Path) -> Path:
     erasure_cost.main(["--subjects", str(args.subjects), "--seed", str(args.seed), "--subjects-per-file",
                        str(args.subjects_per_file), "--batch", "1", "--fresh", "0", "--keep", str(where)])
     return where
+
+
+def child_result(command: Sequence[str], what: str, stdin: str | None = None, echo: bool = False) -> dict:
+    """Run a benchmark's child process; its last ``RESULT`` line's JSON. ``echo``: print its other output. A child
+    that failed or printed no result stops the benchmark with the end of its output, naming ``what`` failed."""
+    done = subprocess.run([sys.executable, *command], input=stdin, capture_output=True, text=True, check=False)
+    if echo:
+        print("\n".join(ln for ln in done.stdout.splitlines() if not ln.startswith(RESULT)), flush=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{what} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix(RESULT))
+
+
+def short_rev(rev: str) -> str:
+    """A git revision of this repository, as its short commit id."""
+    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def base_worktree(rev: str, at: Path) -> Iterator[Path]:
+    """``rev`` checked out at ``at`` (a detached git worktree, removed afterwards): the base a pairs benchmark runs."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(at), rev], cwd=REPO, capture_output=True, check=True)
+    try:
+        yield at
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(at)], cwd=REPO, capture_output=True, check=False)
 
 
 class Timer:

@@ -15,16 +15,11 @@ breakdown``). ``--base`` must be a commit whose benchmarks have ``erasure_cost.b
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import machine, table
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks._common import REPO, base_worktree, child_result, machine, short_rev, table
 
 # Run in a child with only ``code`` on the path before the installed package: that checkout's pipeline and benchmarks.
 _CHILD = """
@@ -57,11 +52,7 @@ print("RESULT " + json.dumps({"build": seconds, "parts": {**steps, **nodes}}))
 
 
 def _build(code: Path, landing_args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(code), *landing_args], capture_output=True, text=True, check=False)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"a build in {code} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return child_result(["-c", _CHILD, str(code), *landing_args], f"a build in {code}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,20 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     landing_args = ["--subjects", str(args.subjects), "--seed", str(args.seed), "--events-per-subject", str(args.events_per_subject),
                     "--tickets-per-subject", str(args.tickets_per_subject), "--subjects-per-file", str(args.subjects_per_file)]
-    base_rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    head_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="build-pairs-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, capture_output=True, check=True)
-        try:
-            pairs = []
-            for n in range(max(1, args.pairs)):
-                order = [("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]
-                pair = {label: _build(code, landing_args) for label, code in order}
-                pairs.append(pair)
-                print(f"pair {n + 1}: base {pair['base']['build']:.1f} s, this {pair['this']['build']:.1f} s", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True, check=False)
+    base_rev, head_rev = short_rev(args.base), short_rev("HEAD")
+    with tempfile.TemporaryDirectory(prefix="build-pairs-") as tmp, base_worktree(args.base, Path(tmp) / "base") as base:
+        pairs = []
+        for n in range(max(1, args.pairs)):
+            order = [("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]
+            pair = {label: _build(code, landing_args) for label, code in order}
+            pairs.append(pair)
+            print(f"pair {n + 1}: base {pair['base']['build']:.1f} s, this {pair['this']['build']:.1f} s", flush=True)
     ratios = [p["this"]["build"] / p["base"]["build"] for p in pairs]
     print()
     print(f"Machine: {machine()}")

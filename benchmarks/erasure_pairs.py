@@ -20,14 +20,21 @@ import json
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import PEPPER, copy_home, kept_home, kept_home_arguments, machine, table
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks._common import (
+    PEPPER,
+    REPO,
+    base_worktree,
+    child_result,
+    copy_home,
+    kept_home,
+    kept_home_arguments,
+    machine,
+    short_rev,
+    table,
+)
 
 # Run in a child with only ``code`` on the path before the installed package: that checkout's pipeline.
 _CHILD = """
@@ -66,16 +73,27 @@ print("RESULT " + json.dumps({"singles": singles_s, "batch": batch_s}))
 
 
 def _erase(code: Path, home: Path, singles: list[str], batch: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(code), str(home), PEPPER], input=json.dumps([singles, batch]),
-                          capture_output=True, text=True, check=False)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"the erasures with {code} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return child_result(["-c", _CHILD, str(code), str(home), PEPPER], f"the erasures with {code}", stdin=json.dumps([singles, batch]))
 
 
-def _rev(rev: str) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+def _pairs(args: argparse.Namespace, home: Path, scratch: Path, base: Path, ids: list[str]) -> list[dict]:
+    """Each pair: the same subjects erased on two copies of ``home``, by the base and by this checkout (the order
+    swapped every pair); per side, the median of its singles (the warming one left out) and the batch."""
+    pairs = []
+    for n in range(max(1, args.pairs)):
+        chosen = random.Random(2000 + n).sample(ids, 1 + args.n + args.batch)
+        singles, batch = chosen[:1 + args.n], chosen[1 + args.n:]
+        pair = {}
+        for label, code in ([("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]):
+            copy = scratch / f"pair{n}-{label}"
+            copy_home(home, copy)
+            got = _erase(code, copy, singles, batch)
+            shutil.rmtree(copy, ignore_errors=True)
+            (scratch / f"{copy.name}.kek.json").unlink(missing_ok=True)
+            pair[label] = {"one": statistics.median(got["singles"][1:]), "batch": got["batch"]}
+        pairs.append(pair)
+        print(f"pair {n + 1}: one subject base {pair['base']['one']:.3f} s, this {pair['this']['one']:.3f} s", flush=True)
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,29 +105,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from erasure_pipeline.app.demo import subject_ids
 
-    base_rev, head_rev = _rev(args.base), _rev("HEAD")
+    base_rev, head_rev = short_rev(args.base), short_rev("HEAD")
     scratch = Path(tempfile.mkdtemp(prefix="erasure-bench-pairs-"))
-    base = scratch / "base"
     try:
         home = kept_home(args, scratch)
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, capture_output=True, check=True)
-        ids = subject_ids(args.subjects, args.seed)
-        pairs = []
-        for n in range(max(1, args.pairs)):
-            chosen = random.Random(2000 + n).sample(ids, 1 + args.n + args.batch)
-            singles, batch = chosen[:1 + args.n], chosen[1 + args.n:]
-            pair = {}
-            for label, code in ([("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]):
-                copy = scratch / f"pair{n}-{label}"
-                copy_home(home, copy)
-                got = _erase(code, copy, singles, batch)
-                shutil.rmtree(copy, ignore_errors=True)
-                (scratch / f"{copy.name}.kek.json").unlink(missing_ok=True)
-                pair[label] = {"one": statistics.median(got["singles"][1:]), "batch": got["batch"]}
-            pairs.append(pair)
-            print(f"pair {n + 1}: one subject base {pair['base']['one']:.3f} s, this {pair['this']['one']:.3f} s", flush=True)
+        with base_worktree(args.base, scratch / "base") as base:
+            pairs = _pairs(args, home, scratch, base, subject_ids(args.subjects, args.seed))
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True, check=False)
         shutil.rmtree(scratch, ignore_errors=True)
 
     print()

@@ -17,14 +17,11 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import machine, table
+from benchmarks._common import REPO, base_worktree, child_result, machine, short_rev, table
 
-REPO = Path(__file__).resolve().parents[1]
 ASSETS = {"raw_subjects": 1.0, "raw_events": 1.0, "raw_tickets": 0.3, "training_shards": 1.0, "vector_index": 0.3}
 
 _CHILD = """
@@ -74,12 +71,7 @@ ROWS = [("build", "a build's provenance recorded (s)", 1), ("rerecord", "one vec
 
 
 def _run(code: Path, n: int, shards: int, path: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(code), str(n), str(shards), str(path), json.dumps(ASSETS)],
-                          capture_output=True, text=True, check=False)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"the ledger's records in {code} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return child_result(["-c", _CHILD, str(code), str(n), str(shards), str(path), json.dumps(ASSETS)], f"the ledger's records in {code}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,28 +81,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--pairs", type=int, default=2)
     args = ap.parse_args(argv)
-    rev = {side: subprocess.run(["git", "rev-parse", "--short", r], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-           for side, r in (("base", args.base), ("this", "HEAD"))}
-    with tempfile.TemporaryDirectory(prefix="provenance-records-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=REPO, capture_output=True, check=True)
-        try:
-            pairs = []
-            for n in range(max(1, args.pairs)):
-                order = [("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]
-                pair = {}
-                for side, code in order:
-                    ledger = Path(tmp) / f"{side}.sqlite"
-                    for suffix in ("", "-wal", "-shm"):
-                        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
-                    pair[side] = _run(code, args.subjects, args.shards, ledger)
-                pairs.append(pair)
-                print(f"pair {n + 1}: base {pair['base']['build']:.1f} s, this {pair['this']['build']:.1f} s", flush=True)
-            copy = Path(tmp) / "migrated.sqlite"
-            shutil.copy(Path(tmp) / "base.sqlite", copy)
-            migrated = _run(REPO, 0, args.shards, copy)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True, check=False)
+    rev = {"base": short_rev(args.base), "this": short_rev("HEAD")}
+    with tempfile.TemporaryDirectory(prefix="provenance-records-") as tmp, base_worktree(args.base, Path(tmp) / "base") as base:
+        pairs = []
+        for n in range(max(1, args.pairs)):
+            order = [("base", base), ("this", REPO)] if n % 2 == 0 else [("this", REPO), ("base", base)]
+            pair = {}
+            for side, code in order:
+                ledger = Path(tmp) / f"{side}.sqlite"
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+                pair[side] = _run(code, args.subjects, args.shards, ledger)
+            pairs.append(pair)
+            print(f"pair {n + 1}: base {pair['base']['build']:.1f} s, this {pair['this']['build']:.1f} s", flush=True)
+        copy = Path(tmp) / "migrated.sqlite"
+        shutil.copy(Path(tmp) / "base.sqlite", copy)
+        migrated = _run(REPO, 0, args.shards, copy)
     med = {side: {k: statistics.median(p[side][k] for p in pairs) * scale for k, _, scale in ROWS} for side in ("base", "this")}
     print()
     print(f"Machine: {machine()}")

@@ -23,11 +23,10 @@ import json
 import random
 import re
 import statistics
-import subprocess
 import sys
 import time
 
-from benchmarks._common import Timer, landing, ledger, machine, peak_rss_mib, project_home, table
+from benchmarks._common import RESULT, Timer, child_result, landing, ledger, machine, peak_rss_mib, project_home, table
 from benchmarks.erasure_cost import breakdown, landing_arguments
 from erasure_pipeline.app.demo import DEMO_POLICY
 
@@ -116,13 +115,8 @@ def _medians(runs: list[dict]) -> dict:
 
 def _fresh(sealed: bool, argv: list[str]) -> dict:
     """``_run`` in a child process of its own (``--variant``): its result, and its peak RSS."""
-    done = subprocess.run([sys.executable, "-m", "benchmarks.sealing_cost", *argv, "--variant", "sealed" if sealed else "plain"],
-                          capture_output=True, text=True, check=False)
-    print("\n".join(ln for ln in done.stdout.splitlines() if not ln.startswith("RESULT ")), flush=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"the {'sealed' if sealed else 'plain'} variant failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    variant = "sealed" if sealed else "plain"
+    return child_result(["-m", "benchmarks.sealing_cost", *argv, "--variant", variant], f"the {variant} variant", echo=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.variant:
         out = _run(args.variant == "sealed", args)
-        print("RESULT " + json.dumps({**out, "peak_rss_mib": peak_rss_mib()}, default=str), flush=True)
+        print(RESULT + json.dumps({**out, "peak_rss_mib": peak_rss_mib()}, default=str), flush=True)
         return
     argv = list(sys.argv[1:] if argv is None else argv)
     pairs = [(_fresh(False, argv), _fresh(True, argv)) for _ in range(max(1, args.repeats))]
