@@ -304,6 +304,49 @@ def test_a_skeleton_is_kept_while_its_subject_holds_data_anywhere(book):
         assert conn.execute(sa.select(sa.func.count()).select_from(t.subject_skeletons)).scalar() == 0
 
 
+def test_the_claim_keeps_staged_skeletons_once_never_an_erased_subjects_and_a_certificate_forgets_them(book):
+    """An ingest's claim stores the skeletons of the subjects it staged (``keep_skeletons``) before a raw step records
+    their rows: never for a tombstoned subject, and a raw record after it stores none twice. A staged subject whose rows
+    no raw step kept is no look-alike, and their certificate forgets their skeleton; a subject holding data keeps it."""
+    key_c = "c" * 64
+
+    def held() -> list[str]:
+        with book.db.connect() as conn:
+            return list(conn.execute(sa.select(t.subject_skeletons.c.subject_key).order_by(t.subject_skeletons.c.subject_key)).scalars())
+
+    book.requests.file(KEY_B, 0, due_days=30)  # tombstoned before the claim
+    assert book.nodes.keep_skeletons({KEY_A: SKELETON, KEY_B: SKELETON, key_c: SKELETON}) == 2
+    assert book.nodes.keep_skeletons({KEY_A: SKELETON, key_c: SKELETON}) == 0 and held() == [KEY_A, key_c]
+    book.nodes.record("raw_subjects", "shard_00", data_version="d", code_version="c", inputs={}, run_id="r", provenance={KEY_A: 1},
+                      skeletons={KEY_A: SKELETON})
+    assert held() == [KEY_A, key_c]
+    assert book.nodes.look_alikes(SKELETON, KEY_B) == {KEY_A}  # c was staged and holds nothing: no look-alike
+    for n, subject in enumerate([key_c, KEY_A]):
+        rid, _ = book.requests.file(subject, 0, due_days=30)
+        claim(book, f"eb-{n}", [rid], "run-1")
+        book.certificates.complete(rid, {"request_id": rid, "anonymised_data_subject": subject})
+        book.runs.finish_batch(f"eb-{n}", "certified", "run-1")
+    assert held() == [KEY_A]  # c's certificate forgot theirs; A still holds a row (the ledger alone is asked here)
+
+
+@pytest.mark.parametrize("size", [2, 5000])
+def test_held_keys_by_lists_or_one_scan_and_a_page_cache_set_back(book, size):
+    """``db.held_keys`` answers alike whether it asks by ``IN`` lists or scans the table (many keys against it: the
+    ``size`` of 2 makes 9 keys many against 5); ``db.page_cache`` puts the connection's cache back as it was."""
+    from erasure_pipeline.ledger.db import held_keys, page_cache
+
+    stored = [f"{i:064x}" for i in range(5)]
+    book.requests.file_many([(k, 0) for k in stored], due_days=30)
+    asked = [f"{i:064x}" for i in range(3, 12)]
+    with book.db.tx() as conn:
+        before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        with page_cache(conn, 64):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -64 * 1024
+            assert held_keys(conn, t.tombstones, asked, size) == set(stored[3:])
+            assert held_keys(conn, t.tombstones, [], size) == set()
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == before
+
+
 def test_a_request_is_revoked_only_before_anything_acted_on_it(book):
     rid, _ = book.requests.file(KEY_A, 0, due_days=30)
     with book.db.tx() as conn:

@@ -1,9 +1,9 @@
 """What an erasure did and the certificate that says so: per-node actions, certificates and their amendments.
 
 A certificate arrives signed (``core.signing``, by the erasure layer); completing a request stores it,
-appends the audit row, queues the recipients' notices and destroys the sealed ids no notice needs, in one
-transaction. A certificate is amended (re-signed, a new audit row citing the previous hash) when a recipient
-confirms or its notice is dead-lettered.
+appends the audit row, queues the recipients' notices, destroys the sealed ids no notice needs and forgets the
+subject's look-alike skeleton when they hold no data, in one transaction. A certificate is amended (re-signed, a
+new audit row citing the previous hash) when a recipient confirms or its notice is dead-lettered.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from erasure_pipeline.core.signing import canonical_json
 from erasure_pipeline.ledger import schema as t
 from erasure_pipeline.ledger.audit import AuditLog
 from erasure_pipeline.ledger.db import Database, LedgerError, utcnow
+from erasure_pipeline.ledger.nodes import forget_skeletons_of_the_gone
 from erasure_pipeline.ledger.notices import Notices
 
 R = t.erasure_requests.c
@@ -30,8 +31,9 @@ class Certificates:
         self.db, self.audit = db, audit
 
     def complete(self, request_id: str, certificate: Mapping[str, Any], notices: Sequence[Mapping[str, Any]] = ()) -> dict:
-        """Completed, with its certificate stored and audited, its recipients' ``notices`` queued and every sealed id
-        no notice carries destroyed, in one transaction. Returns the certificate as stored."""
+        """Completed, with its certificate stored and audited, its recipients' ``notices`` queued, every sealed id
+        no notice carries destroyed and the subject's skeleton forgotten if they hold no data, in one transaction.
+        Returns the certificate as stored."""
         body = canonical_json(certificate)
         digest = hashlib.sha256(body.encode()).hexdigest()
         now = utcnow()
@@ -49,6 +51,8 @@ class Certificates:
             Notices.queue(conn, notices, now)
             keep = [n["recipient"] for n in notices]
             conn.execute(t.sealed_ids.delete().where(t.sealed_ids.c.request_id == request_id, t.sealed_ids.c.recipient.not_in(keep)))
+            subject = conn.execute(sa.select(R.subject_key).where(R.request_id == request_id)).scalar()
+            forget_skeletons_of_the_gone(conn, [subject])
         return dict(certificate)
 
     def amend(self, request_id: str, certificate: Mapping[str, Any], why: str) -> dict:

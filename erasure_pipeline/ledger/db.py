@@ -8,6 +8,7 @@ filing, claiming and logging at once never interleave a chain or claim one reque
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -119,6 +120,45 @@ def rows_by_subject(conn: Connection, table: sa.Table, keys: list[str], size: in
         return by_lists()
     wanted = set(keys)
     return [r for r in conn.execute(sa.select(*columns)) if r[0] in wanted]
+
+
+def held_keys(conn: Connection, table: sa.Table, keys: list[str], size: int = 5000) -> set[str]:
+    """Which of ``keys`` ``table`` holds (by its ``subject_key``). On SQLite through the driver's own cursor: ``IN``
+    lists of ``size``, or one scan when the keys are many against the table, as ``rows_by_subject`` decides (200 000
+    keys in 16 calls: 1.8 s through SQLAlchemy, its parameter expansion and row-by-row fetch most of it)."""
+    if not keys:
+        return set()
+    if conn.dialect.name != "sqlite":
+        return {r[0] for r in rows_by_subject(conn, table, keys, size, table.c.subject_key)}
+    name = conn.dialect.identifier_preparer.quote(table.name)
+    cursor = conn.connection.driver_connection.cursor()  # fetchall: SQLAlchemy's row-by-row fetch cost twice the query
+    try:
+        if len(keys) > size and len(keys) * 4 >= cursor.execute(f"SELECT count(*) FROM {name}").fetchone()[0]:
+            return set(keys).intersection(r[0] for r in cursor.execute(f"SELECT subject_key FROM {name}").fetchall())
+        out: set[str] = set()
+        for part in chunks(keys, size):
+            out.update(r[0] for r in cursor.execute(f"SELECT subject_key FROM {name} WHERE subject_key IN ({', '.join('?' * len(part))})",
+                                                    part).fetchall())
+        return out
+    finally:
+        cursor.close()
+
+
+@contextlib.contextmanager
+def page_cache(conn: Connection, mib: int) -> Iterator[None]:
+    """SQLite: this connection's page cache at ``mib`` MiB for the block, then as it was (SQLite frees the pages over
+    it). For one transaction that writes all over a big index: 200 000 skeletons, in no order of their index, cost
+    3.2 s with 64 MiB against 5.4-6.5 s with SQLite's default 2 MiB, which spilled pages to the log mid-transaction
+    and wrote them again at its commit. Other engines: nothing."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size={-int(mib) * 1024}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(before)}")
 
 
 def describe_url(url: str) -> str:

@@ -93,7 +93,8 @@ subject_skeletons = sa.Table(
     "subject_skeletons",
     metadata,
     sa.Column("subject_key", sa.String(64), primary_key=True),
-    # The keyed skeleton of the subject's id (identity.skeleton): who looks alike. Kept while the subject holds data.
+    # The keyed skeleton of the subject's id (identity.skeleton): who looks alike. Stored by the claim that stages the
+    # subject (or a raw record), kept while the subject holds data.
     sa.Column("skeleton_key", sa.String(64), nullable=False, index=True),
     sqlite_with_rowid=False,
 )
