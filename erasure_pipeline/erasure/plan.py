@@ -207,6 +207,8 @@ def claim_landing(env: Env, batch_id: str, kind: str, files: list[str] | None, a
                        keys, workers=STAGING_THREADS, remember=opened_later)
         if keys is not None:
             keys.commit()
+        # The staged subjects' look-alike skeletons, in one transaction before any raw step records their rows.
+        env.ledger.nodes.keep_skeletons(staged.skeletons)
         env.ledger.runs.record_landing_hashes(staged.scrubbed, env.landing.stamps() if staged.scrubbed else None)
         _retract(env, staged, lake_is_record=kind != "rebuild" or policy.landing.keep_days is not None)
     forced = _forced(env, kind, staged, as_of, stale or {})

@@ -79,10 +79,13 @@ def _parse(lake: Lake, file: LandingFile, keyer: Keyer) -> tuple[bytes, pd.DataF
     return data, original, key_frame(contracts.validate(original, file.contract, file.name), file.contract.subject_column, keyer)
 
 
-def _without_tombstoned(file: LandingFile, original: pd.DataFrame, keyed: pd.DataFrame, tombstones: Tombstones) -> bytes | None:
+def _without_tombstoned(file: LandingFile, original: pd.DataFrame, keyed: pd.DataFrame, tombstones: Tombstones,
+                        gone: set[str] | None = None) -> bytes | None:
     """The file rewritten in its own format without tombstoned subjects' rows and with tombstoned ids in its
-    texts redacted; None when it holds neither."""
-    drop = keyed["subject_key"].isin(tombstones.keys_in([keyed], file.contract.subject_column)).to_numpy()
+    texts redacted; None when it holds neither. ``gone``: ``tombstones.keys_in`` of ``keyed``, when known."""
+    if gone is None:
+        gone = tombstones.keys_in([keyed], file.contract.subject_column)
+    drop = keyed["subject_key"].isin(gone).to_numpy()
     kept_keyed, redacted = tombstones.redact(keyed[~drop], file.contract.texts)
     if not drop.any() and not redacted:
         return None
@@ -141,12 +144,13 @@ def skeletons_of(rows: pd.DataFrame, column: str, keyer: Keyer) -> dict[str, str
     return keyer.skeletons_by_key(rows["subject_key"].tolist(), ids.astype(object).where(ids.notna(), None).tolist())
 
 
-def _skeleton_column(df: pd.DataFrame, column: str, keyer: Keyer) -> pd.Series:
+def _skeleton_column(df: pd.DataFrame, column: str, keyer: Keyer) -> tuple[pd.Series, dict[str, str]]:
+    """(``SKELETON`` of ``df``, its subjects' skeletons by subject key)."""
     lasts = subject_rows(df, column)
     made = skeletons_of(lasts, column, keyer)
     out = pd.Series(None, index=df.index, dtype=object)
     out.loc[lasts.index] = [made.get(k) for k in lasts["subject_key"]]
-    return out
+    return out, made
 
 
 def staged_name(batch: str, table: str, shard: int, number: int) -> str:
@@ -167,6 +171,9 @@ class Staged:
     """Landing files rewritten without tombstoned subjects (a source sent them again): name -> new content hash."""
     sightings: dict[str, list[superseded.Sighting]] = field(default_factory=dict)
     """Each dataset's staged ids by file, for ``superseded.resolve`` (datasets whose rows can change subject)."""
+    skeletons: dict[str, str] = field(default_factory=dict)
+    """Subject key -> the keyed skeleton of their id, for every subject staged: what the claim stores for look-alikes
+    (``NodeRecords.keep_skeletons``) before a raw step records their rows."""
 
     def add(self, done: _StagedFile, index: landing_index.IndexBuilder) -> None:
         """Fold in one staged file (in the batch's file order) and index it."""
@@ -182,6 +189,7 @@ class Staged:
             index.add(f.name, done.mentions, landing_index.MENTION)
         if done.sighting is not None:
             self.sightings.setdefault(f.table, []).append(done.sighting)
+        self.skeletons.update(done.skeletons)
 
 
 @dataclass
@@ -196,6 +204,7 @@ class _StagedFile:
     scrubbed: str | None = None
     mentions: list[str] | None = None
     sighting: superseded.Sighting | None = None
+    skeletons: dict[str, str] = field(default_factory=dict)
 
 
 def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, batch: str, buckets: int,
@@ -223,11 +232,13 @@ def stage(lake: Lake, landing: Lake, files: list[LandingFile], keyer: Keyer, bat
         done = _StagedFile(f, len(df), int(contracts.without_subject(original, f.contract).sum()), df["subject_key"])
         if check is not None:
             check(df, f)
-        scrubbed = _without_tombstoned(f, original, df, tombstones) if tombstones else None
+        gone = tombstones.keys_in([df], f.contract.subject_column) if tombstones else set()
+        scrubbed = _without_tombstoned(f, original, df, tombstones, gone) if tombstones else None
         if scrubbed is not None:
             done.scrubbed = _rewrite(landing, f.name, scrubbed)
         if f.contract.subject_column is not None:
-            df[SKELETON] = _skeleton_column(df, f.contract.subject_column, keyer)
+            df[SKELETON], made = _skeleton_column(df, f.contract.subject_column, keyer)
+            done.skeletons = {k: v for k, v in made.items() if k not in gone} if gone else made  # no skeleton for the erased
         # Sealed once for the whole file (one key lookup, each subject's values once), then split by shard.
         shards = df["shard"].to_numpy()
         table = lk.to_arrow(df.drop(columns=["shard"]), _sealing(f.contract, keys, tombstones, remember))
