@@ -204,11 +204,12 @@ def test_the_staged_skeleton_sits_on_each_subjects_last_row_so_an_id_sent_twice_
     keyer = Keyer(os.urandom(32), 4)
     df = pd.DataFrame({"event_id": ["e1", "e2", "e1", "e3"], "subject_id": ["a@x.com", "b@x.com", "a@x.com", "A@X.com "]})
     df["subject_key"] = keyer.keys(df["subject_id"])  # rows 0, 2, 3: one subject under the default rule
-    column = _skeleton_column(df, "subject_id", keyer)
+    column, made = _skeleton_column(df, "subject_id", keyer)
     assert column.notna().tolist() == [False, True, False, True]
     kept = df.assign(skeleton=column).drop_duplicates("event_id", keep="last").dropna()
-    assert dict(zip(kept["subject_key"], kept["skeleton"], strict=True)) == dict(
-        zip(keyer.keys(["a@x.com", "b@x.com"]), keyer.skeleton_keys(["a@x.com", "b@x.com"]), strict=True))
+    expected = dict(zip(keyer.keys(["a@x.com", "b@x.com"]), keyer.skeleton_keys(["a@x.com", "b@x.com"]), strict=True))
+    assert dict(zip(kept["subject_key"], kept["skeleton"], strict=True)) == expected
+    assert made == expected  # what the claim stores (``Staged.skeletons``)
 
 
 def test_a_personal_column_the_files_lack_is_an_error_naming_the_field():
