@@ -146,10 +146,10 @@ def held_keys(conn: Connection, table: sa.Table, keys: list[str], size: int = 50
 
 @contextlib.contextmanager
 def page_cache(conn: Connection, mib: int) -> Iterator[None]:
-    """SQLite: this connection's page cache at ``mib`` MiB for the block, then as it was (SQLite frees the pages over
-    it). For one transaction that writes all over a big index: 200 000 skeletons, in no order of their index, cost
-    3.2 s with 64 MiB against 5.4-6.5 s with SQLite's default 2 MiB, which spilled pages to the log mid-transaction
-    and wrote them again at its commit. Other engines: nothing."""
+    """SQLite: this connection's page cache at ``mib`` MiB for the block, then as it was (SQLite lets go of the pages
+    over it). For one transaction that writes all over a big index: 200 000 skeletons, in no order of their index,
+    cost 2.4-2.9 s with 64 MiB against 4.0-4.8 s with SQLite's default 2 MiB, which spills pages to the log
+    mid-transaction and writes them again at its commit. Other engines: nothing."""
     if conn.dialect.name != "sqlite":
         yield
         return
