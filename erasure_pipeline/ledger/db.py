@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -105,35 +105,36 @@ def update_many(conn: Connection, table: sa.Table, key: str, rows: list[dict]) -
     conn.exec_driver_sql(sql, _driver_rows(conn, table, [*names, key], rows))
 
 
+def _one_scan(asked: int, size: int, count: Callable[[], int]) -> bool:
+    """Whether ``asked`` keys are many against a table of ``count()`` rows (counted only when they are more than one
+    ``IN`` list of ``size``): then one scan kept to those wanted costs less than the lists (a build asks the key store
+    for every subject at once: 40 lists of 5 000 cost more in SQLAlchemy's parameter expansion than the scan)."""
+    return asked > size and asked * 4 >= (count() or 0)
+
+
 def rows_by_subject(conn: Connection, table: sa.Table, keys: list[str], size: int, *columns) -> list:
     """Rows of ``table`` (``columns``, its ``subject_key`` first) whose subject key is one of ``keys``: by
-    ``IN`` lists of ``size`` when they are few against the table, else one scan kept to those wanted (a build
-    asks the key store for every subject at once: 40 lists of 5 000 cost more in SQLAlchemy's parameter
-    expansion than the scan)."""
-    def by_lists():
-        return [r for part in chunks(keys, size) for r in conn.execute(sa.select(*columns).where(table.c.subject_key.in_(part)))]
-
-    if len(keys) <= size:
-        return by_lists()
-    held = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0
-    if len(keys) * 4 < held:
-        return by_lists()
-    wanted = set(keys)
-    return [r for r in conn.execute(sa.select(*columns)) if r[0] in wanted]
+    ``IN`` lists of ``size`` when they are few against the table, else one scan kept to those wanted (``_one_scan``)."""
+    if _one_scan(len(keys), size, lambda: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()):
+        wanted = set(keys)
+        return [r for r in conn.execute(sa.select(*columns)) if r[0] in wanted]
+    return [r for part in chunks(keys, size) for r in conn.execute(sa.select(*columns).where(table.c.subject_key.in_(part)))]
 
 
 def held_keys(conn: Connection, table: sa.Table, keys: list[str], size: int = 5000) -> set[str]:
     """Which of ``keys`` ``table`` holds (by its ``subject_key``). On SQLite through the driver's own cursor: ``IN``
-    lists of ``size``, or one scan when the keys are many against the table, as ``rows_by_subject`` decides (200 000
-    keys in 16 calls: 1.8 s through SQLAlchemy, its parameter expansion and row-by-row fetch most of it)."""
+    lists of ``size``, or one scan when the keys are many against the table (``_one_scan``). 200 000 keys in 16 calls
+    took 1.8 s through SQLAlchemy, its parameter expansion and row-by-row fetch most of it."""
     if not keys:
         return set()
     if conn.dialect.name != "sqlite":
         return {r[0] for r in rows_by_subject(conn, table, keys, size, table.c.subject_key)}
+    # Only the schema's table name, quoted by the dialect, is written into the SQL (as ``insert_many`` does); every
+    # key is a bound parameter.
     name = conn.dialect.identifier_preparer.quote(table.name)
     cursor = conn.connection.driver_connection.cursor()  # fetchall: SQLAlchemy's row-by-row fetch cost twice the query
     try:
-        if len(keys) > size and len(keys) * 4 >= cursor.execute(f"SELECT count(*) FROM {name}").fetchone()[0]:
+        if _one_scan(len(keys), size, lambda: cursor.execute(f"SELECT count(*) FROM {name}").fetchone()[0]):
             return set(keys).intersection(r[0] for r in cursor.execute(f"SELECT subject_key FROM {name}").fetchall())
         out: set[str] = set()
         for part in chunks(keys, size):

@@ -123,8 +123,8 @@ class NodeRecords:
         if not skeletons:
             return 0
         with self.db.tx() as conn, page_cache(conn, SKELETON_CACHE_MIB):
-            erased = held_keys(conn, t.tombstones, sorted(skeletons))
-            return _add_skeletons(conn, {k: v for k, v in skeletons.items() if v and k not in erased})
+            erased = held_keys(conn, t.tombstones, list(skeletons))
+            return _add_skeletons(conn, {k: v for k, v in skeletons.items() if k not in erased})
 
     def look_alikes(self, skeleton_key: str, subject_key: str) -> set[str]:
         """Subjects other than ``subject_key`` whose id has this skeleton and who hold data somewhere."""
@@ -198,7 +198,7 @@ def _update_provenance(conn: Connection, asset: str, partition: str, rows_by_key
     for chunk in chunks(batch, 5000):
         insert_many(conn, t.provenance, chunk)
     if skeletons:  # each subject's first; one who has none yet (a ledger older than look-alikes) gets it now
-        _add_skeletons(conn, {k: v for k, v in skeletons.items() if v and k in wanted})
+        _add_skeletons(conn, {k: v for k, v in skeletons.items() if k in wanted})
     if gone:
         forget_skeletons_of_the_gone(conn, gone)
 
@@ -208,7 +208,7 @@ def _add_skeletons(conn: Connection, skeletons: Mapping[str, str]) -> int:
     ingest's claim stored them, ``keep_skeletons``, or an earlier raw node's record) are looked up, not inserted
     again: 200 000 lookups in one raw node's 16 records cost 1.0-1.3 s on a slow 2-core VM (RESULTS.md, "Skeletons
     stored by the claim")."""
-    ordered = sorted(skeletons)
+    ordered = sorted(k for k, v in skeletons.items() if v)  # a subject without an id has no skeleton
     held = held_keys(conn, t.subject_skeletons, ordered)
     added = 0
     for chunk in chunks([{"subject_key": k, "skeleton_key": skeletons[k]} for k in ordered if k not in held], 5000):
