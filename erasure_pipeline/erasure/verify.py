@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.tombstones import mentioned_keys
-from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key, read_together
+from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key, key_counts, read_together
 from erasure_pipeline.kinds.raw_rows import proof_manifest
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
@@ -140,7 +140,7 @@ def _landing_holding(env: Env, subject_key: str, rule: tuple[str, ...], cache: d
             continue
         if ("landing", f.name) not in cache:  # parsed once per batch: the subjects' rows and the keys its texts name
             df = read_landing(env.landing, f, env.keyer)
-            cache[("landing", f.name)] = (df["subject_key"].value_counts().to_dict(), df[list(f.contract.texts)] if f.contract.texts else None)
+            cache[("landing", f.name)] = (key_counts(df["subject_key"]), df[list(f.contract.texts)] if f.contract.texts else None)
         counts, texts = cache[("landing", f.name)]
         rows += int(counts.get(subject_key, 0))
         named += mentioned_keys(texts, f.contract.texts, keyer).get(subject_key, 0) if texts is not None else 0

@@ -31,6 +31,7 @@ from erasure_pipeline.kinds.base import (
     NodeResult,
     NodeRun,
     finish,
+    key_counts,
     old_versions_holding,
     read_together,
     recorded_as,
@@ -50,7 +51,6 @@ from erasure_pipeline.kinds.raw_rows import (
     consent_changes,
     incoming_rows,
     is_features_dataset,
-    key_counts,
     lake_held,
     proof_manifest,
     read_below,
@@ -388,7 +388,7 @@ class Raw(Kind):
         def keys_of(together: frozenset[str]) -> dict[str, int]:  # every batch subject's bucket here, keys only (nothing opened)
             rows = self.read_rows(env, node, partition, columns=["subject_key"],
                                   buckets=sorted({manifest.bucket_of(k, B) for k in together}) if manifest is not None else None)
-            return {} if rows is None else rows["subject_key"].value_counts().to_dict()
+            return {} if rows is None else key_counts(rows["subject_key"])
         held = read_together(cache, ("raw_keys", node.name, partition), partition, subject_key, keys_of)
         layouts = {B, *((manifest.of,) if manifest is not None and manifest.of else ())}
         names = [bk.object_name(node.name, partition, b) for b in sorted({bk.bucket_of(subject_key, n) for n in layouts})]

@@ -22,6 +22,7 @@ from erasure_pipeline.kinds.base import (
     NodeRun,
     Table,
     finish,
+    key_counts,
     old_versions_holding,
     purge,
     recorded_as,
@@ -196,11 +197,11 @@ class TrainingSet(Kind):
             keyed = ft.KEY in rows and len(rows)
             frames[env.graph.node(parent).table] = rows[~rows[ft.KEY].isin(tombstoned | {NO_SUBJECT})] if keyed else rows
         training = ft.training_rows(frames, policy, node.model, where=f"{base}[{p}]")
-        rows, scope, held = training.rows, None, training.rows[ft.KEY].value_counts().to_dict()
+        rows, scope, held = training.rows, None, key_counts(training.rows[ft.KEY])
         if changed is not None:
             in_changed = np.isin(bk.buckets_of(previous[ft.KEY], policy.lake.buckets), list(changed))
             # the ledger's rows of these buckets' subjects whose rows changed are rewritten; the others' stand as they are
-            scope = rows_changed(previous.loc[in_changed, ft.KEY].value_counts().to_dict(), held)
+            scope = rows_changed(key_counts(previous.loc[in_changed, ft.KEY]), held)
             kept = previous[~in_changed]
             rows = pd.concat([kept, rows], ignore_index=True).sort_values(ft.KEY, kind="stable").reset_index(drop=True) \
                 if len(rows) else kept.reset_index(drop=True)

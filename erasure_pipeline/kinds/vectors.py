@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from erasure_pipeline.core.crypto import PAYLOAD_PREFIX, open_payload_value, seal_payload_value
 from erasure_pipeline.core.graph import CheckSpec, Node
-from erasure_pipeline.core.identity import NO_SUBJECT, shard_from_partition
+from erasure_pipeline.core.identity import shard_from_partition
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds import raw
-from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish, read_together
+from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish, key_counts, read_together
 from erasure_pipeline.ml.embed import chunk_text, embedder_for, point_id
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores.vectors import PointData, hash_ids
@@ -33,7 +33,7 @@ def text_points(rows, dataset: str, id_column: str, text_columns, shard: int, ma
     ids, texts, payloads = [], [], []
     for col in text_columns:
         mark = "\x00sealed" if col in sealed else ""
-        for record_id, subject_key, text in rows[[id_column, "subject_key", col]].itertuples(index=False):
+        for record_id, subject_key, text in zip(*(rows[c].tolist() for c in (id_column, "subject_key", col)), strict=True):
             for i, chunk in enumerate(chunk_text(text, max_chars)):
                 ids.append(point_id(f"{dataset}\x00{col}\x00{record_id}{mark}", i, chunk))
                 texts.append(chunk)
@@ -119,11 +119,13 @@ class _Sync:
 def _provenance(env: Env, node: Node, partition: str, manifests: dict, tombstoned: list[str]) -> dict[str, int]:
     """Whose text rows (so points) are here: rows per subject of every text parent, tombstoned ones left out."""
     points_by_key: dict[str, int] = {}
+    gone = set(tombstoned)
     for parent in node.parents:
         subjects = bk.read_buckets(env.lake, parent, partition, columns=["subject_key"], keys=env.keys) if manifests[parent] else None
         if subjects is not None and len(subjects):
-            for k, n in subjects.loc[~subjects["subject_key"].isin([*tombstoned, NO_SUBJECT]), "subject_key"].value_counts().items():
-                points_by_key[k] = points_by_key.get(k, 0) + int(n)
+            for k, n in key_counts(subjects["subject_key"]).items():  # rows of nobody left out
+                if k not in gone:
+                    points_by_key[k] = points_by_key.get(k, 0) + n
     return points_by_key
 
 
