@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -13,10 +14,22 @@ from erasure_pipeline.app.cli import main
 from erasure_pipeline.app.demo import demo_policy
 from erasure_pipeline.app.process import drain
 from erasure_pipeline.core.graph import Node
+from erasure_pipeline.core.identity import NO_SUBJECT
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.erasure.intake import erase
 from erasure_pipeline.kinds import raw
-from erasure_pipeline.kinds.base import Env, Finding, Kind, NodeResult, NodeRun, Registry, UnknownKind, finish, rows_of_subject
+from erasure_pipeline.kinds.base import (
+    Env,
+    Finding,
+    Kind,
+    NodeResult,
+    NodeRun,
+    Registry,
+    UnknownKind,
+    finish,
+    key_counts,
+    rows_of_subject,
+)
 from erasure_pipeline.kinds.registry import REGISTRY, graph_for, registered
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.lake_backends import LocalLake
@@ -124,3 +137,17 @@ def test_the_ensemble_reads_holdout_label_and_features_of_each_shard_and_combine
     held = models._read_shards(run, ["num_age"], training=False)
     assert [h[ft.LABEL].tolist() for h in held.holdouts] == [[1], []] and held.holdouts[0]["num_age"].tolist() == [40]
     assert [t.tolist() for t in held.trained] == [[0, 1], [1, 0]] and held.train_rows == [] and held.inputs.keys() == shards.inputs.keys()
+
+
+@pytest.mark.parametrize("form", ["str", "object", "arrow", "chunks", "dictionary"])
+def test_key_counts_are_rows_per_subject_in_every_form_a_key_column_takes(form):
+    """Rows per subject key, rows of nobody (null, ``NO_SUBJECT``) left out, whatever holds the keys: a pandas Series
+    backed by Arrow (which converts to a ChunkedArray of its own), of Python strings, or Arrow columns as stored."""
+    keys = ["b", "a", None, "b", NO_SUBJECT, "b"]
+    column = {"str": lambda: pd.Series(keys, dtype="str"), "object": lambda: pd.Series(keys, dtype=object),
+              "arrow": lambda: pd.Series(keys, dtype=pd.ArrowDtype(pa.large_string())),
+              "chunks": lambda: pa.chunked_array([keys[:3], keys[3:]], type=pa.large_string()),
+              "dictionary": lambda: pa.chunked_array([pa.array(keys).dictionary_encode()])}[form]()
+    counted = key_counts(column)
+    assert counted == {"b": 3, "a": 1}
+    assert all(type(n) is int for n in counted.values())
