@@ -29,7 +29,7 @@ def mentions_by_row(frame: pd.DataFrame | None, columns: Sequence[str], keyer: K
     cols = [c for c in columns if frame is not None and c in frame]
     if not cols or frame.empty:
         return [[] for _ in range(0 if frame is None else len(frame))]
-    per_row = [[tok for text in texts for _s, _e, tok in candidates(str(text))] for texts in zip(*(frame[c] for c in cols), strict=True)]
+    per_row = [[tok for text in texts for _s, _e, tok in candidates(str(text))] for texts in zip(*(frame[c].tolist() for c in cols), strict=True)]
     flat = [tok for toks in per_row for tok in toks]
     keys = iter(keyer.keys(flat)) if flat else iter(())
     return [[next(keys) for _ in toks] for toks in per_row]
