@@ -59,10 +59,11 @@ def key_frame(df: pd.DataFrame, subject_column: str | None, keyer: Keyer) -> pd.
         return df
     codes, uniques = pd.factorize(df[subject_column], sort=False)
     ids = uniques.tolist()  # a list, not the Arrow-backed array read item by item (~1 µs an id more, twice)
-    keys = pd.Series([identity.NO_SUBJECT if not str(u).strip() else k for u, k in zip(ids, keyer.keys(ids), strict=True)],
-                     dtype=object).to_numpy()
-    df["subject_key"] = keys[codes] if len(codes) else pd.Series(dtype=str)
-    df["shard"] = identity.shards_of(pd.Series(keys), keyer.shards)[codes] if len(codes) else pd.Series(dtype="int64")
+    keys = pd.Series([identity.NO_SUBJECT if not str(u).strip() else k for u, k in zip(ids, keyer.keys(ids), strict=True)], dtype=str)
+    # Each distinct key made a string once and taken row by row by Arrow: a column of Python strings (one per row)
+    # was converted to Arrow item by item when assigned (156 ms for an events file's 150 000 rows, against 9 ms).
+    df["subject_key"] = keys.take(codes).array if len(codes) else pd.Series(dtype=str)
+    df["shard"] = identity.shards_of(keys, keyer.shards)[codes] if len(codes) else pd.Series(dtype="int64")
     return df
 
 
