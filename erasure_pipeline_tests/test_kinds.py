@@ -27,9 +27,9 @@ from erasure_pipeline.kinds.base import (
     Registry,
     UnknownKind,
     finish,
-    key_counts,
     rows_of_subject,
 )
+from erasure_pipeline.kinds.raw_rows import key_counts
 from erasure_pipeline.kinds.registry import REGISTRY, graph_for, registered
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores.lake_backends import LocalLake

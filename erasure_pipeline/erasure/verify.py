@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection
 from erasure_pipeline.core import contracts, identity
 from erasure_pipeline.core.errors import PipelineError
 from erasure_pipeline.core.tombstones import mentioned_keys
-from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key, key_counts, read_together
-from erasure_pipeline.kinds.raw_rows import proof_manifest
+from erasure_pipeline.kinds.base import BATCH, Env, Finding, input_key, read_together
+from erasure_pipeline.kinds.raw_rows import key_counts, proof_manifest
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores import lake as lk
 from erasure_pipeline.stores import landing_index

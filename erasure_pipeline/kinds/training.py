@@ -22,7 +22,6 @@ from erasure_pipeline.kinds.base import (
     NodeRun,
     Table,
     finish,
-    key_counts,
     old_versions_holding,
     purge,
     recorded_as,
@@ -30,6 +29,7 @@ from erasure_pipeline.kinds.base import (
     rows_of_subject,
     tombstone_check,
 )
+from erasure_pipeline.kinds.raw_rows import key_counts
 from erasure_pipeline.ml import features as ft
 from erasure_pipeline.ml.labels import class_counts
 from erasure_pipeline.ml.shard_training import n_classes

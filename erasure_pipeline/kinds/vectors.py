@@ -17,7 +17,8 @@ from erasure_pipeline.core.graph import CheckSpec, Node
 from erasure_pipeline.core.identity import shard_from_partition
 from erasure_pipeline.core.policy import Policy
 from erasure_pipeline.kinds import raw
-from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish, key_counts, read_together
+from erasure_pipeline.kinds.base import CheckOutcome, Env, Finding, Kind, NodeResult, NodeRun, finish, read_together
+from erasure_pipeline.kinds.raw_rows import key_counts
 from erasure_pipeline.ml.embed import chunk_text, embedder_for, point_id
 from erasure_pipeline.stores import buckets as bk
 from erasure_pipeline.stores.vectors import PointData, hash_ids
