@@ -45,7 +45,7 @@ def incoming_rows(run: NodeRun, contract, carry: frozenset[str]) -> pd.DataFrame
         rows = read_staged(run.env.lake, run.staged, contract, run.shard, run.env.keys, carry)
         if rows is not None and SKELETON in rows:  # made by the staging pass, where the ids were in the clear
             # On one row per subject and file; read as lists (iterating the Arrow-backed columns was 1.0 s of a
-            # 200 000-subject build, their dropna and drop_duplicates 0.4 s). A subject's skeletons are alike.
+            # 200 000-subject build under cProfile, their dropna and drop_duplicates 0.4 s). A subject's skeletons are alike.
             has = rows[SKELETON].notna().to_numpy()
             run.env.keyer.keep_skeletons(dict(zip(rows["subject_key"][has].tolist(), rows[SKELETON][has].astype(str).tolist(), strict=True)))
             rows = rows.drop(columns=[SKELETON])
