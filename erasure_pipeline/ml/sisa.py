@@ -28,6 +28,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from erasure_pipeline.ml.folding import folded
+
 __all__ = ["SISAClassifier", "SISARegressor", "SingleClass", "aggregate_predict", "aggregate_proba", "fit_shard", "group_keys", "shard_seed"]
 
 
@@ -128,6 +130,7 @@ def _proba_full(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
     """A constituent's class probabilities, placed in the columns of the ensemble's classes.
 
     A classifier without ``predict_proba`` (``LinearSVC``) gives its predicted class probability 1."""
+    model = folded(model)  # a scaler before a linear model folded into it: no copy of X per constituent
     full = np.zeros((X.shape[0], n_classes))
     classes = np.asarray(model.classes_, dtype=np.int64)
     if hasattr(model, "predict_proba"):
@@ -157,7 +160,7 @@ def aggregate_predict(constituents: Sequence[Any], X: np.ndarray) -> np.ndarray:
     models = [m for m in constituents if m is not None]
     if not models:
         raise ValueError("every shard is empty: there is no model to aggregate")
-    return np.mean([np.asarray(m.predict(X), dtype="float64") for m in models], axis=0)
+    return np.mean([np.asarray(folded(m).predict(X), dtype="float64") for m in models], axis=0)
 
 
 class _SISA(BaseEstimator):
