@@ -169,8 +169,9 @@ def _lake_mentions(env: Env, subject_key: str, rule: tuple[str, ...], cache: dic
     return count
 
 
-def current_inputs(env: Env, name: str) -> dict[str, str | None]:
-    """Content hashes of every input object of a merge as they are stored now.
+def current_inputs(env: Env, name: str, partitions: Collection[str] | None = None) -> dict[str, str | None]:
+    """Content hashes of every input object of a merge as they are stored now (of a partitioned input, those of
+    ``partitions`` only, when given: each is a whole shard's object read and hashed).
 
     A merge records the same map for what it read; ``verify`` compares the two, so a merge that
     was not built from the current shard partitions (e.g. an old copy restored) is found.
@@ -178,7 +179,7 @@ def current_inputs(env: Env, name: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for parent in env.graph.node(name).parents:
         p_node = env.graph.node(parent)
-        for p in env.partitions if p_node.partitioned else [None]:
+        for p in (env.partitions if partitions is None else [q for q in env.partitions if q in partitions]) if p_node.partitioned else [None]:
             obj = env.kind_of(parent).object_name(p_node, p)
             out[input_key(parent, p)] = None if obj is None else lk.object_hash(env.lake, obj)
     return out
@@ -196,9 +197,7 @@ def merge_input_claims(env: Env, partitions: Collection[str] | None = None) -> l
 
 def _merge_inputs(env: Env, node, partitions: Collection[str] | None) -> list[Finding]:
     out = []
-    current = current_inputs(env, node.name)
-    if partitions is not None:  # an input is "name[partition]" when partitioned
-        current = {k: v for k, v in current.items() if "[" not in k or k[k.index("[") + 1:-1] in partitions}
+    current = current_inputs(env, node.name, partitions)
     for obj, recorded in env.kind_of(node.name).recorded_inputs(env, node):
         if recorded is None:
             out.append(Finding(MERGE_INPUTS_CLAIM, obj, False, "not materialised, or written without its inputs"))
