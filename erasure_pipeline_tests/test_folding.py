@@ -8,6 +8,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge, SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.svm import SVC, LinearSVC
 
 from erasure_pipeline.ml.folding import MAX_CENTRE_RATIO, folded
 from erasure_pipeline.ml.sisa import SISAClassifier, aggregate_proba
@@ -23,11 +24,16 @@ def _data(n_classes: int, seed: int = 0):
     return X, y
 
 
+class _TheirLogistic(LogisticRegression):
+    """A declared estimator of a user's own (a subclass may predict from coef_ as it likes)."""
+
+
 CLASSIFIERS = {
     "logistic_regression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
     "sgd": lambda: make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", random_state=0)),
     "no_mean": lambda: make_pipeline(StandardScaler(with_mean=False), LogisticRegression(max_iter=1000)),
     "no_std": lambda: make_pipeline(StandardScaler(with_std=False), LogisticRegression(max_iter=1000)),
+    "linear_svc": lambda: make_pipeline(StandardScaler(), LinearSVC(random_state=0)),
 }
 
 
@@ -39,7 +45,9 @@ def test_folded_classifier_predicts_what_the_pipeline_predicts(name, n_classes):
     before = pickle.dumps(model)
     fold = folded(model)
     assert fold is not model and not hasattr(fold, "steps")
-    np.testing.assert_allclose(fold.predict_proba(X), model.predict_proba(X), rtol=0, atol=1e-12)
+    if hasattr(model, "predict_proba"):
+        np.testing.assert_allclose(fold.predict_proba(X), model.predict_proba(X), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fold.decision_function(X), model.decision_function(X), rtol=1e-12, atol=1e-9)
     np.testing.assert_array_equal(fold.predict(X), model.predict(X))
     np.testing.assert_array_equal(fold.classes_, model.classes_)
     assert pickle.dumps(model) == before  # the stored model is untouched
@@ -58,7 +66,11 @@ def test_what_does_not_fold_is_left_as_it_is():
     minmax = make_pipeline(MinMaxScaler(), LogisticRegression()).fit(X, y)
     three = make_pipeline(StandardScaler(), StandardScaler(), LogisticRegression()).fit(X, y)
     unfitted = make_pipeline(StandardScaler(), LogisticRegression())
-    for model in (forest, minmax, three, unfitted, None):
+    # SVC's coef_ (linear kernel) is derived from its support vectors, which are what predict; a class of someone
+    # else's may read coef_ its own way: neither is folded.
+    svc = make_pipeline(StandardScaler(), SVC(kernel="linear")).fit(X[:300], y[:300])
+    theirs = make_pipeline(StandardScaler(), _TheirLogistic(max_iter=1000)).fit(X, y)
+    for model in (forest, minmax, three, unfitted, svc, theirs, None):
         assert folded(model) is model
     # A feature far from zero with a small spread: folding would lose digits there, so the scaler stays.
     far = X.copy()

@@ -21,16 +21,27 @@ MAX_CENTRE_RATIO = 1e6
 ulps against ``(x - mean) / scale`` (a feature far from zero with a small spread keeps its scaler)."""
 
 
+def _linear(final: Any) -> bool:
+    """Whether ``final`` is one of scikit-learn's own linear models, whose every prediction starts from
+    ``X @ coef_.T + intercept_`` (not ``SVC(kernel="linear")``, whose ``coef_`` is derived and unused to predict, nor
+    a class of anyone else's that may read ``coef_`` its own way)."""
+    try:
+        from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
+    except ImportError:  # a scikit-learn that moved them: predict as the pipeline does
+        return False
+    return type(final).__module__.startswith("sklearn.") and isinstance(final, LinearClassifierMixin | LinearModel)
+
+
 def folded(model: Any) -> Any:
-    """``model`` if it is not a fitted two-step pipeline of a ``StandardScaler`` and a dense linear model (``coef_``,
-    ``intercept_``); else a shallow copy of that linear model with the scaler folded in (``model`` is unchanged)."""
+    """``model`` if it is not a fitted two-step pipeline of a ``StandardScaler`` and one of scikit-learn's linear models
+    with dense ``coef_`` (``_linear``); else a shallow copy of that linear model with the scaler folded in (``model`` is unchanged)."""
     steps = getattr(model, "steps", None)
     if not isinstance(steps, list) or len(steps) != 2:
         return model
     from sklearn.preprocessing import StandardScaler
 
     scaler, final = steps[0][1], steps[1][1]
-    if type(scaler) is not StandardScaler or not hasattr(scaler, "n_features_in_"):
+    if type(scaler) is not StandardScaler or not hasattr(scaler, "n_features_in_") or not _linear(final):
         return model
     coef, intercept = getattr(final, "coef_", None), getattr(final, "intercept_", None)
     if not isinstance(coef, np.ndarray) or coef.dtype != np.float64 or intercept is None or hasattr(final, "feature_names_in_"):
