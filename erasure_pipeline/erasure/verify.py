@@ -176,10 +176,11 @@ def current_inputs(env: Env, name: str, partitions: Collection[str] | None = Non
     A merge records the same map for what it read; ``verify`` compares the two, so a merge that
     was not built from the current shard partitions (e.g. an old copy restored) is found.
     """
+    shards = env.partitions if partitions is None else [p for p in env.partitions if p in partitions]
     out: dict[str, str | None] = {}
     for parent in env.graph.node(name).parents:
         p_node = env.graph.node(parent)
-        for p in (env.partitions if partitions is None else [q for q in env.partitions if q in partitions]) if p_node.partitioned else [None]:
+        for p in shards if p_node.partitioned else [None]:
             obj = env.kind_of(parent).object_name(p_node, p)
             out[input_key(parent, p)] = None if obj is None else lk.object_hash(env.lake, obj)
     return out
